@@ -1,0 +1,36 @@
+# Every target bootstraps its own environment: uv (installed with pip if missing), then .venv
+# synced from uv.lock with every extra but vllm. The vLLM tests get their own pip venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+EXTRAS := --extra litellm --extra airflow --extra prefect --extra s3 --extra gcs --extra dev
+VENV_PY := .venv/bin/python
+
+.PHONY: uv venv test test-fast test-vllm demo lint bench vllm-venv
+
+uv:
+	@command -v uv >/dev/null 2>&1 || [ -x "$(HOME)/.local/bin/uv" ] || $(PYTHON) -m pip install --user --quiet uv
+
+venv: uv
+	@$(UV) sync --frozen $(EXTRAS) --quiet
+
+vllm-venv:
+	@bash scripts/setup_vllm_venv.sh
+
+test: venv vllm-venv
+	$(VENV_PY) -m pytest -q -p no:cacheprovider tests
+	.venv-vllm/bin/python -m pytest -q -p no:cacheprovider tests/backends/vllm
+
+test-fast: venv
+	$(VENV_PY) -m pytest -q -p no:cacheprovider tests
+
+demo: venv
+	$(VENV_PY) -m dags_examples.demo $(ARGS)
+
+lint: venv
+	$(VENV_PY) -m ruff check .
+	$(VENV_PY) -m ruff format --check .
+
+bench: venv
+	$(VENV_PY) benchmarks/online_throughput.py
+	$(VENV_PY) benchmarks/rate_limit.py

@@ -1,0 +1,44 @@
+"""curator-flows: Curator's LLM API as resumable steps for Airflow and Prefect.
+
+Public names load lazily: ``import curator_flows`` imports no third-party library, so an
+orchestrator task (a fresh process per step) starts fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "LLM": "curator_flows.llm",
+    "CuratorResponse": "curator_flows.types",
+    "TokenUsage": "curator_flows.types",
+    "CostInfo": "curator_flows.types",
+    "RequestStats": "curator_flows.types",
+    "PerformanceStats": "curator_flows.types",
+    "ConfigError": "curator_flows.config",
+    "InputError": "curator_flows.prepare",
+    "PromptError": "curator_flows.prepare",
+    "ParseError": "curator_flows.finalize",
+    "IncompleteRunError": "curator_flows.finalize",
+    "steps": "curator_flows.steps",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'curator_flows' has no attribute {name!r}")
+    value = importlib.import_module(module)
+    if name != "steps":
+        value = getattr(value, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,117 @@
+"""What an online backend returns for one attempt, and how the runner treats it.
+
+Invariant: a backend never retries and never sleeps; it classifies. The runner owns retries,
+rate limits and persistence, so every backend gets the same policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(slots=True)
+class Attempt:
+    """The outcome of one HTTP attempt.
+
+    ``kind`` is one of: ``"ok"``; ``"rate_limited"`` (429: pause, retry, not counted against
+    ``max_retries``); ``"retryable"`` (5xx, timeout, dropped connection, malformed body);
+    ``"fatal"`` (any other 4xx: fail at once).
+    """
+
+    kind: str
+    content: str | None = None
+    finish_reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    error: str | None = None
+    retry_after: float | None = None
+    headers: Any = None
+
+
+@dataclass(slots=True)
+class LearnedLimits:
+    """Limits read from a provider's rate-limit headers (``None`` = not advertised)."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    input_tokens_per_minute: int | None = None
+    output_tokens_per_minute: int | None = None
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+    reset_seconds: float | None = None
+
+
+class OnlineBackend(Protocol):
+    """One provider's chat endpoint, over a client pooled for the whole run."""
+
+    name: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def complete(self, messages_json: bytes) -> Attempt:
+        """Send one request whose ``messages`` array is already JSON-encoded."""
+        ...
+
+    def learn(self, headers: Any) -> LearnedLimits | None:
+        """Limits advertised by a response's headers, if any."""
+        ...
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds form), else ``None``."""
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is not None:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return None
+    return None
+
+
+def parse_duration(text: str | None) -> float | None:
+    """OpenAI's reset durations: ``"1s"``, ``"120ms"``, ``"6m0s"``, ``"1h2m3.5s"``."""
+    if not text:
+        return None
+    total, number = 0.0, ""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0}
+    i = 0
+    try:
+        while i < len(text):
+            ch = text[i]
+            if ch.isdigit() or ch == ".":
+                number += ch
+            elif text.startswith("ms", i):
+                total += float(number) / 1000.0
+                number = ""
+                i += 1
+            elif ch in units:
+                total += float(number) * units[ch]
+                number = ""
+            else:
+                return None
+            i += 1
+        if number:
+            total += float(number)
+    except ValueError:
+        return None
+    return total
+
+
+def as_int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        return None

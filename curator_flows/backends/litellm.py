@@ -1,0 +1,101 @@
+"""The long tail of providers through litellm, imported only when this backend is used.
+
+Invariant: litellm never retries on its own (``num_retries=0``) and never fetches its price map
+over the network; the runner's retry and rate-limit policy applies unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from .base import Attempt, LearnedLimits, as_int
+from .openai import response_format_param
+
+
+class LiteLLMBackend:
+    name = "litellm"
+
+    def __init__(
+        self,
+        model: str,
+        generation_params: dict[str, Any],
+        schema: tuple[str, dict[str, Any]] | None,
+        max_tokens: int | None,
+        base_url: str | None,
+        api_key: str | None,
+        request_timeout: float,
+    ) -> None:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        try:
+            import litellm
+        except ImportError:
+            raise ImportError(
+                "backend='litellm' needs litellm: pip install 'curator-flows[litellm]'"
+            ) from None
+        litellm.suppress_debug_info = True
+        self.litellm = litellm
+        self.kwargs: dict[str, Any] = {"model": model, **generation_params}
+        if max_tokens is not None:
+            self.kwargs.setdefault("max_tokens", max_tokens)
+        if schema is not None:
+            self.kwargs["response_format"] = response_format_param(*schema)
+        if base_url:
+            self.kwargs["api_base"] = base_url
+        if api_key:
+            self.kwargs["api_key"] = api_key
+        self.kwargs["timeout"] = request_timeout
+        self.kwargs["num_retries"] = 0
+        self.request_timeout = request_timeout
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def complete(self, messages: list[dict[str, Any]]) -> Attempt:
+        litellm = self.litellm
+        try:
+            response = await asyncio.wait_for(
+                litellm.acompletion(messages=messages, **self.kwargs), self.request_timeout + 5
+            )
+        except asyncio.TimeoutError:
+            return Attempt("retryable", error=f"timeout after {self.request_timeout:g}s")
+        except litellm.RateLimitError as exc:
+            return Attempt("rate_limited", error=f"rate limited: {exc}"[:300])
+        except (
+            litellm.BadRequestError,
+            litellm.AuthenticationError,
+            litellm.NotFoundError,
+            litellm.PermissionDeniedError,
+        ) as exc:
+            return Attempt("fatal", error=f"{type(exc).__name__}: {exc}"[:300])
+        except Exception as exc:  # noqa: BLE001 - litellm maps every transport failure differently
+            return Attempt("retryable", error=f"{type(exc).__name__}: {exc}"[:300])
+        try:
+            choice = response.choices[0]
+            usage = getattr(response, "usage", None)
+            headers = (getattr(response, "_hidden_params", None) or {}).get(
+                "additional_headers", {}
+            )
+            return Attempt(
+                "ok",
+                content=choice.message.content or "",
+                finish_reason=choice.finish_reason,
+                input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+                headers=headers,
+            )
+        except (AttributeError, IndexError, TypeError) as exc:
+            return Attempt("retryable", error=f"malformed response: {exc}")
+
+    def learn(self, headers: Any) -> LearnedLimits | None:
+        if not headers:
+            return None
+        rpm = as_int(headers.get("llm_provider-x-ratelimit-limit-requests"))
+        tpm = as_int(headers.get("llm_provider-x-ratelimit-limit-tokens"))
+        if rpm is None and tpm is None:
+            return None
+        return LearnedLimits(requests_per_minute=rpm, tokens_per_minute=tpm)

@@ -1,0 +1,146 @@
+"""Typed ``backend_params``: validated once, at ``LLM`` construction.
+
+Invariants:
+- an unknown key, a wrong type or an out-of-range value raises :class:`ConfigError` naming the
+  key and, for unknown keys, every allowed key of the mode;
+- :meth:`BackendConfig.output_params` holds exactly the parameters that change what a request
+  returns; it never holds secrets, rate limits or concurrency, so it is safe to fingerprint;
+- :meth:`BackendConfig.public_dict` never contains the API key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+Mode = Literal["online", "batch", "offline"]
+
+
+class ConfigError(ValueError):
+    """A ``backend_params`` or ``generation_params`` value that cannot be used."""
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CommonParams(_Params):
+    max_retries: int = Field(3, ge=0)
+    require_all_responses: bool = False
+    base_url: str | None = None
+    request_timeout: float = Field(600, gt=0)
+    api_key: SecretStr | None = None
+    in_mtok_cost: float | None = Field(None, ge=0)
+    out_mtok_cost: float | None = Field(None, ge=0)
+    invalid_finish_reasons: tuple[str, ...] = ("content_filter", "length")
+    # Not in the spec; see README "Run store".
+    shard_size: int = Field(10_000, ge=1)
+    progress: Literal["auto", "bar", "log", "off"] = "auto"
+
+
+class OnlineParams(CommonParams):
+    max_requests_per_minute: int | None = Field(None, gt=0)
+    max_tokens_per_minute: int | None = Field(None, gt=0)
+    max_input_tokens_per_minute: int | None = Field(None, gt=0)
+    max_output_tokens_per_minute: int | None = Field(None, gt=0)
+    max_concurrent_requests: int | None = Field(None, gt=0)
+    seconds_to_pause_on_rate_limit: float = Field(10.0, ge=0)
+    max_tokens: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _token_strategy(self) -> OnlineParams:
+        separate = self.max_input_tokens_per_minute or self.max_output_tokens_per_minute
+        if separate and self.max_tokens_per_minute:
+            raise ValueError(
+                "max_tokens_per_minute cannot be combined with max_input_tokens_per_minute /"
+                " max_output_tokens_per_minute: choose combined or separate token limits"
+            )
+        return self
+
+
+class BatchParams(CommonParams):
+    batch_size: int | None = Field(None, gt=0)
+    batch_check_interval: float = Field(60.0, gt=0)
+    delete_successful_batch_files: bool = False
+    delete_failed_batch_files: bool = False
+    completion_window: str = "24h"
+    max_tokens: int | None = Field(None, gt=0)
+
+
+class OfflineParams(CommonParams):
+    tensor_parallel_size: int = Field(1, ge=1)
+    enforce_eager: bool = False
+    max_model_length: int | None = Field(None, gt=0)
+    max_tokens: int = Field(1024, gt=0)
+    min_tokens: int = Field(0, ge=0)
+    gpu_memory_utilization: float = Field(0.95, gt=0, le=1)
+    batch_size: int = Field(256, ge=1)
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _token_range(self) -> OfflineParams:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) exceeds max_tokens ({self.max_tokens})")
+        return self
+
+
+_PARAMS_BY_MODE: dict[str, type[CommonParams]] = {
+    "online": OnlineParams,
+    "batch": BatchParams,
+    "offline": OfflineParams,
+}
+
+# Keys that change a response's content; everything else (limits, retries, paths, keys) doesn't.
+_OUTPUT_KEYS = ("max_tokens", "min_tokens", "max_model_length", "invalid_finish_reasons")
+
+
+class BackendConfig:
+    """The validated ``backend_params`` of one mode."""
+
+    def __init__(self, mode: Mode, params: CommonParams) -> None:
+        self.mode = mode
+        self.params = params
+
+    @classmethod
+    def from_user(cls, mode: Mode, backend_params: dict[str, Any] | None) -> BackendConfig:
+        """Validate user ``backend_params`` for ``mode``; raise :class:`ConfigError` on any problem."""
+        model = _PARAMS_BY_MODE[mode]
+        raw = dict(backend_params or {})
+        if not isinstance(backend_params, dict | type(None)):
+            raise ConfigError(f"backend_params must be a dict, got {type(backend_params).__name__}")
+        allowed = sorted(model.model_fields)
+        unknown = sorted(k for k in raw if k not in model.model_fields)
+        if unknown:
+            raise ConfigError(
+                f"unknown backend_params key(s) {unknown} for {mode} mode; allowed keys: {allowed}"
+            )
+        try:
+            return cls(mode, model(**raw))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'backend_params'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ConfigError(f"invalid backend_params for {mode} mode: {problems}") from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.params, name)
+
+    def api_key(self) -> str | None:
+        key = self.params.api_key
+        return key.get_secret_value() if key is not None else None
+
+    def output_params(self) -> dict[str, Any]:
+        """Parameters that change responses; safe to fingerprint (no secrets, no limits)."""
+        out = {}
+        for key in _OUTPUT_KEYS:
+            if key in type(self.params).model_fields:
+                value = getattr(self.params, key)
+                out[key] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def public_dict(self) -> dict[str, Any]:
+        """Every set parameter except the API key; safe for manifests, logs and XCom."""
+        data = self.params.model_dump(mode="json", exclude={"api_key"})
+        return data

@@ -1,0 +1,72 @@
+"""Cost from reported usage.
+
+Prices, in dollars per million tokens, come from (first that applies): the user's
+``in_mtok_cost`` / ``out_mtok_cost``; litellm's bundled model price map, read as a JSON file
+without importing litellm (no network, no import cost); else unknown (cost 0, prices ``None``).
+Batch prices use the map's batch rates, else half the online price.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+
+_PRICE_FILE = "model_prices_and_context_window_backup.json"
+
+
+@dataclass(frozen=True)
+class Prices:
+    """Dollars per million tokens; ``None`` when unknown."""
+
+    input: float | None
+    output: float | None
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return ((self.input or 0.0) * input_tokens + (self.output or 0.0) * output_tokens) / 1e6
+
+
+@functools.lru_cache(maxsize=1)
+def _price_map() -> dict:
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    path = os.path.join(list(spec.submodule_search_locations)[0], _PRICE_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return {}
+
+
+def _lookup(model: str) -> dict:
+    table = _price_map()
+    if model in table:
+        return table[model]
+    tail = model.split("/", 1)[-1]
+    return table.get(tail, {})
+
+
+def resolve_prices(
+    model: str,
+    in_mtok_cost: float | None = None,
+    out_mtok_cost: float | None = None,
+    batch: bool = False,
+) -> Prices:
+    """Prices for ``model``; user overrides win, each side independently."""
+    entry = _lookup(model) if in_mtok_cost is None or out_mtok_cost is None else {}
+
+    def side(user: float | None, key: str) -> float | None:
+        if user is not None:
+            return float(user) * (0.5 if batch else 1.0)
+        per_token = entry.get(f"{key}_batches") if batch else None
+        if per_token is not None:
+            return per_token * 1e6
+        per_token = entry.get(key)
+        if per_token is None:
+            return None
+        return per_token * 1e6 * (0.5 if batch else 1.0)
+
+    return Prices(side(in_mtok_cost, "input_cost_per_token"), side(out_mtok_cost, "output_cost_per_token"))

@@ -1,0 +1,258 @@
+"""The run directory on fsspec: the only state a run has.
+
+Layout under ``<working_dir>/<run_id>/`` (see DESIGN.md)::
+
+    manifest.json
+    requests/<shard>.jsonl          one request per line, written whole
+    responses/<shard>.jsonl         local filesystems: append-only, one write() per line
+    responses/<shard>.part-*.jsonl  object stores: immutable part files, one per flush
+    batches/<shard>.json            batch records
+    output/                         parsed dataset + stats.json
+    failed_requests.jsonl
+
+Invariants:
+- whole files appear atomically (temp name + rename locally; a single PUT on object stores);
+- a response line is either fully present or ignored: readers skip a torn or undecodable line,
+  and an appender first terminates a torn tail so the next line starts clean;
+- nothing here holds more than one line (or one flush buffer) in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import fsspec
+import orjson
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def default_working_dir() -> str:
+    """``CURATOR_FLOWS_WORKING_DIR``, else ``~/.cache/curator-flows``."""
+    configured = os.environ.get("CURATOR_FLOWS_WORKING_DIR")
+    if configured:
+        return configured
+    return os.path.join(os.path.expanduser("~"), ".cache", "curator-flows")
+
+
+def join_uri(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def shard_name(index: int) -> str:
+    return f"{index:05d}"
+
+
+def dumps(record: Any) -> bytes:
+    return orjson.dumps(record) + b"\n"
+
+
+class RunStore:
+    """File access to one run directory, addressed by its URI."""
+
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.uri = uri.rstrip("/")
+        self.storage_options = storage_options or {}
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **self.storage_options)
+        self.local = _is_local(self.fs)
+        if self.local:
+            self.root = os.path.abspath(os.path.expanduser(self.root))
+
+    # ----------------------------------------------------------------- paths
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def glob(self, pattern: str) -> list[str]:
+        """Relative paths matching ``pattern`` (relative to the run root), sorted."""
+        prefix = self.fs._strip_protocol(self.root).rstrip("/") + "/"
+        found = (self.fs._strip_protocol(p) for p in self.fs.glob(self.path(pattern)))
+        return sorted(p[len(prefix) :] for p in found if p.startswith(prefix))
+
+    def _ensure_parent(self, path: str) -> None:
+        if self.local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+
+    # ------------------------------------------------------------ whole files
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write ``rel`` atomically."""
+        path = self.path(rel)
+        self._ensure_parent(path)
+        if self.local:
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def read_bytes(self, rel: str) -> bytes:
+        path = self.path(rel)
+        if self.local:
+            with open(path, "rb") as handle:
+                return handle.read()
+        return self.fs.cat_file(path)
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, orjson.dumps(obj, option=orjson.OPT_INDENT_2))
+
+    def read_json(self, rel: str) -> Any:
+        return orjson.loads(self.read_bytes(rel))
+
+    @contextlib.contextmanager
+    def atomic_writer(self, rel: str) -> Iterator[Any]:
+        """A binary handle whose file appears at ``rel`` whole on success, never on error."""
+        path = self.path(rel)
+        self._ensure_parent(path)
+        if self.local:
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            try:
+                with open(tmp, "wb", buffering=1 << 20) as handle:
+                    yield handle
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        else:
+            buffer = io.BytesIO()
+            yield buffer
+            self.fs.pipe_file(path, buffer.getvalue())
+
+    def write_lines(self, rel: str, records: Iterable[Any]) -> int:
+        """Stream ``records`` as JSON lines into ``rel``; the file appears whole or not at all."""
+        count = 0
+        with self.atomic_writer(rel) as handle:
+            for record in records:
+                handle.write(dumps(record))
+                count += 1
+        return count
+
+    def remove(self, rel: str) -> None:
+        path = self.path(rel)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    # -------------------------------------------------------------- reading
+    def iter_lines(self, rel: str) -> Iterator[dict[str, Any]]:
+        """Records of one JSONL file; a torn or undecodable line is skipped."""
+        path = self.path(rel)
+        opener = open(path, "rb", buffering=1 << 20) if self.local else self.fs.open(path, "rb")
+        with opener as handle:
+            for raw in handle:
+                if not raw.endswith(b"\n"):
+                    log.warning("ignoring a torn last line in %s", path)
+                    break
+                try:
+                    yield orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    log.warning("ignoring an undecodable line in %s", path)
+
+    def iter_records(self, pattern: str) -> Iterator[dict[str, Any]]:
+        """Records of every file matching ``pattern``, file by file in name order."""
+        for rel in self.glob(pattern):
+            if ".tmp-" in rel:
+                continue
+            yield from self.iter_lines(rel)
+
+    # -------------------------------------------------------------- appends
+    def appender(self, rel_stem: str, flush_lines: int = 2000, flush_seconds: float = 2.0):
+        """An append-only writer for ``<rel_stem>.jsonl`` (see :class:`LineAppender`)."""
+        if self.local:
+            return LocalAppender(self.path(rel_stem + ".jsonl"))
+        return PartAppender(self, rel_stem, flush_lines, flush_seconds)
+
+
+class LocalAppender:
+    """One ``write()`` per line on an ``O_APPEND`` descriptor: a line survives ``kill -9`` as soon
+    as :meth:`append` returns (it is in the kernel's page cache)."""
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        size = os.fstat(self.fd).st_size
+        if size:
+            with open(path, "rb") as handle:
+                handle.seek(size - 1)
+                if handle.read(1) != b"\n":
+                    os.write(self.fd, b"\n")  # isolate a torn tail from the next line
+
+    def append(self, record: Any) -> None:
+        os.write(self.fd, dumps(record))
+
+    def append_many(self, records: Iterable[Any]) -> None:
+        data = b"".join(dumps(r) for r in records)
+        if data:
+            os.write(self.fd, data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> LocalAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PartAppender:
+    """Appends for object stores, which have no append: buffered lines become an immutable
+    ``<stem>.part-<time>-<uuid>.jsonl`` every ``flush_lines`` lines or ``flush_seconds``.
+    A crash loses at most the unflushed buffer, whose requests are then simply pending again."""
+
+    def __init__(self, store: RunStore, rel_stem: str, flush_lines: int, flush_seconds: float):
+        self.store = store
+        self.rel_stem = rel_stem
+        self.flush_lines = flush_lines
+        self.flush_seconds = flush_seconds
+        self.buffer: list[bytes] = []
+        self.last_flush = time.monotonic()
+
+    def append(self, record: Any) -> None:
+        self.buffer.append(dumps(record))
+        if (
+            len(self.buffer) >= self.flush_lines
+            or time.monotonic() - self.last_flush >= self.flush_seconds
+        ):
+            self.flush()
+
+    def append_many(self, records: Iterable[Any]) -> None:
+        self.buffer.extend(dumps(r) for r in records)
+        self.flush()
+
+    def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        if not self.buffer:
+            return
+        name = f"{self.rel_stem}.part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
+        self.store.write_bytes(name, b"".join(self.buffer))
+        self.buffer = []
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> PartAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,106 @@
+"""The result types of the spec: statistics and :class:`CuratorResponse`.
+
+Statistics are plain dataclasses so they serialise to the run directory's ``stats.json`` and back
+without loss (``to_dict`` / ``from_dict``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TokenUsage:
+    input: int = 0
+    output: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input + self.output
+
+
+@dataclass
+class CostInfo:
+    total_cost: float = 0.0
+    input_cost_per_million: float | None = None
+    output_cost_per_million: float | None = None
+    batch_discount: bool = False
+    #: cost of responses reused from the store rather than paid in this call
+    cached_cost: float = 0.0
+
+
+@dataclass
+class RequestStats:
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    #: responses already stored before this call (no request sent)
+    cached: int = 0
+    #: requests sent in this call, retries included
+    attempts: int = 0
+    rate_limited: int = 0
+
+
+@dataclass
+class PerformanceStats:
+    total_time: float = 0.0
+    requests_per_minute: float = 0.0
+    input_tokens_per_minute: float = 0.0
+    output_tokens_per_minute: float = 0.0
+    max_concurrent_requests: int = 0
+    mean_latency: float = 0.0
+
+
+_STAT_TYPES = {
+    "token_usage": TokenUsage,
+    "cost_info": CostInfo,
+    "request_stats": RequestStats,
+    "performance_stats": PerformanceStats,
+}
+
+
+@dataclass
+class RunStats:
+    """Everything ``stats.json`` holds."""
+
+    token_usage: TokenUsage = field(default_factory=TokenUsage)
+    cost_info: CostInfo = field(default_factory=CostInfo)
+    request_stats: RequestStats = field(default_factory=RequestStats)
+    performance_stats: PerformanceStats = field(default_factory=PerformanceStats)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in _STAT_TYPES}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunStats:
+        return cls(**{name: kind(**data.get(name, {})) for name, kind in _STAT_TYPES.items()})
+
+
+@dataclass
+class CuratorResponse:
+    """What ``LLM.__call__`` returns: the dataset and its statistics (fields of the spec)."""
+
+    dataset: Any
+    model_name: str
+    cache_dir: str | None = None
+    failed_requests_path: Path | str | None = None
+    viewer_url: str | None = None
+    batch_mode: bool = False
+    max_requests_per_minute: int | None = None
+    max_tokens_per_minute: int | None = None
+    token_usage: TokenUsage = field(default_factory=TokenUsage)
+    cost_info: CostInfo = field(default_factory=CostInfo)
+    request_stats: RequestStats = field(default_factory=RequestStats)
+    performance_stats: PerformanceStats = field(default_factory=PerformanceStats)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        rows = len(self.dataset) if self.dataset is not None else 0
+        return (
+            f"CuratorResponse(model_name={self.model_name!r}, rows={rows}, "
+            f"succeeded={self.request_stats.succeeded}, failed={self.request_stats.failed}, "
+            f"cost=${self.cost_info.total_cost:.4f}, cache_dir={self.cache_dir!r})"
+        )
