@@ -81,7 +81,9 @@ class OfflineParams(CommonParams):
     @model_validator(mode="after")
     def _token_range(self) -> OfflineParams:
         if self.min_tokens > self.max_tokens:
-            raise ValueError(f"min_tokens ({self.min_tokens}) exceeds max_tokens ({self.max_tokens})")
+            raise ValueError(
+                f"min_tokens ({self.min_tokens}) exceeds max_tokens ({self.max_tokens})"
+            )
         return self
 
 
@@ -104,7 +106,7 @@ class BackendConfig:
 
     @classmethod
     def from_user(cls, mode: Mode, backend_params: dict[str, Any] | None) -> BackendConfig:
-        """Validate user ``backend_params`` for ``mode``; raise :class:`ConfigError` on any problem."""
+        """Validate ``backend_params`` for ``mode``; raise :class:`ConfigError` on any problem."""
         model = _PARAMS_BY_MODE[mode]
         raw = dict(backend_params or {})
         if not isinstance(backend_params, dict | type(None)):

@@ -69,4 +69,6 @@ def resolve_prices(
             return None
         return per_token * 1e6 * (0.5 if batch else 1.0)
 
-    return Prices(side(in_mtok_cost, "input_cost_per_token"), side(out_mtok_cost, "output_cost_per_token"))
+    return Prices(
+        side(in_mtok_cost, "input_cost_per_token"), side(out_mtok_cost, "output_cost_per_token")
+    )

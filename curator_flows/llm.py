@@ -86,7 +86,10 @@ class LLM:
         if self.response_format is not None:
             from pydantic import BaseModel
 
-            if not (isinstance(self.response_format, type) and issubclass(self.response_format, BaseModel)):
+            if not (
+                isinstance(self.response_format, type)
+                and issubclass(self.response_format, BaseModel)
+            ):
                 raise ConfigError("response_format must be a pydantic BaseModel subclass")
         self.batch = bool(batch)
         self.backend = resolve_backend(model_name, backend, self.batch)
@@ -165,7 +168,10 @@ class LLM:
         return run_in_process(self, dataset, working_dir)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(model_name={self.model_name!r}, backend={self.backend!r}, mode={self.mode!r})"
+        return (
+            f"{type(self).__name__}(model_name={self.model_name!r}, backend={self.backend!r}, "
+            f"mode={self.mode!r})"
+        )
 
 
 def llm_from_spec(spec: dict[str, Any], **overrides: Any) -> LLM:

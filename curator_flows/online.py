@@ -68,9 +68,7 @@ class OnlineSummary:
 
 def success_ids(store: RunStore, shard: str) -> set[str]:
     return {
-        rec["id"]
-        for rec in store.iter_records(f"responses/{shard}.*jsonl")
-        if "content" in rec
+        rec["id"] for rec in store.iter_records(f"responses/{shard}.*jsonl") if "content" in rec
     }
 
 
@@ -231,7 +229,9 @@ class OnlineRunner:
         elif attempt.kind == "rate_limited":
             self.summary.rate_limited += 1
             item.rate_limited += 1
-            pause = attempt.retry_after if attempt.retry_after is not None else self.pause_on_rate_limit
+            pause = (
+                attempt.retry_after if attempt.retry_after is not None else self.pause_on_rate_limit
+            )
             self.limiter.pause(pause)
             if item.rate_limited > MAX_RATE_LIMIT_RETRIES:
                 self.fail(item, f"rate limited {item.rate_limited} times; last: {attempt.error}")

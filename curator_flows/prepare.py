@@ -50,7 +50,9 @@ def iter_rows(dataset: Any) -> Iterator[dict[str, Any]]:
         yield {"prompt": dataset}
         return
     if isinstance(dataset, dict):
-        raise InputError("dataset must be an iterable of rows, not a single dict: wrap it in a list")
+        raise InputError(
+            "dataset must be an iterable of rows, not a single dict: wrap it in a list"
+        )
     if not isinstance(dataset, Iterable):
         raise InputError(f"dataset must be iterable, got {type(dataset).__name__}")
     for index, row in enumerate(dataset):
@@ -61,7 +63,10 @@ def iter_rows(dataset: Any) -> Iterator[dict[str, Any]]:
         elif hasattr(row, "model_dump"):
             yield row.model_dump(mode="json")
         else:
-            raise InputError(f"row {index}: expected a dict, a string or a pydantic model, got {type(row).__name__}")
+            raise InputError(
+                f"row {index}: expected a dict, a string or a pydantic model, "
+                f"got {type(row).__name__}"
+            )
 
 
 def _encode_row(index: int, row: dict[str, Any]) -> bytes:
@@ -94,8 +99,12 @@ def spool(dataset: Any, spool_path: str) -> tuple[str, int]:
 def to_messages(index: int, value: Any) -> list[dict[str, Any]]:
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
-    if isinstance(value, list) and value and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in value
+    if (
+        isinstance(value, list)
+        and value
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in value
+        )
     ):
         return value
     raise PromptError(
@@ -136,14 +145,23 @@ def _render(llm: LLM, spool_path: str) -> Iterator[tuple[int, dict[str, Any], by
                 ) from exc
             messages = to_messages(index, value)
             messages_json = orjson.dumps(messages)
-            request = {"id": ids.next_id(messages_json), "row": index, "messages": messages, "input": row}
+            request = {
+                "id": ids.next_id(messages_json),
+                "row": index,
+                "messages": messages,
+                "input": row,
+            }
             yield index, request, messages_json
 
 
-def _write_shards(store: RunStore, llm: LLM, spool_path: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def _write_shards(
+    store: RunStore, llm: LLM, spool_path: str
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
     max_requests, max_bytes = shard_limits(llm)
     template_bytes = len(
-        orjson.dumps({"model": llm.model_name, "params": llm.generation_params, "schema": llm.schema()})
+        orjson.dumps(
+            {"model": llm.model_name, "params": llm.generation_params, "schema": llm.schema()}
+        )
     )
     shards: list[dict[str, Any]] = []
     owner: dict[str, str] = {}
@@ -152,8 +170,10 @@ def _write_shards(store: RunStore, llm: LLM, spool_path: str) -> tuple[list[dict
     try:
         for _index, request, messages_json in _render(llm, spool_path):
             size = len(messages_json) + template_bytes + _BATCH_LINE_OVERHEAD
-            if current is None or current["requests"] >= max_requests or (
-                current["requests"] and current["bytes"] + size > max_bytes
+            if (
+                current is None
+                or current["requests"] >= max_requests
+                or (current["requests"] and current["bytes"] + size > max_bytes)
             ):
                 if writer is not None:
                     writer.__exit__(None, None, None)
@@ -175,7 +195,9 @@ def _write_shards(store: RunStore, llm: LLM, spool_path: str) -> tuple[list[dict
     return shards, owner
 
 
-def reuse_sibling_responses(store: RunStore, working_dir: str, run_id: str, owner: dict[str, str]) -> int:
+def reuse_sibling_responses(
+    store: RunStore, working_dir: str, run_id: str, owner: dict[str, str]
+) -> int:
     """Copy successful responses of earlier runs of the same request family (same model, params
     and schema) for this run's request ids: an edit of k rows then sends k requests."""
     family = run_id.split("-", 1)[0]
@@ -205,7 +227,9 @@ def reuse_sibling_responses(store: RunStore, working_dir: str, run_id: str, owne
     return reused
 
 
-def prepare_run(llm: LLM, dataset: Any, working_dir: str | None = None) -> tuple[RunStore, dict[str, Any]]:
+def prepare_run(
+    llm: LLM, dataset: Any, working_dir: str | None = None
+) -> tuple[RunStore, dict[str, Any]]:
     """Prepare (or re-open, when already prepared) the run of ``llm`` over ``dataset``."""
     working_dir = (working_dir or default_working_dir()).rstrip("/")
     spool_dir = tempfile.mkdtemp(prefix="curator-flows-spool-")

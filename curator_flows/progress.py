@@ -45,7 +45,7 @@ class Progress:
         self.last = now
         line = self.render(now)
         if self.mode == "bar":
-            sys.stderr.write("\r" + line[: 160].ljust(100))
+            sys.stderr.write("\r" + line[:160].ljust(100))
             sys.stderr.flush()
         elif logging.getLogger().hasHandlers() or log.handlers:
             log.info(line)

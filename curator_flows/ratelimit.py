@@ -136,8 +136,12 @@ class RateLimiter:
             return
         self.learned = True
         now = time.monotonic()
-        for name in ("requests_per_minute", "tokens_per_minute", "input_tokens_per_minute",
-                     "output_tokens_per_minute"):
+        for name in (
+            "requests_per_minute",
+            "tokens_per_minute",
+            "input_tokens_per_minute",
+            "output_tokens_per_minute",
+        ):
             if (getattr(limits, name) or 0) >= _EFFECTIVELY_UNLIMITED:
                 setattr(limits, name, None)
         if not self.user_set["rpm"] and limits.requests_per_minute:

@@ -72,7 +72,9 @@ def _shard_names(manifest: dict[str, Any], shard: str | list[str] | None) -> lis
 def build_online_backend(llm: LLM, config: BackendConfig, concurrency: int):
     schema = llm.schema()
     max_tokens = config.params.max_tokens
-    common = dict(base_url=config.base_url, api_key=config.api_key(), request_timeout=config.request_timeout)
+    common = dict(
+        base_url=config.base_url, api_key=config.api_key(), request_timeout=config.request_timeout
+    )
     if llm.backend == "openai":
         from .backends.openai import OpenAIChatBackend, request_template
 
@@ -82,7 +84,12 @@ def build_online_backend(llm: LLM, config: BackendConfig, concurrency: int):
         from .backends.anthropic import AnthropicMessagesBackend
 
         return AnthropicMessagesBackend(
-            llm.model_name, llm.generation_params, schema, max_tokens, pool_size=concurrency, **common
+            llm.model_name,
+            llm.generation_params,
+            schema,
+            max_tokens,
+            pool_size=concurrency,
+            **common,
         )
     if llm.backend == "litellm":
         from .backends.litellm import LiteLLMBackend
@@ -152,7 +159,9 @@ def run_online(
     return {**result, **summary.to_dict()}
 
 
-def finalize(run: RunRef, *, llm: LLM | None = None, session: dict[str, Any] | None = None) -> CuratorResponse:
+def finalize(
+    run: RunRef, *, llm: LLM | None = None, session: dict[str, Any] | None = None
+) -> CuratorResponse:
     """Parse stored responses into the output dataset; return the :class:`CuratorResponse`.
 
     Raises :class:`IncompleteRunError` (after writing everything) when ``require_all_responses``
@@ -165,7 +174,9 @@ def finalize(run: RunRef, *, llm: LLM | None = None, session: dict[str, Any] | N
     params = llm.config.params
     session.setdefault(
         "prices",
-        resolve_prices(llm.model_name, params.in_mtok_cost, params.out_mtok_cost, manifest["mode"] == "batch"),
+        resolve_prices(
+            llm.model_name, params.in_mtok_cost, params.out_mtok_cost, manifest["mode"] == "batch"
+        ),
     )
     stats = finalize_run(store, manifest, llm, session)
     output = store.read_json(OUTPUT_STATS)
@@ -209,8 +220,13 @@ def _response(
         cost_info=stats.cost_info,
         request_stats=stats.request_stats,
         performance_stats=stats.performance_stats,
-        metadata={"run_id": manifest["run_id"], "run_uri": store.uri, "mode": manifest["mode"],
-                  "backend": manifest["backend"], "shards": len(manifest["shards"])},
+        metadata={
+            "run_id": manifest["run_id"],
+            "run_uri": store.uri,
+            "mode": manifest["mode"],
+            "backend": manifest["backend"],
+            "shards": len(manifest["shards"]),
+        },
     )
 
 
@@ -250,3 +266,13 @@ def run_in_process(llm: LLM, dataset: Any, working_dir: str | None) -> CuratorRe
     session["elapsed"] = session.get("elapsed") or time.monotonic() - started
     session["cached"] = manifest["requests"] - session.get("pending_before", 0)
     return finalize(summary, llm=llm, session=session)
+
+
+def run_offline(
+    run: RunRef, shard: str | list[str] | None = None, *, llm: LLM | None = None
+) -> dict[str, Any]:
+    """Generate the pending requests of ``shard`` with vLLM on this worker (see
+    :mod:`curator_flows.offline`)."""
+    from .offline import run_offline as _run_offline
+
+    return _run_offline(run, shard, llm=llm)

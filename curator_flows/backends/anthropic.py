@@ -7,7 +7,7 @@ always sent (Anthropic requires it).
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -68,7 +68,7 @@ def _seconds_until(stamp: str | None) -> float | None:
         when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def api_headers(api_key: str | None, structured: bool) -> dict[str, str]:
@@ -101,7 +101,10 @@ class AnthropicMessagesBackend(HttpBackendBase):
                 "no Anthropic API key: set ANTHROPIC_API_KEY or backend_params['api_key']"
             )
         super().__init__(
-            f"{base}/v1/messages", api_headers(api_key, schema is not None), request_timeout, pool_size
+            f"{base}/v1/messages",
+            api_headers(api_key, schema is not None),
+            request_timeout,
+            pool_size,
         )
         self.model = model
         self.generation_params = generation_params

@@ -7,7 +7,6 @@ attempts, never as exceptions.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
@@ -53,7 +52,7 @@ class HttpBackendBase:
             async with self.session.post(self.url, data=body) as response:
                 raw = await response.read()
                 return response.status, response.headers, raw
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return Attempt("retryable", error=f"timeout after {self.request_timeout:g}s")
         except self._client_error as exc:
             return Attempt("retryable", error=f"connection error: {type(exc).__name__}: {exc}")

@@ -61,7 +61,7 @@ class LiteLLMBackend:
             response = await asyncio.wait_for(
                 litellm.acompletion(messages=messages, **self.kwargs), self.request_timeout + 5
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return Attempt("retryable", error=f"timeout after {self.request_timeout:g}s")
         except litellm.RateLimitError as exc:
             return Attempt("rate_limited", error=f"rate limited: {exc}"[:300])

@@ -111,9 +111,7 @@ class OpenAIChatBackend(HttpBackendBase):
         base = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key and base == DEFAULT_BASE_URL:
-            raise ValueError(
-                "no OpenAI API key: set OPENAI_API_KEY or backend_params['api_key']"
-            )
+            raise ValueError("no OpenAI API key: set OPENAI_API_KEY or backend_params['api_key']")
         headers = {"authorization": f"Bearer {key or 'none'}"}
         super().__init__(f"{base}/chat/completions", headers, request_timeout, pool_size)
         self.prefix = orjson.dumps(template)[:-1] + b',"messages":'

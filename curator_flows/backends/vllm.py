@@ -149,9 +149,7 @@ def validate_params(
     known = _vllm_sampling_keys() or _FALLBACK_SAMPLING_KEYS
     unknown = sorted(k for k in sampling if k not in known)
     if unknown:
-        raise ValueError(
-            f"unknown sampling parameter(s) for vLLM: {', '.join(map(repr, unknown))}"
-        )
+        raise ValueError(f"unknown sampling parameter(s) for vLLM: {', '.join(map(repr, unknown))}")
 
     # --- sampling values ----------------------------------------------------------
     n = sampling.get("n", 1)
@@ -201,9 +199,7 @@ def _check_request(index: int, request: Any) -> tuple[str, Any]:
     has_messages = request.get("messages") is not None
     has_prompt = request.get("prompt") is not None
     if has_messages == has_prompt:
-        raise ValueError(
-            f"request {custom_id!r} must have exactly one of 'messages' or 'prompt'"
-        )
+        raise ValueError(f"request {custom_id!r} must have exactly one of 'messages' or 'prompt'")
     if has_prompt:
         prompt = request["prompt"]
         if not isinstance(prompt, str):
@@ -232,6 +228,11 @@ class VLLMGenerator:
     ``seed``, ...). ``json_schema`` constrains every output to that JSON schema through
     vLLM's structured outputs (``StructuredOutputsParams(json=...)``).
     """
+
+    # Open generators in this process. With an in-process engine
+    # (VLLM_ENABLE_V1_MULTIPROCESSING=0) vLLM's parallel state is process-global, so it
+    # is torn down only when the last generator closes.
+    _open_count = 0
 
     def __init__(
         self,
@@ -262,6 +263,7 @@ class VLLMGenerator:
         from vllm import LLM
 
         self._llm: Any = LLM(model=model_name, **engine)
+        VLLMGenerator._open_count += 1
 
     @staticmethod
     def _build_sampling_params(sampling: dict[str, Any], json_schema: dict | None) -> Any:
@@ -313,9 +315,7 @@ class VLLMGenerator:
             outputs = self._generate_mixed(parsed)
 
         if len(outputs) != len(parsed):
-            raise RuntimeError(
-                f"vLLM returned {len(outputs)} outputs for {len(parsed)} requests"
-            )
+            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(parsed)} requests")
         return [
             self._to_response(request["custom_id"], output)
             for request, output in zip(requests, outputs, strict=True)
@@ -379,16 +379,18 @@ class VLLMGenerator:
             except Exception:  # best effort while tearing down
                 pass
         del llm, engine_core, shutdown
-        try:
-            from vllm.distributed.parallel_state import (
-                destroy_distributed_environment,
-                destroy_model_parallel,
-            )
+        VLLMGenerator._open_count = max(0, VLLMGenerator._open_count - 1)
+        if VLLMGenerator._open_count == 0:
+            try:
+                from vllm.distributed.parallel_state import (
+                    destroy_distributed_environment,
+                    destroy_model_parallel,
+                )
 
-            destroy_model_parallel()
-            destroy_distributed_environment()
-        except Exception:
-            pass
+                destroy_model_parallel()
+                destroy_distributed_environment()
+            except Exception:
+                pass
         gc.collect()
         try:
             import torch

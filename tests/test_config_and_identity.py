@@ -1,0 +1,71 @@
+"""Typed backend_params and run identity: what is and is not fingerprinted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from curator_flows import LLM
+from curator_flows.cost import resolve_prices
+from curator_flows.prepare import run_id_for
+
+
+class A(LLM):
+    def prompt(self, input):
+        return "a"
+
+
+class B(LLM):
+    def prompt(self, input):
+        return "b"
+
+
+def test_secrets_limits_and_concurrency_do_not_change_the_run_id():
+    base = A("gpt-4o-mini", backend_params={"api_key": "one"})
+    other = A(
+        "gpt-4o-mini",
+        backend_params={
+            "api_key": "two",
+            "max_requests_per_minute": 5,
+            "max_concurrent_requests": 3,
+        },
+    )
+    assert run_id_for(base, "data") == run_id_for(other, "data")
+
+
+def test_output_affecting_inputs_change_the_run_id():
+    base = run_id_for(A("gpt-4o-mini"), "data")
+    assert run_id_for(A("gpt-4o"), "data") != base
+    assert run_id_for(A("gpt-4o-mini", generation_params={"temperature": 0.1}), "data") != base
+    assert run_id_for(A("gpt-4o-mini", backend_params={"max_tokens": 10}), "data") != base
+    assert run_id_for(B("gpt-4o-mini"), "data") != base
+    assert run_id_for(A("gpt-4o-mini"), "other data") != base
+
+
+def test_public_config_has_no_api_key():
+    llm = A("gpt-4o-mini", backend_params={"api_key": "sk-secret-value"})
+    assert "sk-secret-value" not in repr(llm.config.public_dict())
+    assert "sk-secret-value" not in repr(llm.spec())
+
+
+def test_prices_from_the_table_and_overrides():
+    table = resolve_prices("gpt-4o-mini")
+    assert table.input and table.output
+    batch = resolve_prices("gpt-4o-mini", batch=True)
+    assert batch.input == table.input / 2
+    override = resolve_prices("gpt-4o-mini", in_mtok_cost=1.5, out_mtok_cost=2.5)
+    assert (override.input, override.output) == (1.5, 2.5)
+    assert resolve_prices("unknown-model").input is None
+
+
+def test_import_is_fast_and_light():
+    code = (
+        "import sys, time; t = time.perf_counter(); import curator_flows; "
+        "dt = time.perf_counter() - t; "
+        "heavy = [m for m in ('litellm','vllm','datasets','openai','airflow','prefect','pydantic',"
+        "'aiohttp') if m in sys.modules]; print(dt, heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    seconds, heavy = out.stdout.split(" ", 1)
+    assert heavy.strip() == "[]"
+    assert float(seconds) < 0.3
