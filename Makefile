@@ -12,7 +12,7 @@ uv:
 	@command -v uv >/dev/null 2>&1 || [ -x "$(HOME)/.local/bin/uv" ] || $(PYTHON) -m pip install --user --quiet uv
 
 venv: uv
-	@$(UV) sync --frozen $(EXTRAS) --quiet
+	@$(UV) sync --frozen $(EXTRAS) --compile-bytecode --quiet
 
 vllm-venv:
 	@bash scripts/setup_vllm_venv.sh

@@ -25,7 +25,9 @@ from curator_flows import LLM
 params = {"base_url": sys.argv[1], "api_key": "bench", "progress": "off"}
 llm = LLM("gpt-4o-mini", backend_params=params)
 result = llm([f"cached prompt {i}" for i in range(int(sys.argv[3]))], working_dir=sys.argv[2])
-assert len(result.dataset) == int(sys.argv[3]) and result.request_stats.cached == int(sys.argv[3])
+assert len(result.dataset) == int(sys.argv[3])
+if sys.argv[4:] == ["cached"]:
+    assert result.request_stats.cached == int(sys.argv[3]), result.request_stats
 """
 
 
@@ -45,7 +47,7 @@ def main() -> None:
     with simulator_process() as base_url, tempfile.TemporaryDirectory() as wd:
         argv = [sys.executable, "-c", RERUN, base_url, wd, str(args.rows)]
         subprocess.run(argv, check=True)  # the first, paid run
-        rerun = timed(argv)
+        rerun = timed([*argv, "cached"])
     imports = timed([sys.executable, "-c", "import curator_flows"], repeat=5)
     bare = timed([sys.executable, "-c", "pass"], repeat=5)
     heavy = subprocess.run(

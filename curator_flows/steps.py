@@ -103,7 +103,13 @@ def _output_estimate(llm: LLM) -> int:
     for key in ("max_tokens", "max_completion_tokens"):
         if isinstance(params.get(key), int):
             return params[key]
-    return llm.config.params.max_tokens or 256
+    if llm.config.params.max_tokens:
+        return llm.config.params.max_tokens
+    if llm.backend == "anthropic":  # always sent; Anthropic counts it against OTPM up front
+        from .backends.anthropic import DEFAULT_MAX_TOKENS
+
+        return DEFAULT_MAX_TOKENS
+    return 256
 
 
 def run_online(
@@ -276,3 +282,76 @@ def run_offline(
     from .offline import run_offline as _run_offline
 
     return _run_offline(run, shard, llm=llm)
+
+
+# ----------------------------------------------------------------------------- batch steps
+# submit → poll (until done) → collect → (submit again while collect says "resubmit") → finalize.
+# See curator_flows/batch/ for the record format, reconciliation and the invariants.
+
+
+def _batch_context(run: RunRef, llm: LLM | None, api_key: str | None):
+    from .batch.steps import Context
+
+    store, manifest = open_run(run)
+    return Context(store, manifest, llm, api_key)
+
+
+def submit(
+    run: RunRef,
+    shard: str,
+    *,
+    llm: LLM | None = None,
+    api_key: str | None = None,
+    retry_failed: bool = False,
+) -> dict[str, Any]:
+    """Create the provider batch of ``shard``'s pending requests, unless one exists.
+
+    Writes the intent record first; re-attaches to a batch an earlier crashed call created.
+    ``retry_failed``: also start a new campaign for requests that failed finally (or were
+    cancelled). Returns ``{"run_uri", "run_id", "shard", "state", "round", "attempt",
+    "batch_id", "status", "requests", "created", ...}`` where ``state`` is ``submitted`` (poll
+    it), ``ended`` (collect it), ``reconciling`` (call again later), ``done`` or ``cancelled``."""
+    from .batch.steps import submit_shard
+
+    return submit_shard(_batch_context(run, llm, api_key), shard, retry_failed=retry_failed)
+
+
+def poll(run: RunRef, shard: str, *, api_key: str | None = None) -> dict[str, Any]:
+    """One non-blocking status check of ``shard``'s current batch (a sensor's poke).
+
+    Returns ``{..., "done": bool, "status", "state", "batch_id", "request_counts"}``; ``done``
+    means the batch ended and ``collect`` can run. Needs no LLM class, only the run URI."""
+    from .batch.steps import poll_shard
+
+    return poll_shard(_batch_context(run, None, api_key), shard)
+
+
+def collect(
+    run: RunRef, shard: str, *, llm: LLM | None = None, api_key: str | None = None
+) -> dict[str, Any]:
+    """Stream the ended batch's results into ``responses/<shard>.jsonl`` (idempotent).
+
+    Returns ``{..., "succeeded", "failed", "retry", "resubmit": bool, "done": bool}``:
+    ``resubmit`` means requests are still owed and ``submit`` starts the next round."""
+    from .batch.steps import collect_shard
+
+    return collect_shard(_batch_context(run, llm, api_key), shard)
+
+
+def cancel(run: RunRef, *, api_key: str | None = None) -> dict[str, Any]:
+    """Cancel every live batch of the run and stop further rounds (a later ``submit(...,
+    retry_failed=True)`` or a new ``LLM(...)(dataset)`` call resumes). Partial results are
+    still collected. Returns ``{"run_uri", "run_id", "cancelled_at", "batches", "errors"}``."""
+    from .batch.steps import cancel_run
+
+    return cancel_run(_batch_context(run, None, api_key))
+
+
+def status(run: RunRef) -> dict[str, Any]:
+    """Per-shard state, counts and cost so far of any run (online, batch, offline); reads only
+    the run directory. Returns ``{"run_uri", "run_id", "mode", "finalized", "totals",
+    "shards": [{"shard", "state", "requests", "succeeded", "failed", "pending", "cost", ...}]}``."""
+    from .batch.steps import run_status
+
+    store, manifest = open_run(run)
+    return run_status(store, manifest)

@@ -177,7 +177,7 @@ def test_other_4xx_fail_at_once(sim, params, wd):
 
 
 def test_require_all_responses_raises_after_storing_and_resumes(sim, params, wd):
-    rows = [{"topic": f"t{i}"} for i in range(5)] + [{"topic": "bad [[sim:500x3]]"}]
+    rows = [{"topic": f"t{i}"} for i in range(5)] + [{"topic": "bad [[sim:500x2]]"}]
     llm = Topic("gpt-4o-mini", backend_params=params(max_retries=1, require_all_responses=True))
     with pytest.raises(IncompleteRunError) as error:
         llm(rows, working_dir=wd)

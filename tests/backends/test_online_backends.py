@@ -38,9 +38,12 @@ def test_anthropic_messages_backend(sim, params, wd):
 
 
 def test_anthropic_separate_token_limits(sim, params, wd):
-    sim.configure(input_tpm=60_000, output_tpm=60_000)
+    sim.configure(input_tpm=60_000, output_tpm=6_000)
     backend_params = params(
-        base_url=sim.url, max_input_tokens_per_minute=60_000, max_output_tokens_per_minute=60_000
+        base_url=sim.url,
+        max_tokens=64,
+        max_input_tokens_per_minute=60_000,
+        max_output_tokens_per_minute=6_000,
     )
     result = PetNamer("claude-haiku-4-5", backend="anthropic", backend_params=backend_params)(
         [{"kind": f"k{i}"} for i in range(5)], working_dir=wd
