@@ -33,6 +33,8 @@ MAX_RATE_LIMIT_RETRIES = 100
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 WARMUP_IN_FLIGHT = 1  # requests in flight before the first response tells us the limits
+#: in-flight cap when neither the user nor the provider's headers say anything about limits
+UNKNOWN_LIMITS_CONCURRENCY = 64
 
 
 @dataclass(slots=True)
@@ -93,6 +95,7 @@ class OnlineRunner:
         limiter: RateLimiter,
         *,
         concurrency: int,
+        concurrency_is_explicit: bool = False,
         max_retries: int,
         pause_on_rate_limit: float,
         invalid_finish_reasons: tuple[str, ...],
@@ -105,6 +108,8 @@ class OnlineRunner:
         self.backend = backend
         self.limiter = limiter
         self.concurrency = concurrency
+        self.allowed = concurrency
+        self.concurrency_is_explicit = concurrency_is_explicit
         self.max_retries = max_retries
         self.pause_on_rate_limit = pause_on_rate_limit
         self.invalid_finish_reasons = frozenset(invalid_finish_reasons)
@@ -128,7 +133,7 @@ class OnlineRunner:
         started = time.monotonic()
         await self.backend.open()
         try:
-            workers = [asyncio.create_task(self.worker()) for _ in range(self.concurrency)]
+            workers = [asyncio.create_task(self.worker(i)) for i in range(self.concurrency)]
             try:
                 await asyncio.gather(*workers)
             except BaseException:
@@ -158,11 +163,13 @@ class OnlineRunner:
             return None
         return False
 
-    async def next_item(self) -> WorkItem | None:
+    async def next_item(self, worker: int) -> WorkItem | None:
         while True:
             if not self.warm and self.active >= WARMUP_IN_FLIGHT:
                 await self.warm_event.wait()
                 continue
+            if worker >= self.allowed:
+                return None  # this worker is beyond the in-flight cap: retire it
             item = self._take()
             if item is None:
                 return None
@@ -171,6 +178,14 @@ class OnlineRunner:
                 return item
             delay = self.retries[0][0] - time.monotonic() if self.retries else 0.02
             await asyncio.sleep(min(max(delay, 0.001), 0.05))
+
+    def warm_up(self) -> None:
+        """The first response has arrived: open dispatch up to the concurrency cap, which is
+        conservative when nobody (user or provider headers) said anything about limits."""
+        self.warm = True
+        if not self.concurrency_is_explicit and not self.limiter.learned and self.limiter.unlimited:
+            self.allowed = min(self.concurrency, UNKNOWN_LIMITS_CONCURRENCY)
+        self.warm_event.set()
 
     def _retry_later(self, item: WorkItem, delay: float) -> None:
         self.retry_seq += 1
@@ -181,9 +196,9 @@ class OnlineRunner:
         return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, attempt - 1)) * random.uniform(0.5, 1.0)
 
     # --------------------------------------------------------------- workers
-    async def worker(self) -> None:
+    async def worker(self, index: int) -> None:
         while True:
-            item = await self.next_item()
+            item = await self.next_item(index)
             if item is None:
                 return
             try:
@@ -212,8 +227,7 @@ class OnlineRunner:
                 if learned is not None:
                     self.limiter.learn(learned)
             if attempt.kind != "retryable" or attempt.headers is not None:
-                self.warm = True
-                self.warm_event.set()
+                self.warm_up()
         if attempt.kind == "ok":
             self.limiter.settle(
                 item.est_input, self.output_estimate, attempt.input_tokens, attempt.output_tokens

@@ -153,6 +153,7 @@ def run_online(
             params.max_output_tokens_per_minute,
         ),
         concurrency=min(concurrency, pending),
+        concurrency_is_explicit=params.max_concurrent_requests is not None,
         max_retries=params.max_retries,
         pause_on_rate_limit=params.seconds_to_pause_on_rate_limit,
         invalid_finish_reasons=tuple(params.invalid_finish_reasons),

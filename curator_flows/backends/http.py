@@ -11,7 +11,9 @@ from typing import Any
 
 import orjson
 
-from .base import Attempt, parse_retry_after
+from .base import Attempt, parse_duration, parse_retry_after
+
+MAX_RESET_WAIT = 60.0
 
 
 class HttpBackendBase:
@@ -64,10 +66,18 @@ class HttpBackendBase:
             return None
         detail = raw[:300].decode("utf-8", "replace")
         if status == 429:
+            retry_after = parse_retry_after(headers)
+            if retry_after is None:  # OpenAI's reset headers say when the window refills
+                resets = [
+                    parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
+                    for kind in ("requests", "tokens")
+                ]
+                known = [r for r in resets if r is not None]
+                retry_after = min(max(known), MAX_RESET_WAIT) if known else None
             return Attempt(
                 "rate_limited",
                 error=f"HTTP 429: {detail}",
-                retry_after=parse_retry_after(headers),
+                retry_after=retry_after,
                 headers=headers,
             )
         kind = "retryable" if status >= 500 or status in (408, 409) else "fatal"

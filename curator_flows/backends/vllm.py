@@ -229,11 +229,6 @@ class VLLMGenerator:
     vLLM's structured outputs (``StructuredOutputsParams(json=...)``).
     """
 
-    # Open generators in this process. With an in-process engine
-    # (VLLM_ENABLE_V1_MULTIPROCESSING=0) vLLM's parallel state is process-global, so it
-    # is torn down only when the last generator closes.
-    _open_count = 0
-
     def __init__(
         self,
         model_name: str,
@@ -263,7 +258,6 @@ class VLLMGenerator:
         from vllm import LLM
 
         self._llm: Any = LLM(model=model_name, **engine)
-        VLLMGenerator._open_count += 1
 
     @staticmethod
     def _build_sampling_params(sampling: dict[str, Any], json_schema: dict | None) -> Any:
@@ -367,7 +361,12 @@ class VLLMGenerator:
     # -- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
-        """Shut the engine down and free its memory. Safe to call twice."""
+        """Shut the engine down and free its memory. Safe to call twice.
+
+        With the engine in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) vLLM's shutdown
+        also tears down its process-global distributed state, which breaks any other
+        engine still open in the same process: keep one open generator per process.
+        """
         llm, self._llm = self._llm, None
         if llm is None:
             return
@@ -379,18 +378,6 @@ class VLLMGenerator:
             except Exception:  # best effort while tearing down
                 pass
         del llm, engine_core, shutdown
-        VLLMGenerator._open_count = max(0, VLLMGenerator._open_count - 1)
-        if VLLMGenerator._open_count == 0:
-            try:
-                from vllm.distributed.parallel_state import (
-                    destroy_distributed_environment,
-                    destroy_model_parallel,
-                )
-
-                destroy_model_parallel()
-                destroy_distributed_environment()
-            except Exception:
-                pass
         gc.collect()
         try:
             import torch
