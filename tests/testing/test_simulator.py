@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import decimal
 import enum
 import http.client
 import json
 import time
 import urllib.error
 import urllib.request
+import uuid
 from typing import Any, Literal
 
 import aiohttp
 import pytest
 from pydantic import BaseModel, Field
 
-from curator_flows.testing.simulator import Simulator, SimulatorConfig, run_in_subprocess
+from curator_flows.testing.simulator import Simulator, SimulatorConfig, content, run_in_subprocess
+from curator_flows.testing.simulator.cli import build_parser, config_from_args
 from curator_flows.testing.simulator.ratelimit import go_duration
 
 # --------------------------------------------------------------------------- helpers
@@ -657,3 +661,66 @@ def test_anthropic_streaming_events(sim):
     full = json.loads(message(sim, "stream claude")[2])
     assert text == full["content"][0]["text"]
     assert events[-2]["delta"]["stop_reason"] == "end_turn"
+
+
+# --------------------------------------------------------------------------- units
+
+
+class Leaf(BaseModel):
+    kind: Literal["leaf"]
+    value: int = Field(multiple_of=5, ge=-50, le=50)
+
+
+class Branch(BaseModel):
+    kind: Literal["branch"]
+    children: list[Branch | Leaf] = Field(max_length=3)
+
+
+class Everything(BaseModel):
+    person: Person
+    tree: Branch | Leaf = Field(discriminator="kind")
+    price: decimal.Decimal
+    when: datetime.datetime
+    day: datetime.date
+    ident: uuid.UUID
+    counts: dict[str, int]
+    pair: tuple[int, str]
+    unique: set[Color]
+    code: str = Field(pattern=r"^[A-Z]{3}-\d{2,4}$")
+    ratio: float = Field(ge=0, le=1, multiple_of=0.25)
+    maybe_list: list[Address | None] | None = None
+    nothing: None = None
+
+
+def test_schema_generator_satisfies_pydantic_models():
+    schema = Everything.model_json_schema()
+    for i in range(300):
+        value = content.generate_for_schema(schema, content.request_digest({"i": i}))
+        Everything.model_validate(value)
+    for i in range(20):
+        text = content.violate_schema(schema, content.request_digest(i))
+        with pytest.raises(ValueError):
+            Everything.model_validate_json(text)
+
+
+def test_cli_config_from_args():
+    args = build_parser().parse_args(
+        [
+            "--port",
+            "0",
+            "--rpm",
+            "100",
+            "--fault",
+            "500=0.1",
+            "--fault",
+            "drop",
+            "--batch-timings",
+            "validating=1,in_progress=2",
+            "--config-json",
+            '{"latency": 0.5}',
+        ]
+    )
+    config = config_from_args(args)
+    assert config.rpm == 100 and config.latency == 0.5 and config.port == 0
+    assert config.faults == {"500": 0.1, "drop": 1.0}
+    assert config.timings["validating"] == 1.0 and config.timings["in_progress"] == 2.0

@@ -505,3 +505,11 @@ def test_message_batch_list_pagination(sim):
     assert [b["id"] for b in back["data"]] == newest_first[:2] and back["has_more"] is False
     last = ok("GET", f"{url}?limit=2&after_id={page2['last_id']}", headers=ANTHROPIC_HEADERS)
     assert [b["id"] for b in last["data"]] == newest_first[4:] and last["has_more"] is False
+
+
+def test_message_batch_fail_validation(sim):
+    sim.configure(batch_fail_validation=True)
+    batch = create_message_batch(sim, ["x", "y"])
+    final, _ = wait_message_batch(sim, batch["id"])
+    assert final["request_counts"]["errored"] == 2
+    assert sim.stats()["batch_items"] == 0

@@ -60,8 +60,17 @@ _MAX_DEPTH = 6
 _HARD_DEPTH = 60
 
 
+#: Request keys that change how a response is delivered, not what it says.
+TRANSPORT_KEYS = ("stream", "stream_options")
+
+
 def request_digest(payload: Any) -> bytes:
-    """A stable 32-byte digest of a JSON-like payload (dict key order does not matter)."""
+    """A stable 32-byte digest of a JSON-like payload (dict key order does not matter).
+
+    For a request body, `TRANSPORT_KEYS` are ignored: streaming does not change content.
+    """
+    if isinstance(payload, dict) and any(k in payload for k in TRANSPORT_KEYS):
+        payload = {k: v for k, v in payload.items() if k not in TRANSPORT_KEYS}
     return hashlib.blake2b(
         orjson.dumps(payload, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS),
         digest_size=32,
@@ -597,3 +606,30 @@ def violate_schema(schema: Any, digest: bytes) -> str:
     if kind in ("string", "integer", "number", "boolean", "null"):
         return orjson.dumps([kind, "wrong type"]).decode()
     return orjson.dumps(["not", "an", "object"]).decode()
+
+
+def text_for_mode(
+    mode: str, schema: Any, digest: bytes, min_words: int = 6, max_words: int = 30
+) -> str:
+    """Response text for an output mode: ``text``, ``json_object`` or ``json_schema``.
+
+    ``json_schema`` without a schema yields a JSON object. Raises `SchemaError` for a schema
+    that cannot be satisfied.
+    """
+    if mode == "json_schema":
+        if schema is None:
+            return orjson.dumps({"result": generate_text(digest, 3, 12)}).decode()
+        try:
+            return generate_json_text(schema, digest)
+        except (RecursionError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise SchemaError(str(exc) or type(exc).__name__) from exc
+    if mode == "json_object":
+        return orjson.dumps({"result": generate_text(digest, min_words, max_words)}).decode()
+    return generate_text(digest, min_words, max_words)
+
+
+def invalid_text_for_mode(mode: str, schema: Any, digest: bytes) -> str:
+    """Text that breaks the output mode's contract (schema-invalid JSON, or not JSON at all)."""
+    if mode == "json_schema" and schema is not None:
+        return violate_schema(schema, digest)
+    return "This is not valid JSON {" + generate_text(digest, 3, 6)

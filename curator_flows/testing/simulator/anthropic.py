@@ -1,0 +1,361 @@
+"""Anthropic Messages: ``POST /v1/messages``.
+
+Invariants:
+- Requests need an ``anthropic-version`` header and ``model``, ``max_tokens`` and a non-empty
+  ``messages`` list; otherwise 400 ``invalid_request_error`` in Anthropic's error shape.
+- ``usage.output_tokens <= max_tokens``; content cut short has ``stop_reason="max_tokens"``.
+- Structured output (``output_format`` or ``output_config.format`` of type ``json_schema``)
+  yields a text block whose JSON validates against the schema; a forced tool
+  (``tool_choice`` ``{"type": "tool"}`` / ``{"type": "any"}``) yields a ``tool_use`` block
+  whose ``input`` validates against the tool's ``input_schema``.
+- Output tokens are charged as ``max_tokens`` when admitted and the unused part is refunded
+  (Anthropic's OTPM estimate-then-adjust).
+- `build_message` is shared with the message batches API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from . import content as gen
+from .config import SimulatorConfig
+from .faults import decide
+from .prompts import count_prompt_tokens, estimate_tokens, prompt_key
+from .ratelimit import RateLimited, anthropic_headers, retry_after_headers
+from .responses import JSON, InvalidRequest, anthropic_error_body, json_response
+from .state import SimState
+from .streaming import stream_message
+
+
+@dataclass(slots=True)
+class MessagesRequest:
+    """A validated Messages request."""
+
+    body: dict[str, Any]
+    model: str
+    messages: list[Any]
+    max_tokens: int
+    input_tokens: int
+    key: str
+
+
+def parse_messages_request(body: Any) -> MessagesRequest:
+    """Validate a Messages body; raise `InvalidRequest` like Anthropic would."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("model: Field required", "model")
+    max_tokens = body.get("max_tokens")
+    if max_tokens is None:
+        raise InvalidRequest("max_tokens: Field required", "max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise InvalidRequest("max_tokens: Input should be greater than or equal to 1")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("messages: Field required (a non-empty list)", "messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            raise InvalidRequest(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+    system = body.get("system")
+    if system is not None and not isinstance(system, str | list):
+        raise InvalidRequest("system: Input should be a valid string or list of blocks")
+    return MessagesRequest(
+        body=body,
+        model=model,
+        messages=messages,
+        max_tokens=max_tokens,
+        input_tokens=count_prompt_tokens(messages, system),
+        key=prompt_key(messages),
+    )
+
+
+def _output_schema(body: dict[str, Any]) -> Any:
+    fmt = body.get("output_format")
+    if fmt is None and isinstance(body.get("output_config"), dict):
+        fmt = body["output_config"].get("format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = fmt.get("schema")
+        if not isinstance(schema, dict):
+            raise InvalidRequest("output_format.schema: Field required")
+        return schema
+    if fmt is not None:
+        raise InvalidRequest("output_format.type: Input should be 'json_schema'")
+    return None
+
+
+def _forced_tool(body: dict[str, Any]) -> tuple[str, Any] | None:
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    if not isinstance(tools, list) or not tools or not isinstance(choice, dict):
+        return None
+    named = [t for t in tools if isinstance(t, dict) and t.get("name")]
+    if choice.get("type") == "tool":
+        for tool in named:
+            if tool["name"] == choice.get("name"):
+                return tool["name"], tool.get("input_schema") or {"type": "object"}
+        raise InvalidRequest(f"tool_choice: no tool named {choice.get('name')!r}")
+    if choice.get("type") == "any" and named:
+        return named[0]["name"], named[0].get("input_schema") or {"type": "object"}
+    return None
+
+
+def _truncate(text: str, max_tokens: int, fault: str | None) -> tuple[str, str]:
+    stop = "end_turn"
+    if fault == "length":
+        text, stop = text[: max(1, len(text) // 2)], "max_tokens"
+    if estimate_tokens(text) > max_tokens:
+        text, stop = gen.truncate_to_tokens(text, max_tokens), "max_tokens"
+    return text, stop
+
+
+def _content(
+    state: SimState, req: MessagesRequest, fault: str | None
+) -> tuple[list[dict[str, Any]], str, str | None, int]:
+    """``(content blocks, stop_reason, stop_sequence, output_tokens)`` for the request."""
+    cache_key = ("anthropic", gen.request_digest(req.body))
+    digest = cache_key[1]
+    if fault is None:
+        cached = state.cache_get(cache_key)
+        if cached is not None:
+            return cached
+    config: SimulatorConfig = state.config
+    body = req.body
+    tool = _forced_tool(body)
+    stop_sequence = None
+    if tool is not None:
+        name, schema = tool
+        try:
+            if fault == "schema_invalid":
+                arguments = gen.invalid_text_for_mode("json_schema", schema, digest)
+            else:
+                arguments = gen.text_for_mode("json_schema", schema, digest)
+        except gen.SchemaError as exc:
+            raise InvalidRequest(f"tools: invalid input_schema: {exc}") from exc
+        text, stop = _truncate(arguments, req.max_tokens, fault)
+        if stop == "max_tokens":
+            blocks = [{"type": "text", "text": text}]
+        else:
+            try:
+                tool_input = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                tool_input = text
+            blocks = [
+                {
+                    "type": "tool_use",
+                    "id": "toolu_" + digest[:12].hex(),
+                    "name": name,
+                    "input": tool_input,
+                }
+            ]
+            stop = "tool_use"
+    else:
+        schema = _output_schema(body)
+        mode = "json_schema" if schema is not None else "text"
+        if fault == "schema_invalid":
+            text = gen.invalid_text_for_mode(mode, schema, digest)
+        else:
+            try:
+                text = gen.text_for_mode(mode, schema, digest, config.min_words, config.max_words)
+            except gen.SchemaError as exc:
+                raise InvalidRequest(f"output_format.schema: invalid schema: {exc}") from exc
+        text, stop = _truncate(text, req.max_tokens, fault)
+        stops = body.get("stop_sequences")
+        if isinstance(stops, list) and stop == "end_turn":
+            for seq in stops:
+                if isinstance(seq, str) and seq and seq in text:
+                    text, stop, stop_sequence = text[: text.index(seq)], "stop_sequence", seq
+                    break
+        blocks = [{"type": "text", "text": text}]
+    tokens = min(req.max_tokens, max(1, estimate_tokens(text)))
+    result = (blocks, stop, stop_sequence, tokens)
+    if fault is None:
+        state.cache_put(cache_key, result)
+    return result
+
+
+def build_message(
+    state: SimState, req: MessagesRequest, fault: str | None, message_id: str
+) -> dict[str, Any]:
+    """The ``message`` object for `req` (`fault` may be ``length``/``schema_invalid``)."""
+    blocks, stop, stop_sequence, tokens = _content(state, req, fault)
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": req.model,
+        "content": blocks,
+        "stop_reason": stop,
+        "stop_sequence": stop_sequence,
+        "usage": {
+            "input_tokens": req.input_tokens,
+            "output_tokens": tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "service_tier": "standard",
+        },
+    }
+
+
+#: Status, error type and message for error faults.
+FAULT_ERRORS: dict[str, tuple[int, str, str]] = {
+    "500": (500, "api_error", "Internal server error"),
+    "503": (503, "api_error", "Service unavailable"),
+    "529": (529, "overloaded_error", "Overloaded"),
+    "429": (429, "rate_limit_error", "Rate limit exceeded (simulated fault)"),
+}
+
+
+def fault_error(fault: str) -> tuple[int, dict[str, Any]]:
+    """Status and Anthropic error body for an error fault (used online and in batches)."""
+    status, type_, message = FAULT_ERRORS.get(fault, FAULT_ERRORS["500"])
+    return status, anthropic_error_body(type_, message)
+
+
+def check_anthropic_auth(config: SimulatorConfig, request: web.Request) -> bool:
+    required = config.require_api_key
+    if not required:
+        return True
+    headers = request.headers
+    return (
+        headers.get("x-api-key") == required
+        or headers.get("Authorization", "") == f"Bearer {required}"
+    )
+
+
+def anthropic_error(status: int, type_: str, message: str, headers=None) -> web.Response:
+    return json_response(anthropic_error_body(type_, message), status, headers)
+
+
+def require_version(request: web.Request) -> web.Response | None:
+    if not request.headers.get("anthropic-version"):
+        return anthropic_error(
+            400, "invalid_request_error", "anthropic-version: header is required"
+        )
+    return None
+
+
+def body_streams(req: MessagesRequest) -> bool:
+    return req.body.get("stream") is True
+
+
+class AnthropicMessagesAPI:
+    """Request handler for ``POST /v1/messages``."""
+
+    def __init__(self, state: SimState) -> None:
+        self.state = state
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        state = self.state
+        config = state.config
+        stats = state.stats
+        stats.count_request()
+        if not check_anthropic_auth(config, request):
+            stats.record(401)
+            return anthropic_error(401, "authentication_error", "invalid x-api-key")
+        missing = require_version(request)
+        if missing is not None:
+            stats.record(400)
+            return missing
+        raw = await request.read()
+        try:
+            req = parse_messages_request(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            stats.record(400)
+            return anthropic_error(400, "invalid_request_error", "Request body is not valid JSON")
+        except InvalidRequest as exc:
+            stats.record(exc.status)
+            return anthropic_error(exc.status, "invalid_request_error", exc.message)
+
+        limits = state.anthropic_limits
+        request_id = state.ids.make("req_")
+        if limits.active:
+            try:
+                limits.acquire(
+                    {
+                        "requests": 1,
+                        "input_tokens": req.input_tokens,
+                        "output_tokens": req.max_tokens,
+                        "tokens": req.input_tokens + req.max_tokens,
+                    }
+                )
+            except RateLimited as exc:
+                headers = anthropic_headers(limits)
+                headers.update(retry_after_headers(exc.wait))
+                headers["request-id"] = request_id
+                stats.record(429)
+                label = exc.bucket.replace("_", " ")
+                return anthropic_error(
+                    429,
+                    "rate_limit_error",
+                    f"This request would exceed the rate limit for your organization of "
+                    f"{int(exc.limit)} {label} per minute. Please try again later.",
+                    headers,
+                )
+
+        attempt = stats.admit("messages", req.key)
+        fault = decide(req.key, attempt, config.faults, config.seed)
+        if config.latency or config.latency_jitter:
+            await state.delay(config)
+        if fault in ("drop", "hang", "malformed") or fault in FAULT_ERRORS:
+            return await self._fault(request, req, fault, request_id, config)
+        try:
+            message = build_message(state, req, fault, state.ids.make("msg_"))
+        except InvalidRequest as exc:
+            stats.record(exc.status)
+            return anthropic_error(exc.status, "invalid_request_error", exc.message)
+        output_tokens = message["usage"]["output_tokens"]
+        if limits.active:
+            unused = req.max_tokens - output_tokens
+            limits.refund("output_tokens", unused)
+            limits.refund("tokens", unused)
+        headers = anthropic_headers(limits)
+        headers["request-id"] = request_id
+        stats.record(200, fault, req.input_tokens, output_tokens)
+        if body_streams(req):
+            return await stream_message(request, message, headers)
+        return web.Response(
+            body=orjson.dumps(message), headers=headers, content_type=JSON, status=200
+        )
+
+    async def _fault(
+        self,
+        request: web.Request,
+        req: MessagesRequest,
+        fault: str,
+        request_id: str,
+        config: SimulatorConfig,
+    ) -> web.StreamResponse:
+        state = self.state
+        stats = state.stats
+        headers = anthropic_headers(state.anthropic_limits)
+        headers["request-id"] = request_id
+        if fault == "drop":
+            stats.record(None, "drop")
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=500)
+        if fault == "hang":
+            stats.count_fault("hang")
+            await asyncio.sleep(config.hang_seconds)
+            message = build_message(state, req, None, state.ids.make("msg_"))
+            stats.record(200)
+            if body_streams(req):
+                return await stream_message(request, message, headers)
+            return json_response(message, 200, headers)
+        if fault == "malformed":
+            body = orjson.dumps(build_message(state, req, None, state.ids.make("msg_")))
+            stats.record(200, fault)
+            return web.Response(
+                body=body[: len(body) // 2], headers=headers, content_type=JSON, status=200
+            )
+        status, error = fault_error(fault)
+        if fault == "429":
+            headers.update(retry_after_headers(1.0))
+        stats.record(status, fault)
+        return json_response(error, status, headers)

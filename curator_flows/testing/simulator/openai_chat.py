@@ -1,0 +1,501 @@
+"""OpenAI chat completions: ``POST /v1/chat/completions``, ``GET /v1/models``.
+
+Invariants:
+- A response body is a pure function of the request body (content is seeded by a digest of
+  it) except for ``id``/``created``; the same request always gets the same content.
+- ``completion_tokens <= max_tokens`` whenever ``max_tokens``/``max_completion_tokens`` is set;
+  content that would exceed it is truncated with ``finish_reason="length"``.
+- With ``response_format={"type": "json_schema", ...}`` the content validates against the schema
+  unless the ``schema_invalid`` or ``length`` fault was injected (or max_tokens truncated it).
+- `build_completion` is shared with the batch API, so batch items get the same content as the
+  same request sent online.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from . import content as gen
+from .config import SimulatorConfig
+from .faults import decide
+from .prompts import count_prompt_tokens, estimate_tokens, prompt_key
+from .ratelimit import RateLimited, go_duration, openai_headers, retry_after_headers
+from .responses import JSON, InvalidRequest, json_response, openai_error_body
+from .state import SimState
+from .streaming import stream_chat_completion
+
+MODELS = (
+    "gpt-4o-mini",
+    "gpt-4o",
+    "gpt-4.1-mini",
+    "gpt-4.1-nano",
+    "gpt-5-mini",
+    "o4-mini",
+    "sim-model",
+)
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """A validated chat completion request."""
+
+    body: dict[str, Any]
+    model: str
+    messages: list[Any]
+    max_tokens: int | None
+    n: int
+    prompt_tokens: int
+    key: str
+
+
+def parse_chat_request(body: Any) -> ChatRequest:
+    """Validate a chat completion body; raise `InvalidRequest` like OpenAI would."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("you must provide a model parameter", "model", "missing_required")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest(
+            "Invalid 'messages': expected a non-empty array of messages.",
+            "messages",
+            "invalid_value",
+        )
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidRequest(
+                f"Invalid 'messages[{i}]': expected an object with a 'role'.",
+                f"messages[{i}]",
+                "invalid_value",
+            )
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+    ):
+        raise InvalidRequest(
+            "Invalid 'max_tokens': integer below minimum value 1.", "max_tokens", "invalid_value"
+        )
+    n = body.get("n") or 1
+    if not isinstance(n, int) or not 1 <= n <= 128:
+        raise InvalidRequest("Invalid 'n': must be between 1 and 128.", "n", "invalid_value")
+    return ChatRequest(
+        body=body,
+        model=model,
+        messages=messages,
+        max_tokens=max_tokens,
+        n=n,
+        prompt_tokens=count_prompt_tokens(messages),
+        key=prompt_key(messages),
+    )
+
+
+# --------------------------------------------------------------------------- content
+
+
+def _forced_tool(body: dict[str, Any]) -> tuple[str, Any, bool] | None:
+    """``(name, parameters schema, named)`` when the request forces a function call."""
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    if not isinstance(tools, list) or not tools:
+        return None
+    functions = [
+        t["function"]
+        for t in tools
+        if isinstance(t, dict) and isinstance(t.get("function"), dict) and t["function"].get("name")
+    ]
+    if not functions:
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        for fn in functions:
+            if fn["name"] == name:
+                return name, fn.get("parameters") or {"type": "object"}, True
+        raise InvalidRequest(f"Invalid 'tool_choice': no function named {name!r}.", "tool_choice")
+    if choice == "required":
+        fn = functions[0]
+        return fn["name"], fn.get("parameters") or {"type": "object"}, False
+    return None
+
+
+def _response_schema(body: dict[str, Any]) -> tuple[str, Any]:
+    """``("text"|"json_object"|"json_schema", schema)`` from ``response_format``."""
+    fmt = body.get("response_format")
+    if not isinstance(fmt, dict):
+        return "text", None
+    kind = fmt.get("type")
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not spec.get("name"):
+            raise InvalidRequest(
+                "Missing required parameter: 'response_format.json_schema.name'.",
+                "response_format.json_schema.name",
+                "missing_required_parameter",
+            )
+        schema = spec.get("schema")
+        return "json_schema", schema if isinstance(schema, dict) else None
+    if kind == "json_object":
+        return "json_object", None
+    if kind in (None, "text"):
+        return "text", None
+    raise InvalidRequest(
+        f"Invalid value: '{kind}'. Supported values are: 'json_object', 'json_schema', 'text'.",
+        "response_format.type",
+        "invalid_value",
+    )
+
+
+def _choice_digest(digest: bytes, index: int) -> bytes:
+    if index == 0:
+        return digest
+    return hashlib.blake2b(digest + index.to_bytes(2, "little"), digest_size=32).digest()
+
+
+def _tool_arguments(schema: Any, digest: bytes) -> str:
+    try:
+        return gen.text_for_mode("json_schema", schema, digest)
+    except gen.SchemaError as exc:
+        raise InvalidRequest(f"Invalid schema for function: {exc}", "tools") from exc
+
+
+def _choice(
+    state: SimState, req: ChatRequest, digest: bytes, index: int, fault: str | None
+) -> tuple[dict[str, Any], int]:
+    """One ``choices[]`` entry and its completion tokens."""
+    cache_key = (digest, index) if fault is None else None
+    if cache_key is not None:
+        cached = state.cache_get(cache_key)
+        if cached is not None:
+            return cached
+    config = state.config
+    body = req.body
+    cdigest = _choice_digest(digest, index)
+    tool = _forced_tool(body)
+    message: dict[str, Any]
+    if tool is not None:
+        name, schema, named = tool
+        if fault == "schema_invalid":
+            arguments = gen.violate_schema(schema, cdigest)
+        else:
+            arguments = _tool_arguments(schema, cdigest)
+        finish = "stop" if named else "tool_calls"
+        if fault == "length":
+            arguments = arguments[: max(1, len(arguments) // 2)]
+            finish = "length"
+        if req.max_tokens is not None and estimate_tokens(arguments) > req.max_tokens:
+            arguments = gen.truncate_to_tokens(arguments, req.max_tokens)
+            finish = "length"
+        message = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_" + cdigest[:12].hex(),
+                    "type": "function",
+                    "function": {"name": name, "arguments": arguments},
+                }
+            ],
+            "refusal": None,
+            "annotations": [],
+        }
+        tokens = max(1, estimate_tokens(arguments))
+    else:
+        mode, schema = _response_schema(body)
+        if fault == "schema_invalid":
+            text = gen.invalid_text_for_mode(mode, schema, cdigest)
+        else:
+            try:
+                text = gen.text_for_mode(mode, schema, cdigest, config.min_words, config.max_words)
+            except gen.SchemaError as exc:
+                raise InvalidRequest(
+                    f"Invalid schema for response_format: {exc}", "response_format"
+                ) from exc
+        finish = "stop"
+        if fault == "length":
+            text = text[: max(1, len(text) // 2)]
+            finish = "length"
+        if req.max_tokens is not None and estimate_tokens(text) > req.max_tokens:
+            text = gen.truncate_to_tokens(text, req.max_tokens)
+            finish = "length"
+        message = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+        tokens = max(1, estimate_tokens(text))
+        if req.max_tokens is not None:
+            tokens = min(tokens, req.max_tokens)
+    choice = {"index": index, "message": message, "finish_reason": finish, "logprobs": None}
+    result = (choice, tokens)
+    if cache_key is not None:
+        state.cache_put(cache_key, result)
+    return result
+
+
+def build_completion(
+    state: SimState, req: ChatRequest, fault: str | None, completion_id: str
+) -> dict[str, Any]:
+    """The ``chat.completion`` object for `req` (`fault` may be ``length``/``schema_invalid``)."""
+    digest = gen.request_digest(req.body)
+    choices = []
+    completion_tokens = 0
+    for index in range(req.n):
+        choice, tokens = _choice(state, req, digest, index, fault)
+        choices.append(choice)
+        completion_tokens += tokens
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": req.model,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": req.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": req.prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        },
+        "service_tier": "default",
+        "system_fingerprint": "fp_simulator",
+    }
+
+
+# --------------------------------------------------------------------------- errors
+
+SERVER_ERRORS: dict[str, tuple[int, str]] = {
+    "500": (500, "The server had an error while processing your request. Sorry about that!"),
+    "503": (503, "The engine is currently overloaded, please try again later."),
+    "529": (529, "The server is overloaded, please try again later."),
+}
+
+
+def fault_error(fault: str) -> tuple[int, dict[str, Any]]:
+    """Status and OpenAI error body for an error fault (used online and in batches)."""
+    if fault == "429":
+        return 429, openai_error_body(
+            "Rate limit reached (simulated fault). Please try again in 1s.",
+            "requests",
+            None,
+            "rate_limit_exceeded",
+        )
+    status, message = SERVER_ERRORS.get(fault, SERVER_ERRORS["500"])
+    return status, openai_error_body(message, "server_error")
+
+
+def rate_limit_body(exc: RateLimited, model: str) -> dict[str, Any]:
+    unit = "requests" if exc.bucket == "requests" else "tokens"
+    label = "requests per min (RPM)" if unit == "requests" else "tokens per min (TPM)"
+    if exc.too_large:
+        message = (
+            f"Request too large for {model} on {label}: Limit {int(exc.limit)}, "
+            f"Requested {int(exc.cost)}. The input or output tokens must be reduced."
+        )
+    else:
+        message = (
+            f"Rate limit reached for {model} in organization org-simulator on {label}: "
+            f"Limit {int(exc.limit)}, Requested {int(exc.cost)}. "
+            f"Please try again in {go_duration(exc.wait)}."
+        )
+    return openai_error_body(message, unit, None, "rate_limit_exceeded")
+
+
+def check_openai_auth(config: SimulatorConfig, request: web.Request) -> bool:
+    """True unless ``require_api_key`` is set and the bearer token does not match it."""
+    required = config.require_api_key
+    if not required:
+        return True
+    return request.headers.get("Authorization", "") == f"Bearer {required}"
+
+
+def unauthorized() -> web.Response:
+    return json_response(
+        openai_error_body(
+            "Incorrect API key provided. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            "invalid_request_error",
+            None,
+            "invalid_api_key",
+        ),
+        401,
+    )
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+async def _stream(
+    request: web.Request, req: ChatRequest, completion: dict[str, Any], headers: dict[str, str]
+) -> web.StreamResponse:
+    options = req.body.get("stream_options")
+    include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    return await stream_chat_completion(request, completion, headers, include_usage)
+
+
+class OpenAIChatAPI:
+    """Request handlers for the OpenAI chat completion and model endpoints."""
+
+    def __init__(self, state: SimState) -> None:
+        self.state = state
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        state = self.state
+        config = state.config
+        stats = state.stats
+        stats.count_request()
+        if not check_openai_auth(config, request):
+            stats.record(401)
+            return unauthorized()
+        raw = await request.read()
+        try:
+            req = parse_chat_request(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            stats.record(400)
+            return json_response(
+                openai_error_body(
+                    "We could not parse the JSON body of your request. (HINT: This likely means"
+                    " you aren't using your HTTP library correctly.)",
+                    "invalid_request_error",
+                ),
+                400,
+            )
+        except InvalidRequest as exc:
+            stats.record(exc.status)
+            return json_response(
+                openai_error_body(exc.message, "invalid_request_error", exc.param, exc.code),
+                exc.status,
+            )
+
+        limits = state.openai_limits
+        request_id = state.ids.make("req_")
+        if limits.active:
+            cost = req.prompt_tokens + (req.max_tokens or config.default_max_tokens) * req.n
+            try:
+                limits.acquire({"requests": 1, "tokens": cost})
+            except RateLimited as exc:
+                headers = openai_headers(limits)
+                headers.update(retry_after_headers(exc.wait))
+                headers["x-request-id"] = request_id
+                stats.record(429)
+                return json_response(rate_limit_body(exc, req.model), 429, headers)
+            headers = openai_headers(limits)
+        else:
+            headers = openai_headers(limits)
+        headers["x-request-id"] = request_id
+
+        attempt = stats.admit("chat_completions", req.key)
+        fault = decide(req.key, attempt, config.faults, config.seed)
+        if config.latency or config.latency_jitter:
+            await state.delay(config)
+        if fault is not None:
+            return await self._fault(request, req, fault, headers, config)
+        try:
+            completion = build_completion(state, req, None, state.ids.make("chatcmpl-"))
+        except InvalidRequest as exc:
+            stats.record(exc.status)
+            return json_response(
+                openai_error_body(exc.message, "invalid_request_error", exc.param, exc.code),
+                exc.status,
+                headers,
+            )
+        usage = completion["usage"]
+        stats.record(200, None, usage["prompt_tokens"], usage["completion_tokens"])
+        if req.body.get("stream") is True:
+            return await _stream(request, req, completion, headers)
+        return web.Response(
+            body=orjson.dumps(completion), headers=headers, content_type=JSON, status=200
+        )
+
+    async def _fault(
+        self,
+        request: web.Request,
+        req: ChatRequest,
+        fault: str,
+        headers: dict[str, str],
+        config: SimulatorConfig,
+    ) -> web.StreamResponse:
+        state = self.state
+        stats = state.stats
+        if fault == "drop":
+            stats.record(None, "drop")
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+            # Writing to the aborted transport fails quietly; the client sees a disconnect.
+            return web.Response(status=500)
+        if fault == "hang":
+            stats.count_fault("hang")
+            await asyncio.sleep(config.hang_seconds)
+            completion = build_completion(state, req, None, state.ids.make("chatcmpl-"))
+            stats.record(200)
+            if req.body.get("stream") is True:
+                return await _stream(request, req, completion, headers)
+            return json_response(completion, 200, headers)
+        if fault in ("length", "schema_invalid", "malformed"):
+            inner = None if fault == "malformed" else fault
+            completion = build_completion(state, req, inner, state.ids.make("chatcmpl-"))
+            usage = completion["usage"]
+            stats.record(200, fault, usage["prompt_tokens"], usage["completion_tokens"])
+            if fault != "malformed" and req.body.get("stream") is True:
+                return await _stream(request, req, completion, headers)
+            body = orjson.dumps(completion)
+            if fault == "malformed":
+                body = body[: len(body) // 2]
+                if req.body.get("stream") is True:
+                    body = b"data: " + body + b"\n\n"
+            return web.Response(body=body, headers=headers, content_type=JSON, status=200)
+        status, error = fault_error(fault)
+        if fault == "429":
+            headers.update(retry_after_headers(1.0))
+        stats.record(status, fault)
+        return json_response(error, status, headers)
+
+    async def models(self, request: web.Request) -> web.Response:
+        self.state.stats.count_request()
+        if request.headers.get("anthropic-version"):
+            data = [
+                {
+                    "type": "model",
+                    "id": name,
+                    "display_name": name,
+                    "created_at": "2025-01-01T00:00:00Z",
+                }
+                for name in ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1")
+            ]
+            self.state.stats.record(200)
+            return json_response(
+                {
+                    "data": data,
+                    "has_more": False,
+                    "first_id": data[0]["id"],
+                    "last_id": data[-1]["id"],
+                }
+            )
+        self.state.stats.record(200)
+        return json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": name, "object": "model", "created": 1700000000, "owned_by": "simulator"}
+                    for name in MODELS
+                ],
+            }
+        )
+
+    async def model(self, request: web.Request) -> web.Response:
+        self.state.stats.count_request()
+        self.state.stats.record(200)
+        name = request.match_info["model"]
+        return json_response(
+            {"id": name, "object": "model", "created": 1700000000, "owned_by": "simulator"}
+        )
