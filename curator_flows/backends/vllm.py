@@ -292,6 +292,9 @@ class VLLMGenerator:
         the same order, ``{"custom_id", "content", "finish_reason", "usage":
         {"prompt_tokens", "completion_tokens"}}``; ``finish_reason`` is "stop" or
         "length" (vLLM's own value, e.g. "abort", is passed through otherwise).
+
+        Raises ValueError when vLLM rejects the batch: one invalid request (e.g. a prompt
+        longer than ``max_model_len``) fails the whole call and no request is run.
         """
         if self._llm is None:
             raise RuntimeError("VLLMGenerator is closed")
@@ -301,12 +304,22 @@ class VLLMGenerator:
         kinds = {kind for kind, _ in parsed}
         params = self._sampling_params
         llm = self._llm
-        if kinds == {"prompt"}:
-            outputs = llm.generate([p for _, p in parsed], params, use_tqdm=False)
-        elif kinds == {"chat"}:
-            outputs = llm.chat([m for _, m in parsed], params, use_tqdm=False)
-        else:
-            outputs = self._generate_mixed(parsed)
+        try:
+            if kinds == {"prompt"}:
+                outputs = llm.generate([p for _, p in parsed], params, use_tqdm=False)
+            elif kinds == {"chat"}:
+                outputs = llm.chat([m for _, m in parsed], params, use_tqdm=False)
+            else:
+                outputs = self._generate_mixed(parsed)
+        except Exception as exc:
+            # vLLM rejects the whole call when one request is invalid (a prompt longer
+            # than max_model_len, a JSON schema its grammar backend cannot compile, ...);
+            # its VLLMValidationError is not a ValueError.
+            if isinstance(exc, ValueError) or type(exc).__name__.endswith("ValidationError"):
+                raise ValueError(
+                    f"vLLM rejected this batch of {len(parsed)} request(s): {exc}"
+                ) from exc
+            raise
 
         if len(outputs) != len(parsed):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(parsed)} requests")

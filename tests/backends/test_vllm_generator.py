@@ -299,6 +299,13 @@ def test_bad_requests_raise(generator, request_):
         generator.generate([request_])
 
 
+def test_prompt_longer_than_context_is_a_value_error(generator):
+    with pytest.raises(ValueError, match="maximum context length"):
+        generator.generate([{"custom_id": "long", "prompt": "word " * 600}])
+    # The engine is still usable afterwards.
+    assert generator.generate([{"custom_id": "ok", "prompt": "hi"}])[0]["custom_id"] == "ok"
+
+
 def test_missing_vllm_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
     with pytest.raises(ImportError, match=r"curator-flows\[vllm\]"):
