@@ -17,7 +17,7 @@ from typing import Any
 
 from .llm import LLM
 from .store import RunStore
-from .types import CostInfo, PerformanceStats, RequestStats, RunStats, TokenUsage
+from .types import PerformanceStats, RunStats
 
 OUTPUT_STATS = "output/stats.json"
 FAILED = "failed_requests.jsonl"
@@ -232,19 +232,3 @@ def load_dataset(store: RunStore, outputs: list[str]):
         return datasets.Dataset.from_dict({})
     table = pa.concat_tables(tables, promote_options="permissive")
     return datasets.Dataset(table)
-
-
-def stats_from_dict(data: dict[str, Any]) -> RunStats:
-    return RunStats.from_dict(data)
-
-
-__all__ = [
-    "CostInfo",
-    "IncompleteRunError",
-    "ParseError",
-    "RequestStats",
-    "TokenUsage",
-    "finalize_run",
-    "load_dataset",
-    "schema_problem",
-]

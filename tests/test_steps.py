@@ -1,0 +1,72 @@
+"""The online step API: each step in its own process, from the run URI alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from curator_flows import steps
+
+SUPPORT = Path(__file__).parent / "support"
+sys.path.insert(0, str(SUPPORT))
+
+from resume_llms import Numbered  # noqa: E402
+
+
+def _step(code: str, env_extra: dict | None = None) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(SUPPORT), **(env_extra or {})}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_online_steps_in_separate_processes(sim, wd):
+    llm = Numbered("gpt-4o-mini", backend_params={"base_url": sim.base_url, "shard_size": 10})
+    run = steps.prepare(llm, [{"n": i} for i in range(35)], wd)
+    assert run["shards"] == ["00000", "00001", "00002", "00003"]
+    json.dumps(run)  # small and JSON-serialisable: what XCom or a Prefect result carries
+    # The api key comes from the worker's environment, never from the run directory.
+    for shard in reversed(run["shards"]):
+        result = _step(
+            "import json; from curator_flows import steps; "
+            f"print(json.dumps(steps.run_online({run['run_uri']!r}, {shard!r})))",
+            {"OPENAI_API_KEY": "worker-key"},
+        )
+        assert result["succeeded"] == (5 if shard == "00003" else 10)
+    again = _step(
+        "import json; from curator_flows import steps; "
+        f"print(json.dumps(steps.run_online({run['run_uri']!r}, '00000')))"
+    )
+    assert again["sent"] == 0  # idempotent: nothing pending
+    final = _step(
+        "import json; from curator_flows import steps; "
+        f"r = steps.finalize({run['run_uri']!r}); "
+        "print(json.dumps({'rows': list(r.dataset['n']), 'ok': r.request_stats.succeeded}))"
+    )
+    assert final == {"rows": list(range(35)), "ok": 35}
+    assert sim.stats()["chat_completions"] == 35
+
+
+def test_unknown_shard_and_unprepared_run(wd):
+    llm = Numbered("gpt-4o-mini")
+    run = steps.prepare(llm, [{"n": 1}], wd)
+    with pytest.raises(ValueError, match="unknown shard"):
+        steps.run_online(run, "00009")
+    with pytest.raises(FileNotFoundError, match="no prepared run"):
+        steps.run_online(f"{wd}/nope", "00000")
+
+
+def test_prepare_is_idempotent(wd):
+    llm = Numbered("gpt-4o-mini")
+    first = steps.prepare(llm, [{"n": i} for i in range(5)], wd)
+    manifest = Path(first["run_uri"], "manifest.json").read_bytes()
+    second = steps.prepare(llm, ({"n": i} for i in range(5)), wd)  # a generator works too
+    assert first == second
+    assert Path(first["run_uri"], "manifest.json").read_bytes() == manifest
