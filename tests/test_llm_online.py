@@ -254,3 +254,12 @@ def test_progress_is_logged_when_not_a_terminal(sim, params, wd, caplog):
     Topic("gpt-4o-mini", backend_params=params(progress="log"))([{"topic": "x"}], working_dir=wd)
     lines = [r.getMessage() for r in caplog.records if r.name == "curator_flows.progress"]
     assert lines and "1/1" in lines[-1] and "req/s" in lines[-1]
+
+
+def test_datasets_dataset_input(sim, params, wd):
+    import datasets
+
+    rows = datasets.Dataset.from_list([{"topic": f"ds-{i}"} for i in range(8)])
+    result = Topic("gpt-4o-mini", backend_params=params())(rows, working_dir=wd)
+    assert result.dataset["topic"] == rows["topic"]
+    assert isinstance(result.dataset, datasets.Dataset)
