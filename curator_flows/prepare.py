@@ -158,18 +158,23 @@ def _write_shards(
     store: RunStore, llm: LLM, spool_path: str
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     max_requests, max_bytes = shard_limits(llm)
-    template_bytes = len(
-        orjson.dumps(
-            {"model": llm.model_name, "params": llm.generation_params, "schema": llm.schema()}
+    if llm.mode == "batch":  # the exact size of the provider's batch line (see batch.sizing)
+        from .batch.sizing import line_overhead
+
+        overhead = line_overhead(llm)
+    else:
+        overhead = _BATCH_LINE_OVERHEAD + len(
+            orjson.dumps(
+                {"model": llm.model_name, "params": llm.generation_params, "schema": llm.schema()}
+            )
         )
-    )
     shards: list[dict[str, Any]] = []
     owner: dict[str, str] = {}
     writer = None
     current: dict[str, Any] | None = None
     try:
         for _index, request, messages_json in _render(llm, spool_path):
-            size = len(messages_json) + template_bytes + _BATCH_LINE_OVERHEAD
+            size = len(messages_json) + overhead
             if (
                 current is None
                 or current["requests"] >= max_requests

@@ -291,7 +291,7 @@ def run_offline(
 
 
 def _batch_context(run: RunRef, llm: LLM | None, api_key: str | None):
-    from .batch.steps import Context
+    from .batch.context import Context
 
     store, manifest = open_run(run)
     return Context(store, manifest, llm, api_key)
@@ -334,7 +334,7 @@ def collect(
 
     Returns ``{..., "succeeded", "failed", "retry", "resubmit": bool, "done": bool}``:
     ``resubmit`` means requests are still owed and ``submit`` starts the next round."""
-    from .batch.steps import collect_shard
+    from .batch.collect import collect_shard
 
     return collect_shard(_batch_context(run, llm, api_key), shard)
 
@@ -352,7 +352,7 @@ def status(run: RunRef) -> dict[str, Any]:
     """Per-shard state, counts and cost so far of any run (online, batch, offline); reads only
     the run directory. Returns ``{"run_uri", "run_id", "mode", "finalized", "totals",
     "shards": [{"shard", "state", "requests", "succeeded", "failed", "pending", "cost", ...}]}``."""
-    from .batch.steps import run_status
+    from .batch.status import run_status
 
     store, manifest = open_run(run)
     return run_status(store, manifest)

@@ -1,0 +1,170 @@
+"""The batch record of a shard (``batches/<shard>.json``): what was asked of the provider, written
+BEFORE it is asked.
+
+Format::
+
+    {"version": 1, "run_id": ..., "shard": "00000", "provider": "openai" | "anthropic",
+     "campaign_start": 0,            # index of the first round of the current campaign
+     "campaign_started_at": 1.7e9,
+     "rounds": [
+       {"round": 0, "attempt": 1, "state": "intent" | "uploaded" | "submitted" | "ended"
+                                          | "collected",
+        "intent_at": ..., "requests": 500, "input_bytes": 123456,
+        "input_file_id": "file-..." (OpenAI, after upload), "batch_id": "batch_...",
+        "created_at": <provider time, epoch s>, "submitted_at": ..., "reconciled": "metadata"|...,
+        "status": <provider status>, "request_counts": {...}, "output_file_id", "error_file_id",
+        "results_url", "errors": [...], "ended_at": ..., "collected_at": ...,
+        "collected": {"succeeded": n, "failed": n, "retry": n}, "files_deleted": bool}]}
+
+Invariants:
+- a round is appended in state ``intent`` (with its request count and time) and saved before any
+  provider call that could bill; its batch id is saved the moment the create call returns;
+- round ``n + 1`` holds exactly the requests of the shard without a success line and without a
+  final failure in the current campaign, once round ``n`` is ``collected``; so every request of
+  a round was in every earlier round of its campaign, and ``attempt`` (1-based, per campaign)
+  is how often each of its requests was sent in this campaign;
+- a round in ``submitted``/``ended``/``collected`` state is never submitted again;
+- a *campaign* is one series of rounds capped by ``max_retries``; a new one starts only when
+  asked (``retry_failed=True``), after the previous one concluded;
+- the record is written whole and atomically (``RunStore.write_json``).
+
+The cancel flag (``batches/_cancelled.json``, ``{"at": ts}``) is a separate file, so a
+``cancel`` in another process never races with a poller rewriting the record. It stops every
+campaign that started before it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..store import RunStore
+
+VERSION = 1
+CANCEL_FLAG = "batches/_cancelled.json"
+
+INTENT = "intent"
+UPLOADED = "uploaded"
+SUBMITTED = "submitted"
+ENDED = "ended"
+COLLECTED = "collected"
+UNSENT = (INTENT, UPLOADED)
+
+
+def record_path(shard: str) -> str:
+    return f"batches/{shard}.json"
+
+
+def retries_stem(shard: str) -> str:
+    """Append-only side file of per-item errors that were retried (``<stem>.jsonl``)."""
+    return f"batches/{shard}.retries"
+
+
+class BatchRecord:
+    """The record of one shard; mutate through the methods, then :meth:`save`."""
+
+    def __init__(self, store: RunStore, shard: str, data: dict[str, Any]) -> None:
+        self.store = store
+        self.shard = shard
+        self.data = data
+
+    @classmethod
+    def load(cls, store: RunStore, shard: str, run_id: str = "", provider: str = "") -> BatchRecord:
+        path = record_path(shard)
+        if store.exists(path):
+            return cls(store, shard, store.read_json(path))
+        data = {
+            "version": VERSION,
+            "run_id": run_id,
+            "shard": shard,
+            "provider": provider,
+            "campaign_start": 0,
+            "campaign_started_at": None,
+            "rounds": [],
+        }
+        return cls(store, shard, data)
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.data["rounds"]) or self.store.exists(record_path(self.shard))
+
+    def save(self) -> None:
+        self.data["updated_at"] = time.time()
+        self.store.write_json(record_path(self.shard), self.data)
+
+    # ------------------------------------------------------------ rounds
+    @property
+    def rounds(self) -> list[dict[str, Any]]:
+        return self.data["rounds"]
+
+    @property
+    def current(self) -> dict[str, Any] | None:
+        return self.rounds[-1] if self.rounds else None
+
+    @property
+    def campaign_start(self) -> int:
+        return int(self.data.get("campaign_start") or 0)
+
+    @property
+    def campaign_started_at(self) -> float:
+        """When the current campaign was decided (0 before the first round: any cancel()
+        already called applies to a shard not yet submitted)."""
+        started = self.data.get("campaign_started_at")
+        return float(started) if started is not None else 0.0
+
+    def start_campaign(self, now: float) -> None:
+        """The next round starts a new series of ``max_retries + 1`` attempts; ``now`` is when
+        the caller decided so (before it checked the cancel flag)."""
+        self.data["campaign_start"] = len(self.rounds)
+        self.data["campaign_started_at"] = now
+
+    def restart_campaign_with(self, entry: dict[str, Any], now: float) -> None:
+        """Make the unsent current round the first of a new campaign."""
+        self.data["campaign_start"] = entry["round"]
+        self.data["campaign_started_at"] = now
+        entry["attempt"] = 1
+
+    def new_round(self, requests: int, input_bytes: int, now: float) -> dict[str, Any]:
+        """Append a round in ``intent`` state (not saved)."""
+        previous = self.current
+        in_campaign = previous is not None and previous["round"] >= self.campaign_start
+        if self.data.get("campaign_started_at") is None:
+            self.data["campaign_started_at"] = now
+        entry = {
+            "round": len(self.rounds),
+            "attempt": (previous["attempt"] + 1) if in_campaign else 1,
+            "state": INTENT,
+            "intent_at": time.time(),
+            "requests": requests,
+            "input_bytes": input_bytes,
+        }
+        self.rounds.append(entry)
+        return entry
+
+    def batch_ids(self) -> set[str]:
+        return {r["batch_id"] for r in self.rounds if r.get("batch_id")}
+
+
+def read_cancel_flag(store: RunStore) -> dict[str, Any] | None:
+    return store.read_json(CANCEL_FLAG) if store.exists(CANCEL_FLAG) else None
+
+
+def cancelled(store: RunStore, record: BatchRecord) -> bool:
+    """Whether ``cancel()`` was called after the record's current campaign started."""
+    flag = read_cancel_flag(store)
+    return flag is not None and float(flag["at"]) >= record.campaign_started_at
+
+
+def write_cancel_flag(store: RunStore) -> dict[str, Any]:
+    flag = {"at": time.time()}
+    store.write_json(CANCEL_FLAG, flag)
+    return flag
+
+
+def claimed_batch_ids(store: RunStore, shards: list[str], except_shard: str) -> set[str]:
+    """Batch ids recorded by the other shards of the run (reconciliation must not take them)."""
+    claimed: set[str] = set()
+    for shard in shards:
+        if shard != except_shard and store.exists(record_path(shard)):
+            claimed |= BatchRecord.load(store, shard).batch_ids()
+    return claimed

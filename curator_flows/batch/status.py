@@ -1,0 +1,103 @@
+"""``status``: per-shard state, counts and cost so far of any run, from its files alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..store import RunStore
+from .records import (
+    ENDED,
+    SUBMITTED,
+    UNSENT,
+    BatchRecord,
+    cancelled,
+    read_cancel_flag,
+)
+from .responses import (
+    count_responses,
+    load_retries,
+)
+
+
+def shard_status(
+    store: RunStore, manifest: dict[str, Any], shard: dict[str, Any]
+) -> dict[str, Any]:
+    """Counts, cost so far and (batch runs) the batch state of one shard; reads only files."""
+    name = shard["name"]
+    counts = count_responses(store, name)
+    pending = max(0, shard["requests"] - counts.succeeded - counts.failed)
+    out: dict[str, Any] = {
+        "shard": name,
+        "requests": shard["requests"],
+        "succeeded": counts.succeeded,
+        "failed": counts.failed,
+        "pending": pending,
+        "cost": counts.cost,
+        "input_tokens": counts.input_tokens,
+        "output_tokens": counts.output_tokens,
+    }
+    if pending == 0:
+        state = "done_with_failures" if counts.failed else "done"
+    else:
+        state = "partial" if counts.succeeded or counts.failed else "pending"
+    if manifest["mode"] == "batch":
+        record = BatchRecord.load(store, name)
+        entry = record.current
+        if entry is not None:
+            retries = load_retries(store, name)
+            out["cost"] += sum(w[2] for w in retries.wasted.values())
+            out["batch"] = {
+                k: entry.get(k)
+                for k in (
+                    "round",
+                    "attempt",
+                    "state",
+                    "batch_id",
+                    "status",
+                    "request_counts",
+                    "requests",
+                )
+            }
+            out["rounds"] = len(record.rounds)
+        if pending:
+            if entry is None:
+                state = "not_submitted"
+            elif entry["state"] in UNSENT:
+                state = "submitting"
+            elif entry["state"] == SUBMITTED:
+                state = "in_flight"
+            elif entry["state"] == ENDED:
+                state = "awaiting_collect"
+            else:
+                state = "cancelled" if cancelled(store, record) else "needs_submit"
+    out["state"] = state
+    return out
+
+
+def run_status(store: RunStore, manifest: dict[str, Any]) -> dict[str, Any]:
+    from ..finalize import OUTPUT_STATS
+
+    shards = [shard_status(store, manifest, s) for s in manifest["shards"]]
+    totals = {
+        k: sum(s[k] for s in shards)
+        for k in (
+            "requests",
+            "succeeded",
+            "failed",
+            "pending",
+            "cost",
+            "input_tokens",
+            "output_tokens",
+        )
+    }
+    return {
+        "run_uri": store.uri,
+        "run_id": manifest["run_id"],
+        "mode": manifest["mode"],
+        "backend": manifest["backend"],
+        "model_name": manifest["model_name"],
+        "finalized": store.exists(OUTPUT_STATS),
+        "cancelled": read_cancel_flag(store) is not None if manifest["mode"] == "batch" else False,
+        "totals": totals,
+        "shards": shards,
+    }

@@ -1,0 +1,103 @@
+"""``curator-flows``: inspect and control runs from a shell (no interactive prompts).
+
+    curator-flows status RUN_URI [--json]     per-shard state, counts and cost so far
+    curator-flows cancel RUN_URI [--json]     cancel every live batch of a batch run
+    curator-flows simulator [ARGS...]         the OpenAI/Anthropic simulator (its own --help)
+
+API keys come from the environment (``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``), never from
+the command line. Exit status: 0 on success, 1 when the command failed, 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="curator-flows", description="Inspect and control curator-flows runs."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    status = commands.add_parser("status", help="per-shard state, counts and cost of a run")
+    status.add_argument("run_uri", metavar="RUN_URI", help="the run directory (any fsspec URI)")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    cancel = commands.add_parser("cancel", help="cancel every live batch of a batch run")
+    cancel.add_argument("run_uri", metavar="RUN_URI")
+    cancel.add_argument("--json", action="store_true", help="print the result as JSON")
+    commands.add_parser(
+        "simulator", help="run the OpenAI/Anthropic simulator (see: simulator --help)",
+        add_help=False,
+    )  # fmt: skip
+    return parser
+
+
+def _money(value: float) -> str:
+    return f"${value:,.4f}"
+
+
+def format_status(report: dict[str, Any]) -> str:
+    """A human-readable table of :func:`curator_flows.steps.status`."""
+    totals = report["totals"]
+    lines = [
+        f"run {report['run_id']} ({report['mode']}, {report['backend']}, {report['model_name']})",
+        f"  {report['run_uri']}",
+        f"  {totals['succeeded']}/{totals['requests']} succeeded, {totals['failed']} failed, "
+        f"{totals['pending']} pending; cost so far {_money(totals['cost'])}; "
+        f"tokens in/out {totals['input_tokens']}/{totals['output_tokens']}"
+        + ("; finalized" if report.get("finalized") else "")
+        + ("; CANCELLED" if report.get("cancelled") else ""),
+        "",
+        f"  {'shard':<7} {'state':<18} {'ok':>8} {'failed':>7} {'pending':>8} {'cost':>11}  batch",
+    ]
+    for shard in report["shards"]:
+        batch = shard.get("batch") or {}
+        where = ""
+        if batch:
+            where = f"round {batch.get('round')} {batch.get('batch_id') or '-'} "
+            where += batch.get("status") or ""
+        row = (
+            f"  {shard['shard']:<7} {shard['state']:<18} {shard['succeeded']:>8} "
+            f"{shard['failed']:>7} {shard['pending']:>8} {_money(shard['cost']):>11}  {where}"
+        )
+        lines.append(row.rstrip())
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "simulator":
+        from .testing.simulator import main as simulator_main
+
+        return simulator_main(argv[1:])
+    args = _parser().parse_args(argv)
+    from . import steps
+
+    try:
+        if args.command == "status":
+            report = steps.status(args.run_uri)
+            print(json.dumps(report, indent=2) if args.json else format_status(report))
+            return 0
+        if args.command == "cancel":
+            result = steps.cancel(args.run_uri)
+            if args.json:
+                print(json.dumps(result, indent=2))
+            else:
+                for batch in result["batches"]:
+                    print(f"shard {batch['shard']}: batch {batch['batch_id']} {batch['status']}")
+                if not result["batches"]:
+                    print("no live batch to cancel; later rounds will not be submitted")
+                for error in result["errors"]:
+                    print(f"shard {error['shard']}: {error['error']}", file=sys.stderr)
+            return 1 if result["errors"] else 0
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"curator-flows {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
