@@ -28,7 +28,8 @@ from .store import MANIFEST, RunStore, default_working_dir, join_uri, shard_name
 
 MANIFEST_VERSION = 1
 # Provider batch limits: (requests, bytes) per batch input file.
-BATCH_LIMITS = {"openai": (50_000, 200 * 1024 * 1024), "anthropic": (100_000, 256 * 1024 * 1024)}
+# Bytes are decimal megabytes: the stricter reading of the providers' "200 MB" / "256 MB".
+BATCH_LIMITS = {"openai": (50_000, 200_000_000), "anthropic": (100_000, 256_000_000)}
 _BATCH_LINE_OVERHEAD = 160  # custom_id, method, url and JSON punctuation of one batch line
 
 
