@@ -5,8 +5,9 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 EXTRAS := --extra litellm --extra airflow --extra prefect --extra s3 --extra gcs --extra dev
 VENV_PY := .venv/bin/python
+VLLM_PY := .venv-vllm/bin/python
 
-.PHONY: uv venv test test-fast test-vllm demo lint bench vllm-venv
+.PHONY: uv venv test test-fast test-vllm demo lint bench bench-vllm vllm-venv
 
 uv:
 	@command -v uv >/dev/null 2>&1 || [ -x "$(HOME)/.local/bin/uv" ] || $(PYTHON) -m pip install --user --quiet uv
@@ -18,11 +19,15 @@ vllm-venv:
 	@bash scripts/setup_vllm_venv.sh
 
 test: venv vllm-venv
-	$(VENV_PY) -m pytest -q -p no:cacheprovider tests
-	.venv-vllm/bin/python -m pytest -q -p no:cacheprovider tests/backends/vllm
+	$(VENV_PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/vllm
+	$(VLLM_PY) -m pytest -q -p no:cacheprovider tests/vllm
 
 test-fast: venv
-	$(VENV_PY) -m pytest -q -p no:cacheprovider tests
+	$(VENV_PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/vllm
+
+# The real vLLM engine on CPU (tests/vllm: generator, offline LLM, OpenAI-compatible server).
+test-vllm: vllm-venv
+	$(VLLM_PY) -m pytest -q -p no:cacheprovider tests/vllm
 
 demo: venv
 	$(VENV_PY) -m dags_examples.demo $(ARGS)
@@ -34,3 +39,8 @@ lint: venv
 bench: venv
 	$(VENV_PY) benchmarks/online_throughput.py
 	$(VENV_PY) benchmarks/rate_limit.py
+	$(VENV_PY) benchmarks/cache_hit.py
+	$(VENV_PY) benchmarks/batch_pipeline.py
+
+bench-vllm: vllm-venv
+	$(VLLM_PY) benchmarks/vllm_offline.py $(ARGS)
