@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from ..backends.base import parse_retry_after
+
 log = logging.getLogger(__name__)
 
 DEFAULT_ATTEMPTS = 5
@@ -49,19 +51,6 @@ class BatchAPIError(RuntimeError):
 
 class TransportError(BatchAPIError):
     """No HTTP answer at all (connection refused or dropped, timeout): outcome unknown."""
-
-
-def _retry_after(headers: Any) -> float | None:
-    if headers is None:
-        return None
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is not None:
-            try:
-                return max(0.0, float(value) / scale)
-            except ValueError:
-                pass
-    return None
 
 
 def backoff(attempt: int) -> float:
@@ -101,7 +90,7 @@ class Http:
                 exc.code,
                 body,
             )
-            error.retry_after = _retry_after(exc.headers)  # type: ignore[attr-defined]
+            error.retry_after = parse_retry_after(exc.headers)  # type: ignore[attr-defined]
             raise error from None
         except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
