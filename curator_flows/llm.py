@@ -103,6 +103,10 @@ class LLM:
             raise ConfigError(f"generation_params must be JSON-serialisable: {exc}") from None
         self.backend_params = dict(backend_params or {})
         self.config = BackendConfig.from_user(self.mode, backend_params)
+        if self.mode == "offline":  # engine and sampling values, without importing vLLM
+            from .offline import check_params
+
+            check_params(self)
 
     # ------------------------------------------------------------ user hooks
     def prompt(self, input: Any) -> str | list[dict[str, Any]]:

@@ -1,7 +1,9 @@
 """Offline generation with vLLM: the engine layer of the ``vllm`` backend.
 
 :class:`VLLMGenerator` holds one ``vllm.LLM`` engine for the life of a step and turns a
-list of request dicts into response dicts with one batched engine call.
+list of request dicts into response dicts with one batched engine call (:meth:`generate`),
+or queues several such lists and collects each as it finishes (:meth:`submit`,
+:meth:`wait`, :meth:`collect`), so a caller can keep the engine busy while it stores results.
 
 ``vllm`` is imported lazily (inside :class:`VLLMGenerator`), so importing this module
 costs nothing and works where vLLM is not installed.
@@ -9,14 +11,20 @@ costs nothing and works where vLLM is not installed.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
+import functools
 import gc
+import importlib.util
 import inspect
 import math
+import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["VLLMGenerator", "validate_params"]
+__all__ = ["Submission", "VLLMGenerator", "validate_params"]
 
 _INSTALL_HINT = (
     "The vllm backend needs vLLM: install the extra `curator-flows[vllm]` "
@@ -29,8 +37,8 @@ _ENGINE_ALIASES = {"max_model_length": "max_model_len"}
 
 # SamplingParams fields this generator controls itself, so they cannot be passed through.
 _CONTROLLED_SAMPLING_KEYS = {
-    "structured_outputs": "pass json_schema to VLLMGenerator instead",
-    "guided_decoding": "pass json_schema to VLLMGenerator instead",
+    "structured_outputs": "structured output comes from response_format (json_schema here)",
+    "guided_decoding": "structured output comes from response_format (json_schema here)",
     "output_kind": "the generator always collects final outputs",
     "detokenize": "the generator needs the output text",
     "skip_clone": "internal to vLLM",
@@ -76,7 +84,81 @@ def _is_number(value: Any) -> bool:
     return (isinstance(value, int | float)) and not isinstance(value, bool)
 
 
+def _vllm_root() -> str | None:
+    """The installed vLLM package's directory, found without importing it."""
+    try:
+        spec = importlib.util.find_spec("vllm")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
+
+
+def _class_node(rel_path: str, class_name: str) -> ast.ClassDef | None:
+    root = _vllm_root()
+    if root is None:
+        return None
+    try:
+        with open(os.path.join(root, rel_path), encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            return node
+    return None
+
+
+def _source_fields(rel_path: str, class_name: str) -> set[str] | None:
+    """Annotated field names of a vLLM dataclass / msgspec Struct, read from its source."""
+    node = _class_node(rel_path, class_name)
+    if node is None:
+        return None
+    return {
+        item.target.id
+        for item in node.body
+        if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+    }
+
+
+def _source_init_args(rel_path: str, class_name: str) -> set[str] | None:
+    node = _class_node(rel_path, class_name)
+    if node is None:
+        return None
+    for item in node.body:
+        if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+            args = item.args
+            return {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs} - {"self"}
+    return None
+
+
+def _public(names: set[str] | frozenset[str]) -> frozenset[str]:
+    return frozenset(name for name in names if not name.startswith("_"))
+
+
+@functools.lru_cache(maxsize=1)
+def _source_sampling_keys() -> frozenset[str] | None:
+    fields = _source_fields("sampling_params.py", "SamplingParams")
+    return _public(fields) if fields else None
+
+
+@functools.lru_cache(maxsize=1)
+def _source_engine_keys() -> frozenset[str] | None:
+    fields = _source_fields(os.path.join("engine", "arg_utils.py"), "EngineArgs")
+    args = _source_init_args(os.path.join("entrypoints", "llm.py"), "LLM")
+    if not fields or args is None:
+        return None
+    return _public(fields | args)
+
+
 def _vllm_sampling_keys() -> frozenset[str] | None:
+    """``SamplingParams`` field names of the installed vLLM, or None when it is not installed.
+
+    When vLLM is not imported yet (``LLM`` construction, say at DAG-parse time) the names are
+    read from its source instead: importing vLLM takes seconds and imports torch."""
+    if "vllm" not in sys.modules:
+        return _source_sampling_keys()
     try:
         from vllm import SamplingParams
     except ImportError:
@@ -84,10 +166,14 @@ def _vllm_sampling_keys() -> frozenset[str] | None:
     fields = getattr(SamplingParams, "__struct_fields__", None)
     if fields is None:  # older vLLM: a plain class
         fields = inspect.signature(SamplingParams.__init__).parameters
-    return frozenset(name for name in fields if not name.startswith("_"))
+    return _public(set(fields))
 
 
 def _vllm_engine_keys() -> frozenset[str] | None:
+    """``EngineArgs`` / ``vllm.LLM`` keyword names, or None when vLLM is not installed (read
+    from the source while vLLM is not imported, like :func:`_vllm_sampling_keys`)."""
+    if "vllm" not in sys.modules:
+        return _source_engine_keys()
     try:
         from vllm import LLM
         from vllm.engine.arg_utils import EngineArgs
@@ -99,7 +185,15 @@ def _vllm_engine_keys() -> frozenset[str] | None:
         for name, p in inspect.signature(LLM.__init__).parameters.items()
         if name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD
     }
-    return frozenset(names)
+    return _public(names)
+
+
+def _describe_unknown(unknown: list[str], known: frozenset[str]) -> str:
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        parts.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    return ", ".join(parts)
 
 
 def validate_params(
@@ -110,8 +204,10 @@ def validate_params(
 
     Returns ``(engine_kwargs, sampling_kwargs)`` as new dicts: aliases mapped
     (``max_model_length`` -> ``max_model_len``), ``trust_remote_code`` defaulted to False.
-    Value checks need no vLLM; unknown keys are checked against the installed vLLM's
-    ``SamplingParams`` / ``EngineArgs`` when it is importable.
+    Cheap enough for ``LLM`` construction: value checks need no vLLM, and unknown keys are
+    checked against the installed vLLM's ``SamplingParams`` / ``EngineArgs`` names, read from
+    its source while it is not imported (no torch import). Where vLLM is not installed, sampling
+    keys are checked against vLLM 0.32's list and engine keys only by value.
     """
     engine = dict(engine_kwargs or {})
     sampling = dict(sampling_kwargs or {})
@@ -149,7 +245,9 @@ def validate_params(
     known = _vllm_sampling_keys() or _FALLBACK_SAMPLING_KEYS
     unknown = sorted(k for k in sampling if k not in known)
     if unknown:
-        raise ValueError(f"unknown sampling parameter(s) for vLLM: {', '.join(map(repr, unknown))}")
+        raise ValueError(
+            f"unknown sampling parameter(s) for vLLM: {_describe_unknown(unknown, known)}"
+        )
 
     # --- sampling values ----------------------------------------------------------
     n = sampling.get("n", 1)
@@ -184,7 +282,7 @@ def validate_params(
         unknown = sorted(k for k in engine if k not in engine_keys)
         if unknown:
             raise ValueError(
-                f"unknown engine parameter(s) for vLLM: {', '.join(map(repr, unknown))}"
+                f"unknown engine parameter(s) for vLLM: {_describe_unknown(unknown, engine_keys)}"
             )
     return engine, sampling
 
@@ -216,6 +314,38 @@ def _check_request(index: int, request: Any) -> tuple[str, Any]:
             "{'role': ..., 'content': ...} dicts"
         )
     return "chat", [dict(m) for m in messages]
+
+
+def _output_key(request_id: str) -> str:
+    """The part of a request id that a ``RequestOutput`` carries too: ``LLM.enqueue`` numbers
+    requests with a counter, and newer vLLM returns ``"<n>-<random suffix>"`` as the id of
+    the queued request while its output is labelled ``"<n>"``."""
+    return str(request_id).split("-", 1)[0]
+
+
+def _abort(llm: Any, request_ids: list[str]) -> None:
+    engine = llm.llm_engine
+    try:
+        engine.abort_request(request_ids, internal=True)  # the ids LLM.enqueue returned
+    except TypeError:  # older vLLM: no ``internal``
+        engine.abort_request(request_ids)
+
+
+class Submission:
+    """Requests queued by :meth:`VLLMGenerator.submit`, for :meth:`VLLMGenerator.collect`."""
+
+    __slots__ = ("custom_ids", "request_ids", "outputs", "left")
+
+    def __init__(
+        self,
+        custom_ids: list[str],
+        request_ids: list[str] | None = None,
+        outputs: list[Any] | None = None,
+    ) -> None:
+        self.custom_ids = custom_ids
+        self.request_ids = request_ids or []
+        self.outputs = outputs
+        self.left = len(self.request_ids)  # requests the engine has not finished yet
 
 
 class VLLMGenerator:
@@ -258,6 +388,11 @@ class VLLMGenerator:
         from vllm import LLM
 
         self._llm: Any = LLM(model=model_name, **engine)
+        self._finished: dict[str, Any] = {}  # finished outputs not collected yet
+        self._unfinished = 0  # submitted requests the engine has not finished
+        self._owners: dict[str, Submission] = {}  # output key -> its unfinished submission
+        # Render chat templates here unless the engine has a template of its own.
+        self._chat_fast_path: bool | None = None if "chat_template" not in engine else False
 
     @staticmethod
     def _build_sampling_params(sampling: dict[str, Any], json_schema: dict | None) -> Any:
@@ -296,21 +431,32 @@ class VLLMGenerator:
         Raises ValueError when vLLM rejects the batch: one invalid request (e.g. a prompt
         longer than ``max_model_len``) fails the whole call and no request is run.
         """
+        return self.collect(self.submit(requests))
+
+    def submit(self, requests: list[dict]) -> Submission:
+        """Queue ``requests`` on the engine and return at once; :meth:`collect` runs the
+        engine until they are done. Several submissions can be in flight (see :meth:`wait`):
+        the engine works on all of them, so the slots a finishing submission frees are
+        filled from the next one and chunks never drain the engine.
+
+        Raises ValueError, with nothing left queued, when vLLM rejects a request (see
+        :meth:`generate`). Where vLLM has no ``LLM.enqueue`` (older versions) the requests
+        are generated here and :meth:`collect` just returns them.
+        """
         if self._llm is None:
             raise RuntimeError("VLLMGenerator is closed")
         parsed = [_check_request(i, r) for i, r in enumerate(requests)]
+        custom_ids = [r["custom_id"] for r in requests]
         if not parsed:
-            return []
-        kinds = {kind for kind, _ in parsed}
-        params = self._sampling_params
-        llm = self._llm
+            return Submission(custom_ids, outputs=[])
         try:
-            if kinds == {"prompt"}:
-                outputs = llm.generate([p for _, p in parsed], params, use_tqdm=False)
-            elif kinds == {"chat"}:
-                outputs = llm.chat([m for _, m in parsed], params, use_tqdm=False)
-            else:
-                outputs = self._generate_mixed(parsed)
+            if self._can_enqueue():
+                submission = Submission(custom_ids, request_ids=self._enqueue(parsed))
+                for rid in submission.request_ids:
+                    self._owners[_output_key(rid)] = submission
+                self._unfinished += submission.left
+                return submission
+            return Submission(custom_ids, outputs=self._generate_now(parsed))
         except Exception as exc:
             # vLLM rejects the whole call when one request is invalid (a prompt longer
             # than max_model_len, a JSON schema its grammar backend cannot compile, ...);
@@ -321,41 +467,182 @@ class VLLMGenerator:
                 ) from exc
             raise
 
-        if len(outputs) != len(parsed):
-            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(parsed)} requests")
+    def collect(self, submission: Submission) -> list[dict]:
+        """Run the engine until every request of ``submission`` is done; return their
+        responses in submission order (see :meth:`generate`). Outputs of other submissions
+        that finish meanwhile are kept for their own ``collect``."""
+        outputs = submission.outputs
+        if outputs is None:
+            if self._llm is None:
+                raise RuntimeError("VLLMGenerator is closed")
+            while submission.left:
+                self._step()
+            outputs = [self._finished.pop(_output_key(rid)) for rid in submission.request_ids]
+            submission.request_ids, submission.outputs = [], outputs
+        if len(outputs) != len(submission.custom_ids):
+            raise RuntimeError(
+                f"vLLM returned {len(outputs)} outputs for {len(submission.custom_ids)} requests"
+            )
         return [
-            self._to_response(request["custom_id"], output)
-            for request, output in zip(requests, outputs, strict=True)
+            self._to_response(custom_id, output)
+            for custom_id, output in zip(submission.custom_ids, outputs, strict=True)
         ]
 
-    def _generate_mixed(self, parsed: list[tuple[str, Any]]) -> list[Any]:
-        """Chat and plain prompts in one list: still one engine run."""
+    def done(self, submission: Submission) -> bool:
+        """Whether :meth:`collect` would return ``submission`` without running the engine."""
+        return submission.outputs is not None or submission.left == 0
+
+    def wait(self, submissions: list[Submission], refill_below: int = 0) -> list[Submission]:
+        """Run the engine until one of ``submissions`` is done, or until fewer than
+        ``refill_below`` requests are left in the engine (time to submit more); return the
+        submissions that are done. A caller that keeps the engine topped up this way, and
+        collects submissions in whatever order they finish, keeps every slot busy."""
+        while True:
+            finished = [s for s in submissions if self.done(s)]
+            if finished or not submissions or self._unfinished < refill_below:
+                return finished
+            self._step()
+
+    @property
+    def queues(self) -> bool:
+        """Whether :meth:`submit` queues (False on vLLM without ``LLM.enqueue``: it generates)."""
+        return self._llm is not None and self._can_enqueue()
+
+    @property
+    def unfinished(self) -> int:
+        """Requests submitted and not finished yet (running or waiting in the engine)."""
+        return self._unfinished
+
+    def cancel(self, submission: Submission) -> None:
+        """Abort the unfinished requests of ``submission`` and drop its finished outputs."""
+        ids = submission.request_ids
+        submission.request_ids = []
+        if not ids or self._llm is None:
+            return
+        pending = []
+        for rid in ids:
+            key = _output_key(rid)
+            self._owners.pop(key, None)
+            if self._finished.pop(key, None) is None:
+                pending.append(rid)
+        submission.left = 0
+        if pending:
+            _abort(self._llm, pending)
+            self._unfinished = max(0, self._unfinished - len(pending))
+
+    @property
+    def capacity(self) -> int | None:
+        """How many sequences the engine runs at once (vLLM's ``max_num_seqs``), if known."""
+        engine = getattr(self._llm, "llm_engine", None)
+        config = getattr(engine, "vllm_config", None)
+        value = getattr(getattr(config, "scheduler_config", None), "max_num_seqs", None)
+        return value if _is_int(value) and value > 0 else None
+
+    def _can_enqueue(self) -> bool:
+        llm = self._llm
+        engine = getattr(llm, "llm_engine", None)
+        return all(hasattr(llm, name) for name in ("enqueue", "enqueue_chat")) and all(
+            hasattr(engine, name) for name in ("step", "has_unfinished_requests", "abort_request")
+        )
+
+    def _enqueue(self, parsed: list[tuple[str, Any]]) -> list[str]:
+        """Add the requests to the engine in order; on an error none of them stays queued."""
         llm = self._llm
         params = self._sampling_params
-        if all(hasattr(llm, name) for name in ("enqueue", "enqueue_chat", "wait_for_completion")):
-            # Requests are enqueued one by one in input order; vLLM numbers them with a
-            # counter and wait_for_completion returns them sorted by that number.
+        kinds = {kind for kind, _ in parsed}
+        rendered = self._render_chats([m for kind, m in parsed if kind == "chat"])
+        if kinds == {"prompt"} or rendered is not None:
+            chats = iter(rendered or ())
+            prompts = [next(chats) if kind == "chat" else p for kind, p in parsed]
+            return list(llm.enqueue(prompts, params, use_tqdm=False))
+        if kinds == {"chat"}:
+            return list(llm.enqueue_chat([m for _, m in parsed], params, use_tqdm=False))
+        ids: list[str] = []  # mixed and not renderable here: one by one, in input order
+        try:
             for kind, payload in parsed:
                 if kind == "chat":
-                    llm.enqueue_chat([payload], params, use_tqdm=False)
+                    ids.extend(llm.enqueue_chat([payload], params, use_tqdm=False))
                 else:
-                    llm.enqueue([payload], params, use_tqdm=False)
-            from vllm import RequestOutput
+                    ids.extend(llm.enqueue([payload], params, use_tqdm=False))
+        except BaseException:
+            if ids:
+                _abort(llm, ids)
+            raise
+        return ids
 
-            return llm.wait_for_completion(RequestOutput, use_tqdm=False)
-        # Older vLLM: render the chat template here and send token ids.
+    def _step(self) -> None:
+        """One engine step; finished outputs go to ``_finished`` until collected."""
+        engine = self._llm.llm_engine
+        if not engine.has_unfinished_requests():
+            raise RuntimeError("vLLM has no unfinished requests but outputs are missing")
+        for output in engine.step():
+            if getattr(output, "finished", True):
+                key = _output_key(output.request_id)
+                owner = self._owners.pop(key, None)
+                if owner is None:  # cancelled meanwhile, or not ours
+                    continue
+                self._finished[key] = output
+                owner.left -= 1
+                self._unfinished -= 1
+
+    def _generate_now(self, parsed: list[tuple[str, Any]]) -> list[Any]:
+        """One blocking engine call (vLLM without ``LLM.enqueue``)."""
+        llm = self._llm
+        params = self._sampling_params
+        kinds = {kind for kind, _ in parsed}
+        rendered = self._render_chats([m for kind, m in parsed if kind == "chat"])
+        if kinds == {"prompt"} or rendered is not None:
+            chats = iter(rendered or ())
+            prompts = [next(chats) if kind == "chat" else p for kind, p in parsed]
+            return llm.generate(prompts, params, use_tqdm=False)
+        if kinds == {"chat"}:
+            return llm.chat([m for _, m in parsed], params, use_tqdm=False)
+        # Mixed and not renderable by the fast path: render the template the plain way.
         tokenizer = llm.get_tokenizer()
-        prompts: list[Any] = []
+        prompts = []
         for kind, payload in parsed:
             if kind == "chat":
                 text = tokenizer.apply_chat_template(
                     payload, tokenize=False, add_generation_prompt=True
                 )
-                ids = tokenizer.encode(text, add_special_tokens=False)
-                prompts.append({"prompt_token_ids": ids})
+                prompts.append(
+                    {"prompt_token_ids": tokenizer.encode(text, add_special_tokens=False)}
+                )
             else:
                 prompts.append(payload)
         return llm.generate(prompts, params, use_tqdm=False)
+
+    def _render_chats(self, conversations: list[list[dict]]) -> list[dict] | None:
+        """Token ids of each conversation through the model's chat template, rendered here.
+
+        The same ids ``vllm.LLM.chat`` would send (text messages, the tokenizer's template,
+        generation prompt, no extra special tokens), at a fraction of its per-conversation
+        Python cost (~0.2 ms each in vLLM 0.32: about 4 % of a CPU run's generation time).
+        None, so that ``LLM.chat`` handles them, when there is nothing to render, when a
+        message is not plain text (multimodal parts, tool calls), when the engine was given
+        its own ``chat_template``, or when the tokenizer cannot render them.
+        """
+        if not conversations or self._chat_fast_path is False:
+            return None
+        if any(
+            not isinstance(message.get("content"), str) or set(message) - {"role", "content"}
+            for conversation in conversations
+            for message in conversation
+        ):
+            return None
+        try:
+            tokenizer = self._llm.get_tokenizer()
+            if not getattr(tokenizer, "chat_template", None):
+                self._chat_fast_path = False
+                return None
+            texts = [
+                tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                for c in conversations
+            ]
+            ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        except Exception:  # vLLM's chat() renders them, or raises its own clear error
+            return None
+        return [{"prompt_token_ids": list(token_ids)} for token_ids in ids]
 
     @staticmethod
     def _to_response(custom_id: str, output: Any) -> dict:
@@ -381,6 +668,7 @@ class VLLMGenerator:
         engine still open in the same process: keep one open generator per process.
         """
         llm, self._llm = self._llm, None
+        self._finished, self._unfinished, self._owners = {}, 0, {}
         if llm is None:
             return
         engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)

@@ -2,111 +2,30 @@
 
 Runs only where vLLM is installed (the separate venv from scripts/setup_vllm_venv.sh):
 
-    .venv-vllm/bin/python -m pytest tests/backends/test_vllm_generator.py -q
+    make test-vllm      # or: .venv-vllm/bin/python -m pytest tests/vllm -q
+
+Fixtures (the tiny model, the offline env, the shared engine pool) are in conftest.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
 pytest.importorskip("vllm")
 
-from pydantic import BaseModel, Field, ValidationError  # noqa: E402
+from offline_llms import ENGINE_KWARGS, Record  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
 
 from curator_flows.backends.vllm import VLLMGenerator, validate_params  # noqa: E402
-from curator_flows.testing.tiny_model import build_tiny_llama  # noqa: E402
 
 # Enough tokens for the constrained JSON outputs (< 50 tokens); the unconstrained
 # control uses the same sampling.
 MAX_TOKENS = 160
 SAMPLING = {"max_tokens": MAX_TOKENS, "temperature": 1.0}
-ENGINE_KWARGS = {
-    "kv_cache_memory_bytes": 64 * 1024 * 1024,  # the default memory utilisation fails on CPU
-    "max_model_len": 512,
-    "enforce_eager": True,
-    "dtype": "float32",
-    "seed": 0,
-}
-
-
-class Record(BaseModel):
-    # A pattern bounds the string so a random model finishes it (an unbounded string
-    # runs for hundreds of tokens). Not max_length: xgrammar's maxLength rule admits raw
-    # control characters, which is invalid JSON.
-    name: str = Field(pattern=r"^[a-z ]{1,20}$")
-    score: int
-
-
-@pytest.fixture(scope="session")
-def vllm_env(tmp_path_factory):
-    """Offline, in-process vLLM with its temp and cache files under the test's tmp dir."""
-    root = tmp_path_factory.mktemp("vllm-env")
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in {
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "VLLM_NO_USAGE_STATS": "1",
-            "DO_NOT_TRACK": "1",
-            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-            "TMPDIR": str(root),
-            "VLLM_RPC_BASE_PATH": str(root),
-            "VLLM_CACHE_ROOT": str(root / "cache"),
-        }.items():
-            mp.setenv(name, value)
-        mp.setattr(tempfile, "tempdir", str(root))
-        yield root
-
-
-@pytest.fixture(scope="session")
-def tiny_model(vllm_env) -> str:
-    return build_tiny_llama(vllm_env / "tiny-llama")
-
-
-@pytest.fixture(scope="session")
-def tokenizer(tiny_model):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model)
-
-
-class EnginePool:
-    """At most one open engine at a time, reused while the config is unchanged.
-
-    An in-process vLLM engine's shutdown tears down process-global distributed state,
-    so closing one engine breaks any other that is still open in the process.
-    """
-
-    def __init__(self, model: str):
-        self.model = model
-        self.key: str | None = None
-        self.gen: VLLMGenerator | None = None
-
-    def get(self, sampling: dict, json_schema: dict | None = None) -> VLLMGenerator:
-        key = json.dumps([sampling, json_schema], sort_keys=True)
-        if key != self.key:
-            self.release()
-            self.gen = VLLMGenerator(self.model, ENGINE_KWARGS, sampling, json_schema)
-            self.key = key
-        assert self.gen is not None
-        return self.gen
-
-    def release(self) -> None:
-        if self.gen is not None:
-            self.gen.close()
-        self.gen = self.key = None
-
-
-@pytest.fixture(scope="session")
-def engines(tiny_model):
-    pool = EnginePool(tiny_model)
-    yield pool
-    pool.release()
 
 
 @pytest.fixture
@@ -192,6 +111,11 @@ def test_mixed_batch_keeps_order(generator, tokenizer, monkeypatch):
     for request, response in zip(requests, responses, strict=True):
         check_response(response, request["custom_id"])
 
+    # Without the generator's own chat rendering: vLLM's chat path (LLM.enqueue_chat).
+    monkeypatch.setattr(generator, "_chat_fast_path", False)
+    enqueued = generator.generate(requests)
+    assert [r["usage"]["prompt_tokens"] for r in enqueued] == expected
+
     # Older vLLM without LLM.enqueue*: chat templates are rendered by the generator.
     class NoEnqueue:
         def __init__(self, llm):
@@ -205,6 +129,82 @@ def test_mixed_batch_keeps_order(generator, tokenizer, monkeypatch):
     monkeypatch.setattr(generator, "_llm", NoEnqueue(generator._llm))
     fallback = generator.generate(requests)
     assert [r["usage"]["prompt_tokens"] for r in fallback] == expected
+
+
+def test_rendered_chats_match_vllm_chat(generator):
+    from vllm import SamplingParams
+
+    conversations = [
+        [{"role": "user", "content": "Hi"}],
+        [
+            {"role": "system", "content": "You write short records."},
+            {"role": "user", "content": "One record about a fox, please."},
+            {"role": "assistant", "content": '{"name": "fox"}'},
+            {"role": "user", "content": "Another one"},
+        ],
+    ]
+    rendered = generator._render_chats(conversations)
+    by_vllm = generator._llm.chat(conversations, SamplingParams(max_tokens=1), use_tqdm=False)
+    assert [r["prompt_token_ids"] for r in rendered] == [list(o.prompt_token_ids) for o in by_vllm]
+    # Anything but plain text messages is left to vLLM's chat().
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+    assert generator._render_chats([parts]) is None
+    named = [{"role": "user", "content": "Hi", "name": "ann"}]
+    assert generator._render_chats([named]) is None
+    response = generator.generate([{"custom_id": "parts", "messages": parts}])[0]
+    assert response["usage"]["prompt_tokens"] == len(rendered[0]["prompt_token_ids"])
+
+
+def test_submissions_overlap_and_collect_in_any_order(generator, tokenizer):
+    def batch(tag, n):
+        return [{"custom_id": f"{tag}{i}", "prompt": "word " * (i + 1)} for i in range(n)]
+
+    first, second, third = batch("a", 5), batch("b", 3), batch("c", 4)
+    handles = [generator.submit(b) for b in (first, second, third)]
+    # The engine works on every queued request while the first one is collected.
+    assert [r["custom_id"] for r in generator.collect(handles[0])] == [
+        r["custom_id"] for r in first
+    ]
+    assert generator._finished  # later submissions finished meanwhile, kept for later
+    third_out = generator.collect(handles[2])
+    second_out = generator.collect(handles[1])
+    assert [r["custom_id"] for r in third_out] == [r["custom_id"] for r in third]
+    assert [r["custom_id"] for r in second_out] == [r["custom_id"] for r in second]
+    for request, response in zip(second, second_out, strict=True):
+        check_response(response, request["custom_id"])
+        assert response["usage"]["prompt_tokens"] == len(tokenizer(request["prompt"]).input_ids)
+    assert not generator._finished
+
+    # wait(): run until one submission is done, or until the engine wants more work.
+    handles = [generator.submit(b) for b in (batch("w", 3), batch("x", 20))]
+    assert generator.unfinished == 23
+    assert generator.wait(handles, refill_below=100) == []  # below the mark: top up first
+    done = generator.wait(handles)
+    assert done and all(generator.done(h) for h in done)
+    assert generator.unfinished < 23
+    for handle in handles:
+        assert len(generator.collect(handle)) == len(handle.custom_ids)
+    assert generator.unfinished == 0
+
+    # A cancelled submission leaves nothing behind in the engine or the generator.
+    doomed = generator.submit(batch("d", 6))
+    generator.cancel(doomed)
+    assert generator.collect(generator.submit(batch("e", 2)))[1]["custom_id"] == "e1"
+    assert not generator._finished
+    assert not generator._llm.llm_engine.has_unfinished_requests()
+    assert generator.unfinished == 0
+    assert generator.capacity == 256  # vLLM's CPU default max_num_seqs
+
+
+def test_rejected_submission_leaves_nothing_queued(generator):
+    with pytest.raises(ValueError, match="maximum context length"):
+        generator.submit(
+            [
+                {"custom_id": "ok", "prompt": "hi"},
+                {"custom_id": "long", "messages": [{"role": "user", "content": "word " * 600}]},
+            ]
+        )
+    assert not generator._llm.llm_engine.has_unfinished_requests()
 
 
 def test_empty_request_list(generator):
@@ -317,6 +317,23 @@ def test_module_import_does_not_import_vllm():
         "import sys, curator_flows.backends.vllm, curator_flows.testing.tiny_model; "
         "bad = [m for m in ('vllm', 'torch', 'transformers') if m in sys.modules]; "
         "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy())
+
+
+def test_key_checks_read_the_vllm_source_without_importing_it():
+    # LLM construction validates vLLM parameter names (at DAG-parse time, say) without the
+    # seconds-long vLLM + torch import: the names come from vLLM's source and must match
+    # what the imported vLLM reports.
+    code = (
+        "import sys\n"
+        "from curator_flows.backends import vllm as b\n"
+        "sampling, engine = b._vllm_sampling_keys(), b._vllm_engine_keys()\n"
+        "assert 'vllm' not in sys.modules and 'torch' not in sys.modules\n"
+        "assert {'temperature', 'max_tokens'} <= sampling and 'kv_cache_memory_bytes' in engine\n"
+        "import vllm\n"
+        "assert sampling == b._vllm_sampling_keys(), sampling ^ b._vllm_sampling_keys()\n"
+        "assert engine == b._vllm_engine_keys(), engine ^ b._vllm_engine_keys()\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy())
 
