@@ -169,6 +169,7 @@ class _OfflineRunner:
             "cost": 0.0,
             "chunks": 0,
             "latency_total": 0.0,
+            "max_in_flight": 0,
         }
 
     def _next_chunk(self, fresh: Iterator[WorkItem]) -> list[WorkItem]:
@@ -208,6 +209,8 @@ class _OfflineRunner:
                 active.append(_Chunk(items, self._submit(items)))
             if not active:
                 return
+            in_flight = self.engine.unfinished if self.queueing else len(active[0].items)
+            self.counts["max_in_flight"] = max(self.counts["max_in_flight"], in_flight)
             submissions = [sub for chunk in active for sub in chunk.submissions()]
             self.engine.wait(submissions, refill_below=self.low_water + 1 if more else 0)
             for chunk in [c for c in active if all(map(self.engine.done, c.submissions()))]:
@@ -375,5 +378,4 @@ def run_offline(
         "engine_seconds": engine_seconds,
         "generate_seconds": generate_seconds,
         "elapsed": time.monotonic() - started,
-        "max_in_flight": params.batch_size,
     }

@@ -224,6 +224,7 @@ def test_engine_stays_busy_and_chunks_are_stored_as_they_finish(wd):
     # Never more than capacity + two chunks queued, and every slot busy while requests
     # were still waiting to be submitted.
     assert gen.max_unfinished <= 4 + 2 * 4
+    assert result["max_in_flight"] == gen.max_unfinished
     steps_while_pending = gen.running_per_step[: len(gen.running_per_step) - 30]
     assert all(running == 4 for running in steps_while_pending)
     assert len(lines(store)) == 24
