@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import uuid
+
 import pytest
 
 
@@ -44,3 +47,34 @@ def simulator_params(sim, **extra):
 def params(sim):
     """``params(**extra)``: backend_params for the ``sim`` fixture."""
     return lambda **extra: simulator_params(sim, **extra)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server mode on a free loopback port (real HTTP), one per test session."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, monkeypatch):
+    """``s3://<fresh bucket>``, reached through fsspec's config as users point s3:// elsewhere."""
+    import fsspec
+    import s3fs
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": s3_endpoint})
+    s3fs.S3FileSystem.clear_instance_cache()
+    bucket = f"curator-runs-{uuid.uuid4().hex[:8]}"
+    s3fs.S3FileSystem(endpoint_url=s3_endpoint).mkdir(bucket)
+    yield f"s3://{bucket}"
+    s3fs.S3FileSystem.clear_instance_cache()

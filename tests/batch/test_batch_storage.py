@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import socket
-import uuid
-
 import pytest
 from batch_helpers import make_llm
 from batch_llms import Numbered
@@ -13,33 +10,9 @@ from batch_llms import Numbered
 from curator_flows import steps
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3_working_dir(s3_endpoint, monkeypatch):
-    import fsspec
-    import s3fs
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": s3_endpoint})
-    s3fs.S3FileSystem.clear_instance_cache()
-    bucket = f"batch-runs-{uuid.uuid4().hex[:8]}"
-    s3fs.S3FileSystem(endpoint_url=s3_endpoint).mkdir(bucket)
-    yield f"s3://{bucket}/nightly"
-    s3fs.S3FileSystem.clear_instance_cache()
+def s3_working_dir(s3_bucket):
+    return f"{s3_bucket}/nightly"
 
 
 @pytest.mark.parametrize("backend", ["openai", "anthropic"])
