@@ -95,6 +95,15 @@ _PARAMS_BY_MODE: dict[str, type[CommonParams]] = {
 
 # Keys that change a response's content; everything else (limits, retries, paths, keys) doesn't.
 _OUTPUT_KEYS = ("max_tokens", "min_tokens", "max_model_length", "invalid_finish_reasons")
+# vLLM engine arguments that only size or place the engine; every other one (dtype,
+# quantization, seed, chat_template, ...) may change outputs and is fingerprinted.
+_RESOURCE_ENGINE_KWARGS = frozenset(
+    {
+        "kv_cache_memory_bytes", "max_num_seqs", "max_num_batched_tokens", "swap_space",
+        "cpu_offload_gb", "disable_log_stats", "enable_prefix_caching", "download_dir",
+        "enable_chunked_prefill", "block_size",
+    }
+)  # fmt: skip
 
 
 class BackendConfig:
@@ -140,6 +149,11 @@ class BackendConfig:
             if key in type(self.params).model_fields:
                 value = getattr(self.params, key)
                 out[key] = list(value) if isinstance(value, tuple) else value
+        engine = getattr(self.params, "engine_kwargs", None)
+        if engine:
+            out["engine_kwargs"] = {
+                k: v for k, v in engine.items() if k not in _RESOURCE_ENGINE_KWARGS
+            }
         return out
 
     def public_dict(self) -> dict[str, Any]:

@@ -69,3 +69,12 @@ def test_import_is_fast_and_light():
     seconds, heavy = out.stdout.split(" ", 1)
     assert heavy.strip() == "[]"
     assert float(seconds) < 0.3
+
+
+def test_vllm_engine_arguments_that_change_outputs_change_the_run_id():
+    def run_id(**engine):
+        llm = A("/models/tiny", backend="vllm", backend_params={"engine_kwargs": engine})
+        return run_id_for(llm, "data")
+
+    assert run_id(dtype="float32") != run_id(dtype="bfloat16")
+    assert run_id(dtype="float32", kv_cache_memory_bytes=1 << 28) == run_id(dtype="float32")
