@@ -285,32 +285,15 @@ class _OfflineRunner:
                 self.retries.append(item)
                 return None
             return self._failure(item, f"{problem} (after {item.attempts} attempts)")
-        record: dict[str, Any] = {
-            "id": item.id,
-            "content": out["content"],
-            "finish_reason": out["finish_reason"],
-            "usage": [used_in, used_out],
-            "cost": cost + item.wasted_cost,
-            "latency": round(latency, 4),
-            "attempts": item.attempts,
-            "ts": time.time(),
-        }
-        if item.wasted_input or item.wasted_output:
-            record["wasted"] = [item.wasted_input, item.wasted_output]
+        record = item.success_line(
+            out["content"], out["finish_reason"], (used_in, used_out), cost, latency, item.attempts
+        )
         self.counts["succeeded"] += 1
         self.progress.counters.done += 1
         return record
 
     def _failure(self, item: WorkItem, reason: str) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "id": item.id,
-            "error": reason,
-            "attempts": item.attempts,
-            "ts": time.time(),
-        }
-        if item.wasted_input or item.wasted_output:
-            record["wasted"] = [item.wasted_input, item.wasted_output]
-            record["cost"] = item.wasted_cost
+        record = item.failure_line(reason)
         self.counts["failed"] += 1
         self.progress.counters.failed += 1
         return record

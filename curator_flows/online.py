@@ -49,6 +49,38 @@ class WorkItem:
     wasted_output: int = 0
     wasted_cost: float = 0.0
 
+    def success_line(
+        self,
+        content: str,
+        finish_reason: str | None,
+        usage: tuple[int, int],
+        cost: float,
+        latency: float,
+        attempts: int,
+    ) -> dict[str, Any]:
+        """The response line of a success; ``cost`` includes what failed attempts wasted."""
+        record = {
+            "id": self.id,
+            "content": content,
+            "finish_reason": finish_reason,
+            "usage": list(usage),
+            "cost": cost + self.wasted_cost,
+            "latency": round(latency, 4),
+            "attempts": attempts,
+            "ts": time.time(),
+        }
+        if self.wasted_input or self.wasted_output:
+            record["wasted"] = [self.wasted_input, self.wasted_output]
+        return record
+
+    def failure_line(self, reason: str) -> dict[str, Any]:
+        """The response line of a final failure, with what its paid attempts cost."""
+        record = {"id": self.id, "error": reason, "attempts": self.attempts, "ts": time.time()}
+        if self.wasted_input or self.wasted_output:
+            record["wasted"] = [self.wasted_input, self.wasted_output]
+            record["cost"] = self.wasted_cost
+        return record
+
 
 @dataclass
 class OnlineSummary:
@@ -280,19 +312,16 @@ class OnlineRunner:
         return appender
 
     def succeed(self, item: WorkItem, attempt: Attempt, latency: float) -> None:
-        cost = self.prices.cost(attempt.input_tokens, attempt.output_tokens) + item.wasted_cost
-        record = {
-            "id": item.id,
-            "content": attempt.content,
-            "finish_reason": attempt.finish_reason,
-            "usage": [attempt.input_tokens, attempt.output_tokens],
-            "cost": cost,
-            "latency": round(latency, 4),
-            "attempts": item.attempts + 1,
-            "ts": time.time(),
-        }
-        if item.wasted_input or item.wasted_output:
-            record["wasted"] = [item.wasted_input, item.wasted_output]
+        usage = (attempt.input_tokens, attempt.output_tokens)
+        record = item.success_line(
+            attempt.content or "",
+            attempt.finish_reason,
+            usage,
+            self.prices.cost(*usage),
+            latency,
+            item.attempts + 1,
+        )
+        cost = record["cost"]
         self.appender(item.shard).append(record)
         s = self.summary
         s.succeeded += 1
@@ -307,10 +336,7 @@ class OnlineRunner:
         c.cost = s.cost
 
     def fail(self, item: WorkItem, reason: str) -> None:
-        record = {"id": item.id, "error": reason, "attempts": item.attempts, "ts": time.time()}
-        if item.wasted_input or item.wasted_output:
-            record["wasted"] = [item.wasted_input, item.wasted_output]
-            record["cost"] = item.wasted_cost
+        record = item.failure_line(reason)
         self.appender(item.shard).append(record)
         self.summary.failed += 1
         self.summary.cost += item.wasted_cost
