@@ -2,7 +2,8 @@
 # synced from uv.lock with every extra but vllm. The vLLM tests get their own pip venv.
 SHELL := /bin/bash
 PYTHON ?= python3
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv on PATH, else the one `make uv` installs with pip (run as a module: no PATH assumptions).
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 EXTRAS := --extra litellm --extra airflow --extra prefect --extra s3 --extra gcs --extra dev
 VENV_PY := .venv/bin/python
 VLLM_PY := .venv-vllm/bin/python
@@ -10,7 +11,8 @@ VLLM_PY := .venv-vllm/bin/python
 .PHONY: uv venv test test-fast test-vllm demo lint bench bench-vllm vllm-venv
 
 uv:
-	@command -v uv >/dev/null 2>&1 || [ -x "$(HOME)/.local/bin/uv" ] || $(PYTHON) -m pip install --user --quiet uv
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
+		$(PYTHON) -m pip install --quiet uv || $(PYTHON) -m pip install --user --quiet uv
 
 venv: uv
 	@$(UV) sync --frozen $(EXTRAS) --compile-bytecode --quiet
