@@ -43,12 +43,12 @@ import orjson
 
 from ..backends.anthropic import DEFAULT_BASE_URL, api_headers, parse_message
 from .base import (
-    RECONCILE_MAX_PAGES,
     RECONCILE_SKEW,
     Ambiguous,
     BatchInfo,
     ItemResult,
     RoundIntent,
+    paginate,
 )
 from .transport import BatchAPIError, Http, file_chunks
 
@@ -203,16 +203,8 @@ class AnthropicBatches:
 
     def list(self, limit: int = 100) -> Iterator[BatchInfo]:
         """Every batch, newest first, page by page (``after_id`` = the page's last id)."""
-        after = None
-        for _ in range(RECONCILE_MAX_PAGES):
-            query = f"limit={limit}" + (f"&after_id={after}" if after else "")
-            page = self.http.request("GET", f"{self.url}?{query}") or {}
-            items = page.get("data") or []
-            for item in items:
-                yield batch_info(item)
-            if not page.get("has_more") or not items:
-                return
-            after = page.get("last_id") or items[-1]["id"]
+        for item in paginate(self.http, self.url, "after_id", limit):
+            yield batch_info(item)
 
     def find(
         self,

@@ -18,6 +18,21 @@ RECONCILE_SKEW = 900.0
 RECONCILE_MAX_PAGES = 50
 
 
+def paginate(http: Any, url: str, cursor_param: str, limit: int = 100) -> Iterator[dict[str, Any]]:
+    """Every item of a provider's list endpoint, newest first, page by page; the next page
+    starts after the page's ``last_id`` (``cursor_param``: OpenAI ``after``, Anthropic
+    ``after_id``). At most ``RECONCILE_MAX_PAGES`` pages are read."""
+    after = None
+    for _ in range(RECONCILE_MAX_PAGES):
+        query = f"limit={limit}" + (f"&{cursor_param}={after}" if after else "")
+        page = http.request("GET", f"{url}?{query}") or {}
+        items = page.get("data") or []
+        yield from items
+        if not page.get("has_more") or not items:
+            return
+        after = page.get("last_id") or items[-1]["id"]
+
+
 @dataclass
 class BatchInfo:
     """A provider batch, normalised. ``status`` is the provider's own word."""

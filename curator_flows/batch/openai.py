@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from ..backends.openai import DEFAULT_BASE_URL, parse_chat_completion
-from .base import RECONCILE_MAX_PAGES, RECONCILE_SKEW, BatchInfo, ItemResult, RoundIntent
+from .base import RECONCILE_SKEW, BatchInfo, ItemResult, RoundIntent, paginate
 from .transport import BatchAPIError, Http, multipart_file
 
 ENDPOINT = "/v1/chat/completions"
@@ -193,16 +193,8 @@ class OpenAIBatches:
 
     def list(self, limit: int = 100) -> Iterator[BatchInfo]:
         """Every batch, newest first, page by page."""
-        after = None
-        for _ in range(RECONCILE_MAX_PAGES):
-            query = f"limit={limit}" + (f"&after={after}" if after else "")
-            page = self.http.request("GET", f"{self.base}/batches?{query}") or {}
-            items = page.get("data") or []
-            for item in items:
-                yield batch_info(item)
-            if not page.get("has_more") or not items:
-                return
-            after = page.get("last_id") or items[-1]["id"]
+        for item in paginate(self.http, f"{self.base}/batches", "after", limit):
+            yield batch_info(item)
 
     def find(self, intent: RoundIntent, claimed: set[str], belongs: Any = None) -> BatchInfo | None:
         """The batch of ``intent`` by its metadata or input file (exact; see module doc)."""
