@@ -29,7 +29,7 @@ from typing import Any
 from .config import ConfigError
 from .cost import Prices, resolve_prices
 from .llm import LLM
-from .online import WorkItem, count_pending, pending_items
+from .online import WorkItem, count_pending, done_ids, pending_items
 from .progress import Progress
 from .steps import RunRef, _llm_for, _shard_names, open_run
 from .store import RunStore
@@ -332,7 +332,8 @@ def run_offline(
     params = llm.config.params
     names = _shard_names(manifest, shard)
     sizes = {s["name"]: s["requests"] for s in manifest["shards"]}
-    pending = count_pending(store, names, sizes)
+    done = done_ids(store, names)
+    pending = count_pending(sizes, done)
     result: dict[str, Any] = {"run_uri": store.uri, "shards": names, "pending_before": pending}
     if not pending:
         return {**result, "sent": 0, "succeeded": 0, "failed": 0, "elapsed": 0.0}
@@ -350,7 +351,7 @@ def run_offline(
         progress,
     )
     try:
-        runner.run(pending_items(store, names))
+        runner.run(pending_items(store, names, done))
         generate_seconds = time.monotonic() - started - engine_seconds
     finally:
         if own_generator:

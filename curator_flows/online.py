@@ -106,17 +106,25 @@ def success_ids(store: RunStore, shard: str) -> set[str]:
     }
 
 
-def pending_items(store: RunStore, shards: list[str]) -> Iterator[WorkItem]:
+def done_ids(store: RunStore, shards: list[str]) -> dict[str, set[str]]:
+    """Per shard, the ids that already have a successful response line (read once per step)."""
+    return {shard: success_ids(store, shard) for shard in shards}
+
+
+def pending_items(
+    store: RunStore, shards: list[str], done: dict[str, set[str]]
+) -> Iterator[WorkItem]:
+    """Requests of ``shards`` without a successful response, streamed shard by shard."""
     for shard in shards:
-        done = success_ids(store, shard)
+        finished = done[shard]
         for req in store.iter_lines(f"requests/{shard}.jsonl"):
-            if req["id"] not in done:
+            if req["id"] not in finished:
                 messages = req["messages"]
                 yield WorkItem(shard, req["id"], messages, estimate_prompt_tokens(messages))
 
 
-def count_pending(store: RunStore, shards: list[str], sizes: dict[str, int]) -> int:
-    return sum(max(0, sizes[s] - len(success_ids(store, s))) for s in shards)
+def count_pending(sizes: dict[str, int], done: dict[str, set[str]]) -> int:
+    return sum(max(0, sizes[shard] - len(ids)) for shard, ids in done.items())
 
 
 class OnlineRunner:
@@ -159,8 +167,8 @@ class OnlineRunner:
         self.warm = False
         self.warm_event: asyncio.Event | None = None
 
-    async def run(self, shards: list[str]) -> OnlineSummary:
-        self.fresh = pending_items(self.store, shards)
+    async def run(self, pending: Iterator[WorkItem]) -> OnlineSummary:
+        self.fresh = pending
         self.warm_event = asyncio.Event()
         started = time.monotonic()
         await self.backend.open()
@@ -343,14 +351,14 @@ class OnlineRunner:
         self.progress.counters.failed += 1
 
 
-def run_sync(runner: OnlineRunner, shards: list[str]) -> OnlineSummary:
+def run_sync(runner: OnlineRunner, pending: Iterator[WorkItem]) -> OnlineSummary:
     """Run ``runner`` to completion from synchronous code (a fresh event loop, or a worker
     thread when a loop is already running, e.g. inside Jupyter or an async Prefect task)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(runner.run(shards))
+        return asyncio.run(runner.run(pending))
     import concurrent.futures
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, runner.run(shards)).result()
+        return pool.submit(asyncio.run, runner.run(pending)).result()

@@ -123,7 +123,7 @@ def run_online(
     their responses; return counts and timings."""
     from .cost import resolve_prices
     from .finalize import schema_problem
-    from .online import OnlineRunner, count_pending, run_sync
+    from .online import OnlineRunner, count_pending, done_ids, pending_items, run_sync
     from .progress import Progress
     from .ratelimit import RateLimiter
 
@@ -137,7 +137,8 @@ def run_online(
     params = config.params
     names = _shard_names(manifest, shard)
     sizes = {s["name"]: s["requests"] for s in manifest["shards"]}
-    pending = count_pending(store, names, sizes)
+    done = done_ids(store, names)
+    pending = count_pending(sizes, done)
     concurrency = params.max_concurrent_requests or DEFAULT_CONCURRENCY
     prices = resolve_prices(llm.model_name, params.in_mtok_cost, params.out_mtok_cost)
     result: dict[str, Any] = {"run_uri": store.uri, "shards": names, "pending_before": pending}
@@ -162,7 +163,7 @@ def run_online(
         output_estimate=_output_estimate(llm),
         progress=Progress(f"{llm.model_name} {manifest['run_id']}", pending, params.progress),
     )
-    summary = run_sync(runner, names)
+    summary = run_sync(runner, pending_items(store, names, done))
     return {**result, **summary.to_dict()}
 
 
