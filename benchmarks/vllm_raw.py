@@ -103,18 +103,9 @@ def generator_tokens_per_s(
 
 def _offline_env(root: Path) -> None:
     """Offline, in-process vLLM; temp and cache files under ``root``. Before importing vllm."""
-    os.environ.update(
-        {
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "VLLM_NO_USAGE_STATS": "1",
-            "DO_NOT_TRACK": "1",
-            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-            "TMPDIR": str(root),
-            "VLLM_RPC_BASE_PATH": str(root),
-            "VLLM_CACHE_ROOT": str(root / "cache"),
-        }
-    )
+    from curator_flows.testing.tiny_model import offline_vllm_env
+
+    os.environ.update(offline_vllm_env(root))
     tempfile.tempdir = str(root)
 
 

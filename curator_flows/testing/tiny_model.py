@@ -63,6 +63,22 @@ Numbers 0 1 2 3 4 5 6 7 8 9 10 100 1000, punctuation: , . ; : ? ! ( ) [ ] { } " 
 """
 
 
+def offline_vllm_env(root: str | os.PathLike) -> dict[str, str]:
+    """Environment for an offline, in-process vLLM with its temp and cache files under ``root``
+    (set it before importing vllm): no hub access, no usage stats, no engine subprocess."""
+    root = str(root)
+    return {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "TMPDIR": root,
+        "VLLM_RPC_BASE_PATH": root,
+        "VLLM_CACHE_ROOT": os.path.join(root, "cache"),
+    }
+
+
 def _training_text(seed: int) -> list[str]:
     """A deterministic corpus: the seed text plus pseudo-words, enough for ~2k merges."""
     rng = random.Random(seed)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from curator_flows.testing.tiny_model import offline_vllm_env
+
 SUPPORT = Path(__file__).parent / "support"
 if str(SUPPORT) not in sys.path:  # LLM classes the worker subprocesses import by the same name
     sys.path.insert(0, str(SUPPORT))
@@ -28,16 +30,7 @@ def vllm_env(tmp_path_factory):
     """Offline, in-process vLLM with its temp and cache files under the session's tmp dir."""
     root = tmp_path_factory.mktemp("vllm-env")
     with pytest.MonkeyPatch.context() as mp:
-        for name, value in {
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "VLLM_NO_USAGE_STATS": "1",
-            "DO_NOT_TRACK": "1",
-            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-            "TMPDIR": str(root),
-            "VLLM_RPC_BASE_PATH": str(root),
-            "VLLM_CACHE_ROOT": str(root / "cache"),
-        }.items():
+        for name, value in offline_vllm_env(root).items():
             mp.setenv(name, value)
         mp.setattr(tempfile, "tempdir", str(root))
         yield root
