@@ -550,10 +550,8 @@ class VLLMGenerator:
         llm = self._llm
         params = self._sampling_params
         kinds = {kind for kind, _ in parsed}
-        rendered = self._render_chats([m for kind, m in parsed if kind == "chat"])
-        if kinds == {"prompt"} or rendered is not None:
-            chats = iter(rendered or ())
-            prompts = [next(chats) if kind == "chat" else p for kind, p in parsed]
+        prompts = self._as_prompts(parsed)
+        if prompts is not None:
             return list(llm.enqueue(prompts, params, use_tqdm=False))
         if kinds == {"chat"}:
             return list(llm.enqueue_chat([m for _, m in parsed], params, use_tqdm=False))
@@ -590,10 +588,8 @@ class VLLMGenerator:
         llm = self._llm
         params = self._sampling_params
         kinds = {kind for kind, _ in parsed}
-        rendered = self._render_chats([m for kind, m in parsed if kind == "chat"])
-        if kinds == {"prompt"} or rendered is not None:
-            chats = iter(rendered or ())
-            prompts = [next(chats) if kind == "chat" else p for kind, p in parsed]
+        prompts = self._as_prompts(parsed)
+        if prompts is not None:
             return llm.generate(prompts, params, use_tqdm=False)
         if kinds == {"chat"}:
             return llm.chat([m for _, m in parsed], params, use_tqdm=False)
@@ -611,6 +607,15 @@ class VLLMGenerator:
             else:
                 prompts.append(payload)
         return llm.generate(prompts, params, use_tqdm=False)
+
+    def _as_prompts(self, parsed: list[tuple[str, Any]]) -> list[Any] | None:
+        """Every request as a plain engine prompt (chats rendered through the chat template),
+        in input order; ``None`` when some chat cannot be rendered here."""
+        rendered = self._render_chats([m for kind, m in parsed if kind == "chat"])
+        if rendered is None and any(kind == "chat" for kind, _ in parsed):
+            return None
+        chats = iter(rendered or ())
+        return [next(chats) if kind == "chat" else p for kind, p in parsed]
 
     def _render_chats(self, conversations: list[list[dict]]) -> list[dict] | None:
         """Token ids of each conversation through the model's chat template, rendered here.
