@@ -21,10 +21,12 @@ vllm-venv:
 	@bash scripts/setup_vllm_venv.sh
 
 test: venv vllm-venv
+	.venv/bin/lint-imports --no-cache
 	$(VENV_PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/vllm
 	$(VLLM_PY) -m pytest -q -p no:cacheprovider tests/vllm
 
 test-fast: venv
+	.venv/bin/lint-imports --no-cache
 	$(VENV_PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/vllm
 
 # The real vLLM engine on CPU (tests/vllm: generator, offline LLM, OpenAI-compatible server).
@@ -37,6 +39,7 @@ demo: venv
 lint: venv
 	$(VENV_PY) -m ruff check .
 	$(VENV_PY) -m ruff format --check .
+	.venv/bin/lint-imports --no-cache
 
 bench: venv
 	$(VENV_PY) benchmarks/online_throughput.py

@@ -82,7 +82,7 @@ def run(n: int, backend: str, working_dir: str) -> dict[str, Any]:
         collected = step("collect", lambda: [steps.collect(summary, s, llm=llm) for s in shards])
         result = step("finalize", lambda: steps.finalize(summary, llm=llm))
         assert sum(c["succeeded"] for c in collected) == n, collected
-        assert len(result.dataset) == n
+        assert result["rows"] == n
     finally:
         proc.terminate()
         proc.wait()

@@ -42,7 +42,8 @@ def main() -> None:
         with Clock() as online:
             summary = steps.run_online(run, llm=llm)
         with Clock() as fin:
-            result = steps.finalize(run, llm=llm)
+            steps.finalize(run, llm=llm)
+            result = steps.load_response(run)
         assert summary["succeeded"] == args.requests, summary
         assert len(result.dataset) == args.requests
         report(

@@ -11,6 +11,12 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+_ERRORS = (
+    "CuratorFlowsError", "ConfigError", "InputError", "PromptError", "ParseError",
+    "IncompleteRunError", "ProviderError", "AuthenticationError", "EndpointUnreachableError",
+    "RateLimitExhaustedError", "BudgetExceededError", "LeaseHeldError", "StorageWriteError",
+    "RunNotFoundError", "LLMRebuildError", "BatchStepError", "BatchNotEnded",
+)  # fmt: skip
 _EXPORTS = {
     "LLM": "curator_flows.llm",
     "CuratorResponse": "curator_flows.types",
@@ -18,11 +24,9 @@ _EXPORTS = {
     "CostInfo": "curator_flows.types",
     "RequestStats": "curator_flows.types",
     "PerformanceStats": "curator_flows.types",
-    "ConfigError": "curator_flows.config",
-    "InputError": "curator_flows.prepare",
-    "PromptError": "curator_flows.prepare",
-    "ParseError": "curator_flows.finalize",
-    "IncompleteRunError": "curator_flows.finalize",
+    "Credentials": "curator_flows.credentials",
+    "is_retryable": "curator_flows.errors",
+    **{name: "curator_flows.errors" for name in _ERRORS},
     "steps": "curator_flows.steps",
 }
 

@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from .errors import ConfigError
+
+__all__ = ["BackendConfig", "ConfigError", "Mode"]
+
 Mode = Literal["online", "batch", "offline"]
-
-
-class ConfigError(ValueError):
-    """A ``backend_params`` or ``generation_params`` value that cannot be used."""
 
 
 class _Params(BaseModel):
@@ -34,7 +34,11 @@ class CommonParams(_Params):
     in_mtok_cost: float | None = Field(None, ge=0)
     out_mtok_cost: float | None = Field(None, ge=0)
     invalid_finish_reasons: tuple[str, ...] = ("content_filter", "length")
-    # Not in the spec; see README "Run store".
+    #: dollars the whole run may spend (every shard, step and retry); see curator_flows.budget
+    max_cost: float | None = Field(None, gt=0)
+    #: seconds a shard lease lasts without renewal (a dead worker's shard is free after this)
+    lease_seconds: float = Field(60.0, ge=1)
+    # Ours, not Curator's: see README "backend_params".
     shard_size: int = Field(10_000, ge=1)
     progress: Literal["auto", "bar", "log", "off"] = "auto"
 

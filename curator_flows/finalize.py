@@ -13,22 +13,21 @@ Invariants:
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .llm import LLM
-from .store import RunStore
-from .types import PerformanceStats, RunStats
+from .acceptance import Acceptance
+from .credentials import Credentials
+from .errors import IncompleteRunError, ParseError
+from .ledger import run_totals
+from .results import FinalizeResult, make
+from .runs import RunRef, llm_for, open_run
+from .store import FAILED, OUTPUT_STATS, RunStore
+from .types import CuratorResponse, PerformanceStats, RunStats
 
-OUTPUT_STATS = "output/stats.json"
-FAILED = "failed_requests.jsonl"
+if TYPE_CHECKING:
+    from .llm import LLM
 
-
-class ParseError(RuntimeError):
-    """``parse()`` raised; the message names the row. Responses stay stored."""
-
-
-class IncompleteRunError(RuntimeError):
-    """``require_all_responses`` is on and some requests failed; everything else is stored."""
+__all__ = ["FAILED", "OUTPUT_STATS", "finalize", "finalize_run", "load_response"]
 
 
 def latest_responses(store: RunStore, shard: str) -> dict[str, dict[str, Any]]:
@@ -39,31 +38,6 @@ def latest_responses(store: RunStore, shard: str) -> dict[str, dict[str, Any]]:
         if previous is None or "content" in record or "content" not in previous:
             latest[key] = record
     return latest
-
-
-def _response_validator(llm: LLM):
-    model = llm.response_format
-    if model is None:
-        return None
-    from pydantic import ValidationError
-
-    def validate(content: str) -> tuple[Any, str | None]:
-        try:
-            return model.model_validate_json(content), None
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ())) or "response"
-            return None, f"content does not match {model.__name__}: {where}: {first.get('msg')}"
-
-    return validate
-
-
-def schema_problem(llm: LLM):
-    """``content -> error or None`` for the online runner (``None`` when no response_format)."""
-    validate = _response_validator(llm)
-    if validate is None:
-        return None
-    return lambda content: validate(content)[1]
 
 
 def _rows_of(index: int, parsed: Any) -> list[dict[str, Any]]:
@@ -107,18 +81,14 @@ def _write_table(store: RunStore, rel: str, table) -> None:
             writer.write_table(table)
 
 
-def finalize_run(
-    store: RunStore,
-    manifest: dict[str, Any],
-    llm: LLM,
-    session: dict[str, Any] | None = None,
-) -> RunStats:
-    """Parse every shard, write ``output/`` and ``failed_requests.jsonl``; return the stats.
+def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[str, Any]:
+    """Parse every shard, write ``output/``, ``failed_requests.jsonl`` and ``output/stats.json``;
+    return what ``stats.json`` holds."""
+    from .cost import resolve_prices
 
-    ``session`` carries what only the caller knows (requests sent in this call, timings)."""
-    validate = _response_validator(llm)
+    acceptance = Acceptance(llm)
     stats = RunStats()
-    failed_lines = 0
+    failed_lines = retryable_failures = 0
     outputs = []
     with store.atomic_writer(FAILED) as failed_file:
         for shard in manifest["shards"]:
@@ -139,17 +109,18 @@ def finalize_run(
                     stats.token_usage.input += used[0] + wasted[0]
                     stats.token_usage.output += used[1] + wasted[1]
                     stats.cost_info.total_cost += record.get("cost") or 0.0
-                    if record.get("reused_from"):
+                    if record.get("reused_from") and "content" in record:
                         stats.cost_info.cached_cost += record.get("cost") or 0.0
+                        stats.request_stats.cached += 1
                 response: Any = None
                 if error is None:
-                    response = record["content"]
-                    if validate is not None:
-                        response, error = validate(response)
+                    response, error = acceptance.validate(record["content"])
                 if error is not None:
                     stats.request_stats.failed += 1
                     failed_file.write(_failure_line(request, record, error))
                     failed_lines += 1
+                    if record is None or record.get("retryable", True):
+                        retryable_failures += 1
                     continue
                 stats.request_stats.succeeded += 1
                 try:
@@ -166,27 +137,40 @@ def finalize_run(
             outputs.append(rel)
     if not failed_lines:
         store.remove(FAILED)
-    session = session or {}
-    stats.request_stats.cached = session.get("cached", 0)
-    stats.request_stats.attempts = session.get("sent", 0)
-    stats.request_stats.rate_limited = session.get("rate_limited", 0)
-    prices = session.get("prices")
-    if prices is not None:
-        stats.cost_info.input_cost_per_million = prices.input
-        stats.cost_info.output_cost_per_million = prices.output
-    stats.cost_info.batch_discount = manifest["mode"] == "batch"
-    stats.performance_stats = _performance(session)
-    store.write_json(
-        OUTPUT_STATS,
-        {
-            **stats.to_dict(),
-            "outputs": outputs,
-            "parse_fingerprint": llm.parse_fingerprint(),
-            "failed": failed_lines,
-            "finalized_at": time.time(),
-        },
+    totals = run_totals(store)
+    stats.request_stats.attempts = totals["sent"]
+    stats.request_stats.rate_limited = totals["rate_limited"]
+    params = llm.config.params
+    prices = resolve_prices(
+        llm.model_name, params.in_mtok_cost, params.out_mtok_cost, manifest["mode"] == "batch"
     )
-    return stats
+    stats.cost_info.input_cost_per_million = prices.input
+    stats.cost_info.output_cost_per_million = prices.output
+    stats.cost_info.batch_discount = manifest["mode"] == "batch"
+    stats.performance_stats = _performance(totals)
+    rows_out = sum(_row_count(store, rel) for rel in outputs)
+    output = {
+        **stats.to_dict(),
+        "outputs": outputs,
+        "rows": rows_out,
+        "parse_fingerprint": llm.parse_fingerprint(),
+        "limits": totals.get("limits") or {},
+        "failed": failed_lines,
+        "retryable_failures": retryable_failures,
+        "finalized_at": time.time(),
+    }
+    store.write_json(OUTPUT_STATS, output)
+    return output
+
+
+def _row_count(store: RunStore, rel: str) -> int:
+    import pyarrow as pa
+
+    if store.local:
+        reader = pa.ipc.open_stream(pa.memory_map(store.path(rel)))
+    else:
+        reader = pa.ipc.open_stream(store.read_bytes(rel))
+    return sum(batch.num_rows for batch in reader)
 
 
 def _failure_line(request: dict[str, Any], record: dict[str, Any] | None, error: str) -> bytes:
@@ -202,17 +186,96 @@ def _failure_line(request: dict[str, Any], record: dict[str, Any] | None, error:
     return orjson.dumps(line) + b"\n"
 
 
-def _performance(session: dict[str, Any]) -> PerformanceStats:
-    elapsed = session.get("elapsed") or 0.0
-    succeeded = session.get("succeeded") or 0
+def _performance(totals: dict[str, Any]) -> PerformanceStats:
+    elapsed = totals.get("total_time") or 0.0
+    succeeded = totals.get("succeeded") or 0
     minutes = elapsed / 60.0 if elapsed else 0.0
     return PerformanceStats(
         total_time=elapsed,
         requests_per_minute=succeeded / minutes if minutes else 0.0,
-        input_tokens_per_minute=(session.get("input_tokens") or 0) / minutes if minutes else 0.0,
-        output_tokens_per_minute=(session.get("output_tokens") or 0) / minutes if minutes else 0.0,
-        max_concurrent_requests=session.get("max_in_flight") or 0,
-        mean_latency=(session.get("latency_total") or 0.0) / succeeded if succeeded else 0.0,
+        input_tokens_per_minute=(totals.get("input_tokens") or 0) / minutes if minutes else 0.0,
+        output_tokens_per_minute=(totals.get("output_tokens") or 0) / minutes if minutes else 0.0,
+        max_concurrent_requests=totals.get("max_in_flight") or 0,
+        mean_latency=(totals.get("latency_total") or 0.0) / succeeded if succeeded else 0.0,
+    )
+
+
+def statistics_of(output: dict[str, Any]) -> dict[str, Any]:
+    """The four statistics blocks of a ``stats.json``."""
+    return {k: output[k] for k in RunStats().to_dict()}
+
+
+def check_complete(store: RunStore, output: dict[str, Any], require_all: bool) -> None:
+    """Raise :class:`IncompleteRunError` (after everything was written) when every request of a
+    non-empty run failed, or when ``require_all`` and any failed."""
+    request_stats = output["request_stats"]
+    failed, total = request_stats["failed"], request_stats["total"]
+    if not failed:
+        return
+    where = f"{store.uri}/{FAILED}"
+    retryable = bool(output.get("retryable_failures"))
+    if failed == total:
+        raise IncompleteRunError(
+            f"every request of the run failed ({failed} of {total}); they are listed in {where} "
+            "with their reasons",
+            failed=failed,
+            total=total,
+            failed_requests_uri=where,
+            retryable=retryable,
+        )
+    if require_all:
+        raise IncompleteRunError(
+            f"{failed} of {total} requests failed (require_all_responses=True); they are listed "
+            f"in {where}; every successful response is stored, so running again sends only the "
+            "failed ones",
+            failed=failed,
+            total=total,
+            failed_requests_uri=where,
+            retryable=retryable,
+        )
+
+
+def finalize(
+    run: RunRef,
+    *,
+    llm: LLM | None = None,
+    credentials: Credentials | dict[str, Any] | None = None,
+    output_uri: str | None = None,
+) -> FinalizeResult:
+    """Parse the stored responses into the run's output (and publish it to ``output_uri``);
+    see :func:`curator_flows.steps.finalize`."""
+    credentials = Credentials.coerce(credentials)
+    store, manifest = open_run(run, credentials.storage_options)
+    llm = llm_for(manifest, llm)
+    output = finalize_run(store, manifest, llm)
+    published = None
+    if output_uri is not None:
+        from .publish import publish
+
+        published = publish(store, manifest, output, output_uri, credentials.storage_options)
+    check_complete(store, output, llm.config.require_all_responses)
+    return summary_of(store, manifest, output, published)
+
+
+def summary_of(
+    store: RunStore,
+    manifest: dict[str, Any],
+    output: dict[str, Any],
+    output_uri: str | None = None,
+) -> FinalizeResult:
+    request_stats = output["request_stats"]
+    return make(
+        FinalizeResult,
+        run_uri=store.uri,
+        run_id=manifest["run_id"],
+        output_uri=output_uri,
+        rows=output["rows"],
+        requests=request_stats["total"],
+        succeeded=request_stats["succeeded"],
+        failed=request_stats["failed"],
+        failed_requests_uri=f"{store.uri}/{FAILED}" if request_stats["failed"] else None,
+        statistics=statistics_of(output),
+        outputs=list(output["outputs"]),
     )
 
 
@@ -232,3 +295,48 @@ def load_dataset(store: RunStore, outputs: list[str]):
         return datasets.Dataset.from_dict({})
     table = pa.concat_tables(tables, promote_options="permissive")
     return datasets.Dataset(table)
+
+
+def load_response(
+    run: RunRef,
+    *,
+    llm: LLM | None = None,
+    credentials: Credentials | dict[str, Any] | None = None,
+) -> CuratorResponse:
+    """The :class:`CuratorResponse` of a finalized run (the dataset memory-mapped when local)."""
+    from .errors import RunNotFoundError
+
+    credentials = Credentials.coerce(credentials)
+    store, manifest = open_run(run, credentials.storage_options)
+    if not store.exists(OUTPUT_STATS):
+        raise RunNotFoundError(f"run {manifest['run_id']} is not finalized yet: call finalize")
+    output = store.read_json(OUTPUT_STATS)
+    stats = RunStats.from_dict(output)
+    config = manifest.get("config") or {}
+    limits = output.get("limits") or {}
+    failed_path = f"{store.uri}/{FAILED}" if stats.request_stats.failed else None
+    return CuratorResponse(
+        dataset=load_dataset(store, output["outputs"]),
+        model_name=manifest["model_name"],
+        cache_dir=store.uri,
+        failed_requests_path=failed_path,
+        viewer_url=None,
+        batch_mode=manifest["mode"] == "batch",
+        max_requests_per_minute=config.get("max_requests_per_minute")
+        or limits.get("max_requests_per_minute"),
+        max_tokens_per_minute=config.get("max_tokens_per_minute")
+        or limits.get("max_tokens_per_minute"),
+        token_usage=stats.token_usage,
+        cost_info=stats.cost_info,
+        request_stats=stats.request_stats,
+        performance_stats=stats.performance_stats,
+        metadata={
+            "run_id": manifest["run_id"],
+            "run_uri": store.uri,
+            "run_key": manifest.get("run_key"),
+            "mode": manifest["mode"],
+            "backend": manifest["backend"],
+            "shards": len(manifest["shards"]),
+            "rows": output.get("rows"),
+        },
+    )

@@ -24,15 +24,21 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import ConfigError
+from .acceptance import Acceptance
 from .cost import Prices, resolve_prices
-from .llm import LLM
-from .online import WorkItem, count_pending, done_ids, pending_items
+from .credentials import Credentials
+from .errors import ConfigError
+from .ledger import StepLedger
+from .pending import WorkItem, count_pending, done_ids, pending_items
 from .progress import Progress
-from .steps import RunRef, _llm_for, _shard_names, open_run
+from .results import ShardResult, make
+from .runs import RunRef, llm_for, open_run, shard_names, shard_sizes
 from .store import RunStore
+
+if TYPE_CHECKING:
+    from .llm import LLM
 
 log = logging.getLogger("curator_flows.offline")
 
@@ -140,8 +146,6 @@ class _OfflineRunner:
     boundary. A generator with only ``generate()`` runs one chunk at a time."""
 
     def __init__(self, store: RunStore, llm: LLM, generator: Any, prices: Prices, progress):
-        from .finalize import schema_problem
-
         params = llm.config.params
         self.store = store
         self.queueing = getattr(generator, "queues", True) and all(
@@ -150,14 +154,14 @@ class _OfflineRunner:
         self.engine = generator if self.queueing else _Eager(generator)
         self.prices = prices
         self.progress = progress
-        self.validate = schema_problem(llm)
-        self.invalid = frozenset(params.invalid_finish_reasons)
+        self.acceptance = Acceptance(llm)
         self.max_retries = params.max_retries
         self.batch_size = params.batch_size
         capacity = getattr(generator, "capacity", None) or 0
         # Submit another chunk while no more than this many requests are left in the engine:
         # its capacity stays busy and a chunk's worth waits behind it.
         self.low_water = capacity + self.batch_size
+        self.ledger: StepLedger | None = None
         self.retries: deque[WorkItem] = deque()
         self.appenders: dict[str, Any] = {}
         self.counts = {
@@ -243,7 +247,7 @@ class _OfflineRunner:
         latency = time.monotonic() - chunk.started
         if len(outputs) > 1 and not self.counts["succeeded"]:
             if all(isinstance(out, str) for out in outputs):
-                raise ValueError(
+                raise ConfigError(
                     f"vLLM rejected each of the {len(outputs)} requests of a chunk on its "
                     "own before any request succeeded: a configuration problem, most "
                     f"likely. {outputs[0]}"
@@ -259,7 +263,17 @@ class _OfflineRunner:
         counters.input_tokens = self.counts["input_tokens"]
         counters.output_tokens = self.counts["output_tokens"]
         counters.cost = self.counts["cost"]
+        self.record_ledger()
         self.progress.tick()
+
+    def record_ledger(self, final: bool = False) -> None:
+        if self.ledger is None:
+            return
+        self.ledger.set(**{k: v for k, v in self.counts.items() if k != "chunks"})
+        if final:
+            self.ledger.close()
+        else:
+            self.ledger.flush()
 
     def _record(self, item: WorkItem, out: dict[str, Any] | str, latency: float):
         """The response line for ``item``, or None when it goes back for a retry."""
@@ -272,15 +286,9 @@ class _OfflineRunner:
         self.counts["input_tokens"] += used_in
         self.counts["output_tokens"] += used_out
         self.counts["cost"] += cost
-        problem = None
-        if out["finish_reason"] in self.invalid:
-            problem = f"invalid finish_reason {out['finish_reason']!r}"
-        elif self.validate is not None:
-            problem = self.validate(out["content"])
+        problem = self.acceptance.problem(out["finish_reason"], out["content"])
         if problem is not None:
-            item.wasted_input += used_in
-            item.wasted_output += used_out
-            item.wasted_cost += cost
+            item.waste(used_in, used_out, cost)
             if item.attempts <= self.max_retries:
                 self.retries.append(item)
                 return None
@@ -312,8 +320,9 @@ def run_offline(
     shard: str | list[str] | None = None,
     *,
     llm: LLM | None = None,
+    credentials: Credentials | dict[str, Any] | None = None,
     generator: Any = None,
-) -> dict[str, Any]:
+) -> ShardResult:
     """Generate the pending requests of ``shard`` (a name, a list, or all) on this worker.
 
     Needs only the run URI (the ``LLM`` is rebuilt from the manifest). Idempotent: requests with
@@ -321,22 +330,18 @@ def run_offline(
     ``generator`` lets a caller reuse one open engine across several steps of one process (it
     is not closed here); otherwise the engine is built here and shut down at the end.
 
-    Returns ``{"run_uri", "shards", "pending_before", "sent", "succeeded", "failed",
-    "input_tokens", "output_tokens", "cost", "chunks", "engine_seconds", "generate_seconds",
-    "elapsed", ...}``: ``engine_seconds`` is the engine start-up, ``generate_seconds`` the rest.
-    """
-    store, manifest = open_run(run)
-    if manifest["mode"] != "offline":
-        raise ValueError(f"run {manifest['run_id']} is a {manifest['mode']} run, not offline")
-    llm = _llm_for(manifest, llm)
+    ``details`` holds ``chunks``, ``engine_seconds`` (the engine start-up) and
+    ``generate_seconds`` (the rest)."""
+    credentials = Credentials.coerce(credentials)
+    store, manifest = open_run(run, credentials.storage_options, mode="offline")
+    llm = llm_for(manifest, llm)
     params = llm.config.params
-    names = _shard_names(manifest, shard)
-    sizes = {s["name"]: s["requests"] for s in manifest["shards"]}
+    names = shard_names(manifest, shard)
     done = done_ids(store, names)
-    pending = count_pending(sizes, done)
-    result: dict[str, Any] = {"run_uri": store.uri, "shards": names, "pending_before": pending}
+    pending = count_pending(shard_sizes(manifest), done)
+    base = {"run_uri": store.uri, "run_id": manifest["run_id"], "shards": names}
     if not pending:
-        return {**result, "sent": 0, "succeeded": 0, "failed": 0, "elapsed": 0.0}
+        return make(ShardResult, **base)
     started = time.monotonic()
     own_generator = generator is None
     if own_generator:
@@ -350,16 +355,25 @@ def run_offline(
         resolve_prices(llm.model_name, params.in_mtok_cost, params.out_mtok_cost),
         progress,
     )
+    runner.ledger = StepLedger(store, "run_offline", names)
     try:
         runner.run(pending_items(store, names, done))
         generate_seconds = time.monotonic() - started - engine_seconds
     finally:
+        runner.record_ledger(final=True)
         if own_generator:
             generator.close()
-    return {
-        **result,
-        **runner.counts,
-        "engine_seconds": engine_seconds,
-        "generate_seconds": generate_seconds,
-        "elapsed": time.monotonic() - started,
-    }
+    counts = dict(runner.counts)
+    chunks = counts.pop("chunks")
+    return make(
+        ShardResult,
+        **base,
+        pending_before=pending,
+        **counts,
+        elapsed=time.monotonic() - started,
+        details={
+            "chunks": chunks,
+            "engine_seconds": engine_seconds,
+            "generate_seconds": generate_seconds,
+        },
+    )

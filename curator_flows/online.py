@@ -2,84 +2,82 @@
 request to its shard's response file.
 
 Invariants:
-- pending = requests of the shard with no successful response line; nothing else is sent;
+- pending = requests of the shard with no successful response line; nothing else is sent, and
+  the step holds the leases of its shards while it sends (:mod:`curator_flows.lease`);
 - a fixed pool of ``max_concurrent_requests`` workers (no task per request) pulls from one
   queue: ready retries first, then first attempts, so retries interleave with fresh work;
-- every request ends with exactly one line: success (content, usage, cost, timings) or final
-  failure (reason), written the moment it is known;
+- every answered request ends with exactly one line: success (content, usage, cost, timings)
+  or final failure (reason), written the moment it is known; on object stores buffered lines
+  reach the store within ``flush_seconds`` (a timer flushes them, not the next response);
+- dispatch waits for the first answer (it carries the provider's limits) at most
+  ``WARMUP_SECONDS``, then proceeds with the configured or conservative limits and keeps
+  learning from every answer's rate-limit headers;
 - 429s pause all dispatch and are not counted against ``max_retries``; 5xx, timeouts, dropped
   connections, malformed bodies, invalid finish reasons and schema-invalid content are; other
-  4xx fail at once.
+  4xx fail at once;
+- the run stops dispatching (in-flight requests finish, nothing new is sent, unsent requests
+  stay pending and get no line) and raises at the end when: the provider answers 401/403/404
+  (:class:`~curator_flows.errors.AuthenticationError`), the endpoint cannot be reached at all
+  (:class:`~curator_flows.errors.EndpointUnreachableError`), the budget would be exceeded
+  (:class:`~curator_flows.errors.BudgetExceededError`), a write to the run directory fails
+  (:class:`~curator_flows.errors.StorageWriteError`, after retrying the write of what arrived)
+  or the shard lease was lost (:class:`~curator_flows.errors.LeaseLostError`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
+import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .acceptance import Acceptance
 from .backends.base import Attempt, OnlineBackend
-from .cost import Prices
+from .backends.factory import build_online_backend, output_estimate
+from .budget import Budget
+from .cost import Prices, resolve_prices
+from .credentials import Credentials
+from .errors import (
+    AuthenticationError,
+    ConfigError,
+    CuratorFlowsError,
+    EndpointUnreachableError,
+    StorageWriteError,
+)
+from .lease import ShardLeases
+from .ledger import StepLedger
+from .pending import WorkItem, count_pending, done_ids, pending_items
 from .progress import Progress
 from .ratelimit import RateLimiter
+from .results import ShardResult, make
+from .runs import RunRef, llm_for, open_run, shard_names, shard_sizes
 from .store import RunStore
-from .tokens import estimate_prompt_tokens
 
+if TYPE_CHECKING:
+    from .llm import LLM
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONCURRENCY = 256
+HOUSEKEEPING_SECONDS = 0.5
 MAX_RATE_LIMIT_RETRIES = 100
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
-WARMUP_IN_FLIGHT = 1  # requests in flight before the first response tells us the limits
+WARMUP_IN_FLIGHT = 1  # requests in flight before the first answer tells us the limits
+#: the longest dispatch waits for that first answer before it proceeds without it
+WARMUP_SECONDS = 3.0
 #: in-flight cap when neither the user nor the provider's headers say anything about limits
 UNKNOWN_LIMITS_CONCURRENCY = 64
-
-
-@dataclass(slots=True)
-class WorkItem:
-    shard: str
-    id: str
-    messages: list[dict[str, Any]]
-    est_input: int
-    attempts: int = 0
-    rate_limited: int = 0
-    wasted_input: int = 0
-    wasted_output: int = 0
-    wasted_cost: float = 0.0
-
-    def success_line(
-        self,
-        content: str,
-        finish_reason: str | None,
-        usage: tuple[int, int],
-        cost: float,
-        latency: float,
-        attempts: int,
-    ) -> dict[str, Any]:
-        """The response line of a success; ``cost`` includes what failed attempts wasted."""
-        record = {
-            "id": self.id,
-            "content": content,
-            "finish_reason": finish_reason,
-            "usage": list(usage),
-            "cost": cost + self.wasted_cost,
-            "latency": round(latency, 4),
-            "attempts": attempts,
-            "ts": time.time(),
-        }
-        if self.wasted_input or self.wasted_output:
-            record["wasted"] = [self.wasted_input, self.wasted_output]
-        return record
-
-    def failure_line(self, reason: str) -> dict[str, Any]:
-        """The response line of a final failure, with what its paid attempts cost."""
-        record = {"id": self.id, "error": reason, "attempts": self.attempts, "ts": time.time()}
-        if self.wasted_input or self.wasted_output:
-            record["wasted"] = [self.wasted_input, self.wasted_output]
-            record["cost"] = self.wasted_cost
-        return record
+#: answers that mean "wrong key, no access, wrong endpoint or model": stop at once
+AUTH_STATUSES = (401, 403, 404)
+#: an endpoint that gave no answer for this long while requests kept failing is unreachable
+UNREACHABLE_WINDOW = 30.0
+WRITE_ATTEMPTS = 5
 
 
 @dataclass
@@ -100,33 +98,6 @@ class OnlineSummary:
         return dict(self.__dict__)
 
 
-def success_ids(store: RunStore, shard: str) -> set[str]:
-    return {
-        rec["id"] for rec in store.iter_records(f"responses/{shard}.*jsonl") if "content" in rec
-    }
-
-
-def done_ids(store: RunStore, shards: list[str]) -> dict[str, set[str]]:
-    """Per shard, the ids that already have a successful response line (read once per step)."""
-    return {shard: success_ids(store, shard) for shard in shards}
-
-
-def pending_items(
-    store: RunStore, shards: list[str], done: dict[str, set[str]]
-) -> Iterator[WorkItem]:
-    """Requests of ``shards`` without a successful response, streamed shard by shard."""
-    for shard in shards:
-        finished = done[shard]
-        for req in store.iter_lines(f"requests/{shard}.jsonl"):
-            if req["id"] not in finished:
-                messages = req["messages"]
-                yield WorkItem(shard, req["id"], messages, estimate_prompt_tokens(messages))
-
-
-def count_pending(sizes: dict[str, int], done: dict[str, set[str]]) -> int:
-    return sum(max(0, sizes[shard] - len(ids)) for shard, ids in done.items())
-
-
 class OnlineRunner:
     def __init__(
         self,
@@ -138,11 +109,13 @@ class OnlineRunner:
         concurrency_is_explicit: bool = False,
         max_retries: int,
         pause_on_rate_limit: float,
-        invalid_finish_reasons: tuple[str, ...],
-        validate: Callable[[str], str | None] | None,
+        acceptance: Acceptance,
         prices: Prices,
         output_estimate: int,
         progress: Progress,
+        ledger: StepLedger | None = None,
+        budget: Budget | None = None,
+        leases: ShardLeases | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -152,8 +125,10 @@ class OnlineRunner:
         self.concurrency_is_explicit = concurrency_is_explicit
         self.max_retries = max_retries
         self.pause_on_rate_limit = pause_on_rate_limit
-        self.invalid_finish_reasons = frozenset(invalid_finish_reasons)
-        self.validate = validate
+        self.acceptance = acceptance
+        self.ledger = ledger
+        self.budget = budget
+        self.leases = leases
         self.prices = prices
         self.output_estimate = output_estimate
         self.progress = progress
@@ -166,12 +141,19 @@ class OnlineRunner:
         self.in_flight = 0
         self.warm = False
         self.warm_event: asyncio.Event | None = None
+        self.warm_deadline = 0.0
+        self.last_answer_at: float | None = None
+        self.stop_error: CuratorFlowsError | None = None
 
     async def run(self, pending: Iterator[WorkItem]) -> OnlineSummary:
+        """Send everything pending; raise the reason dispatch stopped, if it did (after every
+        line that arrived was written)."""
         self.fresh = pending
         self.warm_event = asyncio.Event()
+        self.warm_deadline = time.monotonic() + WARMUP_SECONDS
         started = time.monotonic()
         await self.backend.open()
+        housekeeping = asyncio.create_task(self.housekeeping())
         try:
             workers = [asyncio.create_task(self.worker(i)) for i in range(self.concurrency)]
             try:
@@ -181,13 +163,69 @@ class OnlineRunner:
                     task.cancel()
                 raise
         finally:
+            housekeeping.cancel()
             await self.backend.close()
-            for appender in self.appenders.values():
-                appender.close()
+            await self.close_appenders()
             self.summary.elapsed = time.monotonic() - started
             self.summary.limits = self.limiter.limits()
+            self.record_ledger(final=True)
             self.progress.close()
+        if self.stop_error is not None:
+            raise self.stop_error
         return self.summary
+
+    def stop(self, error: CuratorFlowsError) -> None:
+        """Stop dispatching: nothing new is sent; the first reason wins."""
+        if self.stop_error is None:
+            log.error("stopping dispatch: %s", error)
+            self.stop_error = error
+
+    # --------------------------------------------------------------- housekeeping
+    async def housekeeping(self) -> None:
+        """Twice a second: buffered response lines whose time has come reach the store (a slow
+        request never holds paid responses back), the leases are renewed, the ledger updated
+        and the budget refreshed with what parallel steps spent."""
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            try:
+                for appender in self.appenders.values():
+                    appender.flush_if_due()
+            except OSError as exc:
+                self.stop(self._write_error(exc))
+            if self.leases is not None:
+                try:
+                    self.leases.maybe_renew()
+                except CuratorFlowsError as exc:
+                    self.stop(exc)
+                except OSError as exc:
+                    log.warning("could not renew the shard leases: %s", exc)
+            self.record_ledger()
+            if self.budget is not None:
+                self.budget.refresh()
+
+    def record_ledger(self, final: bool = False) -> None:
+        if self.ledger is None:
+            return
+        s = self.summary
+        self.ledger.set(
+            sent=s.sent,
+            succeeded=s.succeeded,
+            failed=s.failed,
+            rate_limited=s.rate_limited,
+            input_tokens=s.input_tokens,
+            output_tokens=s.output_tokens,
+            cost=s.cost,
+            latency_total=s.latency_total,
+            max_in_flight=s.max_in_flight,
+            limits=self.limiter.limits(),
+        )
+        try:
+            if final:
+                self.ledger.close()
+            else:
+                self.ledger.flush()
+        except OSError as exc:
+            log.warning("could not write the step's statistics: %s", exc)
 
     # ------------------------------------------------------------- scheduling
     def _take(self) -> WorkItem | None | bool:
@@ -205,11 +243,26 @@ class OnlineRunner:
 
     async def next_item(self, worker: int) -> WorkItem | None:
         while True:
+            if self.stop_error is not None:
+                return None
             if not self.warm and self.active >= WARMUP_IN_FLIGHT:
-                await self.warm_event.wait()
+                remaining = self.warm_deadline - time.monotonic()
+                if remaining <= 0:
+                    log.info(
+                        "no answer after %.0fs: dispatching without known limits", WARMUP_SECONDS
+                    )
+                    self.warm_up()
+                    continue
+                try:
+                    await asyncio.wait_for(self.warm_event.wait(), min(remaining, 0.05))
+                except TimeoutError:
+                    pass
                 continue
             if worker >= self.allowed:
-                return None  # this worker is beyond the in-flight cap: retire it
+                if self.fresh is None and not self.retries:
+                    return None  # beyond the in-flight cap and nothing left to hand out
+                await asyncio.sleep(0.05)
+                continue
             item = self._take()
             if item is None:
                 return None
@@ -220,8 +273,8 @@ class OnlineRunner:
             await asyncio.sleep(min(max(delay, 0.001), 0.05))
 
     def warm_up(self) -> None:
-        """The first response has arrived: open dispatch up to the concurrency cap, which is
-        conservative when nobody (user or provider headers) said anything about limits."""
+        """Open dispatch up to the concurrency cap, which is conservative when nobody (user or
+        provider headers) said anything about limits."""
         self.warm = True
         if not self.concurrency_is_explicit and not self.limiter.learned and self.limiter.unlimited:
             self.allowed = min(self.concurrency, UNKNOWN_LIMITS_CONCURRENCY)
@@ -248,7 +301,17 @@ class OnlineRunner:
 
     async def process(self, item: WorkItem) -> None:
         counters = self.progress.counters
+        reserved = 0.0
+        if self.budget is not None:
+            reserved = self.prices.cost(item.est_input, self.output_estimate)
+            if not self.budget.reserve(reserved):
+                self.stop(self.budget.exceeded(reserved))
+                return  # not sent: stays pending
         await self.limiter.acquire(item.est_input, self.output_estimate)
+        if self.stop_error is not None:
+            if self.budget is not None:
+                self.budget.settle(reserved, 0.0)
+            return  # dispatch stopped while this one waited for its turn: not sent
         self.in_flight += 1
         counters.in_flight = self.in_flight
         if self.in_flight > self.summary.max_in_flight:
@@ -261,13 +324,10 @@ class OnlineRunner:
             self.in_flight -= 1
             counters.in_flight = self.in_flight
         latency = time.perf_counter() - started
-        if not self.warm:
-            if attempt.headers is not None:
-                learned = self.backend.learn(attempt.headers)
-                if learned is not None:
-                    self.limiter.learn(learned)
-            if attempt.kind != "retryable" or attempt.headers is not None:
-                self.warm_up()
+        paid = self.prices.cost(attempt.input_tokens, attempt.output_tokens)
+        if self.budget is not None:
+            self.budget.settle(reserved, paid if attempt.kind == "ok" else 0.0)
+        self.observe(attempt)
         if attempt.kind == "ok":
             self.limiter.settle(
                 item.est_input, self.output_estimate, attempt.input_tokens, attempt.output_tokens
@@ -276,10 +336,8 @@ class OnlineRunner:
             if problem is None:
                 self.succeed(item, attempt, latency)
             else:
-                item.wasted_input += attempt.input_tokens
-                item.wasted_output += attempt.output_tokens
-                item.wasted_cost += self.prices.cost(attempt.input_tokens, attempt.output_tokens)
-                self.retry_or_fail(item, problem)
+                item.waste(attempt.input_tokens, attempt.output_tokens, paid)
+                self.retry_or_fail(item, problem, attempt, retryable=False)
         elif attempt.kind == "rate_limited":
             self.summary.rate_limited += 1
             item.rate_limited += 1
@@ -288,29 +346,66 @@ class OnlineRunner:
             )
             self.limiter.pause(pause)
             if item.rate_limited > MAX_RATE_LIMIT_RETRIES:
-                self.fail(item, f"rate limited {item.rate_limited} times; last: {attempt.error}")
+                self.fail(
+                    item, f"rate limited {item.rate_limited} times; last: {attempt.error}", True
+                )
             else:
                 self._retry_later(item, max(pause, self.backoff(item.rate_limited)))
         elif attempt.kind == "retryable":
-            self.retry_or_fail(item, attempt.error or "retryable error")
+            self.retry_or_fail(item, attempt.error or "retryable error", attempt, retryable=True)
+        elif attempt.status in AUTH_STATUSES:
+            self.stop(
+                AuthenticationError(
+                    f"{self.backend.endpoint} refused the request ({attempt.error}); nothing more "
+                    "was sent and no request was recorded as answered, so a run with the right "
+                    "key, model or endpoint sends every request",
+                    status=attempt.status,
+                    endpoint=self.backend.endpoint,
+                )
+            )
         else:
             item.attempts += 1
-            self.fail(item, attempt.error or "request rejected")
+            self.fail(item, attempt.error or "request rejected", False)
         self.progress.tick()
 
-    def check(self, attempt: Attempt) -> str | None:
-        if attempt.finish_reason in self.invalid_finish_reasons:
-            return f"invalid finish_reason {attempt.finish_reason!r}"
-        if self.validate is not None:
-            return self.validate(attempt.content or "")
-        return None
+    def observe(self, attempt: Attempt) -> None:
+        """Learn from an answer: it proves the endpoint reachable, its headers carry limits."""
+        if attempt.status is not None or attempt.kind == "ok":
+            self.last_answer_at = time.monotonic()
+        if attempt.headers is not None:
+            learned = self.backend.learn(attempt.headers)
+            if learned is not None:
+                self.limiter.observe(learned)
+        if not self.warm and (attempt.kind != "retryable" or attempt.headers is not None):
+            self.warm_up()
 
-    def retry_or_fail(self, item: WorkItem, reason: str) -> None:
+    def check(self, attempt: Attempt) -> str | None:
+        return self.acceptance.problem(attempt.finish_reason, attempt.content)
+
+    def retry_or_fail(self, item: WorkItem, reason: str, attempt: Attempt, retryable: bool) -> None:
         item.attempts += 1
-        if item.attempts > self.max_retries:
-            self.fail(item, f"{reason} (after {item.attempts} attempts)")
-        else:
+        if self.stop_error is not None:
+            return  # dispatch stopped: the request stays pending for the next run
+        if item.attempts <= self.max_retries:
             self._retry_later(item, self.backoff(item.attempts))
+            return
+        if attempt.status is None and attempt.kind == "retryable" and self._unreachable():
+            self.stop(
+                EndpointUnreachableError(
+                    f"could not reach {self.backend.endpoint}: {reason} (after {item.attempts} "
+                    "attempts, no answer from the endpoint); nothing was recorded, every request "
+                    "stays pending for the next run",
+                    endpoint=self.backend.endpoint,
+                )
+            )
+            return
+        self.fail(item, f"{reason} (after {item.attempts} attempts)", retryable)
+
+    def _unreachable(self) -> bool:
+        return (
+            self.last_answer_at is None
+            or time.monotonic() - self.last_answer_at > UNREACHABLE_WINDOW
+        )
 
     # ------------------------------------------------------------ persistence
     def appender(self, shard: str) -> Any:
@@ -318,6 +413,46 @@ class OnlineRunner:
         if appender is None:
             appender = self.appenders[shard] = self.store.appender(f"responses/{shard}")
         return appender
+
+    def write(self, shard: str, record: dict[str, Any]) -> None:
+        """Append one line; a failed write stops dispatch and keeps the line for a retry."""
+        try:
+            self.appender(shard).append(record)
+        except OSError as exc:
+            self.stop(self._write_error(exc))
+
+    def _write_error(self, exc: OSError) -> StorageWriteError:
+        return StorageWriteError(
+            f"writing to {self.store.uri} failed ({type(exc).__name__}: {exc}); dispatch stopped "
+            "and the responses that arrived are kept in memory while the write is retried"
+        )
+
+    async def close_appenders(self) -> None:
+        """Write what is still buffered (retrying a failing store a few times), then close.
+        Lines that still cannot be written are reported in a :class:`StorageWriteError`."""
+        error: OSError | None = None
+        for attempt in range(WRITE_ATTEMPTS):
+            error = None
+            for appender in self.appenders.values():
+                try:
+                    appender.flush()
+                except OSError as exc:
+                    error = exc
+            if error is None:
+                break
+            await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
+        lost = sum(appender.unwritten for appender in self.appenders.values())
+        for appender in self.appenders.values():
+            try:
+                appender.close()
+            except OSError:
+                pass
+        if lost:
+            self.stop_error = StorageWriteError(
+                f"{lost} response line(s) could not be written to {self.store.uri} "
+                f"({type(error).__name__}: {error}); those requests stay pending and the next "
+                "run sends them again"
+            )
 
     def succeed(self, item: WorkItem, attempt: Attempt, latency: float) -> None:
         usage = (attempt.input_tokens, attempt.output_tokens)
@@ -330,7 +465,7 @@ class OnlineRunner:
             item.attempts + 1,
         )
         cost = record["cost"]
-        self.appender(item.shard).append(record)
+        self.write(item.shard, record)
         s = self.summary
         s.succeeded += 1
         s.input_tokens += attempt.input_tokens + item.wasted_input
@@ -343,9 +478,10 @@ class OnlineRunner:
         c.output_tokens = s.output_tokens
         c.cost = s.cost
 
-    def fail(self, item: WorkItem, reason: str) -> None:
+    def fail(self, item: WorkItem, reason: str, retryable: bool) -> None:
         record = item.failure_line(reason)
-        self.appender(item.shard).append(record)
+        record["retryable"] = retryable
+        self.write(item.shard, record)
         self.summary.failed += 1
         self.summary.cost += item.wasted_cost
         self.progress.counters.failed += 1
@@ -362,3 +498,60 @@ def run_sync(runner: OnlineRunner, pending: Iterator[WorkItem]) -> OnlineSummary
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, runner.run(pending)).result()
+
+
+def run_online(
+    run: RunRef,
+    shard: str | list[str] | None = None,
+    *,
+    llm: LLM | None = None,
+    credentials: Credentials | dict[str, Any] | None = None,
+    parallel_shards: int = 1,
+) -> ShardResult:
+    """Send the pending requests of ``shard`` (a name, a list, or ``None`` for all), append
+    their responses and this step's ledger; see :func:`curator_flows.steps.run_online`."""
+    if not isinstance(parallel_shards, int) or parallel_shards < 1:
+        raise ConfigError(f"parallel_shards must be a positive integer, got {parallel_shards!r}")
+    credentials = Credentials.coerce(credentials)
+    store, manifest = open_run(run, credentials.storage_options, mode="online")
+    llm = llm_for(manifest, llm)
+    params = llm.config.params
+    names = shard_names(manifest, shard)
+    base = {"run_uri": store.uri, "run_id": manifest["run_id"], "shards": names}
+    share = 1.0 / parallel_shards
+    concurrency = max(1, math.ceil((params.max_concurrent_requests or DEFAULT_CONCURRENCY) * share))
+    backend = build_online_backend(llm, credentials, concurrency)
+    prices = resolve_prices(llm.model_name, params.in_mtok_cost, params.out_mtok_cost)
+    budget = Budget.for_run(store, params.max_cost, prices) if params.max_cost else None
+    with ShardLeases(store, names, params.lease_seconds) as leases:
+        done = done_ids(store, names)  # read under the lease: nobody else is appending now
+        pending = count_pending(shard_sizes(manifest), done)
+        if pending == 0:
+            return make(ShardResult, **base)
+        ledger = StepLedger(store, "run_online", names)
+        if budget is not None:
+            budget.exclude(ledger.rel)
+        runner = OnlineRunner(
+            store,
+            backend,
+            RateLimiter(
+                params.max_requests_per_minute,
+                params.max_tokens_per_minute,
+                params.max_input_tokens_per_minute,
+                params.max_output_tokens_per_minute,
+                share=share,
+            ),
+            concurrency=min(concurrency, pending),
+            concurrency_is_explicit=params.max_concurrent_requests is not None,
+            max_retries=params.max_retries,
+            pause_on_rate_limit=params.seconds_to_pause_on_rate_limit,
+            acceptance=Acceptance(llm),
+            prices=prices,
+            output_estimate=output_estimate(llm),
+            progress=Progress(f"{llm.model_name} {manifest['run_id']}", pending, params.progress),
+            ledger=ledger,
+            budget=budget,
+            leases=leases,
+        )
+        summary = run_sync(runner, pending_items(store, names, done))
+    return make(ShardResult, **base, pending_before=pending, **summary.to_dict())

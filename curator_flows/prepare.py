@@ -1,8 +1,13 @@
 """The prepare step: input rows → request shards + manifest.
 
 Invariants:
-- rows are streamed twice through a local spool file (once to fingerprint, once to render), so
-  any iterable, even a one-shot generator, works in bounded memory;
+- a run is what it sends: rows are rendered once (``prompt()`` on every row) into local request
+  shards, and the run id hashes the family (model, generation params, schema, output-affecting
+  backend params, ``run_key``), the mode and the exact bytes of every request line (id, row,
+  messages, input row). Any change to what is sent (a constant, a helper, an instance attribute
+  read by ``prompt()``) or to the input gives a new run; nothing stale comes back;
+- rows stream through once and request shards are spooled on local disk, so any iterable (a
+  one-shot generator too) works in bounded memory;
 - the manifest is written last: a run directory with a manifest is fully prepared, and a
   prepare that crashed is simply redone (shard files are replaced whole);
 - a bad row fails with an error that names the row (and column), before any request is sent;
@@ -18,27 +23,21 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .credentials import Credentials
+from .errors import InputError, PromptError
 from .fingerprint import RequestIds, digest
-from .llm import LLM
+from .results import PrepareResult, make
 from .store import MANIFEST, RunStore, default_working_dir, join_uri, shard_name
 
-MANIFEST_VERSION = 1
-# Provider batch limits: (requests, bytes) per batch input file.
-# Bytes are decimal megabytes: the stricter reading of the providers' "200 MB" / "256 MB".
-BATCH_LIMITS = {"openai": (50_000, 200_000_000), "anthropic": (100_000, 256_000_000)}
+if TYPE_CHECKING:
+    from .llm import LLM
+
+MANIFEST_VERSION = 2
 _BATCH_LINE_OVERHEAD = 160  # custom_id, method, url and JSON punctuation of one batch line
-
-
-class InputError(ValueError):
-    """A dataset row that cannot be used; the message names the row."""
-
-
-class PromptError(RuntimeError):
-    """``prompt()`` raised or returned something unusable; the message names the row."""
 
 
 def iter_rows(dataset: Any) -> Iterator[dict[str, Any]]:
@@ -85,18 +84,6 @@ def _encode_row(index: int, row: dict[str, Any]) -> bytes:
         raise
 
 
-def spool(dataset: Any, spool_path: str) -> tuple[str, int]:
-    """Write rows as JSON lines to ``spool_path``; return (data fingerprint, row count)."""
-    count = 0
-    hasher = hashlib.blake2b(digest_size=16)  # over the exact bytes written
-    with open(spool_path, "wb", buffering=1 << 20) as handle:
-        for count, row in enumerate(iter_rows(dataset), start=1):
-            data = _encode_row(count - 1, row) + b"\n"
-            handle.write(data)
-            hasher.update(data)
-    return hasher.hexdigest(), count
-
-
 def to_messages(index: int, value: Any) -> list[dict[str, Any]]:
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
@@ -118,6 +105,8 @@ def shard_limits(llm: LLM) -> tuple[int, int]:
     """(max requests, max bytes) per shard for the LLM's mode."""
     params = llm.config.params
     if llm.mode == "batch":
+        from .batch.sizing import BATCH_LIMITS
+
         max_requests, max_bytes = BATCH_LIMITS[llm.backend]
         if getattr(params, "batch_size", None):
             max_requests = min(max_requests, params.batch_size)
@@ -127,78 +116,103 @@ def shard_limits(llm: LLM) -> tuple[int, int]:
     return params.shard_size, 1 << 62
 
 
-def run_id_for(llm: LLM, data_fp: str) -> str:
-    family = llm.family_fingerprint()
-    return f"{family[:12]}-{digest(family, llm.prompt_fingerprint(), data_fp, llm.mode)[:20]}"
+def run_id_for(family: str, content_fp: str, mode: str) -> str:
+    return f"{family[:12]}-{digest(family, content_fp, mode)[:20]}"
 
 
-def _render(llm: LLM, spool_path: str) -> Iterator[tuple[int, dict[str, Any], bytes]]:
-    takes_input = bool(inspect.signature(llm.prompt).parameters)
-    ids = RequestIds(llm.family_fingerprint())
-    with open(spool_path, "rb") as handle:
-        for index, raw in enumerate(handle):
-            row = orjson.loads(raw)
-            try:
-                value = llm.prompt(row) if takes_input else llm.prompt()
-            except Exception as exc:
-                raise PromptError(
-                    f"prompt() raised on row {index}: {type(exc).__name__}: {exc}"
-                ) from exc
-            messages = to_messages(index, value)
+class _Renderer:
+    """Renders rows into request lines with content-addressed ids."""
+
+    def __init__(self, llm: LLM, family: str) -> None:
+        self.llm = llm
+        self.takes_input = bool(inspect.signature(llm.prompt).parameters)
+        self.ids = RequestIds(family)
+
+    def request(self, index: int, row: dict[str, Any]) -> tuple[bytes, str, int]:
+        """``(request line, request id, messages bytes)`` of row ``index``."""
+        row_json = _encode_row(index, row)
+        row = orjson.loads(row_json)  # prompt() and parse() see the same stored row
+        llm = self.llm
+        try:
+            value = llm.prompt(row) if self.takes_input else llm.prompt()
+        except Exception as exc:
+            raise PromptError(
+                f"prompt() raised on row {index}: {type(exc).__name__}: {exc}"
+            ) from exc
+        messages = to_messages(index, value)
+        try:
             messages_json = orjson.dumps(messages)
-            request = {
-                "id": ids.next_id(messages_json),
-                "row": index,
-                "messages": messages,
-                "input": row,
-            }
-            yield index, request, messages_json
-
-
-def _write_shards(
-    store: RunStore, llm: LLM, spool_path: str
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    max_requests, max_bytes = shard_limits(llm)
-    if llm.mode == "batch":  # the exact size of the provider's batch line (see batch.sizing)
-        from .batch.sizing import line_overhead
-
-        overhead = line_overhead(llm)
-    else:
-        overhead = _BATCH_LINE_OVERHEAD + len(
-            orjson.dumps(
-                {"model": llm.model_name, "params": llm.generation_params, "schema": llm.schema()}
+        except TypeError as exc:
+            raise PromptError(
+                f"prompt() on row {index} returned messages that cannot be encoded as JSON: {exc}"
+            ) from None
+        request_id = self.ids.next_id(messages_json)
+        line = b"".join(
+            (
+                b'{"id":"',
+                request_id.encode(),
+                b'","row":',
+                str(index).encode(),
+                b',"messages":',
+                messages_json,
+                b',"input":',
+                row_json,
+                b"}\n",
             )
         )
+        return line, request_id, len(messages_json)
+
+
+def _render_shards(
+    llm: LLM, dataset: Any, family: str, spool_dir: str
+) -> tuple[list[dict[str, Any]], dict[str, str], str, int]:
+    """Render every row into ``spool_dir/<shard>.jsonl``; return ``(shards, id → shard,
+    content fingerprint, rows)``."""
+    max_requests, max_bytes = shard_limits(llm)
+    overhead = _line_overhead(llm)
+    renderer = _Renderer(llm, family)
+    hasher = hashlib.blake2b(digest_size=16)
     shards: list[dict[str, Any]] = []
     owner: dict[str, str] = {}
-    writer = None
     current: dict[str, Any] | None = None
+    handle = None
+    rows = 0
     try:
-        for _index, request, messages_json in _render(llm, spool_path):
-            size = len(messages_json) + overhead
+        for index, row in enumerate(iter_rows(dataset)):
+            rows += 1
+            line, request_id, messages_size = renderer.request(index, row)
+            size = messages_size + overhead
             if (
                 current is None
                 or current["requests"] >= max_requests
                 or (current["requests"] and current["bytes"] + size > max_bytes)
             ):
-                if writer is not None:
-                    writer.__exit__(None, None, None)
+                if handle is not None:
+                    handle.close()
                 current = {"name": shard_name(len(shards)), "requests": 0, "bytes": 0}
                 shards.append(current)
-                writer = store.atomic_writer(f"requests/{current['name']}.jsonl")
-                handle = writer.__enter__()
-            handle.write(orjson.dumps(request) + b"\n")
+                handle = open(os.path.join(spool_dir, f"{current['name']}.jsonl"), "wb", 1 << 20)
+            handle.write(line)
+            hasher.update(line)
             current["requests"] += 1
             current["bytes"] += size
-            owner[request["id"]] = current["name"]
-        if writer is not None:
-            writer.__exit__(None, None, None)
-            writer = None
-    except BaseException as exc:
-        if writer is not None:
-            writer.__exit__(type(exc), exc, exc.__traceback__)
-        raise
-    return shards, owner
+            owner[request_id] = current["name"]
+    finally:
+        if handle is not None:
+            handle.close()
+    return shards, owner, hasher.hexdigest(), rows
+
+
+def _line_overhead(llm: LLM) -> int:
+    if llm.mode == "batch":  # the exact size of the provider's batch line (see batch.sizing)
+        from .batch.sizing import line_overhead
+
+        return line_overhead(llm)
+    return _BATCH_LINE_OVERHEAD + len(
+        orjson.dumps(
+            {"model": llm.model_name, "params": llm.generation_params, "schema": llm.schema()}
+        )
+    )
 
 
 def reuse_sibling_responses(
@@ -234,19 +248,32 @@ def reuse_sibling_responses(
 
 
 def prepare_run(
-    llm: LLM, dataset: Any, working_dir: str | None = None
-) -> tuple[RunStore, dict[str, Any]]:
-    """Prepare (or re-open, when already prepared) the run of ``llm`` over ``dataset``."""
+    llm: LLM,
+    dataset: Any,
+    working_dir: str | None = None,
+    *,
+    run_key: str | None = None,
+    credentials: Credentials | None = None,
+) -> tuple[RunStore, dict[str, Any], bool]:
+    """Prepare (or re-open, when already prepared) the run of ``llm`` over ``dataset``;
+    return ``(store, manifest, created)``."""
+    if run_key is not None and not isinstance(run_key, str):
+        raise InputError(f"run_key must be a string, got {type(run_key).__name__}")
+    credentials = credentials or Credentials()
+    storage_options = credentials.storage_options
     working_dir = (working_dir or default_working_dir()).rstrip("/")
+    family = llm.family_fingerprint(run_key)
     spool_dir = tempfile.mkdtemp(prefix="curator-flows-spool-")
     try:
-        spool_path = os.path.join(spool_dir, "rows.jsonl")
-        data_fp, rows = spool(dataset, spool_path)
-        run_id = run_id_for(llm, data_fp)
-        store = RunStore(join_uri(working_dir, run_id))
+        shards, owner, content_fp, rows = _render_shards(llm, dataset, family, spool_dir)
+        run_id = run_id_for(family, content_fp, llm.mode)
+        store = RunStore(join_uri(working_dir, run_id), storage_options)
         if store.exists(MANIFEST):
-            return store, store.read_json(MANIFEST)
-        shards, owner = _write_shards(store, llm, spool_path)
+            return store, store.read_json(MANIFEST), False
+        for shard in shards:
+            store.put_local_file(
+                os.path.join(spool_dir, f"{shard['name']}.jsonl"), f"requests/{shard['name']}.jsonl"
+            )
         reused = reuse_sibling_responses(store, working_dir, run_id, owner) if owner else 0
     finally:
         shutil.rmtree(spool_dir, ignore_errors=True)
@@ -255,17 +282,14 @@ def prepare_run(
         "version": MANIFEST_VERSION,
         "run_id": run_id,
         "run_uri": store.uri,
+        "run_key": run_key,
         "working_dir": working_dir,
         "mode": llm.mode,
         "backend": llm.backend,
         "model_name": llm.model_name,
         "llm": llm.spec(),
         "config": llm.config.public_dict(),
-        "fingerprints": {
-            "family": llm.family_fingerprint(),
-            "prompt": llm.prompt_fingerprint(),
-            "data": data_fp,
-        },
+        "fingerprints": {"family": family, "content": content_fp},
         "rows": rows,
         "requests": sum(s["requests"] for s in shards),
         "reused_responses": reused,
@@ -274,4 +298,43 @@ def prepare_run(
         "updated_at": now,
     }
     store.write_json(MANIFEST, manifest)
-    return store, manifest
+    return store, manifest, True
+
+
+def pending_count(store: RunStore, manifest: dict[str, Any]) -> int:
+    """Requests of the run without a successful response line."""
+    from .pending import count_pending, done_ids
+    from .runs import shard_sizes
+
+    names = [s["name"] for s in manifest["shards"]]
+    return count_pending(shard_sizes(manifest), done_ids(store, names))
+
+
+def prepare(
+    llm: LLM,
+    dataset: Any = None,
+    working_dir: str | None = None,
+    *,
+    run_key: str | None = None,
+    credentials: Credentials | dict[str, Any] | None = None,
+) -> PrepareResult:
+    """Write the request shards and manifest (idempotent); see ``steps.prepare``."""
+    credentials = Credentials.coerce(credentials)
+    store, manifest, created = prepare_run(
+        llm, dataset, working_dir, run_key=run_key, credentials=credentials
+    )
+    return make(
+        PrepareResult,
+        run_uri=store.uri,
+        run_id=manifest["run_id"],
+        run_key=manifest.get("run_key"),
+        mode=manifest["mode"],
+        backend=manifest["backend"],
+        model_name=manifest["model_name"],
+        shards=[s["name"] for s in manifest["shards"]],
+        rows=manifest["rows"],
+        requests=manifest["requests"],
+        reused_responses=manifest.get("reused_responses", 0),
+        pending=pending_count(store, manifest),
+        created=created,
+    )

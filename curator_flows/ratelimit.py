@@ -7,7 +7,11 @@ Invariants:
 - a request costs its estimated input tokens plus its output budget; once usage is known the
   difference is refunded (or charged), so the budget tracks real usage;
 - a 429 pauses *all* dispatch until the pause ends; limits learned from headers only fill in
-  limits the user did not set.
+  limits the user did not set;
+- with ``share < 1`` (one of several shards running in parallel against the same provider) every
+  limit, configured or learned, is that share of the provider's limit, and each answer's
+  remaining-requests/tokens headers cap what this runner may still burst, so N parallel runners
+  together hold the aggregate limit.
 """
 
 from __future__ import annotations
@@ -52,7 +56,12 @@ class RateLimiter:
         tpm: int | None = None,
         input_tpm: int | None = None,
         output_tpm: int | None = None,
+        share: float = 1.0,
     ) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be in (0, 1], got {share}")
+        self.share = share
+        rpm, tpm, input_tpm, output_tpm = (self._part(v) for v in (rpm, tpm, input_tpm, output_tpm))
         now = time.monotonic()
         self.user_set = {
             "rpm": rpm is not None,
@@ -65,6 +74,9 @@ class RateLimiter:
         self.paused_until = 0.0
         self.lock = asyncio.Lock()
         self.learned = False
+
+    def _part(self, limit: int | None) -> int | None:
+        return None if limit is None else max(1, int(limit * self.share))
 
     @property
     def unlimited(self) -> bool:
@@ -144,16 +156,34 @@ class RateLimiter:
         ):
             if (getattr(limits, name) or 0) >= _EFFECTIVELY_UNLIMITED:
                 setattr(limits, name, None)
+        part = self._part
         if not self.user_set["rpm"] and limits.requests_per_minute:
-            self.requests = Bucket.per_minute(limits.requests_per_minute, now)
+            self.requests = Bucket.per_minute(part(limits.requests_per_minute), now)
         if not self.user_set["tpm"]:
             if limits.tokens_per_minute:
-                self.tokens = Bucket.per_minute(limits.tokens_per_minute, now)
+                self.tokens = Bucket.per_minute(part(limits.tokens_per_minute), now)
             if limits.input_tokens_per_minute:
-                self.input_tokens = Bucket.per_minute(limits.input_tokens_per_minute, now)
+                self.input_tokens = Bucket.per_minute(part(limits.input_tokens_per_minute), now)
             if limits.output_tokens_per_minute:
-                self.output_tokens = Bucket.per_minute(limits.output_tokens_per_minute, now)
+                self.output_tokens = Bucket.per_minute(part(limits.output_tokens_per_minute), now)
         # Buckets learned mid-run start full; requests already sent were within the server's
         # own bucket, so the server's remaining count bounds the burst.
-        if limits.remaining_requests is not None and self.requests:
-            self.requests.level = min(self.requests.level, float(limits.remaining_requests))
+        self.cap_burst(limits)
+
+    def observe(self, limits: LearnedLimits) -> None:
+        """Every answer's headers: adopt limits the first time, then cap the burst by what the
+        provider says remains (this runner's share of it)."""
+        if not self.learned:
+            self.learn(limits)
+        else:
+            self.cap_burst(limits)
+
+    def cap_burst(self, limits: LearnedLimits) -> None:
+        now = time.monotonic()
+        for bucket, remaining in (
+            (self.requests, limits.remaining_requests),
+            (self.tokens, limits.remaining_tokens),
+        ):
+            if bucket is not None and remaining is not None:
+                bucket.refill(now)
+                bucket.level = min(bucket.level, float(remaining) * self.share)

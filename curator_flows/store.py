@@ -1,6 +1,6 @@
 """The run directory on fsspec: the only state a run has.
 
-Layout under ``<working_dir>/<run_id>/`` (see DESIGN.md)::
+Layout under ``<working_dir>/<run_id>/`` (see docs/architecture.md)::
 
     manifest.json
     requests/<shard>.jsonl          one request per line, written whole
@@ -23,6 +23,7 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -34,6 +35,8 @@ import orjson
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+OUTPUT_STATS = "output/stats.json"
+FAILED = "failed_requests.jsonl"
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -101,6 +104,43 @@ class RunStore:
             os.replace(tmp, path)
         else:
             self.fs.pipe_file(path, data)
+
+    def put_local_file(self, local_path: str, rel: str) -> None:
+        """Move (locally) or upload (object stores) a finished local file to ``rel``, whole."""
+        path = self.path(rel)
+        self._ensure_parent(path)
+        if self.local:
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            shutil.move(local_path, tmp)
+            os.replace(tmp, path)
+        else:
+            self.fs.put_file(local_path, path)
+
+    def create_exclusive(self, rel: str, obj: Any) -> bool:
+        """Create ``rel`` holding ``obj`` (JSON) only if it does not exist; ``False`` when it
+        does. Locally ``O_EXCL``; on object stores a conditional PUT (``If-None-Match``)."""
+        path = self.path(rel)
+        data = orjson.dumps(obj)
+        self._ensure_parent(path)
+        if self.local:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            return True
+        try:
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as exc:  # a refused precondition surfaces as a generic error on some stores
+            if "precondition" in str(exc).lower() or "412" in str(exc):
+                return False
+            raise
+        return True
 
     def read_bytes(self, rel: str) -> bytes:
         path = self.path(rel)
@@ -171,7 +211,7 @@ class RunStore:
             yield from self.iter_lines(rel)
 
     # -------------------------------------------------------------- appends
-    def appender(self, rel_stem: str, flush_lines: int = 2000, flush_seconds: float = 2.0):
+    def appender(self, rel_stem: str, flush_lines: int = 2000, flush_seconds: float = 1.5):
         """An append-only writer for ``<rel_stem>.jsonl`` (see :class:`LineAppender`)."""
         if self.local:
             return LocalAppender(self.path(rel_stem + ".jsonl"))
@@ -180,33 +220,57 @@ class RunStore:
 
 class LocalAppender:
     """One ``write()`` per line on an ``O_APPEND`` descriptor: a line survives ``kill -9`` as soon
-    as :meth:`append` returns (it is in the kernel's page cache)."""
+    as :meth:`append` returns (it is in the kernel's page cache).
+
+    A failed or partial write (a full disk) keeps the unwritten bytes and raises; the next
+    :meth:`flush` (or append) writes the rest first, so a line is never torn by a retry."""
 
     def __init__(self, path: str) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.pending: list[bytes] = []
         size = os.fstat(self.fd).st_size
         if size:
             with open(path, "rb") as handle:
                 handle.seek(size - 1)
                 if handle.read(1) != b"\n":
-                    os.write(self.fd, b"\n")  # isolate a torn tail from the next line
+                    self.pending.append(b"\n")  # isolate a torn tail from the next line
+                    self.flush()
 
     def append(self, record: Any) -> None:
-        os.write(self.fd, dumps(record))
+        self.pending.append(dumps(record))
+        self.flush()
 
     def append_many(self, records: Iterable[Any]) -> None:
         data = b"".join(dumps(r) for r in records)
         if data:
-            os.write(self.fd, data)
+            self.pending.append(data)
+            self.flush()
+
+    @property
+    def unwritten(self) -> int:
+        """Lines accepted but not yet written (after a failed write)."""
+        return sum(chunk.count(b"\n") for chunk in self.pending)
 
     def flush(self) -> None:
+        while self.pending:
+            data = self.pending[0]
+            written = os.write(self.fd, data)
+            if written < len(data):
+                self.pending[0] = data[written:]
+            else:
+                self.pending.pop(0)
+
+    def flush_if_due(self) -> None:
         pass
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+            try:
+                self.flush()
+            finally:
+                os.close(self.fd)
+                self.fd = -1
 
     def __enter__(self) -> LocalAppender:
         return self
@@ -226,19 +290,32 @@ class PartAppender:
         self.flush_lines = flush_lines
         self.flush_seconds = flush_seconds
         self.buffer: list[bytes] = []
+        self.first_at = time.monotonic()
         self.last_flush = time.monotonic()
 
     def append(self, record: Any) -> None:
+        if not self.buffer:
+            self.first_at = time.monotonic()
         self.buffer.append(dumps(record))
-        if (
-            len(self.buffer) >= self.flush_lines
-            or time.monotonic() - self.last_flush >= self.flush_seconds
-        ):
+        if len(self.buffer) >= self.flush_lines or self._due():
             self.flush()
 
     def append_many(self, records: Iterable[Any]) -> None:
         self.buffer.extend(dumps(r) for r in records)
         self.flush()
+
+    def _due(self) -> bool:
+        return bool(self.buffer) and time.monotonic() - self.first_at >= self.flush_seconds
+
+    def flush_if_due(self) -> None:
+        """Flush when the oldest buffered line is ``flush_seconds`` old (called on a timer, so
+        lines never wait for the next append)."""
+        if self._due():
+            self.flush()
+
+    @property
+    def unwritten(self) -> int:
+        return len(self.buffer)
 
     def flush(self) -> None:
         self.last_flush = time.monotonic()

@@ -1,4 +1,4 @@
-"""The result types of the spec: statistics and :class:`CuratorResponse`.
+"""The result types of Curator's API: statistics and :class:`CuratorResponse`.
 
 Statistics are plain dataclasses so they serialise to the run directory's ``stats.json`` and back
 without loss (``to_dict`` / ``from_dict``).
@@ -81,7 +81,7 @@ class RunStats:
 
 @dataclass
 class CuratorResponse:
-    """What ``LLM.__call__`` returns: the dataset and its statistics (fields of the spec)."""
+    """What ``LLM.__call__`` returns: the dataset and its statistics (Curator's fields)."""
 
     dataset: Any
     model_name: str

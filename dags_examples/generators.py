@@ -1,5 +1,5 @@
 """The generators of the nightly build, shared by the demo, the Airflow DAGs and the Prefect flows:
-the spec's cuisine example, then a recipe per cuisine."""
+Curator's cuisine example, then a recipe per cuisine."""
 
 from __future__ import annotations
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from curator_flows import LLM
+import pytest
+
+from curator_flows import LLM, steps
 from curator_flows.cost import resolve_prices
-from curator_flows.prepare import run_id_for
 
 
 class A(LLM):
@@ -20,7 +21,13 @@ class B(LLM):
         return "b"
 
 
-def test_secrets_limits_and_concurrency_do_not_change_the_run_id():
+@pytest.fixture
+def run_id_for(wd):
+    """``run_id_for(llm, data)``: the id of the run ``llm`` prepares over one row ``data``."""
+    return lambda llm, data: steps.prepare(llm, [{"data": data}], wd, rebuild_check=False)["run_id"]
+
+
+def test_secrets_limits_and_concurrency_do_not_change_the_run_id(run_id_for):
     base = A("gpt-4o-mini", backend_params={"api_key": "one"})
     other = A(
         "gpt-4o-mini",
@@ -33,7 +40,7 @@ def test_secrets_limits_and_concurrency_do_not_change_the_run_id():
     assert run_id_for(base, "data") == run_id_for(other, "data")
 
 
-def test_output_affecting_inputs_change_the_run_id():
+def test_output_affecting_inputs_change_the_run_id(run_id_for):
     base = run_id_for(A("gpt-4o-mini"), "data")
     assert run_id_for(A("gpt-4o"), "data") != base
     assert run_id_for(A("gpt-4o-mini", generation_params={"temperature": 0.1}), "data") != base
@@ -71,7 +78,7 @@ def test_import_is_fast_and_light():
     assert float(seconds) < 0.3
 
 
-def test_vllm_engine_arguments_that_change_outputs_change_the_run_id():
+def test_vllm_engine_arguments_that_change_outputs_change_the_run_id(run_id_for):
     def run_id(**engine):
         llm = A("/models/tiny", backend="vllm", backend_params={"engine_kwargs": engine})
         return run_id_for(llm, "data")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 from enum import StrEnum
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, Field
 
-from curator_flows import LLM, IncompleteRunError
+from curator_flows import LLM, AuthenticationError, IncompleteRunError
 from curator_flows.store import RunStore
 
 
@@ -165,15 +166,22 @@ def test_schema_invalid_content_is_retried_then_failed(sim, params, wd):
     assert "does not match Recipe" in failed[0]["error"]
 
 
-def test_other_4xx_fail_at_once(sim, params, wd):
+def test_a_wrong_key_stops_at_once_records_nothing_and_a_right_key_sends_everything(
+    sim, params, wd
+):
     sim.configure(require_api_key="the-right-key")
-    result = Topic("gpt-4o-mini", backend_params=params(max_retries=5))(
-        [{"topic": "x"}], working_dir=wd
+    rows = [{"topic": f"k{i}"} for i in range(300)]
+    with pytest.raises(AuthenticationError, match="Incorrect API key") as err:
+        Topic("gpt-4o-mini", backend_params=params(max_retries=5))(rows, working_dir=wd)
+    assert not err.value.retryable and err.value.status == 401
+    assert "the-right-key" not in str(err.value)
+    assert sim.stats()["status_counts"]["401"] <= 3  # the breaker stops dispatch at once
+    run_dir = next(p for p in Path(wd).iterdir() if p.is_dir())
+    assert not list(run_dir.glob("responses/*"))  # nothing recorded as answered
+    result = Topic("gpt-4o-mini", backend_params=params(api_key="the-right-key"))(
+        rows, working_dir=wd
     )
-    assert result.request_stats.failed == 1
-    failed = json.loads(open(result.failed_requests_path).readline())
-    assert "HTTP 401" in failed["error"] and failed["attempts"] == 1
-    assert sim.stats()["status_counts"]["401"] == 1
+    assert result.request_stats.succeeded == 300 and result.cache_dir.endswith(run_dir.name)
 
 
 def test_require_all_responses_raises_after_storing_and_resumes(sim, params, wd):
@@ -225,7 +233,9 @@ def test_cache_hit_sends_nothing(sim, params, wd):
     )
     assert sim.stats()["requests"] == 20
     assert second.cache_dir == first.cache_dir  # rate limits are not part of the run id
-    assert second.request_stats.cached == 20
+    # statistics are the run's (the same whichever call or process reads them)
+    assert second.request_stats == first.request_stats
+    assert second.request_stats.attempts == 20 and second.request_stats.succeeded == 20
     assert second.dataset.to_list() == first.dataset.to_list()
 
 

@@ -101,7 +101,7 @@ def test_chunks_are_stored_before_the_next_chunk(wd):
     result = offline.run_offline(run, llm=llm, generator=gen)
     assert [len(c) for c in gen.calls] == [4, 4, 2]
     assert gen.stored_at_call == [0, 4, 8]
-    assert result["sent"] == result["succeeded"] == 10 and result["chunks"] == 3
+    assert result["sent"] == result["succeeded"] == 10 and result["details"]["chunks"] == 3
     assert result["input_tokens"] == 100 and result["output_tokens"] == 40
     assert not gen.closed  # a caller's generator stays open
     assert len(lines(store)) == 10
@@ -116,7 +116,8 @@ def test_crash_resumes_at_the_last_finished_chunk(wd, monkeypatch):
     gen = FakeGenerator(store)
     result = offline.run_offline(run, llm=llm, generator=gen)
     assert result["pending_before"] == 2 and [len(c) for c in gen.calls] == [2]
-    final = steps.finalize(run, llm=llm)
+    steps.finalize(run, llm=llm)
+    final = steps.load_response(run)
     assert final.dataset["n"] == list(range(10))
     assert len(lines(store)) == 10
     # Nothing pending: no engine is even built.
@@ -216,7 +217,7 @@ def test_engine_stays_busy_and_chunks_are_stored_as_they_finish(wd):
     # Row 0 is a long output: its chunk finishes last but holds nothing back.
     gen = SimulatedEngine(store, capacity=4, steps=lambda n: 30 if n == 0 else 2 + n % 3)
     result = offline.run_offline(run, llm=llm, generator=gen)
-    assert result["succeeded"] == 24 and result["chunks"] == 6
+    assert result["succeeded"] == 24 and result["details"]["chunks"] == 6
     collected = [e[1] for e in gen.events if e[0] == "collect"]
     assert collected[-1] == 0 and sorted(collected) == list(range(6))
     # Stored the moment each chunk is done: 4 more lines at every collect.
@@ -281,7 +282,8 @@ def test_invalid_outputs_are_retried_then_fail(wd):
     assert by_n[1]["attempts"] == 2 and by_n[1]["wasted"] == [10, 4]
     assert by_n[2]["attempts"] == 3 and by_n[2]["wasted"] == [20, 8]
     assert "does not match Item" in by_n[3]["error"] and "after 3 attempts" in by_n[3]["error"]
-    final = steps.finalize(run, llm=llm)
+    steps.finalize(run, llm=llm)
+    final = steps.load_response(run)
     assert final.request_stats.failed == 1
     assert final.dataset["n"] == [0, 1, 2, 4, 5]
     # Every generated token is counted and paid, retries included.
@@ -299,11 +301,12 @@ def test_a_rejected_request_fails_alone(wd):
             return f"reject number {input['n']}" if input["n"] == 5 else f"number {input['n']}"
 
     llm = Rejecting("m", backend="vllm", backend_params={"progress": "off", "batch_size": 8})
-    run = steps.prepare(llm, [{"n": i} for i in range(8)], wd)
+    run = steps.prepare(llm, [{"n": i} for i in range(8)], wd, rebuild_check=False)
     gen = FakeGenerator(behaviour=behaviour)
     result = offline.run_offline(run, llm=llm, generator=gen)
     assert result["succeeded"] == 7 and result["failed"] == 1
-    final = steps.finalize(run, llm=llm)
+    steps.finalize(run, llm=llm)
+    final = steps.load_response(run)
     assert final.dataset["n"] == [0, 1, 2, 3, 4, 6, 7]
     failure = json.loads(open(f"{run['run_uri']}/failed_requests.jsonl").readline())
     assert failure["row"] == 5 and "maximum context length" in failure["error"]
@@ -318,7 +321,7 @@ def test_all_rejected_is_a_configuration_error(wd):
             return f"reject number {input['n']}"
 
     llm = AllRejected("m", backend="vllm", backend_params={"progress": "off", "batch_size": 4})
-    run = steps.prepare(llm, [{"n": i} for i in range(4)], wd)
+    run = steps.prepare(llm, [{"n": i} for i in range(4)], wd, rebuild_check=False)
     with pytest.raises(ValueError, match="configuration problem"):
         offline.run_offline(run, llm=llm, generator=FakeGenerator(behaviour=behaviour))
 

@@ -69,12 +69,10 @@ def test_run_id_is_stable_across_interpreters(wd):
     code = (
         "import sys; sys.path.insert(0, %r)\n"
         "from resume_llms import Numbered\n"
-        "from curator_flows.prepare import run_id_for, spool\n"
-        "import tempfile, os\n"
-        "p = os.path.join(tempfile.mkdtemp(), 'rows')\n"
-        "fp, _ = spool([{'n': i} for i in range(50)], p)\n"
+        "from curator_flows import steps\n"
+        "import tempfile\n"
         "llm = Numbered('gpt-4o-mini', backend_params=%s)\n"
-        "print(run_id_for(llm, fp))\n"
+        "print(steps.prepare(llm, [{'n': i} for i in range(50)], tempfile.mkdtemp())['run_id'])\n"
     )
     ids = set()
     for params in ({"api_key": "a", "max_requests_per_minute": 5}, {"api_key": "b"}):

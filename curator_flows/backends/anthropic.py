@@ -6,7 +6,6 @@ always sent (Anthropic requires it).
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,8 +71,7 @@ def _seconds_until(stamp: str | None) -> float | None:
 
 
 def api_headers(api_key: str | None, structured: bool) -> dict[str, str]:
-    key = api_key or os.environ.get("ANTHROPIC_API_KEY") or ""
-    headers = {"x-api-key": key, "anthropic-version": API_VERSION}
+    headers = {"x-api-key": api_key or "", "anthropic-version": API_VERSION}
     if structured:
         headers["anthropic-beta"] = STRUCTURED_OUTPUTS_BETA
     return headers
@@ -93,13 +91,9 @@ class AnthropicMessagesBackend(HttpBackendBase):
         request_timeout: float,
         pool_size: int,
     ) -> None:
-        base = (base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        base = (base_url or DEFAULT_BASE_URL).rstrip("/")
         if base.endswith("/v1"):
             base = base[:-3]
-        if not (api_key or os.environ.get("ANTHROPIC_API_KEY")) and base == DEFAULT_BASE_URL:
-            raise ValueError(
-                "no Anthropic API key: set ANTHROPIC_API_KEY or backend_params['api_key']"
-            )
         super().__init__(
             f"{base}/v1/messages",
             api_headers(api_key, schema is not None),

@@ -27,6 +27,8 @@ class Attempt:
     error: str | None = None
     retry_after: float | None = None
     headers: Any = None
+    #: the HTTP status, when an HTTP answer arrived (``None``: no answer at all)
+    status: int | None = None
 
 
 @dataclass(slots=True)
@@ -46,6 +48,8 @@ class OnlineBackend(Protocol):
     """One provider's chat endpoint, over a client pooled for the whole run."""
 
     name: str
+    #: where requests go (a URL), for error messages; never holds a key
+    endpoint: str
 
     async def open(self) -> None: ...
 

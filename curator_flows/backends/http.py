@@ -23,6 +23,7 @@ class HttpBackendBase:
 
     def __init__(self, url: str, headers: dict[str, str], request_timeout: float, pool_size: int):
         self.url = url
+        self.endpoint = url
         self.headers = {"content-type": "application/json", **headers}
         self.request_timeout = request_timeout
         self.pool_size = pool_size
@@ -79,6 +80,7 @@ class HttpBackendBase:
                 error=f"HTTP 429: {detail}",
                 retry_after=retry_after,
                 headers=headers,
+                status=status,
             )
         kind = "retryable" if status >= 500 or status in (408, 409) else "fatal"
-        return Attempt(kind, error=f"HTTP {status}: {detail}", headers=headers)
+        return Attempt(kind, error=f"HTTP {status}: {detail}", headers=headers, status=status)

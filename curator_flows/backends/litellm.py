@@ -48,6 +48,7 @@ class LiteLLMBackend:
         self.kwargs["timeout"] = request_timeout
         self.kwargs["num_retries"] = 0
         self.request_timeout = request_timeout
+        self.endpoint = f"{base_url or 'litellm'} (model {model})"
 
     async def open(self) -> None:
         pass
@@ -71,7 +72,8 @@ class LiteLLMBackend:
             litellm.NotFoundError,
             litellm.PermissionDeniedError,
         ) as exc:
-            return Attempt("fatal", error=f"{type(exc).__name__}: {exc}"[:300])
+            status = getattr(exc, "status_code", None)
+            return Attempt("fatal", error=f"{type(exc).__name__}: {exc}"[:300], status=status)
         except Exception as exc:  # noqa: BLE001 - litellm maps every transport failure differently
             return Attempt("retryable", error=f"{type(exc).__name__}: {exc}"[:300])
         try:

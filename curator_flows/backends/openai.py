@@ -7,7 +7,6 @@ encoded once per run and the per-request work is one byte concatenation.
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any
 
 import orjson
@@ -108,11 +107,8 @@ class OpenAIChatBackend(HttpBackendBase):
         request_timeout: float,
         pool_size: int,
     ) -> None:
-        base = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        key = api_key or os.environ.get("OPENAI_API_KEY")
-        if not key and base == DEFAULT_BASE_URL:
-            raise ValueError("no OpenAI API key: set OPENAI_API_KEY or backend_params['api_key']")
-        headers = {"authorization": f"Bearer {key or 'none'}"}
+        base = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        headers = {"authorization": f"Bearer {api_key or 'none'}"}
         super().__init__(f"{base}/chat/completions", headers, request_timeout, pool_size)
         self.prefix = orjson.dumps(template)[:-1] + b',"messages":'
 

@@ -10,18 +10,10 @@ collect says ``resubmit``) → ``finalize``. The public step functions are in
 - :mod:`.status`    status of any run from its files
 - :mod:`.openai`, :mod:`.anthropic`   the provider clients (each documents its reconciliation)
 - :mod:`.transport` the small synchronous HTTP client; :mod:`.sizing` batch line sizes
+- :mod:`.advance`   ``advance``: submit → poll → collect → resubmit, without waiting
 - :mod:`.inprocess` ``LLM(batch=True)(dataset)``
 
 Importing this package imports nothing else (``import curator_flows`` stays light).
 """
 
 from __future__ import annotations
-
-from typing import Any
-
-
-def run_batch_in_process(summary: dict[str, Any], llm: Any) -> dict[str, Any]:
-    """See :func:`curator_flows.batch.inprocess.run_batch_in_process`."""
-    from .inprocess import run_batch_in_process as run
-
-    return run(summary, llm)

@@ -34,7 +34,6 @@ batch (same consequence).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
@@ -141,11 +140,9 @@ class AnthropicBatches:
         params: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
         structured: bool = False,
     ) -> None:
-        base = (base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        base = (base_url or DEFAULT_BASE_URL).rstrip("/")
         if base.endswith("/v1"):
             base = base[:-3]
-        if not (api_key or os.environ.get("ANTHROPIC_API_KEY")) and base == DEFAULT_BASE_URL:
-            raise ValueError("no Anthropic API key: pass api_key=, or set ANTHROPIC_API_KEY")
         self.base = base
         self.url = f"{base}/v1/messages/batches"
         self.http = Http(api_headers(api_key, structured), timeout)

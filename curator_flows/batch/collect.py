@@ -19,11 +19,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..backends.base import Attempt
+from ..acceptance import Acceptance
 from ..cost import Prices, resolve_prices
-from ..llm import LLM
+from ..errors import BatchNotEnded, BatchStepError
+from ..ledger import StepLedger
+from ..results import BatchShardState
 from .base import BatchInfo, ItemResult
-from .context import BatchNotEnded, BatchStepError, Context, describe, info_of
+from .context import Context, describe, info_of
 from .records import (
     COLLECTED,
     SUBMITTED,
@@ -66,24 +68,7 @@ def _reason(entry: dict[str, Any], was_cancelled: bool) -> str:
     return f"batch {batch} ({status}) returned no result for this request"
 
 
-class _Checker:
-    """The same acceptance rules as the online runner: finish reason, then schema."""
-
-    def __init__(self, llm: LLM) -> None:
-        from ..finalize import schema_problem
-
-        self.invalid = frozenset(llm.config.params.invalid_finish_reasons)
-        self.validate = schema_problem(llm)
-
-    def problem(self, attempt: Attempt) -> str | None:
-        if attempt.finish_reason in self.invalid:
-            return f"invalid finish_reason {attempt.finish_reason!r}"
-        if self.validate is not None:
-            return self.validate(attempt.content or "")
-        return None
-
-
-def collect_shard(ctx: Context, shard: str) -> dict[str, Any]:
+def collect_shard(ctx: Context, shard: str) -> BatchShardState:
     """Append the results of the shard's ended batch; see :func:`curator_flows.steps.collect`."""
     record = ctx.record(shard)
     entry = record.current
@@ -106,7 +91,16 @@ def collect_shard(ctx: Context, shard: str) -> dict[str, Any]:
     prices = resolve_prices(llm.model_name, params.in_mtok_cost, params.out_mtok_cost, batch=True)
     was_cancelled = cancelled(ctx.store, record)
     final_round = was_cancelled or entry["attempt"] >= params.max_retries + 1
-    counts = _write_results(ctx, record, entry, _Checker(llm), prices, final_round, was_cancelled)
+    ledger = StepLedger(ctx.store, "collect", [shard], started_at=entry.get("submitted_at"))
+    counts = _write_results(ctx, record, entry, Acceptance(llm), prices, final_round, was_cancelled)
+    ledger.set(
+        succeeded=counts["succeeded"] - counts["succeeded_before"],
+        failed=counts["failed"] - counts["failed_before"],
+        input_tokens=counts["input_tokens"],
+        output_tokens=counts["output_tokens"],
+        cost=counts["cost"],
+    )
+    ledger.close()
     entry["state"] = COLLECTED
     entry["collected_at"] = time.time()
     entry["collected"] = {k: counts[k] for k in ("succeeded", "failed", "retry", "foreign")}
@@ -118,8 +112,8 @@ def collect_shard(ctx: Context, shard: str) -> dict[str, Any]:
         ctx,
         record,
         "collected",
+        written=counts["written"],
         **_collected_summary(ctx, record, entry),
-        **{k: counts[k] for k in ("input_tokens", "output_tokens", "cost", "written")},
     )
 
 
@@ -139,7 +133,7 @@ def _write_results(
     ctx: Context,
     record: BatchRecord,
     entry: dict[str, Any],
-    checker: _Checker,
+    acceptance: Acceptance,
     prices: Prices,
     final_round: bool,
     was_cancelled: bool,
@@ -154,6 +148,8 @@ def _write_results(
     counts = {
         "succeeded": scan.ok_by_round.get(round_index, 0),
         "failed": scan.failed_by_round.get(round_index, 0),
+        "succeeded_before": scan.ok_by_round.get(round_index, 0),
+        "failed_before": scan.failed_by_round.get(round_index, 0),
         "retry": 0,
         "foreign": 0,
         "mismatch": False,
@@ -196,7 +192,7 @@ def _write_results(
             attempt = item.attempt
             usage = [attempt.input_tokens, attempt.output_tokens]
             cost = prices.cost(*usage)
-            error = checker.problem(attempt)
+            error = acceptance.problem(attempt.finish_reason, attempt.content)
             if error is None:
                 scan.succeeded.add(item.id)
                 counts["succeeded"] += 1

@@ -5,9 +5,13 @@ environment, never from stored secrets), and the small result dicts the steps re
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..llm import LLM, llm_from_spec
+from ..credentials import Credentials, resolve_endpoint
+from ..errors import BatchNotEnded, BatchStepError, ConfigError, RunModeError, UnknownShardError
+from ..rebuild import llm_from_spec
+from ..results import BatchShardState, make
+from ..runs import RunRef, open_run
 from ..store import RunStore
 from .base import BatchInfo, BatchProvider, RoundIntent
 from .records import (
@@ -16,23 +20,24 @@ from .records import (
     BatchRecord,
 )
 
+if TYPE_CHECKING:
+    from ..llm import LLM
 
-class BatchStepError(RuntimeError):
-    """A batch step was called in a state where it cannot act (the message says what to do)."""
-
-
-class BatchNotEnded(BatchStepError):
-    """``collect`` was called while the shard's batch is still running."""
+__all__ = ["BatchNotEnded", "BatchStepError", "Context", "describe", "info_of", "open_context"]
 
 
 class Context:
     """What one step needs: store, manifest, shard list and (lazily) LLM and provider client."""
 
     def __init__(
-        self, store: RunStore, manifest: dict[str, Any], llm: LLM | None, api_key: str | None
+        self,
+        store: RunStore,
+        manifest: dict[str, Any],
+        llm: LLM | None,
+        credentials: Credentials | None = None,
     ):
         if manifest["mode"] != "batch":
-            raise ValueError(f"run {manifest['run_id']} is a {manifest['mode']} run, not batch")
+            raise RunModeError(f"run {manifest['run_id']} is a {manifest['mode']} run, not batch")
         self.store = store
         self.manifest = manifest
         self.run_id = manifest["run_id"]
@@ -40,7 +45,7 @@ class Context:
         self.shards = [s["name"] for s in manifest["shards"]]
         self.sizes = {s["name"]: s["requests"] for s in manifest["shards"]}
         self._llm = llm
-        self.api_key = api_key
+        self.credentials = credentials or Credentials()
         self._clients: dict[bool, BatchProvider] = {}
 
     @property
@@ -54,17 +59,20 @@ class Context:
             return getattr(self._llm.config.params, key, default)
         return self.manifest.get("config", {}).get(key, default)
 
-    def key(self) -> str | None:
-        if self.api_key:
-            return self.api_key
-        return self._llm.config.api_key() if self._llm is not None else None
+    def endpoint(self):
+        """The provider endpoint and key (credentials, then backend_params, then environment)."""
+        params = dict(self.manifest.get("config") or {})
+        if self._llm is not None:
+            params = {**params, **self._llm.backend_params}
+        return resolve_endpoint(self.backend, self.credentials, params)
 
     def provider(self, for_input: bool = False) -> BatchProvider:
         """The provider client; ``for_input`` adds the request body template (needs the LLM)."""
         client = self._clients.get(for_input)
         if client is not None:
             return client
-        base_url = self.config("base_url")
+        endpoint = self.endpoint()
+        base_url, key = endpoint.base_url, endpoint.api_key
         timeout = float(self.config("request_timeout", 600))
         if self.backend == "openai":
             from .openai import OpenAIBatches
@@ -81,7 +89,7 @@ class Context:
                     llm.config.params.max_tokens,
                 )
             client = OpenAIBatches(
-                base_url, self.key(), timeout, template, self.config("completion_window", "24h")
+                base_url, key, timeout, template, self.config("completion_window", "24h")
             )
         elif self.backend == "anthropic":
             from .anthropic import AnthropicBatches
@@ -100,15 +108,15 @@ class Context:
                         llm.model_name, llm.generation_params, schema, max_tokens, messages
                     )
 
-            client = AnthropicBatches(base_url, self.key(), timeout, params, structured)
+            client = AnthropicBatches(base_url, key, timeout, params, structured)
         else:
-            raise ValueError(f"backend {self.backend!r} has no batch API")
+            raise ConfigError(f"backend {self.backend!r} has no batch API")
         self._clients[for_input] = client
         return client
 
     def record(self, shard: str) -> BatchRecord:
         if shard not in self.sizes:
-            raise ValueError(f"unknown shard {shard!r}; this run has {self.shards}")
+            raise UnknownShardError(f"unknown shard {shard!r}; this run has {self.shards}")
         return BatchRecord.load(self.store, shard, self.run_id, self.backend)
 
     def intent(self, record: BatchRecord, entry: dict[str, Any]) -> RoundIntent:
@@ -137,9 +145,18 @@ def info_of(entry: dict[str, Any]) -> BatchInfo:
     )
 
 
-def describe(ctx: Context, record: BatchRecord, state: str, **extra: Any) -> dict[str, Any]:
+def campaign_submitted_at(record: BatchRecord) -> float | None:
+    """When the current campaign's first batch was submitted (deadlines anchor here)."""
+    for entry in record.rounds[record.campaign_start :]:
+        if entry.get("submitted_at"):
+            return float(entry["submitted_at"])
+    return None
+
+
+def describe(ctx: Context, record: BatchRecord, state: str, **extra: Any) -> BatchShardState:
+    """The shard's :class:`~curator_flows.results.BatchShardState` (``extra`` overrides)."""
     entry = record.current or {}
-    out = {
+    values: dict[str, Any] = {
         "run_uri": ctx.store.uri,
         "run_id": ctx.run_id,
         "shard": record.shard,
@@ -149,6 +166,17 @@ def describe(ctx: Context, record: BatchRecord, state: str, **extra: Any) -> dic
         "batch_id": entry.get("batch_id"),
         "status": entry.get("status"),
         "requests": entry.get("requests", 0),
+        "request_counts": entry.get("request_counts") or {},
+        "submitted_at": campaign_submitted_at(record),
     }
-    out.update(extra)
-    return out
+    values.update(extra)
+    return make(BatchShardState, **values)
+
+
+def open_context(
+    run: RunRef, llm: LLM | None, credentials: Credentials | dict[str, Any] | None
+) -> Context:
+    """The :class:`Context` of a batch run, opened with the credentials' storage options."""
+    credentials = Credentials.coerce(credentials)
+    store, manifest = open_run(run, credentials.storage_options)
+    return Context(store, manifest, llm, credentials)

@@ -15,7 +15,6 @@ margin) and re-attaches to the one whose metadata names this run, shard and roun
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -125,12 +124,8 @@ class OpenAIBatches:
         template: dict[str, Any] | None = None,
         completion_window: str = "24h",
     ) -> None:
-        base = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        key = api_key or os.environ.get("OPENAI_API_KEY")
-        if not key and base == DEFAULT_BASE_URL:
-            raise ValueError("no OpenAI API key: pass api_key=, or set OPENAI_API_KEY")
-        self.base = base
-        self.http = Http({"authorization": f"Bearer {key or 'none'}"}, timeout)
+        self.base = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        self.http = Http({"authorization": f"Bearer {api_key or 'none'}"}, timeout)
         self.completion_window = completion_window
         self.prefix = body_prefix(template) if template is not None else None
 

@@ -12,6 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import ConfigError
+
+#: Provider batch limits: (requests, bytes) per batch input file. Bytes are decimal megabytes:
+#: the stricter reading of the providers' "200 MB" / "256 MB".
+BATCH_LIMITS = {"openai": (50_000, 200_000_000), "anthropic": (100_000, 256_000_000)}
+
 
 def line_overhead(llm: Any) -> int:
     """Bytes of one batch input line of ``llm`` besides its ``messages`` JSON."""
@@ -29,4 +35,4 @@ def line_overhead(llm: Any) -> int:
 
         empty = anthropic_params(llm.model_name, llm.generation_params, schema, max_tokens, [])
         return anthropic_overhead(empty)
-    raise ValueError(f"backend {llm.backend!r} has no batch API")
+    raise ConfigError(f"backend {llm.backend!r} has no batch API")

@@ -75,7 +75,7 @@ def shard_status(
 
 
 def run_status(store: RunStore, manifest: dict[str, Any]) -> dict[str, Any]:
-    from ..finalize import OUTPUT_STATS
+    from ..store import OUTPUT_STATS
 
     shards = [shard_status(store, manifest, s) for s in manifest["shards"]]
     totals = {

@@ -29,8 +29,10 @@ import tempfile
 import time
 from typing import Any
 
+from ..errors import BatchStepError
+from ..ledger import StepLedger
 from .base import Ambiguous, BatchInfo, BatchProvider, RoundIntent
-from .context import BatchStepError, Context, describe
+from .context import Context, describe
 from .records import (
     COLLECTED,
     ENDED,
@@ -47,6 +49,7 @@ from .responses import (
     pending_requests,
     scan_responses,
 )
+from .sizing import BATCH_LIMITS
 from .transport import BatchAPIError, backoff
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,9 @@ REJECTED_STATUSES = (400, 413, 422)
 
 
 def _record_created(record: BatchRecord, entry: dict[str, Any], info: BatchInfo) -> None:
-    """Save the batch id of a round: the end of the double-billing window."""
+    """Save the batch id of a round: the end of the double-billing window (and the moment the
+    round's requests count as sent in the run's ledger)."""
+    first = not entry.get("batch_id")
     entry.update(info.record_fields())
     entry["state"] = ENDED if info.ended else SUBMITTED
     entry["submitted_at"] = time.time()
@@ -66,6 +71,10 @@ def _record_created(record: BatchRecord, entry: dict[str, Any], info: BatchInfo)
     if info.matched_by:
         entry["reconciled"] = info.matched_by
     record.save()
+    if first:
+        ledger = StepLedger(record.store, "submit", [record.shard])
+        ledger.set(sent=int(entry.get("requests") or 0))
+        ledger.close()
 
 
 # --------------------------------------------------------------------------- reconcile
@@ -138,12 +147,10 @@ def _send(
     ctx: Context, record: BatchRecord, entry: dict[str, Any] | None, now: float
 ) -> dict[str, Any]:
     """Write the input, save the intent (new round) or reuse it, upload, create, record."""
-    from .. import prepare
-
     shard = record.shard
     provider = ctx.provider(for_input=True)
     scan = scan_responses(ctx.store, shard, record.campaign_start)
-    max_requests, max_bytes = prepare.BATCH_LIMITS[ctx.backend]
+    max_requests, max_bytes = BATCH_LIMITS[ctx.backend]
     fd, path = tempfile.mkstemp(prefix=f"curator-batch-{shard}-", suffix=".jsonl")
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as handle:

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from ..backends.base import parse_retry_after
+from ..errors import ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,11 @@ STREAM_BLOCK = 1 << 20
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
-class BatchAPIError(RuntimeError):
-    """The provider answered with an error status (after any retries)."""
+class BatchAPIError(ProviderError):
+    """The provider answered with an error status (after any retries), or not at all."""
 
     def __init__(self, message: str, status: int | None = None, body: bytes = b"") -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(message, status=status)
         self.body = body
 
     @property

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from curator_flows import steps
+from curator_flows import Credentials, steps
 from curator_flows.store import RunStore
 
 HERE = Path(__file__).parent
@@ -39,6 +39,10 @@ def make_llm(cls, backend: str, sim, **extra: Any):
     return cls(
         MODELS[backend], batch=True, backend=backend, backend_params=batch_params(sim, **extra)
     )
+
+
+def credentials(key: str = "sk-test-not-a-secret") -> Credentials:
+    return Credentials(api_key=key)
 
 
 def wait_done(run: Any, shard: str, timeout: float = 20.0, **kw: Any) -> dict[str, Any]:

@@ -78,7 +78,8 @@ def main() -> None:
     elif step in ("submit", "poll", "collect"):
         out = getattr(steps, step)(args["run"], args["shard"])
     elif step == "finalize":
-        response = steps.finalize(args["run"])
+        steps.finalize(args["run"])
+        response = steps.load_response(args["run"])
         out = {
             "rows": len(response.dataset),
             "failed": response.request_stats.failed,

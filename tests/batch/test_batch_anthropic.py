@@ -8,10 +8,12 @@ import pytest
 from batch_helpers import FAST, make_llm, record, success_counts, wait_done
 from batch_llms import Numbered, Padded
 
-from curator_flows import prepare, steps
+from curator_flows import steps
+from curator_flows.batch import sizing
 from curator_flows.batch import steps as batch_steps
 from curator_flows.batch.anthropic import AnthropicBatches
 from curator_flows.batch.base import RoundIntent
+from curator_flows.runs import open_run
 
 
 def _decoy(sim, size: int, folder) -> str:
@@ -100,11 +102,11 @@ def test_successful_batches_are_deleted_when_asked(bsim, wd):
 
 def test_large_prompts_are_split_by_bytes(bsim, wd, monkeypatch):
     limit = 60_000
-    monkeypatch.setitem(prepare.BATCH_LIMITS, "anthropic", (100_000, limit))
+    monkeypatch.setitem(sizing.BATCH_LIMITS, "anthropic", (100_000, limit))
     rows = [{"n": i, "pad": 2500 + 11 * i} for i in range(60)]
     result = make_llm(Padded, "anthropic", bsim)(rows, working_dir=wd)
     assert result.dataset["n"] == list(range(60))
-    manifest = steps.open_run(result.cache_dir)[1]
+    manifest = open_run(result.cache_dir)[1]
     assert len(manifest["shards"]) >= 3
     for shard in manifest["shards"]:
         entry = record(result.cache_dir, shard["name"])["rounds"][0]

@@ -11,6 +11,7 @@ from batch_helpers import (
     BACKENDS,
     MODELS,
     batch_params,
+    credentials,
     record,
     response_lines,
     run_step,
@@ -56,7 +57,7 @@ def test_crash_in_collect_then_collect_again_writes_every_row_once(bsim, wd, bac
     llm = Numbered(MODELS[backend], batch=True, backend=backend, backend_params=batch_params(bsim))
     run = steps.prepare(llm, [{"n": i} for i in range(50)], wd)
     steps.submit(run, "00000", llm=llm)
-    wait_done(run, "00000", api_key="sk-test-not-a-secret")
+    wait_done(run, "00000", credentials=credentials())
     env = {"OPENAI_API_KEY": "sk-test", "ANTHROPIC_API_KEY": "sk-test"}
     run_step(
         {"step": "collect", "run": run["run_uri"], "shard": "00000", "crash": crash},
@@ -73,7 +74,8 @@ def test_crash_in_collect_then_collect_again_writes_every_row_once(bsim, wd, bac
         assert collected["written"] == 0
     ids = Counter(r["id"] for r in response_lines(run["run_uri"]))
     assert len(ids) == 50 and set(ids.values()) == {1}
-    result = steps.finalize(run, llm=llm)
+    steps.finalize(run, llm=llm)
+    result = steps.load_response(run)
     assert result.dataset["n"] == list(range(50))
     assert bsim.stats()["batches_created"] == 1
 

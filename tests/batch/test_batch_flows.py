@@ -8,6 +8,7 @@ import pytest
 from batch_helpers import (
     BACKENDS,
     FAST,
+    credentials,
     failed_requests,
     make_llm,
     record,
@@ -17,7 +18,7 @@ from batch_helpers import (
 )
 from batch_llms import FactWriter, Numbered
 
-from curator_flows import steps
+from curator_flows import IncompleteRunError, steps
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -83,7 +84,7 @@ def test_expired_batch_keeps_partial_results_and_resubmits_only_the_missing(bsim
     first = steps.submit(run, "00000", llm=llm)
     assert first["state"] == "submitted" and first["created"] and first["requests"] == 40
     assert steps.submit(run, "00000", llm=llm)["created"] is False  # never twice
-    ended = wait_done(run, "00000", api_key="sk-test-not-a-secret")
+    ended = wait_done(run, "00000", credentials=credentials())
     assert ended["status"] in ("expired", "ended")
     bsim.configure(batch_expire_fraction=None)
     collected = steps.collect(run, "00000", llm=llm)
@@ -93,7 +94,7 @@ def test_expired_batch_keeps_partial_results_and_resubmits_only_the_missing(bsim
 
     second = steps.submit(run, "00000", llm=llm)
     assert second["round"] == 1 and second["requests"] == 20 and second["created"]
-    wait_done(run, "00000", api_key="sk-test-not-a-secret")
+    wait_done(run, "00000", credentials=credentials())
     last = steps.collect(run, "00000", llm=llm)
     assert last["succeeded"] == 20 and last["done"] and not last["resubmit"]
     assert steps.submit(run, "00000", llm=llm)["state"] == "done"
@@ -107,7 +108,8 @@ def test_expired_batch_keeps_partial_results_and_resubmits_only_the_missing(bsim
     lines = response_lines(run["run_uri"])
     assert Counter(line["id"] for line in lines).most_common(1)[0][1] == 1
     assert {line["id"] for line in lines if line["round"] == 0} == round0
-    result = steps.finalize(run, llm=llm)
+    steps.finalize(run, llm=llm)
+    result = steps.load_response(run)
     assert result.dataset["n"] == list(range(40))
 
 
@@ -141,19 +143,21 @@ def test_cancel_stops_the_run_and_a_new_call_resumes(bsim, wd, backend):
     for shard in run["shards"]:
         assert steps.submit(run, shard, llm=llm)["state"] == "submitted"
 
-    cancelled = steps.cancel(run, api_key="sk-test-not-a-secret")
+    cancelled = steps.cancel(run, credentials=credentials())
     assert len(cancelled["batches"]) == 2 and not cancelled["errors"]
     assert bsim.stats()["batches_cancelled"] == 2
     for shard in run["shards"]:
-        wait_done(run, shard, api_key="sk-test-not-a-secret")
+        wait_done(run, shard, credentials=credentials())
         collected = steps.collect(run, shard, llm=llm)
         assert collected["done"] and not collected["resubmit"]
         assert steps.submit(run, shard, llm=llm)["state"] == "cancelled"  # no new round
     assert bsim.stats()["batches_created"] == 2
     report = steps.status(run)
     assert report["cancelled"] and report["totals"]["failed"] == 20
-    partial = steps.finalize(run, llm=llm)
-    assert partial.request_stats.failed == 20
+    with pytest.raises(IncompleteRunError, match="every request of the run failed") as err:
+        steps.finalize(run, llm=llm)  # every request failed: the run raises, files are written
+    assert err.value.failed == 20 and err.value.failed_requests_uri.endswith("jsonl")
+    assert steps.load_response(run).request_stats.failed == 20
     assert all("cancel" in f["error"] for f in failed_requests(run["run_uri"]))
 
     bsim.configure(batch_timings=FAST)
@@ -166,8 +170,9 @@ def test_cancel_stops_the_run_and_a_new_call_resumes(bsim, wd, backend):
 def test_failed_validation_fails_every_request_with_the_reason(bsim, wd, backend):
     bsim.configure(batch_fail_validation=True)
     rows = [{"n": i} for i in range(6)]
-    result = make_llm(Numbered, backend, bsim, max_retries=1)(rows, working_dir=wd)
-
+    with pytest.raises(IncompleteRunError) as err:
+        make_llm(Numbered, backend, bsim, max_retries=1)(rows, working_dir=wd)
+    result = steps.load_response(err.value.failed_requests_uri.rsplit("/", 1)[0])
     assert len(result.dataset) == 0 and result.request_stats.failed == 6
     failures = failed_requests(result.cache_dir)
     assert len(failures) == 6
@@ -187,7 +192,7 @@ def test_status_reports_states_counts_and_cost(bsim, wd, backend):
     assert [s["state"] for s in report["shards"]] == ["not_submitted", "not_submitted"]
     steps.submit(run, "00000", llm=llm)
     assert steps.status(run)["shards"][0]["state"] == "in_flight"
-    wait_done(run, "00000", api_key="sk-test-not-a-secret")
+    wait_done(run, "00000", credentials=credentials())
     assert steps.status(run)["shards"][0]["state"] == "awaiting_collect"
     steps.collect(run, "00000", llm=llm)
     report = steps.status(run)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from batch_helpers import FAST, make_llm, record, wait_done
+import pytest
+from batch_helpers import FAST, credentials, make_llm, record, wait_done
 from batch_llms import FactWriter, Numbered, Padded
 
-from curator_flows import prepare, steps
+from curator_flows import IncompleteRunError, steps
+from curator_flows.batch import sizing
 from curator_flows.batch.sizing import line_overhead
+from curator_flows.runs import open_run
 
 
 def test_120k_requests_become_three_batches_of_50k_50k_20k(bsim, wd):
@@ -20,17 +23,17 @@ def test_120k_requests_become_three_batches_of_50k_50k_20k(bsim, wd):
     assert sorted(len(b.items) for b in batches) == [20_000, 50_000, 50_000]
     assert {b.metadata["curator_shard"] for b in batches} == set(run["shards"])
     assert {b.metadata["curator_run_id"] for b in batches} == {run["run_id"]}
-    steps.cancel(run, api_key="sk-test-not-a-secret")
+    steps.cancel(run, credentials=credentials())
 
 
 def test_large_prompts_are_split_by_bytes_into_full_files_under_the_limit(bsim, wd, monkeypatch):
     limit = 100_000
-    monkeypatch.setitem(prepare.BATCH_LIMITS, "openai", (50_000, limit))
+    monkeypatch.setitem(sizing.BATCH_LIMITS, "openai", (50_000, limit))
     llm = make_llm(Padded, "openai", bsim)
     rows = [{"n": i, "pad": 3000 + 37 * i} for i in range(120)]
     result = llm(rows, working_dir=wd)
     assert result.dataset["n"] == list(range(120))
-    manifest = steps.open_run(result.cache_dir)[1]
+    manifest = open_run(result.cache_dir)[1]
     assert len(manifest["shards"]) > 4
     for shard in manifest["shards"]:
         entry = record(result.cache_dir, shard["name"])["rounds"][0]
@@ -48,7 +51,7 @@ def test_line_size_estimate_is_exact_with_a_response_format(bsim, wd):
     entry = record(run["run_uri"], "00000")["rounds"][0]
     (upload,) = [f for f in bsim.state.files.values() if f.purpose == "batch"]
     assert len(upload.data) == entry["input_bytes"]
-    assert steps.open_run(run)[1]["shards"][0]["bytes"] == len(upload.data)
+    assert open_run(run)[1]["shards"][0]["bytes"] == len(upload.data)
     assert line_overhead(llm) > 0
 
 
@@ -76,9 +79,10 @@ def test_files_are_deleted_only_as_configured(bsim, wd):
 def test_failed_batch_files_are_deleted_when_asked(bsim, wd):
     bsim.configure(batch_fail_validation=True)
     llm = make_llm(Numbered, "openai", bsim, max_retries=0, delete_failed_batch_files=True)
-    result = llm([{"n": i} for i in range(4)], working_dir=wd)
-    assert result.request_stats.failed == 4
-    entry = record(result.cache_dir, "00000")["rounds"][0]
+    with pytest.raises(IncompleteRunError) as err:
+        llm([{"n": i} for i in range(4)], working_dir=wd)
+    assert err.value.failed == 4
+    entry = record(err.value.failed_requests_uri.rsplit("/", 1)[0], "00000")["rounds"][0]
     assert entry["status"] == "failed" and entry["files_deleted"]
     assert entry["input_file_id"] not in bsim.state.files
 

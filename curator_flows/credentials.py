@@ -1,0 +1,137 @@
+"""Credentials: the one place where API keys, base URLs and fsspec storage options are resolved.
+
+Invariants:
+- a key is looked up in this order: ``Credentials.api_key``, ``backend_params["api_key"]``, the
+  provider's environment variable (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ...); nothing else
+  in the library reads those variables;
+- a :class:`Credentials` value never shows its key: ``repr``, ``str`` and :meth:`public_dict`
+  mask it, and nothing here writes to the run directory;
+- ``storage_options`` reach every fsspec call a step makes (run directory, input URIs,
+  published outputs), so no process-global fsspec configuration is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import SecretStr
+
+from .errors import ConfigError
+
+#: (API key variable, base URL variable, default base URL) per backend
+PROVIDER_ENV: dict[str, tuple[str, str, str]] = {
+    "openai": ("OPENAI_API_KEY", "OPENAI_BASE_URL", "https://api.openai.com/v1"),
+    "anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
+}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a step needs to reach the provider and the storage, none of which is stored.
+
+    ``api_key`` (kept as a ``SecretStr``), ``base_url`` (an OpenAI-compatible or Anthropic
+    endpoint) and ``storage_options`` (passed to every fsspec filesystem, e.g. S3 keys or an
+    ``endpoint_url``). Every field is optional: what is missing falls back to the LLM's
+    ``backend_params``, then to the environment."""
+
+    api_key: SecretStr | None = None
+    base_url: str | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        key = self.api_key
+        if isinstance(key, str):
+            object.__setattr__(self, "api_key", SecretStr(key) if key else None)
+        elif key is not None and not isinstance(key, SecretStr):
+            raise ConfigError("Credentials.api_key must be a string or a SecretStr")
+        if self.storage_options is None:
+            object.__setattr__(self, "storage_options", {})
+        if not isinstance(self.storage_options, dict):
+            raise ConfigError("Credentials.storage_options must be a dict")
+
+    @classmethod
+    def coerce(cls, value: Credentials | dict[str, Any] | None) -> Credentials:
+        """``value`` as :class:`Credentials` (a dict of its fields is accepted; ``None`` gives
+        empty credentials)."""
+        if value is None:
+            return cls()
+        if isinstance(value, Credentials):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - {"api_key", "base_url", "storage_options"}
+            if unknown:
+                raise ConfigError(
+                    f"unknown credentials key(s) {sorted(unknown)}; "
+                    "allowed: api_key, base_url, storage_options"
+                )
+            return cls(**value)
+        raise ConfigError(
+            f"credentials must be a Credentials or a dict, got {type(value).__name__}"
+        )
+
+    def secret(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key is not None else None
+
+    def public_dict(self) -> dict[str, Any]:
+        """Safe to log: the key masked, storage option values masked."""
+        return {
+            "api_key": "**********" if self.api_key is not None else None,
+            "base_url": self.base_url,
+            "storage_options": sorted(self.storage_options),
+        }
+
+    def __repr__(self) -> str:
+        return f"Credentials({self.public_dict()})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A resolved provider endpoint: where to send and with which key (``None``: no key)."""
+
+    backend: str
+    base_url: str
+    api_key: str | None = field(repr=False)
+
+    @property
+    def is_default(self) -> bool:
+        env = PROVIDER_ENV.get(self.backend)
+        return env is not None and self.base_url.rstrip("/") == env[2]
+
+
+def resolve_endpoint(
+    backend: str,
+    credentials: Credentials | None = None,
+    backend_params: dict[str, Any] | None = None,
+) -> Endpoint:
+    """The endpoint and key of ``backend``: credentials, then ``backend_params``, then the
+    environment. Raises :class:`~curator_flows.errors.MissingAPIKeyError` when the provider's own
+    endpoint would be called without a key (a local OpenAI-compatible server needs none)."""
+    from .errors import MissingAPIKeyError
+
+    credentials = credentials or Credentials()
+    params = backend_params or {}
+    key_var, url_var, default_url = PROVIDER_ENV.get(backend, ("", "", ""))
+    base_url = credentials.base_url or params.get("base_url") or os.environ.get(url_var) or ""
+    base_url = (base_url or default_url).rstrip("/")
+    key = credentials.secret() or _param_key(params.get("api_key"))
+    if not key and key_var:
+        key = os.environ.get(key_var) or None
+    endpoint = Endpoint(backend, base_url, key)
+    if key is None and endpoint.is_default:
+        raise MissingAPIKeyError(
+            f"no {backend} API key: set {key_var}, pass credentials=Credentials(api_key=...) "
+            "to the step, or backend_params['api_key']"
+        )
+    return endpoint
+
+
+def _param_key(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, SecretStr):
+        return value.get_secret_value() or None
+    return str(value) or None

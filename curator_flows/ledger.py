@@ -1,0 +1,148 @@
+"""Per-step statistics in the run directory: the ledger that ``finalize`` sums and the cost
+budget reads.
+
+Layout: ``stats/<step>-<start ns>-<uuid8>.json``, one file per step invocation, written whole
+(atomically) every ``flush_seconds`` while the step runs and once more when it ends::
+
+    {"step": "run_online", "shards": [...], "started_at": ..., "ended_at": ...,
+     "sent": n, "succeeded": n, "failed": n, "rate_limited": n, "input_tokens": n,
+     "output_tokens": n, "cost": $, "latency_total": s, "max_in_flight": n}
+
+Invariants:
+- a step's counters reach the store at most ``flush_seconds`` late, so a killed step loses at
+  most that much of its statistics and of the spending the budget sees;
+- statistics are the same whether a run was driven in one process or one step per process:
+  both read the same ledger files; ``total_time`` is the union of the steps' intervals (parallel
+  shards are not counted twice, idle time between steps is not counted);
+- ledgers hold counts only: no prompts, no content, no secrets.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from .store import RunStore
+
+STATS_DIR = "stats"
+COUNTERS = (
+    "sent",
+    "succeeded",
+    "failed",
+    "rate_limited",
+    "input_tokens",
+    "output_tokens",
+    "cost",
+    "latency_total",
+)
+
+
+class StepLedger:
+    """The counters of one step invocation, flushed to its own file."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        step: str,
+        shards: list[str],
+        *,
+        flush_seconds: float = 2.0,
+        started_at: float | None = None,
+    ) -> None:
+        self.store = store
+        self.flush_seconds = flush_seconds
+        self.started_at = time.time() if started_at is None else started_at
+        self.rel = f"{STATS_DIR}/{step}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
+        self.data: dict[str, Any] = {
+            "step": step,
+            "shards": list(shards),
+            "started_at": self.started_at,
+            "ended_at": self.started_at,
+            **{name: 0 for name in COUNTERS},
+            "max_in_flight": 0,
+        }
+        self.data["cost"] = 0.0
+        self.data["latency_total"] = 0.0
+        self.last_flush = 0.0
+        self.dirty = False
+
+    def set(self, **counters: Any) -> None:
+        """Replace counters with the step's running totals."""
+        self.data.update(counters)
+        self.dirty = True
+
+    def add(self, **counters: Any) -> None:
+        for name, value in counters.items():
+            self.data[name] = self.data.get(name, 0) + value
+        self.dirty = True
+
+    @property
+    def cost(self) -> float:
+        return float(self.data.get("cost") or 0.0)
+
+    def flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and (not self.dirty or now - self.last_flush < self.flush_seconds):
+            return
+        self.last_flush = now
+        self.dirty = False
+        self.data["ended_at"] = max(time.time(), self.started_at)
+        self.store.write_json(self.rel, self.data)
+
+    def close(self, ended_at: float | None = None) -> None:
+        """Write the final counters (``ended_at``: the end of the work, default now)."""
+        self.data["ended_at"] = max(time.time(), self.started_at) if ended_at is None else ended_at
+        self.dirty = False
+        self.store.write_json(self.rel, self.data)
+
+
+def read_ledgers(store: RunStore, exclude: str | None = None) -> list[dict[str, Any]]:
+    """Every step ledger of the run (``exclude``: one ledger's path, e.g. the caller's own)."""
+    out = []
+    for rel in store.glob(f"{STATS_DIR}/*.json"):
+        if rel == exclude or ".tmp-" in rel:
+            continue
+        try:
+            out.append(store.read_json(rel))
+        except (OSError, ValueError):
+            continue  # a ledger being replaced right now; counted at the next read
+    return out
+
+
+def spent(store: RunStore, exclude: str | None = None) -> float:
+    """Dollars the run's steps have spent, as far as their ledgers say."""
+    return sum(float(entry.get("cost") or 0.0) for entry in read_ledgers(store, exclude))
+
+
+def _busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    total = 0.0
+    end = float("-inf")
+    for start, stop in sorted(intervals):
+        if stop <= end:
+            continue
+        total += stop - max(start, end)
+        end = stop
+    return total
+
+
+def run_totals(store: RunStore) -> dict[str, Any]:
+    """The sums of every ledger, plus ``total_time`` (union of the step intervals)."""
+    ledgers = read_ledgers(store)
+    totals: dict[str, Any] = {name: 0 for name in COUNTERS}
+    totals["cost"] = 0.0
+    totals["latency_total"] = 0.0
+    totals["max_in_flight"] = 0
+    intervals = []
+    for entry in sorted(ledgers, key=lambda e: e.get("started_at") or 0.0):
+        for name in COUNTERS:
+            totals[name] += entry.get(name) or 0
+        totals["max_in_flight"] = max(totals["max_in_flight"], entry.get("max_in_flight") or 0)
+        if entry.get("limits"):
+            totals["limits"] = entry["limits"]
+        start, stop = entry.get("started_at"), entry.get("ended_at")
+        if start is not None and stop is not None and stop >= start:
+            intervals.append((float(start), float(stop)))
+    totals["total_time"] = _busy_seconds(intervals)
+    totals["steps"] = len(ledgers)
+    return totals

@@ -1,0 +1,101 @@
+"""Pending work of a run: requests without a successful response line, and the work item a
+runner carries for each.
+
+Invariants:
+- pending = requests of a shard with no successful response line; nothing else is ever sent;
+- the done ids of a shard are read once per step; pending requests are streamed shard by shard
+  in request order, so memory holds one shard's ids, never the requests;
+- a work item ends as exactly one response line: :meth:`WorkItem.success_line` (content, usage,
+  cost including what failed attempts wasted, timings) or :meth:`WorkItem.failure_line`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .store import RunStore
+from .tokens import estimate_prompt_tokens
+
+
+@dataclass(slots=True)
+class WorkItem:
+    shard: str
+    id: str
+    messages: list[dict[str, Any]]
+    est_input: int
+    attempts: int = 0
+    rate_limited: int = 0
+    wasted_input: int = 0
+    wasted_output: int = 0
+    wasted_cost: float = 0.0
+
+    def waste(self, input_tokens: int, output_tokens: int, cost: float) -> None:
+        """Charge a paid attempt whose answer was not accepted to this request."""
+        self.wasted_input += input_tokens
+        self.wasted_output += output_tokens
+        self.wasted_cost += cost
+
+    def success_line(
+        self,
+        content: str,
+        finish_reason: str | None,
+        usage: tuple[int, int],
+        cost: float,
+        latency: float,
+        attempts: int,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The response line of a success; ``cost`` includes what failed attempts wasted."""
+        record = {
+            "id": self.id,
+            "content": content,
+            "finish_reason": finish_reason,
+            "usage": list(usage),
+            "cost": cost + self.wasted_cost,
+            "latency": round(latency, 4),
+            "attempts": attempts,
+            "ts": time.time(),
+        }
+        if self.wasted_input or self.wasted_output:
+            record["wasted"] = [self.wasted_input, self.wasted_output]
+        if extra:
+            record.update(extra)
+        return record
+
+    def failure_line(self, reason: str) -> dict[str, Any]:
+        """The response line of a final failure, with what its paid attempts cost."""
+        record = {"id": self.id, "error": reason, "attempts": self.attempts, "ts": time.time()}
+        if self.wasted_input or self.wasted_output or self.wasted_cost:
+            record["wasted"] = [self.wasted_input, self.wasted_output]
+            record["cost"] = self.wasted_cost
+        return record
+
+
+def success_ids(store: RunStore, shard: str) -> set[str]:
+    return {
+        rec["id"] for rec in store.iter_records(f"responses/{shard}.*jsonl") if "content" in rec
+    }
+
+
+def done_ids(store: RunStore, shards: list[str]) -> dict[str, set[str]]:
+    """Per shard, the ids that already have a successful response line (read once per step)."""
+    return {shard: success_ids(store, shard) for shard in shards}
+
+
+def pending_items(
+    store: RunStore, shards: list[str], done: dict[str, set[str]]
+) -> Iterator[WorkItem]:
+    """Requests of ``shards`` without a successful response, streamed shard by shard."""
+    for shard in shards:
+        finished = done[shard]
+        for req in store.iter_lines(f"requests/{shard}.jsonl"):
+            if req["id"] not in finished:
+                messages = req["messages"]
+                yield WorkItem(shard, req["id"], messages, estimate_prompt_tokens(messages))
+
+
+def count_pending(sizes: dict[str, int], done: dict[str, set[str]]) -> int:
+    return sum(max(0, sizes[shard] - len(ids)) for shard, ids in done.items())
