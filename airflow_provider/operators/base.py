@@ -83,11 +83,25 @@ def call_with_context(function: Any, context: Mapping[str, Any]) -> Any:
     return function(**{name: context[name] for name in names if name in context})
 
 
-def resolve_dataset(dataset: Any, context: Mapping[str, Any]) -> Any:
-    """The dataset a step gets: a callable is called (with the context values it names);
-    anything else (rows, a URI, an upstream output URI, a ``CuratorResponse``) goes as is."""
+def split_dataset(dataset: Any) -> tuple[Any, Any]:
+    """``(templated part, callable)`` of a ``dataset`` argument: a callable is kept out of the
+    template fields (Airflow would call it with ``context`` and ``jinja_env``); inline rows are
+    data, not templates (wrapped in ``literal``); a URI or an ``XComArg`` is rendered."""
     if callable(dataset) and not isinstance(dataset, type) and not hasattr(dataset, "__iter__"):
-        return call_with_context(dataset, context)
+        return None, dataset
+    if isinstance(dataset, list | tuple):
+        from airflow.sdk import literal
+
+        return literal(list(dataset)), None
+    return dataset, None
+
+
+def resolve_dataset(dataset: Any, dataset_callable: Any, context: Mapping[str, Any]) -> Any:
+    """The dataset a step gets: the callable's result (called with the context values it
+    names), else the rendered value (rows, a URI, an upstream output URI, a
+    ``CuratorResponse``) as is."""
+    if dataset_callable is not None:
+        return call_with_context(dataset_callable, context)
     return dataset
 
 

@@ -270,7 +270,7 @@ class CuratorSubmitBatchOperator(CuratorBaseOperator):
     ``BatchShardState`` (batch id, status, counts).
 
     :param run: the run (``PrepareResult`` or its ``run_uri``).
-    :param shard: the shard to submit (map over ``PrepareResult["shards"]``).
+    :param shard: the shard to submit (``.expand(shard=prepare.output)``).
     :param llm: the run's LLM, or ``None`` to rebuild it from the run manifest.
     :param retry_failed: also start a new campaign for requests that failed finally.
     """

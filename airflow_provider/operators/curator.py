@@ -14,26 +14,18 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import literal
-
 from .base import (
     CuratorBaseOperator,
     PublishMixin,
     check_llm_argument,
     finalize_manifest,
     resolve_dataset,
+    split_dataset,
 )
 from .batch import BatchOptionsMixin, BatchWaitMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Asset, Context
-
-
-def literal_rows(dataset: Any) -> Any:
-    """Rows given inline are data, not templates: keep Jinja away from them."""
-    if isinstance(dataset, list | tuple):
-        return literal(list(dataset))
-    return dataset
 
 
 class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBaseOperator):
@@ -98,7 +90,7 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
         super().__init__(**kwargs)
         self.llm = llm
         self.llm_kwargs = llm_kwargs
-        self.dataset = literal_rows(dataset)
+        self.dataset, self.dataset_callable = split_dataset(dataset)
         self.working_dir = working_dir
         self.output_uri = output_uri
         self.run_key = run_key
@@ -120,13 +112,13 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
 
         llm = self.batch_llm()
         credentials = self.credentials()
-        dataset = resolve_dataset(self.dataset, context)
+        dataset = resolve_dataset(self.dataset, self.dataset_callable, context)
         run = self.step(
             steps.prepare,
             llm,
             dataset,
-            self.working_dir,
-            run_key=self.run_key,
+            self.working_dir or None,
+            run_key=self.run_key or None,
             credentials=credentials,
             rebuild_check=False,  # every step of this task gets llm=
         )
@@ -161,7 +153,11 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
         from curator_flows import steps
 
         result = self.step(
-            steps.finalize, run_uri, llm=llm, credentials=credentials, output_uri=self.output_uri
+            steps.finalize,
+            run_uri,
+            llm=llm,
+            credentials=credentials,
+            output_uri=self.output_uri or None,
         )
         manifest = finalize_manifest(result)
         self.log.info(
@@ -174,6 +170,5 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
             manifest["cost"],
             f"; published to {manifest['output_uri']}" if manifest["output_uri"] else "",
         )
-        dataset = self.dataset.value if hasattr(self.dataset, "value") else self.dataset
-        self.record_publication(context, manifest, llm=llm, input_uri=dataset)
+        self.record_publication(context, manifest, llm=llm, input_uri=self.dataset)
         return manifest

@@ -1,5 +1,5 @@
 """Granular operators for DAGs that show each step: prepare → one task per shard (mapped with
-``.expand(shard=prepare.output["shards"])``) → finalize.
+``.expand(shard=prepare.output)``) → finalize.
 
 Each is one step call; each returns that step's small result (``PrepareResult``,
 ``ShardResult``, a finalize manifest) for XCom. A retry resumes from the run directory.
@@ -17,16 +17,21 @@ from .base import (
     finalize_manifest,
     resolve_dataset,
     run_uri_of,
+    split_dataset,
 )
-from .curator import literal_rows
 
 if TYPE_CHECKING:
     from airflow.sdk import Asset, Context
 
 
+#: the XCom key under which ``CuratorPrepareOperator`` pushes its ``PrepareResult``
+RUN_XCOM_KEY = "run"
+
+
 class CuratorPrepareOperator(CuratorBaseOperator):
-    """Render the dataset into request shards; returns the ``PrepareResult`` (``run_uri``,
-    ``shards`` for ``.expand()``, counts).
+    """Render the dataset into request shards. Returns the shard names (map over them:
+    ``.expand(shard=prepare.output)``) and pushes the ``PrepareResult`` (``run_uri``, counts)
+    under the XCom key ``"run"`` (``prepare.output["run"]``, for ``partial(run=...)``).
 
     ``llm``, ``dataset``, ``working_dir`` and ``run_key`` as in
     :class:`~airflow_provider.operators.curator.CuratorOperator`. ``rebuild_check``: fail now
@@ -53,20 +58,20 @@ class CuratorPrepareOperator(CuratorBaseOperator):
         super().__init__(**kwargs)
         self.llm = llm
         self.llm_kwargs = llm_kwargs
-        self.dataset = literal_rows(dataset)
+        self.dataset, self.dataset_callable = split_dataset(dataset)
         self.working_dir = working_dir
         self.run_key = run_key
         self.rebuild_check = rebuild_check
 
-    def execute(self, context: Context) -> dict[str, Any]:
+    def execute(self, context: Context) -> list[str]:
         from curator_flows import steps
 
         run = self.step(
             steps.prepare,
             self.make_llm(self.llm, self.llm_kwargs),
-            resolve_dataset(self.dataset, context),
-            self.working_dir,
-            run_key=self.run_key,
+            resolve_dataset(self.dataset, self.dataset_callable, context),
+            self.working_dir or None,
+            run_key=self.run_key or None,
             credentials=self.credentials(),
             rebuild_check=self.rebuild_check,
         )
@@ -78,7 +83,8 @@ class CuratorPrepareOperator(CuratorBaseOperator):
             run["pending"],
             run["reused_responses"],
         )
-        return dict(run)
+        context["ti"].xcom_push(key=RUN_XCOM_KEY, value=dict(run))
+        return list(run["shards"])
 
 
 def parallelism(run: Any, cap: int | None, explicit: Any) -> int:
@@ -93,9 +99,9 @@ def parallelism(run: Any, cap: int | None, explicit: Any) -> int:
 class CuratorOnlineShardOperator(CuratorBaseOperator):
     """Send one shard's pending requests; returns its ``ShardResult``.
 
-    :param run: the ``PrepareResult`` (preferred: its shard count sets the default
-        ``parallel_shards``) or its ``run_uri``.
-    :param shard: the shard (map over ``PrepareResult["shards"]``).
+    :param run: the ``PrepareResult`` (``prepare.output["run"]``; its shard count sets the
+        default ``parallel_shards``) or its ``run_uri``.
+    :param shard: the shard (``.expand(shard=prepare.output)``).
     :param parallel_shards: how many shard tasks run at once; each takes that share of the
         provider's RPM/TPM and concurrency, so together they hold the account's limit. Default:
         the run's shard count, capped by ``max_active_tis_per_dag``.
@@ -194,7 +200,7 @@ class CuratorFinalizeOperator(PublishMixin, CuratorBaseOperator):
             run_uri,
             llm=llm,
             credentials=self.credentials(),
-            output_uri=self.output_uri,
+            output_uri=self.output_uri or None,
         )
         manifest = finalize_manifest(result)
         self.log.info(

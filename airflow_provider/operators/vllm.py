@@ -68,7 +68,7 @@ class CuratorVLLMOperator(CuratorBaseOperator):
     ``ShardResult``.
 
     :param run: the ``PrepareResult`` or its ``run_uri``.
-    :param shard: the shard (map over ``PrepareResult["shards"]``).
+    :param shard: the shard (``.expand(shard=prepare.output)``).
     :param llm: the run's LLM (an instance in-process only, or an import path), or ``None`` to
         rebuild it from the run manifest.
     :param python: run the step with this interpreter (the GPU venv) instead of in-process.

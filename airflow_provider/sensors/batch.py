@@ -32,7 +32,7 @@ class CuratorBatchSensor(BaseSensorOperator, CuratorBaseOperator):
     """Wait for the current batch of ``shard``.
 
     :param run: the ``PrepareResult`` or its ``run_uri``.
-    :param shard: the shard (map over ``PrepareResult["shards"]``).
+    :param shard: the shard (``.expand(shard=prepare.output)``).
     :param deferrable: wait in the triggerer instead of poking.
     :param batch_timeout: seconds (or a ``timedelta``) after the campaign's first submit before
         :class:`~airflow_provider.exceptions.CuratorBatchTimeout`.

@@ -1,0 +1,97 @@
+"""Real Airflow 3 for the provider tests: a temporary ``AIRFLOW_HOME`` with a SQLite metadata
+database migrated once per session, and a DAGs folder holding the example DAGs and the test DAGs
+(``dag.test()`` syncs that folder into the database before it runs a DAG).
+
+Airflow reads its configuration when it is first imported, so the environment is set when this
+file loads, before any test module imports Airflow; it never points at the user's own Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+REPO = HERE.parents[1]
+SUPPORT = HERE / "support"
+if str(SUPPORT) not in sys.path:  # the test LLM classes, importable from every task
+    sys.path.insert(0, str(SUPPORT))
+
+HOME = Path(tempfile.mkdtemp(prefix="curator-airflow-home-"))
+DAGS = HOME / "dags"
+AIRFLOW_ENV = {
+    "AIRFLOW_HOME": str(HOME),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{HOME}/airflow.db",
+    "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(HOME / "logs"),
+    "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
+    "AIRFLOW__OPENLINEAGE__DISABLED": "True",
+}
+os.environ.update(AIRFLOW_ENV)
+for name in [n for n in os.environ if n.startswith("AIRFLOW_CONN_")]:
+    del os.environ[name]  # no connection of the user's leaks into a test
+
+#: the DAG files of the session's DAGs folder
+DAG_FILES = [
+    *sorted((REPO / "dags_examples").glob("airflow_*.py")),
+    *sorted((HERE / "dags").glob("*.py")),
+]
+FAST_BATCHES = {"validating": 0.1, "in_progress": 0.3, "finalizing": 0.1, "cancelling": 0.1}
+TEST_KEY = "sk-test-CURATOR-never-in-xcom-0123456789"
+
+
+def airflow_cli(*args: str, check: bool = True, env: dict | None = None):
+    """``airflow <args>`` in a subprocess on the session's home."""
+    command = [str(Path(sys.executable).parent / "airflow"), *args]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=180
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session", autouse=True)
+def airflow_home():
+    """The session's Airflow: DAGs folder linked, metadata database migrated."""
+    DAGS.mkdir(parents=True, exist_ok=True)
+    for path in DAG_FILES:
+        (DAGS / path.name).symlink_to(path)
+    airflow_cli("db", "migrate")
+    yield HOME
+    shutil.rmtree(HOME, ignore_errors=True)
+
+
+@pytest.fixture
+def fsim():
+    """A simulator whose batches end within a second."""
+    from curator_flows.testing.simulator import Simulator
+
+    with Simulator(batch_timings=FAST_BATCHES) as simulator:
+        yield simulator
+
+
+def connection_json(sim, key: str = TEST_KEY, **extra) -> str:
+    return json.dumps(
+        {
+            "conn_type": "curator",
+            "host": sim.base_url,
+            "password": key,
+            "extra": {"provider": "openai", **extra},
+        }
+    )
+
+
+@pytest.fixture
+def curator_conn(fsim, monkeypatch):
+    """The ``curator_test`` connection (an environment-variable connection) to ``fsim``."""
+    monkeypatch.setenv("AIRFLOW_CONN_CURATOR_TEST", connection_json(fsim))
+    return "curator_test"
