@@ -110,6 +110,5 @@ def validate_generation_params(
             continue
         if value is not None and not _CHECKS[kind](value):
             raise ConfigError(
-                f"generation_params[{key!r}] must be {kind}, got {type(value).__name__} "
-                f"({value!r})"
+                f"generation_params[{key!r}] must be {kind}, got {type(value).__name__} ({value!r})"
             )

@@ -42,3 +42,32 @@ def test_advance_drives_a_partially_expired_run_to_done(bsim, wd, backend):
     before = bsim.stats()["batches_created"]
     assert steps.advance(run, run["shards"][0], credentials=credentials())["done"]
     assert bsim.stats()["batches_created"] == before
+
+
+def test_two_submits_of_one_shard_at_once_create_one_batch(bsim, wd):
+    import threading
+
+    from curator_flows import LeaseHeldError
+
+    llm = make_llm(Numbered, "openai", bsim)
+    run = steps.prepare(llm, [{"n": i} for i in range(30)], wd)
+    outcomes: list[object] = []
+    barrier = threading.Barrier(2)
+
+    def submit() -> None:
+        barrier.wait()
+        try:
+            outcomes.append(steps.submit(run, "00000", llm=llm)["state"])
+        except LeaseHeldError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=submit) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert bsim.stats()["batches_created"] == 1
+    assert "submitted" in outcomes
+    # the other one either saw the lease (retryable) or, coming second, the recorded batch
+    other = [o for o in outcomes if o != "submitted"]
+    assert all(isinstance(o, LeaseHeldError) and o.retryable for o in other)
