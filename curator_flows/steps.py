@@ -93,8 +93,8 @@ def run_online(
     parallel_shards: int = 1,
 ) -> ShardResult:
     """Send the pending requests of ``shard`` (a name, a list, or ``None`` for all) and append
-    their responses; return what this call did. ``parallel_shards``: how many such calls run at
-    once (each takes that share of the provider's limits and concurrency)."""
+    their responses; return what this call did. ``parallel_shards``: how many shards run at
+    the same time against the same provider; this step takes that share of every limit."""
     from .online import run_online as _run_online
 
     return _run_online(
