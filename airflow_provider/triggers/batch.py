@@ -22,7 +22,10 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from curator_flows import steps
+
 from ..batch_watch import BatchWatch
+from ..hooks.curator import CuratorHook
 
 #: seconds ``on_kill`` / a deadline cancel may take before the trigger gives up on it
 CANCEL_TIMEOUT = 60.0
@@ -84,14 +87,10 @@ class CuratorBatchTrigger(BaseTrigger):
             },
         )
 
-    def _hook(self):
-        from ..hooks.curator import CuratorHook
-
+    def _hook(self) -> CuratorHook:
         return CuratorHook(self.conn_id, simulator_fallback=self.simulator_fallback)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from curator_flows import steps
-
         watch = BatchWatch(
             self.run_uri, self.shards, timeout=self.timeout, max_poll_errors=self.max_poll_errors
         )
@@ -104,9 +103,7 @@ class CuratorBatchTrigger(BaseTrigger):
         while True:
             for shard in watch.pending():
                 try:
-                    state = await asyncio.to_thread(
-                        steps.poll, self.run_uri, shard, credentials=credentials
-                    )
+                    state = await self._poll(shard, credentials)
                 except Exception as exc:  # noqa: BLE001 - counted; the watch decides
                     self.log.warning("polling shard %s failed: %s", shard, exc)
                     watch.poll_failed(shard, exc)
@@ -129,10 +126,12 @@ class CuratorBatchTrigger(BaseTrigger):
                 return
             await asyncio.sleep(watch.sleep_seconds(self.poll_interval))
 
+    async def _poll(self, shard: str, credentials: Any) -> dict[str, Any]:
+        """One ``steps.poll`` (a status request and small reads), in a thread."""
+        return await asyncio.to_thread(steps.poll, self.run_uri, shard, credentials=credentials)
+
     async def _cancel(self, credentials: Any = None) -> bool:
         """Cancel every live batch of the run (in a thread, bounded); ``True`` when it worked."""
-        from curator_flows import steps
-
         try:
             if credentials is None:
                 credentials = await self._hook().acredentials()

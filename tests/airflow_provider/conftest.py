@@ -95,3 +95,24 @@ def curator_conn(fsim, monkeypatch):
     """The ``curator_test`` connection (an environment-variable connection) to ``fsim``."""
     monkeypatch.setenv("AIRFLOW_CONN_CURATOR_TEST", connection_json(fsim))
     return "curator_test"
+
+
+@pytest.fixture
+def batch_run(fsim, curator_conn, tmp_path):
+    """``batch_run(rows=10, batch_size=4, submit=True)``: a prepared batch run of ``FactWriter``
+    on ``fsim`` (its batches created when ``submit``); returns ``(run, llm, credentials)``."""
+    from airflow_llms import FactWriter
+
+    from curator_flows import Credentials, steps
+
+    credentials = Credentials(api_key=TEST_KEY, base_url=fsim.base_url)
+
+    def make(rows: int = 10, batch_size: int = 4, submit: bool = True):
+        llm = FactWriter("gpt-4o-mini", batch=True, backend_params={"batch_size": batch_size})
+        run = steps.prepare(llm, [{"n": i} for i in range(rows)], str(tmp_path / "wd"))
+        if submit:
+            for shard in run["shards"]:
+                steps.submit(run, shard, credentials=credentials)
+        return run, llm, credentials
+
+    return make
