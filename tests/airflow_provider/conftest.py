@@ -11,9 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -34,6 +38,8 @@ AIRFLOW_ENV = {
     "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(HOME / "logs"),
     "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
     "AIRFLOW__OPENLINEAGE__DISABLED": "True",
+    # shared by this process (the executor signs task tokens) and the API server it starts
+    "AIRFLOW__API_AUTH__JWT_SECRET": "curator-flows-tests-only-" + "x" * 48,
 }
 os.environ.update(AIRFLOW_ENV)
 for name in [n for n in os.environ if n.startswith("AIRFLOW_CONN_")]:
@@ -116,3 +122,79 @@ def batch_run(fsim, curator_conn, tmp_path):
         return run, llm, credentials
 
     return make
+
+
+@pytest.fixture(scope="session")
+def api_server(airflow_home):
+    """``airflow api-server`` on a free port (for ``dag.test(use_executor=True)``: the
+    LocalExecutor's tasks talk to Airflow through its execution API); its URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(HOME / "api-server.log", "w")  # noqa: SIM115 - closed at teardown
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "airflow"), "api-server", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=2):
+                break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                os.killpg(server.pid, signal.SIGKILL)
+                raise RuntimeError(
+                    f"the api-server did not start: {(HOME / 'api-server.log').read_text()}"
+                )
+            time.sleep(0.25)
+    yield url
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+    log.close()
+
+
+@pytest.fixture
+def local_executor(api_server, monkeypatch):
+    """``dag.test(use_executor=True)`` runs tasks in parallel LocalExecutor processes."""
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
+    monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "4")
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"{api_server}/execution/")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SUPPORT), str(REPO)]))
+    return api_server
+
+
+@pytest.fixture
+def db_connection():
+    """``db_connection(conn_id, sim)``: a ``curator`` connection in the metadata database (what
+    an API server serves to LocalExecutor tasks), removed afterwards."""
+    from airflow.models import Connection
+    from airflow.utils.session import create_session
+
+    made = []
+
+    def add(conn_id: str, sim, key: str = TEST_KEY) -> str:
+        with create_session() as session:
+            session.query(Connection).filter(Connection.conn_id == conn_id).delete()
+            session.add(
+                Connection(
+                    conn_id=conn_id,
+                    conn_type="curator",
+                    host=sim.base_url,
+                    password=key,
+                    extra=json.dumps({"provider": "openai"}),
+                )
+            )
+        made.append(conn_id)
+        return conn_id
+
+    yield add
+    with create_session() as session:
+        session.query(Connection).filter(Connection.conn_id.in_(made)).delete()

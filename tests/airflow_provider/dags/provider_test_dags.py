@@ -9,8 +9,8 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import dag, get_current_context
-
 from airflow_llms import FactWriter, Numbered
+
 from airflow_provider import (
     CuratorFinalizeOperator,
     CuratorOnlineShardOperator,
@@ -93,10 +93,10 @@ online_dag = online()
     schedule=None,
     start_date=START,
     catchup=False,
-    params={**PARAMS, "rows": 400},
+    params={**PARAMS, "rows": 240},
 )
 def online_shards() -> None:
-    llm = Numbered("gpt-4o-mini", backend_params={"shard_size": 100, "progress": "log"})
+    llm = Numbered("gpt-4o-mini", backend_params={"shard_size": 60, "progress": "log"})
     prepare = CuratorPrepareOperator(
         task_id="prepare",
         llm=llm,

@@ -9,6 +9,7 @@ import json
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 from airflow_llms import FactWriter
+from conftest import TEST_KEY
 
 from airflow_provider import (
     CuratorBatchCancelled,
@@ -21,7 +22,6 @@ from airflow_provider import (
 )
 from airflow_provider.batch_watch import BatchWatch
 from curator_flows.errors import EndpointUnreachableError
-from conftest import TEST_KEY
 
 
 def operator(tmp_path, rows: int = 10, **options) -> CuratorOperator:
