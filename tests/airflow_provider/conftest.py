@@ -148,9 +148,8 @@ def api_server(airflow_home):
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
                 os.killpg(server.pid, signal.SIGKILL)
-                raise RuntimeError(
-                    f"the api-server did not start: {(HOME / 'api-server.log').read_text()}"
-                )
+                log_text = (HOME / "api-server.log").read_text()
+                raise RuntimeError(f"the api-server did not start: {log_text}") from None
             time.sleep(0.25)
     yield url
     os.killpg(server.pid, signal.SIGTERM)
