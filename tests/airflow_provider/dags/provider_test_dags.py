@@ -8,14 +8,17 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import dag, get_current_context
+from airflow.sdk import Asset, dag, get_current_context
 from airflow_llms import FactWriter, Numbered
 
 from airflow_provider import (
+    CuratorBatchSensor,
+    CuratorCollectOperator,
     CuratorFinalizeOperator,
     CuratorOnlineShardOperator,
     CuratorOperator,
     CuratorPrepareOperator,
+    CuratorSubmitBatchOperator,
 )
 
 START = pendulum.datetime(2025, 1, 1, tz="UTC")
@@ -81,6 +84,7 @@ def online() -> None:
         dataset=numbered_rows,
         working_dir="{{ params.working_dir }}",
         run_key="{{ params.run_key }}",
+        output_asset=Asset("curator://test/numbers"),
         conn_id=CONN,
     )
 
@@ -112,3 +116,39 @@ def online_shards() -> None:
 
 
 online_shards_dag = online_shards()
+
+
+@dag(
+    dag_id="curator_test_batch_steps",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    params={**PARAMS, "rows": 7},
+)
+def batch_steps() -> None:
+    llm = FactWriter("gpt-4o-mini", batch=True, backend_params={"batch_size": 4})
+    prepare = CuratorPrepareOperator(
+        task_id="prepare",
+        llm=llm,
+        dataset=numbered_rows,
+        working_dir="{{ params.working_dir }}",
+        run_key="{{ params.run_key }}",
+        conn_id=CONN,
+    )
+    run = prepare.output["run"]
+    submit = CuratorSubmitBatchOperator.partial(task_id="submit", run=run, conn_id=CONN)
+    wait = CuratorBatchSensor.partial(
+        task_id="wait", run=run, deferrable=True, poke_interval=0.2, conn_id=CONN
+    )
+    collect = CuratorCollectOperator.partial(
+        task_id="collect", run=run, poll_interval=0.2, conn_id=CONN
+    )
+    (
+        submit.expand(shard=prepare.output)
+        >> wait.expand(shard=prepare.output)
+        >> collect.expand(shard=prepare.output)
+        >> CuratorFinalizeOperator(task_id="finalize", run=run, llm=llm, conn_id=CONN)
+    )
+
+
+batch_steps_dag = batch_steps()

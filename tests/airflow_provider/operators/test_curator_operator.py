@@ -93,3 +93,19 @@ def test_a_permanent_error_is_not_retried(fsim, curator_conn, tmp_path):
     assert ti.try_number == 1  # retries=2, yet no retry: AirflowFailException
     assert fsim.stats()["status_counts"].get("401", 0) >= 1
     assert fsim.stats()["chat_completions"] == 0
+
+
+def test_online_job_emits_an_asset_event_with_rows_tokens_and_cost(fsim, curator_conn, tmp_path):
+    from airflow_runs import asset_events
+
+    dag = load_dag(DAG_FILE, "curator_test_online")
+    before = len(asset_events("curator://test/numbers"))
+    dr = run_dag(dag, working_dir=str(tmp_path), rows=7)
+    manifest = xcom(dr, "numbers")
+    assert manifest["rows"] == 7 and fsim.stats()["chat_completions"] == 7
+    events = asset_events("curator://test/numbers")
+    assert len(events) == before + 1
+    extra = events[-1]
+    assert extra["rows"] == 7 and extra["run_uri"] == manifest["run_uri"]
+    assert extra["input_tokens"] == manifest["input_tokens"] > 0
+    assert extra["cost"] == manifest["cost"] > 0
