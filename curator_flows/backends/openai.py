@@ -6,44 +6,52 @@ encoded once per run and the per-request work is one byte concatenation.
 
 from __future__ import annotations
 
-import copy
+import logging
+import re
 from typing import Any
 
 import orjson
 
 from .base import Attempt, LearnedLimits, as_int, parse_duration
 from .http import HttpBackendBase
+from .strict_schema import strict_json_schema, strict_problem
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 
 
-def strict_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a pydantic JSON schema in the form OpenAI's strict mode accepts: every object
-    closed (``additionalProperties: false``) with all properties required, no ``default``."""
-    schema = copy.deepcopy(schema)
-
-    def visit(node: Any) -> None:
-        if isinstance(node, dict):
-            node.pop("default", None)
-            if node.get("type") == "object" and "properties" in node:
-                node["additionalProperties"] = False
-                node["required"] = list(node["properties"])
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for value in node:
-                visit(value)
-
-    visit(schema)
-    return schema
-
-
 def response_format_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "json_schema",
-        "json_schema": {"name": name[:64], "schema": strict_json_schema(schema), "strict": True},
-    }
+    """The ``response_format`` of a pydantic schema: strict when it qualifies (see
+    :mod:`.strict_schema`), else the schema as pydantic wrote it, non-strict (logged once per
+    schema and process)."""
+    name = _SCHEMA_NAME.sub("_", name)[:64] or "response"
+    converted = strict_json_schema(schema)
+    problem = strict_problem(converted)
+    if problem is None:
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": converted, "strict": True}}
+    _log_non_strict(name, problem)
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": False}}
+
+
+_SCHEMA_NAME = re.compile(r"[^A-Za-z0-9_-]")
+_logged_non_strict: set[tuple[str, str]] = set()
+
+
+def _log_non_strict(name: str, problem: str) -> None:
+    key = (name, problem)
+    if key in _logged_non_strict:
+        return
+    _logged_non_strict.add(key)
+    log.warning(
+        "response_format %s is sent to OpenAI as a non-strict JSON schema: strict mode cannot "
+        "express it (%s). The provider then does not enforce the schema; every response is still "
+        "validated against %s and retried when it does not match",
+        name,
+        problem,
+        name,
+    )
 
 
 def request_template(
