@@ -1,7 +1,9 @@
 """OpenAI chat completions (and any OpenAI-compatible ``base_url``).
 
 Invariant: the request body is ``{<constant template>, "messages": [...]}``; the constant part is
-encoded once per run and the per-request work is one byte concatenation.
+encoded once per run and the per-request work is one byte concatenation. A row with its own
+generation params is the one exception: its body is the template updated with them, encoded
+whole.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ def response_format_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     converted = strict_json_schema(schema)
     problem = strict_problem(converted)
     if problem is None:
-        return {"type": "json_schema", "json_schema": {"name": name, "schema": converted, "strict": True}}
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": name, "schema": converted, "strict": True},
+        }
     _log_non_strict(name, problem)
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": False}}
 
@@ -70,8 +75,16 @@ def request_template(
     return template
 
 
+def request_body(
+    template: dict[str, Any], messages: list[dict[str, Any]], params: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The body of one request whose row overrides the run's generation params."""
+    return {**template, **(params or {}), "messages": messages}
+
+
 def parse_chat_completion(data: Any) -> Attempt:
-    """An OpenAI ``chat.completion`` object → ``ok`` attempt, or ``retryable`` if malformed."""
+    """An OpenAI ``chat.completion`` object → ``ok`` attempt (``raw`` is the whole object; a
+    tool-call answer has empty content), or ``retryable`` if malformed."""
     try:
         choice = data["choices"][0]
         message = choice["message"]
@@ -85,6 +98,7 @@ def parse_chat_completion(data: Any) -> Attempt:
             finish_reason=choice.get("finish_reason"),
             input_tokens=int(usage.get("prompt_tokens") or 0),
             output_tokens=int(usage.get("completion_tokens") or 0),
+            raw=data,
         )
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
         return Attempt("retryable", error=f"malformed response: {type(exc).__name__}: {exc}")
@@ -118,10 +132,17 @@ class OpenAIChatBackend(HttpBackendBase):
         base = (base_url or DEFAULT_BASE_URL).rstrip("/")
         headers = {"authorization": f"Bearer {api_key or 'none'}"}
         super().__init__(f"{base}/chat/completions", headers, request_timeout, pool_size)
+        self.template = template
         self.prefix = orjson.dumps(template)[:-1] + b',"messages":'
 
-    async def complete(self, messages: list[dict[str, Any]]) -> Attempt:
-        result = await self.post(self.prefix + orjson.dumps(messages) + b"}")
+    async def complete(
+        self, messages: list[dict[str, Any]], params: dict[str, Any] | None = None
+    ) -> Attempt:
+        if params:
+            body = orjson.dumps(request_body(self.template, messages, params))
+        else:
+            body = self.prefix + orjson.dumps(messages) + b"}"
+        result = await self.post(body)
         if isinstance(result, Attempt):
             return result
         status, headers, raw = result

@@ -118,7 +118,9 @@ def _thinking_block(body: dict[str, Any], digest: bytes) -> dict[str, Any] | Non
         return None
     budget = thinking.get("budget_tokens")
     if not isinstance(budget, int) or budget < 1024:
-        raise InvalidRequest("thinking.budget_tokens: Input should be greater than or equal to 1024")
+        raise InvalidRequest(
+            "thinking.budget_tokens: Input should be greater than or equal to 1024"
+        )
     text = gen.generate_text(digest[::-1], 8, 24)
     return {"type": "thinking", "thinking": text, "signature": "sig_" + digest[:16].hex()}
 

@@ -34,8 +34,8 @@ from .prompts import count_prompt_tokens, estimate_tokens, prompt_key
 from .ratelimit import RateLimited, go_duration, openai_headers, retry_after_headers
 from .responses import JSON, InvalidRequest, json_response, openai_error_body
 from .state import SimState
-from .strict import check_strict_request
 from .streaming import stream_chat_completion
+from .strict import check_strict_request
 
 MODELS = (
     "gpt-4o-mini",

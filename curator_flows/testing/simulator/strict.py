@@ -80,8 +80,8 @@ def _check(node: Any, path: tuple[str, ...]) -> str | None:
     is_object = types == "object" or (isinstance(types, list) and "object" in types)
     if is_object or "properties" in node:
         if node.get("additionalProperties") is not False:
-            return (
-                _context(path) + "'additionalProperties' is required to be supplied and to be false."
+            return _context(path) + (
+                "'additionalProperties' is required to be supplied and to be false."
             )
         properties = node.get("properties") or {}
         required = node.get("required")
