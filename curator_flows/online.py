@@ -381,6 +381,8 @@ class OnlineRunner:
             learned = self.backend.learn(attempt.headers)
             if learned is not None:
                 self.limiter.observe(learned)
+                if self.warm and self.allowed < self.concurrency and not self.limiter.unlimited:
+                    self.allowed = self.concurrency  # limits known now: the pacer holds them
         if not self.warm and (attempt.kind != "retryable" or attempt.headers is not None):
             self.warm_up()
 
