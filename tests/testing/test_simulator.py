@@ -238,6 +238,22 @@ def test_json_object_mode(sim):
     assert isinstance(json.loads(body["choices"][0]["message"]["content"]), dict)
 
 
+def test_system_prompts_are_counted(sim):
+    system = {"role": "system", "content": "You are terse."}
+    user = {"role": "user", "content": "counted system"}
+    for _ in range(2):
+        status, _, _ = call(
+            "POST",
+            sim.base_url + "/chat/completions",
+            {"model": "gpt-4o-mini", "messages": [system, user]},
+        )
+        assert status == 200
+    status, _, _ = message(sim, "anthropic system", system="Be brief.")
+    assert status == 200
+    chat_json(sim, "no system here")
+    assert sim.stats()["by_system"] == {"You are terse.": 2, "Be brief.": 1}
+
+
 def test_forced_tool_call(sim):
     tools = [
         {

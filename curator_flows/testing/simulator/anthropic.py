@@ -26,7 +26,7 @@ from aiohttp import web
 from . import content as gen
 from .config import SimulatorConfig
 from .faults import decide
-from .prompts import count_prompt_tokens, estimate_tokens, prompt_key
+from .prompts import count_prompt_tokens, estimate_tokens, prompt_key, system_text
 from .ratelimit import RateLimited, anthropic_headers, retry_after_headers
 from .responses import JSON, InvalidRequest, anthropic_error_body, json_response
 from .state import SimState
@@ -43,6 +43,7 @@ class MessagesRequest:
     max_tokens: int
     input_tokens: int
     key: str
+    system: str | None = None
 
 
 def parse_messages_request(body: Any) -> MessagesRequest:
@@ -73,6 +74,7 @@ def parse_messages_request(body: Any) -> MessagesRequest:
         max_tokens=max_tokens,
         input_tokens=count_prompt_tokens(messages, system),
         key=prompt_key(messages),
+        system=system_text(messages, system),
     )
 
 
@@ -322,7 +324,7 @@ class AnthropicMessagesAPI:
                     headers,
                 )
 
-        attempt = stats.admit("messages", req.key)
+        attempt = stats.admit("messages", req.key, req.system)
         fault = decide(req.key, attempt, config.faults, config.seed)
         if config.latency or config.latency_jitter:
             await state.delay(config)

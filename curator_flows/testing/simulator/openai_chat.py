@@ -30,7 +30,7 @@ from aiohttp import web
 from . import content as gen
 from .config import SimulatorConfig
 from .faults import decide
-from .prompts import count_prompt_tokens, estimate_tokens, prompt_key
+from .prompts import count_prompt_tokens, estimate_tokens, prompt_key, system_text
 from .ratelimit import RateLimited, go_duration, openai_headers, retry_after_headers
 from .responses import JSON, InvalidRequest, json_response, openai_error_body
 from .state import SimState
@@ -59,6 +59,7 @@ class ChatRequest:
     n: int
     prompt_tokens: int
     key: str
+    system: str | None = None
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
@@ -103,6 +104,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
         n=n,
         prompt_tokens=count_prompt_tokens(messages),
         key=prompt_key(messages),
+        system=system_text(messages),
     )
 
 
@@ -401,7 +403,7 @@ class OpenAIChatAPI:
             headers = openai_headers(limits)
         headers["x-request-id"] = request_id
 
-        attempt = stats.admit("chat_completions", req.key)
+        attempt = stats.admit("chat_completions", req.key, req.system)
         fault = decide(req.key, attempt, config.faults, config.seed)
         if config.latency or config.latency_jitter:
             await state.delay(config)
