@@ -156,6 +156,8 @@ class _OfflineRunner:
         self.prices = prices
         self.progress = progress
         self.acceptance = Acceptance(llm)
+        self.model_name = llm.model_name
+        self.keep_completions = bool(llm.return_completions_object)
         self.max_retries = params.max_retries
         self.batch_size = params.batch_size
         capacity = getattr(generator, "capacity", None) or 0
@@ -297,8 +299,17 @@ class _OfflineRunner:
                 self.retries.append(item)
                 return None
             return self._failure(item, f"{problem} (after {item.attempts} attempts)")
+        extra = None
+        if self.keep_completions:
+            extra = {"completion": chat_completion(self.model_name, item.id, out)}
         record = item.success_line(
-            out["content"], out["finish_reason"], (used_in, used_out), cost, latency, item.attempts
+            out["content"],
+            out["finish_reason"],
+            (used_in, used_out),
+            cost,
+            latency,
+            item.attempts,
+            extra,
         )
         self.counts["succeeded"] += 1
         self.progress.counters.done += 1
@@ -317,6 +328,29 @@ class _OfflineRunner:
                 appender = self.appenders[shard] = self.store.appender(f"responses/{shard}")
             appender.append_many(records)
             appender.flush()
+
+
+def chat_completion(model: str, request_id: str, out: dict[str, Any]) -> dict[str, Any]:
+    """A vLLM output as the chat completion vLLM's OpenAI-compatible server would answer (for
+    ``return_completions_object``)."""
+    usage = out["usage"]
+    return {
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion",
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": out["content"]},
+                "finish_reason": out["finish_reason"],
+            }
+        ],
+        "usage": {
+            "prompt_tokens": usage["prompt_tokens"],
+            "completion_tokens": usage["completion_tokens"],
+            "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"],
+        },
+    }
 
 
 def run_offline(
