@@ -22,7 +22,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -30,7 +29,9 @@ import orjson
 from .credentials import Credentials
 from .errors import InputError, PromptError
 from .fingerprint import RequestIds, digest
+from .inputs import iter_rows
 from .results import PrepareResult, make
+from .rowcodec import encode_row
 from .store import MANIFEST, RunStore, default_working_dir, join_uri, shard_name
 
 if TYPE_CHECKING:
@@ -38,50 +39,6 @@ if TYPE_CHECKING:
 
 MANIFEST_VERSION = 2
 _BATCH_LINE_OVERHEAD = 160  # custom_id, method, url and JSON punctuation of one batch line
-
-
-def iter_rows(dataset: Any) -> Iterator[dict[str, Any]]:
-    """Rows of any supported input: ``None`` (one empty row), a string, a list of strings, a
-    ``datasets.Dataset``, or any iterable of dicts or pydantic models."""
-    if dataset is None:
-        yield {}
-        return
-    if isinstance(dataset, str):
-        yield {"prompt": dataset}
-        return
-    if isinstance(dataset, dict):
-        raise InputError(
-            "dataset must be an iterable of rows, not a single dict: wrap it in a list"
-        )
-    if not isinstance(dataset, Iterable):
-        raise InputError(f"dataset must be iterable, got {type(dataset).__name__}")
-    for index, row in enumerate(dataset):
-        if isinstance(row, dict):
-            yield row
-        elif isinstance(row, str):
-            yield {"prompt": row}
-        elif hasattr(row, "model_dump"):
-            yield row.model_dump(mode="json")
-        else:
-            raise InputError(
-                f"row {index}: expected a dict, a string or a pydantic model, "
-                f"got {type(row).__name__}"
-            )
-
-
-def _encode_row(index: int, row: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
-    except TypeError:
-        for column, value in row.items():
-            try:
-                orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
-            except TypeError:
-                raise InputError(
-                    f"row {index}, column {column!r}: a value of type {type(value).__name__} is not"
-                    " JSON-serialisable; convert it (for example to str) before calling the LLM"
-                ) from None
-        raise
 
 
 def to_messages(index: int, value: Any) -> list[dict[str, Any]]:
@@ -128,10 +85,9 @@ class _Renderer:
         self.takes_input = bool(inspect.signature(llm.prompt).parameters)
         self.ids = RequestIds(family)
 
-    def request(self, index: int, row: dict[str, Any]) -> tuple[bytes, str, int]:
+    def request(self, index: int, row: Any) -> tuple[bytes, str, int]:
         """``(request line, request id, messages bytes)`` of row ``index``."""
-        row_json = _encode_row(index, row)
-        row = orjson.loads(row_json)  # prompt() and parse() see the same stored row
+        row_json, row = encode_row(index, row)  # prompt() and parse() see the same stored row
         llm = self.llm
         try:
             value = llm.prompt(row) if self.takes_input else llm.prompt()
@@ -143,9 +99,7 @@ class _Renderer:
         try:
             messages_json = orjson.dumps(messages)
         except TypeError as exc:
-            raise PromptError(
-                f"prompt() on row {index} returned messages that cannot be encoded as JSON: {exc}"
-            ) from None
+            raise PromptError(_unencodable_messages(index, messages, exc)) from None
         request_id = self.ids.next_id(messages_json)
         line = b"".join(
             (
@@ -163,24 +117,44 @@ class _Renderer:
         return line, request_id, len(messages_json)
 
 
+def _unencodable_messages(index: int, messages: list[dict[str, Any]], exc: TypeError) -> str:
+    """What in ``prompt()``'s messages for row ``index`` cannot be sent as JSON, and why."""
+    where = ""
+    for position, message in enumerate(messages):
+        for key, value in message.items():
+            try:
+                orjson.dumps({key: value})
+            except TypeError:
+                where = f" (message {position}, {key!r})"
+                break
+        if where:
+            break
+    if "surrogates" in str(exc):
+        return (
+            f"prompt() on row {index} returned text that is not valid Unicode{where}: it holds "
+            "a lone surrogate (half of a UTF-16 pair, often from bad decoding); clean it, e.g. "
+            "text.encode('utf-8', 'replace').decode('utf-8')"
+        )
+    return f"prompt() on row {index} returned messages that cannot be encoded as JSON{where}: {exc}"
+
+
 def _render_shards(
-    llm: LLM, dataset: Any, family: str, spool_dir: str
-) -> tuple[list[dict[str, Any]], dict[str, str], str, int]:
-    """Render every row into ``spool_dir/<shard>.jsonl``; return ``(shards, id → shard,
-    content fingerprint, rows)``."""
+    llm: LLM, dataset: Any, family: str, spool_dir: str, storage_options: dict[str, Any]
+) -> tuple[list[dict[str, Any]], str, int]:
+    """Render every row into ``spool_dir/<shard>.jsonl``; return ``(shards, content
+    fingerprint, rows)``."""
     max_requests, max_bytes = shard_limits(llm)
     overhead = _line_overhead(llm)
     renderer = _Renderer(llm, family)
     hasher = hashlib.blake2b(digest_size=16)
     shards: list[dict[str, Any]] = []
-    owner: dict[str, str] = {}
     current: dict[str, Any] | None = None
     handle = None
     rows = 0
     try:
-        for index, row in enumerate(iter_rows(dataset)):
+        for index, row in enumerate(iter_rows(dataset, storage_options)):
             rows += 1
-            line, request_id, messages_size = renderer.request(index, row)
+            line, _, messages_size = renderer.request(index, row)
             size = messages_size + overhead
             if (
                 current is None
@@ -196,11 +170,10 @@ def _render_shards(
             hasher.update(line)
             current["requests"] += 1
             current["bytes"] += size
-            owner[request_id] = current["name"]
     finally:
         if handle is not None:
             handle.close()
-    return shards, owner, hasher.hexdigest(), rows
+    return shards, hasher.hexdigest(), rows
 
 
 def _line_overhead(llm: LLM) -> int:
@@ -215,27 +188,50 @@ def _line_overhead(llm: LLM) -> int:
     )
 
 
+def sibling_runs(working_dir: str, family: str, storage_options: dict[str, Any]) -> list[str]:
+    """Ids of the prepared runs under ``working_dir`` of the same request family."""
+    root = RunStore(working_dir, storage_options)
+    return [p.split("/", 1)[0] for p in root.glob(f"{family[:12]}-*/{MANIFEST}")]
+
+
+def _spooled_ids(spool_dir: str, shards: list[dict[str, Any]]) -> dict[bytes, str]:
+    """Request id (16 bytes) → shard, read back from the spooled request lines (which start
+    with ``{"id":"<32 hex digits>"``): built only when a sibling run may hold responses."""
+    owner: dict[bytes, str] = {}
+    for shard in shards:
+        name = shard["name"]
+        with open(os.path.join(spool_dir, f"{name}.jsonl"), "rb", 1 << 20) as handle:
+            for line in handle:
+                owner[bytes.fromhex(line[7:39].decode())] = name
+    return owner
+
+
 def reuse_sibling_responses(
-    store: RunStore, working_dir: str, run_id: str, owner: dict[str, str]
+    store: RunStore,
+    working_dir: str,
+    siblings: list[str],
+    owner: dict[bytes, str],
 ) -> int:
     """Copy successful responses of earlier runs of the same request family (same model, params
-    and schema) for this run's request ids: an edit of k rows then sends k requests."""
-    family = run_id.split("-", 1)[0]
-    root = RunStore(working_dir, store.storage_options)
-    siblings = [p.split("/", 1)[0] for p in root.glob(f"{family}-*/{MANIFEST}")]
-    wanted = dict(owner)
+    and schema) for this run's request ids (``owner``: id → shard, consumed): an edit of k rows
+    then sends k requests."""
     reused = 0
     appenders: dict[str, Any] = {}
     try:
         for sibling in siblings:
-            if sibling == run_id or not wanted:
-                continue
+            if not owner:
+                break
             other = RunStore(join_uri(working_dir, sibling), store.storage_options)
             for record in other.iter_records("responses/*.jsonl"):
-                shard = wanted.get(record.get("id"))
-                if shard is None or "content" not in record:
+                if "content" not in record:
                     continue
-                del wanted[record["id"]]
+                try:
+                    key = bytes.fromhex(record.get("id") or "")
+                except ValueError:
+                    continue
+                shard = owner.pop(key, None)
+                if shard is None:
+                    continue
                 appender = appenders.get(shard)
                 if appender is None:
                     appender = appenders[shard] = store.appender(f"responses/{shard}")
@@ -265,16 +261,19 @@ def prepare_run(
     family = llm.family_fingerprint(run_key)
     spool_dir = tempfile.mkdtemp(prefix="curator-flows-spool-")
     try:
-        shards, owner, content_fp, rows = _render_shards(llm, dataset, family, spool_dir)
+        shards, content_fp, rows = _render_shards(llm, dataset, family, spool_dir, storage_options)
         run_id = run_id_for(family, content_fp, llm.mode)
         store = RunStore(join_uri(working_dir, run_id), storage_options)
         if store.exists(MANIFEST):
             return store, store.read_json(MANIFEST), False
+        siblings = [s for s in sibling_runs(working_dir, family, storage_options) if s != run_id]
+        owner = _spooled_ids(spool_dir, shards) if siblings and shards else {}
         for shard in shards:
             store.put_local_file(
                 os.path.join(spool_dir, f"{shard['name']}.jsonl"), f"requests/{shard['name']}.jsonl"
             )
-        reused = reuse_sibling_responses(store, working_dir, run_id, owner) if owner else 0
+        reused = reuse_sibling_responses(store, working_dir, siblings, owner) if owner else 0
+        del owner
     finally:
         shutil.rmtree(spool_dir, ignore_errors=True)
     now = time.time()
