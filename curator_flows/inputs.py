@@ -111,7 +111,8 @@ def iter_rows(dataset: Any, storage_options: dict[str, Any] | None = None) -> It
             f"{type(dataset).__name__}"
         )
     for index, row in enumerate(dataset):
-        yield as_row(index, row)
+        kind = type(row)
+        yield row if kind is dict or kind is str else as_row(index, row)
 
 
 def as_row(index: int, row: Any) -> Any:

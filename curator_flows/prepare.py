@@ -31,6 +31,7 @@ from .errors import InputError, PromptError
 from .fingerprint import RequestIds, digest
 from .inputs import iter_rows
 from .results import PrepareResult, make
+from .reuse import SpooledIds, reuse_sibling_responses, sibling_runs
 from .rowcodec import encode_row
 from .store import MANIFEST, RunStore, default_working_dir, join_uri, shard_name
 
@@ -188,61 +189,6 @@ def _line_overhead(llm: LLM) -> int:
     )
 
 
-def sibling_runs(working_dir: str, family: str, storage_options: dict[str, Any]) -> list[str]:
-    """Ids of the prepared runs under ``working_dir`` of the same request family."""
-    root = RunStore(working_dir, storage_options)
-    return [p.split("/", 1)[0] for p in root.glob(f"{family[:12]}-*/{MANIFEST}")]
-
-
-def _spooled_ids(spool_dir: str, shards: list[dict[str, Any]]) -> dict[bytes, str]:
-    """Request id (16 bytes) → shard, read back from the spooled request lines (which start
-    with ``{"id":"<32 hex digits>"``): built only when a sibling run may hold responses."""
-    owner: dict[bytes, str] = {}
-    for shard in shards:
-        name = shard["name"]
-        with open(os.path.join(spool_dir, f"{name}.jsonl"), "rb", 1 << 20) as handle:
-            for line in handle:
-                owner[bytes.fromhex(line[7:39].decode())] = name
-    return owner
-
-
-def reuse_sibling_responses(
-    store: RunStore,
-    working_dir: str,
-    siblings: list[str],
-    owner: dict[bytes, str],
-) -> int:
-    """Copy successful responses of earlier runs of the same request family (same model, params
-    and schema) for this run's request ids (``owner``: id → shard, consumed): an edit of k rows
-    then sends k requests."""
-    reused = 0
-    appenders: dict[str, Any] = {}
-    try:
-        for sibling in siblings:
-            if not owner:
-                break
-            other = RunStore(join_uri(working_dir, sibling), store.storage_options)
-            for record in other.iter_records("responses/*.jsonl"):
-                if "content" not in record:
-                    continue
-                try:
-                    key = bytes.fromhex(record.get("id") or "")
-                except ValueError:
-                    continue
-                shard = owner.pop(key, None)
-                if shard is None:
-                    continue
-                appender = appenders.get(shard)
-                if appender is None:
-                    appender = appenders[shard] = store.appender(f"responses/{shard}")
-                appender.append({**record, "reused_from": sibling})
-                reused += 1
-    finally:
-        for appender in appenders.values():
-            appender.close()
-    return reused
-
-
 def prepare_run(
     llm: LLM,
     dataset: Any,
@@ -267,13 +213,13 @@ def prepare_run(
         if store.exists(MANIFEST):
             return store, store.read_json(MANIFEST), False
         siblings = [s for s in sibling_runs(working_dir, family, storage_options) if s != run_id]
-        owner = _spooled_ids(spool_dir, shards) if siblings and shards else {}
+        ids = SpooledIds(spool_dir, shards) if siblings and shards else None
         for shard in shards:
             store.put_local_file(
                 os.path.join(spool_dir, f"{shard['name']}.jsonl"), f"requests/{shard['name']}.jsonl"
             )
-        reused = reuse_sibling_responses(store, working_dir, siblings, owner) if owner else 0
-        del owner
+        reused = reuse_sibling_responses(store, working_dir, siblings, ids) if ids else 0
+        del ids
     finally:
         shutil.rmtree(spool_dir, ignore_errors=True)
     now = time.time()
@@ -301,12 +247,13 @@ def prepare_run(
 
 
 def pending_count(store: RunStore, manifest: dict[str, Any]) -> int:
-    """Requests of the run without a successful response line."""
-    from .pending import count_pending, done_ids
-    from .runs import shard_sizes
+    """Requests of the run without a successful response line (one shard's ids in memory)."""
+    from .pending import success_ids
 
-    names = [s["name"] for s in manifest["shards"]]
-    return count_pending(shard_sizes(manifest), done_ids(store, names))
+    return sum(
+        max(0, shard["requests"] - len(success_ids(store, shard["name"])))
+        for shard in manifest["shards"]
+    )
 
 
 def prepare(
