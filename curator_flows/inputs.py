@@ -68,6 +68,8 @@ _FORMATS = {
 _COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".zstd", ".lz4")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _GLOB = re.compile(r"[*?\[]")
+#: a data file of a publish (``part-<publish_id>-<shard>.parquet``; see curator_flows.publish)
+_PUBLISHED_PART = re.compile(r"^part-\d{20}-[0-9a-f]{8}-[^/]+\.parquet$")
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -240,6 +242,7 @@ def iter_uri(uri: str, storage_options: dict[str, Any] | None = None) -> Iterato
         fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     except (ImportError, ValueError) as exc:
         raise InputError(f"cannot open the dataset URI {uri!r}: {exc}") from None
+    fs.invalidate_cache()  # a long-lived worker must see today's files, not a cached listing
     files = _resolve(fs, path, uri, storage_options or {})
     if isinstance(files, _Rows):
         yield from files.rows
@@ -288,10 +291,8 @@ def _resolve(fs: Any, path: str, uri: str, storage_options: dict[str, Any]) -> A
 
 def _resolve_directory(fs: Any, path: str, uri: str, storage_options: dict[str, Any]) -> Any:
     marker = f"{path}/{SUCCESS_MARKER}"
-    if fs.isfile(marker):
-        listed = _marker_files(fs, marker)
-        if listed is not None:
-            return [f"{path}/{name}" for name in listed]
+    if fs.isfile(marker) and _marker_files(fs, path) is not None:
+        return _Rows(_iter_published(fs, path, uri))
     if fs.isfile(f"{path}/{MANIFEST}"):
         return _Rows(_iter_run(uri, storage_options))
     if fs.isfile(f"{path}/dataset_dict.json"):
@@ -305,9 +306,16 @@ def _resolve_directory(fs: Any, path: str, uri: str, storage_options: dict[str, 
     if fs.isfile(f"{path}/state.json") and fs.isfile(f"{path}/dataset_info.json"):
         state = orjson.loads(fs.cat_file(f"{path}/state.json"))
         return [f"{path}/{entry['filename']}" for entry in state.get("_data_files", [])]
-    files = [
-        p for p in sorted(fs.find(path)) if _format_of(p) and not _hidden(p[len(path) :].strip("/"))
-    ]
+    found = sorted(fs.find(path))
+    names = [p[len(path) :].strip("/") for p in found]
+    if any(_PUBLISHED_PART.match(name) for name in names):
+        raise InputError(
+            f"nothing is published at {uri} yet: it holds parts of a publish but no "
+            f"{SUCCESS_MARKER} marker (a publish in progress, or one that crashed); finalize "
+            "the run with output_uri= to publish it",
+            retryable=True,
+        )
+    files = [p for p, name in zip(found, names, strict=True) if _format_of(p) and not _hidden(name)]
     if not files:
         raise InputError(
             f"no data files (.parquet, .jsonl, .arrow, .feather) under {uri}, and it is neither "
@@ -320,20 +328,51 @@ def _hidden(relative: str) -> bool:
     return any(part.startswith(("_", ".")) for part in relative.split("/"))
 
 
-def _marker_files(fs: Any, marker: str) -> list[str] | None:
-    """The files a published output's ``_SUCCESS`` marker lists, or ``None`` when the marker is
-    not ours (an empty marker, as Spark and Hadoop write)."""
-    raw = fs.cat_file(marker)
-    if not raw.strip():
+def _marker_files(fs: Any, path: str) -> list[str] | None:
+    """The files (relative to ``path``) that the published output's ``_SUCCESS`` marker lists,
+    in row order, or ``None`` when the marker is not ours (an empty one, as Spark writes)."""
+    try:
+        raw = fs.cat_file(f"{path}/{SUCCESS_MARKER}")
+    except FileNotFoundError:
         return None
     try:
-        content = orjson.loads(raw)
+        content = orjson.loads(raw) if raw.strip() else None
     except orjson.JSONDecodeError:
         return None
     files = content.get("files") if isinstance(content, dict) else None
-    if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
+    if not isinstance(files, list):
         return None
-    return files
+    names = [entry.get("path") if isinstance(entry, dict) else entry for entry in files]
+    if not all(isinstance(name, str) and name for name in names):
+        return None
+    return names
+
+
+def _iter_published(fs: Any, path: str, uri: str) -> Iterator[Any]:
+    """Exactly the files the marker lists. A listed file that is gone means a newer publish
+    replaced the output: before any row was read, the new marker is read instead; after, the
+    read fails (retryable), so rows of two publishes are never mixed."""
+    for _ in range(3):
+        names = _marker_files(fs, path)
+        if names is None:
+            raise InputError(f"the {SUCCESS_MARKER} marker at {uri} disappeared", retryable=True)
+        started = False
+        try:
+            for name in names:
+                for row in _read_file(fs, f"{path}/{name}"):
+                    started = True
+                    yield row
+            return
+        except FileNotFoundError:
+            if started:
+                raise InputError(
+                    f"the output published at {uri} was replaced by a newer publish while it was "
+                    "being read; prepare again to read the new one",
+                    retryable=True,
+                ) from None
+    raise InputError(
+        f"the output published at {uri} keeps being replaced; try again later", retryable=True
+    )
 
 
 def _iter_run(uri: str, storage_options: dict[str, Any]) -> Iterator[dict[str, Any]]:
