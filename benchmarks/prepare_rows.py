@@ -23,7 +23,12 @@ import tempfile
 from pathlib import Path
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
+
+def hwm():  # VmHWM: this process's peak RSS (ru_maxrss survives exec)
+    with open("/proc/self/status") as status:
+        return next(int(l.split()[1]) / 1024 for l in status if l.startswith("VmHWM:"))
+
 from curator_flows import LLM, steps
 
 rows, wd, edit = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
@@ -33,14 +38,14 @@ data = (
     {"prompt": f"benchmark prompt number {i}" + (" (edited)" if i == edit else "")}
     for i in range(rows)
 )
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+base = hwm()
 wall, cpu = time.perf_counter(), time.process_time()
 try:
     result = steps.prepare(llm, data, wd, rebuild_check=False)
 except TypeError:  # versions without rebuild_check
     result = steps.prepare(llm, data, wd)
 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+peak = hwm()
 print(json.dumps({"wall": wall, "cpu": cpu, "peak": peak, "base": base,
                   "requests": result["requests"], "run_uri": result["run_uri"]}))
 """

@@ -216,7 +216,47 @@ def _iter_batches(batches: Iterable[Any]) -> Iterator[dict[str, Any]]:
             yield from _iter_batches(batch.to_batches(max_chunksize=CHUNK_ROWS))
             continue
         for start in range(0, batch.num_rows, CHUNK_ROWS):
-            yield from batch.slice(start, CHUNK_ROWS).to_pylist()
+            yield from _arrow_rows(batch.slice(start, CHUNK_ROWS))
+
+
+def _arrow_rows(batch: Any) -> list[dict[str, Any]]:
+    """``batch.to_pylist()``, with second to microsecond timestamp columns converted through
+    numpy: the same values (zone and fold included), several times faster than Arrow's
+    per-value conversion."""
+    import pyarrow as pa
+
+    names = batch.schema.names
+    timestamps = [
+        i
+        for i, field in enumerate(batch.schema)
+        if pa.types.is_timestamp(field.type) and field.type.unit != "ns"
+    ]
+    if not timestamps or len(set(names)) != len(names):
+        return batch.to_pylist()
+    others = [i for i in range(batch.num_columns) if i not in timestamps]
+    rows = batch.select(others).to_pylist() if others else [{} for _ in range(batch.num_rows)]
+    for i in timestamps:
+        name = names[i]
+        for row, value in zip(rows, _timestamps(batch.column(i)), strict=True):
+            row[name] = value
+    if timestamps != list(range(len(others), len(names))):  # restore the column order
+        rows = [{name: row[name] for name in names} for row in rows]
+    return rows
+
+
+def _timestamps(column: Any) -> list[Any]:
+    import datetime
+
+    import pyarrow as pa
+
+    kind = column.type
+    naive = column.cast(pa.timestamp(kind.unit)).to_numpy(zero_copy_only=False)
+    values = naive.astype(object).tolist()
+    if kind.tz is None:
+        return values
+    zone = pa.lib.string_to_tzinfo(kind.tz)
+    utc = datetime.UTC
+    return [None if v is None else v.replace(tzinfo=utc).astimezone(zone) for v in values]
 
 
 def _iter_arrow_stream(data: Any) -> Iterator[dict[str, Any]]:
@@ -408,10 +448,11 @@ def _read_parquet(fs: Any, path: str) -> Iterator[dict[str, Any]]:
 
     with fs.open(path, "rb") as handle:
         try:
-            reader = pq.ParquetFile(handle, buffer_size=1 << 20)
+            reader = pq.ParquetFile(handle, buffer_size=1 << 16, pre_buffer=False)
         except Exception as exc:  # pyarrow raises ArrowInvalid for a file that is not Parquet
             raise InputError(f"{path}: not a readable Parquet file: {exc}") from None
-        yield from _iter_batches(reader.iter_batches(batch_size=CHUNK_ROWS))
+        batches = reader.iter_batches(batch_size=CHUNK_ROWS, use_threads=False)
+        yield from _iter_batches(batches)
 
 
 def _read_arrow(fs: Any, path: str) -> Iterator[dict[str, Any]]:

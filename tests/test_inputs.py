@@ -65,6 +65,25 @@ def test_arrow_tables_batches_readers_and_datasets():
     assert list(iter_rows(pads.dataset(table))) == expected
 
 
+def test_timestamps_come_out_as_arrow_gives_them_zone_fold_and_order_included():
+    start = datetime.datetime(2026, 10, 24, 23, tzinfo=UTC)  # 02:00-03:00 Paris happens twice
+    times = [start + datetime.timedelta(minutes=13 * i) if i % 4 else None for i in range(300)]
+    table = pa.table(
+        {
+            "paris": pa.array(times, pa.timestamp("us", tz="Europe/Paris")),
+            "text": [f"t{i}" for i in range(300)],
+            "offset": pa.array(times, pa.timestamp("ms", tz="+05:30")),
+            "naive": pa.array([t and t.replace(tzinfo=None) for t in times], pa.timestamp("s")),
+            "nanos": pa.array(times, pa.timestamp("ns", tz="UTC")),
+        }
+    )
+    rows = list(iter_rows(table))
+    expected = table.to_pylist()
+    assert [list(row) for row in rows] == [list(row) for row in expected]  # column order
+    assert [repr(row) for row in rows] == [repr(row) for row in expected]
+    assert any(row["paris"] is not None and row["paris"].fold for row in rows)
+
+
 def test_a_hugging_face_dataset_in_batches_and_a_dataset_dict_refused():
     import datasets
 
