@@ -6,8 +6,12 @@ Invariants:
   backend params, ``run_key``), the mode and the exact bytes of every request line (id, row,
   messages, input row). Any change to what is sent (a constant, a helper, an instance attribute
   read by ``prompt()``) or to the input gives a new run; nothing stale comes back;
-- rows stream through once and request shards are spooled on local disk, so any iterable (a
-  one-shot generator too) works in bounded memory;
+- rows stream through once (``curator_flows.inputs``: any dataset, a one-shot generator too)
+  and request shards are spooled on local disk; ``prompt()`` and ``parse()`` receive the row
+  decoded from its stored bytes (``curator_flows.rowcodec``), so both see the same values;
+- memory: a chunk of input rows, one request line, and 8-16 bytes per request for the ids
+  seen (``RequestIds``); reusing a sibling run's responses (only when one exists) adds 24 bytes
+  per request (``curator_flows.reuse``);
 - the manifest is written last: a run directory with a manifest is fully prepared, and a
   prepare that crashed is simply redone (shard files are replaced whole);
 - a bad row fails with an error that names the row (and column), before any request is sent;
