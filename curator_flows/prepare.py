@@ -285,6 +285,10 @@ def prepare(
         rows=manifest["rows"],
         requests=manifest["requests"],
         reused_responses=manifest.get("reused_responses", 0),
-        pending=pending_count(store, manifest),
+        # a run created just now holds only the responses copied into it (a crashed earlier
+        # prepare may have left copies of the same ids, so this never counts too few)
+        pending=manifest["requests"] - manifest["reused_responses"]
+        if created
+        else pending_count(store, manifest),
         created=created,
     )

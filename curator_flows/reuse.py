@@ -15,7 +15,6 @@ Invariants:
 
 from __future__ import annotations
 
-import bisect
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -48,36 +47,70 @@ class SpooledIds:
         self.high = ids[self.order, 0]
         self.low = ids[self.order, 1]
         del ids, halves
+        #: two of this run's ids share their first half (about 1e-8 for a million requests):
+        #: lookups then scan instead of taking the first candidate
+        self.shared_halves = bool(np.any(self.high[1:] == self.high[:-1]))
         self.taken = np.zeros(len(self.order), dtype=bool)
         self.remaining = len(self.order)
         self.names = [s["name"] for s in shards]
-        self.starts = []
-        position = 0
+        starts, position = [], 0
         for shard in shards:
-            self.starts.append(position)
+            starts.append(position)
             position += shard["requests"]
+        self.starts = np.array(starts, dtype=np.int64)
 
     def claim(self, ids: list[str]) -> list[str | None]:
-        """For each id, the shard holding it if it is this run's and not claimed yet (it is then
-        claimed), else ``None``."""
+        """For each id (32 hex digits), the shard holding it if it is this run's and not claimed
+        yet (it is then claimed), else ``None``."""
         import numpy as np
 
-        raw = bytes.fromhex("".join(ids))
+        if not self.remaining or not ids:
+            return [None] * len(ids)
+        try:
+            raw = bytes.fromhex("".join(ids))
+        except ValueError:  # some id is not hexadecimal: claim the others
+            valid = [i for i, value in enumerate(ids) if _is_request_id(value)]
+            found: list[str | None] = [None] * len(ids)
+            for i, shard in zip(valid, self.claim([ids[i] for i in valid]), strict=True):
+                found[i] = shard
+            return found
         wanted = np.frombuffer(raw, dtype="<u8").reshape(-1, 2)
-        slots = np.searchsorted(self.high, wanted[:, 0])
-        found: list[str | None] = []
-        for (high, low), slot in zip(wanted.tolist(), slots.tolist(), strict=True):
-            shard = None
-            while slot < len(self.high) and self.high[slot] == high:
-                if self.low[slot] == low and not self.taken[slot]:
-                    self.taken[slot] = True
-                    self.remaining -= 1
-                    position = int(self.order[slot])
-                    shard = self.names[bisect.bisect_right(self.starts, position) - 1]
-                    break
-                slot += 1
-            found.append(shard)
+        slots = self._slots(wanted)
+        hits = np.flatnonzero(slots >= 0)
+        hit_slots = slots[hits]
+        fresh = ~self.taken[hit_slots]
+        hits, hit_slots = hits[fresh], hit_slots[fresh]
+        _, first = np.unique(hit_slots, return_index=True)  # an id twice in one chunk: once
+        hits, hit_slots = hits[first], hit_slots[first]
+        self.taken[hit_slots] = True
+        self.remaining -= len(hits)
+        shard_of = np.searchsorted(self.starts, self.order[hit_slots], side="right") - 1
+        found = [None] * len(ids)
+        for index, shard in zip(hits.tolist(), shard_of.tolist(), strict=True):
+            found[index] = self.names[shard]
         return found
+
+    def _slots(self, wanted: Any) -> Any:
+        """The sorted position of each wanted id, ``-1`` when it is not this run's."""
+        import numpy as np
+
+        size = len(self.high)
+        slots = np.searchsorted(self.high, wanted[:, 0])
+        inside = np.minimum(slots, max(size - 1, 0))
+        if size == 0:
+            return np.full(len(wanted), -1)
+        match = (slots < size) & (self.high[inside] == wanted[:, 0])
+        exact = match & (self.low[inside] == wanted[:, 1])
+        result = np.where(exact, inside, -1)
+        if self.shared_halves:
+            for i in np.flatnonzero(match & ~exact).tolist():
+                slot, (high, low) = int(inside[i]), wanted[i].tolist()
+                while slot < size and self.high[slot] == high:
+                    if self.low[slot] == low:
+                        result[i] = slot
+                        break
+                    slot += 1
+        return result
 
 
 def reuse_sibling_responses(
@@ -113,9 +146,8 @@ def _success_chunks(run: RunStore) -> Iterator[list[dict[str, Any]]]:
     chunk: list[dict[str, Any]] = []
     for record in run.iter_records("responses/*.jsonl"):
         request_id = record.get("id")
-        if "content" not in record or not _is_request_id(request_id):
-            continue
-        chunk.append(record)
+        if "content" in record and type(request_id) is str and len(request_id) == 32:
+            chunk.append(record)  # claim() checks that it is hexadecimal
         if len(chunk) >= _CHUNK:
             yield chunk
             chunk = []
@@ -123,11 +155,8 @@ def _success_chunks(run: RunStore) -> Iterator[list[dict[str, Any]]]:
         yield chunk
 
 
-def _is_request_id(value: Any) -> bool:
-    if not isinstance(value, str) or len(value) != 32:
-        return False
+def _is_request_id(value: str) -> bool:
     try:
-        bytes.fromhex(value)
+        return len(bytes.fromhex(value)) == 16
     except ValueError:
         return False
-    return True
