@@ -139,7 +139,8 @@ class LLM:
 
     # ------------------------------------------------------------ user hooks
     def prompt(self, input: Any) -> str | list[dict[str, Any]]:
-        """Default: a string or conversation row as it is, else the row's ``prompt`` column."""
+        """Default: a string row or a conversation (a list of messages) as it is, else the
+        row's ``prompt`` column."""
         if isinstance(input, dict) and "prompt" in input:
             return input["prompt"]
         if isinstance(input, str | list):

@@ -10,8 +10,8 @@ Invariants:
   and request shards are spooled on local disk; ``prompt()`` and ``parse()`` receive the row
   decoded from its stored bytes (``curator_flows.rowcodec``), so both see the same values;
 - memory: a chunk of input rows, one request line, and 8-16 bytes per request for the ids
-  seen (``RequestIds``); reusing a sibling run's responses (only when one exists) adds 24 bytes
-  per request (``curator_flows.reuse``);
+  seen (``RequestIds``); reusing a sibling run's responses (only when one exists) adds 24 to
+  40 bytes per request in numpy arrays (``curator_flows.reuse``);
 - the manifest is written last: a run directory with a manifest is fully prepared, and a
   prepare that crashed is simply redone (shard files are replaced whole);
 - a bad row fails with an error that names the row (and column), before any request is sent;

@@ -8,9 +8,9 @@ response this run would be sent; it is copied (marked ``reused_from``) instead.
 Invariants:
 - only successful responses are copied, each id at most once, into the shard that holds it;
 - nothing is read when no sibling exists (the common first run);
-- memory is 24 bytes per request of this run (its ids as two 64-bit halves and their sort
-  order, in numpy arrays) plus one chunk of the sibling's response lines, never a Python object
-  per request; the sibling's responses are streamed.
+- memory is 24 bytes per request of this run (40 while sorting: its ids as two 64-bit halves
+  and their sort order, in numpy arrays) plus one chunk of a sibling's response lines, never a
+  Python object per request; the siblings' responses are streamed.
 """
 
 from __future__ import annotations
