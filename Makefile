@@ -46,6 +46,8 @@ bench: venv
 	$(VENV_PY) benchmarks/rate_limit.py
 	$(VENV_PY) benchmarks/cache_hit.py
 	$(VENV_PY) benchmarks/batch_pipeline.py
+	$(VENV_PY) benchmarks/prepare_rows.py
+	$(VENV_PY) benchmarks/read_parquet_input.py
 
 bench-vllm: vllm-venv
 	$(VLLM_PY) benchmarks/vllm_offline.py $(ARGS)
