@@ -26,7 +26,7 @@ from curator_flows.rebuild import import_path
 
 MASK = "**********"
 #: datasets up to this many rows are stored with the flow run (e.g. a handful of seed prompts)
-MAX_STORED_ROWS = 100
+MAX_STORED_ROWS = 20
 _SECRET_SUFFIXES = ("api_key", "apikey", "secret", "secret_key", "access_key", "password", "_token")
 
 

@@ -5,7 +5,7 @@ Invariants:
   (429 exhaustion, 5xx, timeouts, dropped connections, an unreachable endpoint, a held lease, a
   failed storage write), never for bad input, auth or budget errors; retries back off
   exponentially with jitter;
-- a cache key is ``curator-<step>-<run id>-<shard>[-r<round>]-<hash of the run URI>``: the same in
+- a cache key is ``curator-<step>-<run id>-<shard>[-c<cycle>]-<hash of the run URI>``: the same in
   every flow run of the same run, never derived from the flow-run id, the inputs' pickles or the
   credentials, so a new flow run after a crash finds what the crashed one finished.
 """
@@ -82,25 +82,26 @@ def run_id_of(run: Any) -> str:
     return run_uri(run).rstrip("/").rsplit("/", 1)[-1]
 
 
-def step_cache_key(step: str, run: Any, shard: str | None = None, round: int | None = None) -> str:
-    """The cache key of ``step`` on ``shard`` of ``run`` (see the module invariants)."""
+def step_cache_key(step: str, run: Any, shard: str | None = None, cycle: int | None = None) -> str:
+    """The cache key of ``step`` on ``shard`` of ``run`` in the flow's batch ``cycle`` (see the
+    module invariants)."""
     where = hashlib.sha256(run_uri(run).rstrip("/").encode()).hexdigest()[:12]
     parts = ["curator", step, run_id_of(run)]
     if shard is not None:
         parts.append(str(shard))
-    if round is not None:
-        parts.append(f"r{int(round)}")
+    if cycle is not None:
+        parts.append(f"c{int(cycle)}")
     parts.append(where)
     return "-".join(slug(p) for p in parts)
 
 
 def cache_key_for(step: str) -> Callable[[TaskRunContext, dict[str, Any]], str]:
-    """A Prefect ``cache_key_fn`` keyed on the task's ``run``, ``shard`` and ``round``
+    """A Prefect ``cache_key_fn`` keyed on the task's ``run``, ``shard`` and ``cycle``
     parameters and ``step``."""
 
     def key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
         return step_cache_key(
-            step, parameters["run"], parameters.get("shard"), parameters.get("round")
+            step, parameters["run"], parameters.get("shard"), parameters.get("cycle")
         )
 
     key.__name__ = f"cache_key_{step}"
