@@ -1,8 +1,8 @@
 """Prefect tasks, each a few lines around one call of :mod:`curator_flows.steps`.
 
 Invariants:
-- a task returns its step's small JSON result, persisted with Prefect's JSON serializer (never
-  pickle); rows stay in the run directory;
+- a task returns its step's small JSON result, persisted (the cached tasks) with Prefect's JSON
+  serializer, never pickle; rows stay in the run directory;
 - cache keys are the run id, the shard and the step (plus the batch cycle), never the flow-run
   id (:mod:`prefect_tasks.policy`): a new flow run after a crash gets what the crashed one
   finished and re-attaches to what it started; every step is idempotent besides, so a task
@@ -27,6 +27,7 @@ from curator_flows.errors import BatchDeadlineError, BatchStepError, IncompleteR
 from curator_flows.results import BatchShardState, FinalizeResult, PrepareResult, ShardResult
 
 from .artifacts import PROGRESS_INTERVAL, BatchProgress, ShardProgress, asset_key
+from .logs import forward_engine_logs
 from .policy import cache_key_for, retry_options, retry_transient_finalize
 from .resolve import CredentialsLike, load_block, resolve_credentials, resolve_llm
 
@@ -47,6 +48,11 @@ __all__ = [
 BATCH_DEADLINE_SECONDS = 25 * 3600.0
 
 _JSON = {"result_serializer": "json", "persist_result": True}
+#: prepare and finalize always run (both are idempotent): their results are not persisted
+#: (Prefect writes a result only under a cache key)
+_UNCACHED = {"cache_policy": NO_CACHE, "result_serializer": "json", "persist_result": False}
+
+forward_engine_logs()
 
 
 def _llm(llm: Any) -> Any:
@@ -65,7 +71,7 @@ def _concurrency_slot(name: str | None):
         yield
 
 
-@task(name="prepare", cache_policy=NO_CACHE, **_JSON, **retry_options())
+@task(name="prepare", **_UNCACHED, **retry_options())
 def prepare(
     llm: Any,
     dataset: Any = None,
@@ -303,8 +309,7 @@ def _describe_assets(summary: FinalizeResult) -> None:
 
 _FINALIZE_OPTIONS: dict[str, Any] = {
     "name": "finalize",
-    "cache_policy": NO_CACHE,
-    **_JSON,
+    **_UNCACHED,
     **retry_options(retry_transient_finalize),
 }
 

@@ -1,10 +1,12 @@
 """Prefect fixtures: ONE temporary Prefect server (``prefect_test_harness``) for the whole test
 session, with ``PREFECT_HOME`` (result storage, the task cache) in a temporary directory and
-analytics off; engine log lines are forwarded to the Prefect API like a worker's would be."""
+analytics off."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -16,13 +18,13 @@ sys.path.insert(0, str(HERE))
 
 # Before Prefect is imported anywhere in this session: its home, its telemetry, its loggers.
 PREFECT_HOME = tempfile.mkdtemp(prefix="curator-prefect-home-")
+atexit.register(shutil.rmtree, PREFECT_HOME, ignore_errors=True)
 os.environ["PREFECT_HOME"] = PREFECT_HOME
 # Prefect derives these from ~/.prefect, not from PREFECT_HOME: set them too
 os.environ["PREFECT_LOCAL_STORAGE_PATH"] = os.path.join(PREFECT_HOME, "storage")
 os.environ["PREFECT_MEMO_STORE_PATH"] = os.path.join(PREFECT_HOME, "memo_store.toml")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
-os.environ["PREFECT_LOGGING_EXTRA_LOGGERS"] = "curator_flows"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"
 
 
@@ -36,8 +38,9 @@ def prefect_server():
         prefect.settings.PREFECT_HOME: PREFECT_HOME,
         prefect.settings.PREFECT_LOCAL_STORAGE_PATH: os.path.join(PREFECT_HOME, "storage"),
     }
-    with prefect.settings.temporary_settings(updates=updates), prefect_test_harness(
-        server_startup_timeout=90
+    with (
+        prefect.settings.temporary_settings(updates=updates),
+        prefect_test_harness(server_startup_timeout=90),
     ):
         yield prefect.settings.PREFECT_API_URL.value()
 

@@ -72,8 +72,23 @@ def events(prefix: str, resource_id: str | None = None, timeout: float = 15.0) -
         time.sleep(0.5)
 
 
-def task_runs_named(name: str) -> list[Any]:
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+def task_runs_named(name: str, of_running_flow_runs: bool = False) -> list[Any]:
+    """Task runs called ``name`` (only those of flow runs still running, if asked)."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
+    from prefect.client.schemas.objects import StateType
 
+    runs = None
+    if of_running_flow_runs:
+        running = FlowRunFilterStateType(any_=[StateType.RUNNING])
+        runs = FlowRunFilter(state=FlowRunFilterState(type=running))
     with client() as c:
-        return c.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[name])))
+        return c.read_task_runs(
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[name])),
+            flow_run_filter=runs,
+        )

@@ -104,7 +104,9 @@ def test_cache_keys_are_run_shard_and_step_never_the_flow_run(prefect_server, tm
         step_cache_key("submit", run, "00002", 0),
         step_cache_key("submit", run, "00001", 1),
         step_cache_key("collect", run, "00001", 0),
-        step_cache_key("submit", {**run, "run_uri": str(tmp_path / "b" / run["run_id"])}, "00001", 0),
+        step_cache_key(
+            "submit", {**run, "run_uri": str(tmp_path / "b" / run["run_id"])}, "00001", 0
+        ),
     }
     assert key not in others and len(others) == 4
 
