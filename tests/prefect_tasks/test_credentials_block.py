@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import prefect_api as api
+import pytest
 from flow_llms import Numbered
 
 from curator_flows.errors import ConfigError

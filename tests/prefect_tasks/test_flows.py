@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
 import prefect_api as api
+import pytest
 from flow_llms import Numbered, OfflineNumbers, StandInGenerator
 
 from curator_flows import steps

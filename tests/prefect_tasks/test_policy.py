@@ -8,8 +8,8 @@ import socket
 import threading
 import time
 
-import pytest
 import prefect_api as api
+import pytest
 from flow_llms import Numbered
 
 from curator_flows.errors import (
