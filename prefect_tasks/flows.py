@@ -4,7 +4,8 @@ flow run of its own, for a GPU work pool).
 
 Every flow takes ``llm`` (an ``LLM`` instance, or an import path with ``llm_kwargs``),
 ``dataset`` (rows, an fsspec URI, an upstream run's output URI), ``working_dir``,
-``output_uri``, ``run_key`` (a nightly deployment passes the scheduled date) and
+``output_uri``, ``run_key`` (a nightly deployment passes ``"{scheduled_date}"``, which becomes
+the flow run's scheduled date, also in ``output_uri`` and a ``dataset`` URI) and
 ``credentials`` (a ``CuratorCredentials`` block or a saved block's name), and returns the
 :class:`~curator_flows.results.FinalizeResult` summary.
 
@@ -41,6 +42,21 @@ ONLINE_WORKERS = 4
 BATCH_WORKERS = 8
 #: a guard on submit → wait → collect cycles (the engine stops resubmitting after max_retries)
 MAX_BATCH_CYCLES = 50
+
+
+#: in ``run_key``, ``output_uri`` and a ``dataset`` URI this placeholder becomes the flow run's
+#: scheduled date (YYYY-MM-DD): what a nightly deployment passes, so the same night resumes
+#: and the next night is a new run published next to the last one
+SCHEDULED_DATE = "{scheduled_date}"
+
+
+def _dated(value: Any) -> Any:
+    """``value`` with :data:`SCHEDULED_DATE` replaced by the flow run's scheduled date."""
+    if not isinstance(value, str) or SCHEDULED_DATE not in value:
+        return value
+    from prefect.runtime import flow_run
+
+    return value.replace(SCHEDULED_DATE, flow_run.scheduled_start_time.strftime("%Y-%m-%d"))
 
 
 def _credentials(value: Any) -> Any:
@@ -114,6 +130,7 @@ def curate(
     runner's workers). ``concurrency_limit``: the name of a Prefect global concurrency limit;
     each shard holds one slot while it sends and takes ``1/slots`` of the limits, so every flow
     run on every worker using that limit together stays within the provider's limits."""
+    dataset, output_uri, run_key = _dated(dataset), _dated(output_uri), _dated(run_key)
     llm = resolve_llm(llm, llm_kwargs)
     if llm.mode != "online":
         raise ConfigError(f"curate runs online LLMs; this one is {llm.mode}: use curate_{llm.mode}")
@@ -161,6 +178,7 @@ def curate_batch(
     ``poll_interval``: seconds between status checks (default: the LLM's
     ``batch_check_interval``); ``deadline_hours``: a batch still running this long after its
     first submit fails the flow run (the time is stored in the run, so it survives re-runs)."""
+    dataset, output_uri, run_key = _dated(dataset), _dated(output_uri), _dated(run_key)
     llm = resolve_llm(llm, llm_kwargs)
     if llm.mode != "batch":
         raise ConfigError(f"curate_batch runs batch LLMs (batch=True); this one is {llm.mode}")
@@ -245,6 +263,7 @@ def curate_offline(
     deployment of :data:`curate_offline_shard` on a GPU work pool) each shard runs as a flow
     run of its own there, all at once, and this flow waits for them; then ``working_dir`` must
     be storage both pools see and ``credentials`` a saved block's name."""
+    dataset, output_uri, run_key = _dated(dataset), _dated(output_uri), _dated(run_key)
     llm_arg, llm = llm, resolve_llm(llm, llm_kwargs)
     if llm.mode != "offline":
         raise ConfigError(f"curate_offline runs vLLM LLMs; this one is {llm.mode}")

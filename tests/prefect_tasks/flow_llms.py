@@ -4,6 +4,7 @@ folder on PYTHONPATH), and a stand-in for the vLLM generator."""
 from __future__ import annotations
 
 import json
+import os
 
 from curator_flows import LLM
 
@@ -51,3 +52,16 @@ class StandInGenerator:
 
     def close(self) -> None:
         pass
+
+
+def install_stand_in_generator() -> None:
+    """Make this process's offline steps use :class:`StandInGenerator` instead of vLLM."""
+    from curator_flows import offline
+
+    offline.build_generator = lambda llm: StandInGenerator()
+
+
+# Child processes (a served GPU-pool flow run) import this module when they rebuild the LLM
+# from the run manifest, before the offline step builds its generator.
+if os.environ.get("CURATOR_TEST_STAND_IN_VLLM") == "1":
+    install_stand_in_generator()
