@@ -20,6 +20,7 @@ from .credentials import Credentials
 from .errors import IncompleteRunError, ParseError
 from .ledger import run_totals
 from .results import FinalizeResult, make
+from .rowcodec import decode as decode_input
 from .runs import RunRef, llm_for, open_run
 from .store import FAILED, OUTPUT_STATS, RunStore
 from .types import CuratorResponse, PerformanceStats, RunStats
@@ -124,7 +125,7 @@ def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[st
                     continue
                 stats.request_stats.succeeded += 1
                 try:
-                    parsed = llm.parse(request["input"], response)
+                    parsed = llm.parse(decode_input(request["input"]), response)
                 except Exception as exc:
                     raise ParseError(
                         f"parse() raised on row {request['row']}: {type(exc).__name__}: {exc}. "
