@@ -3,7 +3,7 @@ APIs), ``curate_offline`` (vLLM on GPU workers) and ``curate_offline_shard`` (on
 flow run of its own, for a GPU work pool).
 
 Every flow takes ``llm`` (an ``LLM`` instance, or an import path with ``llm_kwargs``),
-``dataset`` (rows, an fsspec URI, an upstream run's output URI), ``working_dir``,
+``dataset`` (rows, an fsspec URI, an upstream run's output URI or result), ``working_dir``,
 ``output_uri``, ``run_key`` (a nightly deployment passes ``"{scheduled_date}"``, which becomes
 the flow run's scheduled date, also in ``output_uri`` and a ``dataset`` URI) and
 ``credentials`` (a ``CuratorCredentials`` block or a saved block's name), and returns the
@@ -97,6 +97,8 @@ def _finish(
     artifact_key: str | None,
 ) -> FinalizeResult:
     upstream = dataset if isinstance(dataset, str) else None
+    if isinstance(dataset, dict):  # an upstream step's result: its published output
+        upstream = dataset.get("output_uri")
     summary = tasks.finalize_task(output_uri, upstream)(
         run, llm=llm, credentials=creds, output_uri=output_uri
     )

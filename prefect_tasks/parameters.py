@@ -11,7 +11,7 @@ Invariants:
   entry named like a secret (``api_key``, ``*secret``, ``*access_key``, ``*_token``,
   ``password``) is masked;
 - a dataset of more than :data:`MAX_STORED_ROWS` rows is stored as a one-line description
-  (a URI is stored as is: it is what a deployment passes).
+  (a URI is stored as is: it is what a deployment passes; an upstream run as its URIs).
 """
 
 from __future__ import annotations
@@ -80,6 +80,8 @@ def public_dataset(value: Any) -> Any:
     cache_dir = getattr(value, "cache_dir", None)
     if cache_dir is not None and hasattr(value, "dataset"):  # a CuratorResponse
         return {"curator_response": str(cache_dir)}
+    if isinstance(value, dict) and "run_uri" in value:  # an upstream step's result
+        return {k: value[k] for k in ("run_uri", "output_uri") if k in value}
     try:
         rows = len(value)
     except TypeError:
