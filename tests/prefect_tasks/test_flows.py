@@ -180,3 +180,34 @@ def test_a_flow_refuses_an_llm_of_another_mode(prefect_server, sim, wd):
         curate(batch_llm(sim), [{"n": 1}], wd)
     with pytest.raises(ConfigError, match="batch=True"):
         curate_batch(online_llm(sim), [{"n": 1}], wd)
+
+
+def test_the_progress_artifact_moves_while_a_shard_runs(prefect_server, wd):
+    """Read the shard's progress artifact from outside while the flow runs: it shows values
+    strictly between 0 and 100 before it ends at 100."""
+    import contextvars
+    import threading
+
+    from prefect_tasks import curate
+    from prefect_tasks.artifacts import progress_key
+
+    seen: list[float] = []
+    with Simulator(latency=0.05) as sim:
+        llm = online_llm(sim, shard_size=200, max_concurrent_requests=4)
+        rows = [{"n": i} for i in range(120)]
+        run = steps.prepare(llm, rows, wd)
+        key = progress_key(run, run["shards"][0])
+        context = contextvars.copy_context()
+        flow = threading.Thread(
+            target=context.run,
+            args=(lambda: seen.append(curate(llm, rows, wd, progress_interval=0.3)["rows"]),),
+        )
+        flow.start()
+        values: list[float] = []
+        while flow.is_alive():
+            values += [float(a.data) for a in api.artifacts_by_key(key)]
+            time.sleep(0.2)
+        flow.join()
+    assert seen == [120]
+    assert any(0 < v < 100 for v in values), values
+    assert [float(a.data) for a in api.artifacts_by_key(key)][-1] == 100.0
