@@ -463,6 +463,8 @@ def conform(table, kinds: dict[str, Kind], target: dict[str, Kind], origin: Call
             arrays.append(_json_array(values, origin, name))
         else:
             _, converted = build(name, table.column(name).to_pylist(), origin, want)
+            if converted.type != arrow_type(want):
+                converted = converted.cast(arrow_type(want))
             arrays.append(converted)
     return pa.Table.from_arrays(arrays, schema=schema_of(target))
 
