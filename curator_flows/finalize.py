@@ -72,6 +72,12 @@ def _rows_of(index: int, parsed: Any) -> list[dict[str, Any]]:
                 f"parse() on row {index} returned {type(item).__name__}: expected a dict, a "
                 "pydantic model or a list of them"
             )
+        if not all(type(key) is str for key in item):
+            bad = next(key for key in item if type(key) is not str)
+            raise ParseError(
+                f"parse() on row {index} returned a row with the column name {bad!r} "
+                f"({type(bad).__name__}): column names must be strings"
+            )
         rows.append(item)
     return rows
 
@@ -101,11 +107,13 @@ def _charge(stats: RunStats, record: dict[str, Any]) -> None:
 
 
 class _ShardOutput:
-    """One shard's parsed output as written: its file, row count, column kinds and the input
-    row of each output row (to name rows in errors when the file is conformed later)."""
+    """One shard's parsed output as written: its file, row count and column kinds."""
 
-    def __init__(self, rel: str, rows: int, kinds: dict[str, Any], origins: list[Any]):
-        self.rel, self.rows, self.kinds, self.origins = rel, rows, kinds, origins
+    def __init__(self, name: str, rel: str, rows: int, kinds: dict[str, Any]):
+        self.name, self.rel, self.rows, self.kinds = name, rel, rows, kinds
+
+    def origin(self, index: int) -> str:
+        return f"{index} of shard {self.name}'s output"
 
 
 def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[str, Any]:
@@ -188,9 +196,9 @@ def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[st
                 pending_shards.append(name)
             rel = f"output/data-{name}.arrow"
             table, kinds = rows_table(rows, origins)
-            del rows
+            del rows, origins
             _write_table(store, rel, table)
-            outputs.append(_ShardOutput(rel, table.num_rows, kinds, origins))
+            outputs.append(_ShardOutput(name, rel, table.num_rows, kinds))
             del table
     if not failed_lines:
         store.remove(FAILED)
@@ -235,9 +243,7 @@ def _conform_shards(store: RunStore, outputs: list[_ShardOutput]) -> dict[str, s
         if list(shard.kinds.items()) == list(target.items()):
             continue
         table = _read_table(store, shard.rel)
-        _write_table(
-            store, shard.rel, conform(table, shard.kinds, target, shard.origins.__getitem__)
-        )
+        _write_table(store, shard.rel, conform(table, shard.kinds, target, shard.origin))
     return {field.name: str(field.type) for field in schema_of(target)}
 
 

@@ -272,3 +272,34 @@ class Unstorable(LLM):
 def test_a_value_not_even_json_can_hold_names_the_row_and_the_column(sim, params, wd):
     with pytest.raises(OutputError, match=r"row 3, column 'thing'"):
         Unstorable("gpt-4o-mini", backend_params=params())([{"n": i} for i in range(5)], wd)
+
+
+class Widening(LLM):
+    def prompt(self, input: dict) -> str:
+        return f"row {input['n']}"
+
+    def parse(self, input: dict, response: str) -> dict | None:
+        n = input["n"]
+        if 4 <= n < 8:
+            return None  # shard 00001 produces no rows at all
+        if n < 4:
+            return {"n": n, "score": n, "meta": {"a": n}}
+        return {"n": n, "score": n + 0.5, "meta": {"a": n, "b": str(n)}, "late": True}
+
+
+def test_shards_are_widened_to_one_schema(sim, params, wd):
+    result = Widening("gpt-4o-mini", backend_params=params(shard_size=4))(
+        [{"n": i} for i in range(12)], working_dir=wd
+    )
+    data = result.dataset
+    assert data["n"] == [0, 1, 2, 3, 8, 9, 10, 11]
+    assert data["score"] == [0.0, 1.0, 2.0, 3.0, 8.5, 9.5, 10.5, 11.5]  # int64 + float64
+    assert data["meta"][0] == {"a": 0, "b": None} and data["meta"][4] == {"a": 8, "b": "8"}
+    assert data["late"] == [None] * 4 + [True] * 4
+    import pyarrow as pa
+
+    store = RunStore(result.cache_dir)
+    output = store.read_json("output/stats.json")
+    schemas = [pa.ipc.open_stream(store.read_bytes(rel)).schema for rel in output["outputs"]]
+    assert len(schemas) == 3 and all(schema == schemas[0] for schema in schemas)
+    assert output["columns"]["score"] == "double"
