@@ -24,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .acceptance import Acceptance
@@ -116,91 +117,114 @@ class _ShardOutput:
         return f"{index} of shard {self.name}'s output"
 
 
+@dataclass
+class _Tally:
+    """What finalize counts over the whole run."""
+
+    stats: RunStats = field(default_factory=RunStats)
+    failed: int = 0
+    retryable: int = 0
+    invalidated: int = 0
+    unanswered: int = 0
+    pending_shards: list[str] = field(default_factory=list)
+
+
+def _judge(record: dict[str, Any] | None, acceptance: Acceptance) -> tuple[Any, str | None, bool]:
+    """``(response, error, taken_back)`` for a request's standing line: the validated response,
+    or why there is none; ``taken_back`` when a stored success is refused now."""
+    if record is None:
+        return None, "no response yet (never sent or never answered): the next run sends it", False
+    if INVALIDATED in record:
+        return None, f"{record[INVALIDATED]}; the next run sends it again", False
+    if "content" not in record:
+        return None, record.get("error", "failed"), False
+    response, error = acceptance.accept(record.get("finish_reason"), record["content"])
+    if error is None:
+        return response, None, False
+    return (
+        None,
+        f"the stored response is refused by the current response_format or finish-reason rule "
+        f"({error}); the next run sends it again",
+        True,
+    )
+
+
+def _finalize_shard(
+    store: RunStore, name: str, llm: LLM, acceptance: Acceptance, tally: _Tally, failed_file
+) -> _ShardOutput:
+    """Judge and parse one shard's requests in order; write its output file, its failure lines
+    and the invalidation lines of answers refused now."""
+    from .columns import rows_table
+
+    stats = tally.stats
+    latest, taken_back = latest_responses(store, name)
+    for records in taken_back.values():
+        for record in records:
+            _charge(stats, record)
+    rows: list[dict[str, Any]] = []
+    origins: list[Any] = []
+    refused: list[dict[str, Any]] = []
+    unanswered = 0
+    for request in store.iter_lines(f"requests/{name}.jsonl"):
+        stats.request_stats.total += 1
+        record = latest.get(request["id"])
+        if record is not None:
+            _charge(stats, record)
+            if record.get("reused_from") and "content" in record:
+                stats.cost_info.cached_cost += record.get("cost") or 0.0
+                stats.request_stats.cached += 1
+        response, error, taken = _judge(record, acceptance)
+        if error is not None:
+            if taken:
+                refused.append(invalidation_line(request["id"], error))
+            stats.request_stats.failed += 1
+            failed_file.write(_failure_line(request, record, error))
+            tally.failed += 1
+            if record is None or taken or INVALIDATED in record:
+                unanswered += 1
+                tally.retryable += 1
+            elif record.get("retryable", True):
+                tally.retryable += 1
+            continue
+        stats.request_stats.succeeded += 1
+        try:
+            parsed = llm.parse(request["input"], response)
+        except Exception as exc:
+            raise ParseError(
+                f"parse() raised on row {request['row']}: {type(exc).__name__}: {exc}. "
+                f"Every response is stored in {store.uri}: fix parse() and call again; "
+                "no request will be sent"
+            ) from exc
+        produced = _rows_of(request["row"], parsed)
+        rows.extend(produced)
+        origins.extend([request["row"]] * len(produced))
+    if refused:
+        with store.appender(f"responses/{name}") as appender:
+            appender.append_many(refused)
+        tally.invalidated += len(refused)
+    if unanswered:
+        tally.unanswered += unanswered
+        tally.pending_shards.append(name)
+    rel = f"output/data-{name}.arrow"
+    table, kinds = rows_table(rows, origins)
+    _write_table(store, rel, table)
+    return _ShardOutput(name, rel, table.num_rows, kinds)
+
+
 def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[str, Any]:
     """Parse every shard, write ``output/``, ``failed_requests.jsonl`` and ``output/stats.json``;
     return what ``stats.json`` holds."""
-    from .columns import rows_table
     from .cost import resolve_prices
 
     acceptance = Acceptance(llm)
-    stats = RunStats()
-    failed_lines = retryable_failures = invalidated = unanswered = 0
-    pending_shards: list[str] = []
-    outputs: list[_ShardOutput] = []
+    tally = _Tally()
+    stats = tally.stats
     with store.atomic_writer(FAILED) as failed_file:
-        for shard in manifest["shards"]:
-            name = shard["name"]
-            latest, taken_back = latest_responses(store, name)
-            for records in taken_back.values():
-                for record in records:
-                    _charge(stats, record)
-            rows: list[dict[str, Any]] = []
-            origins: list[Any] = []
-            refused: list[dict[str, Any]] = []
-            shard_unanswered = 0
-            for request in store.iter_lines(f"requests/{name}.jsonl"):
-                stats.request_stats.total += 1
-                record = latest.get(request["id"])
-                error = None
-                if record is None:
-                    error = "no response yet (never sent or never answered): the next run sends it"
-                elif INVALIDATED in record:
-                    error = f"{record[INVALIDATED]}; the next run sends it again"
-                elif "content" not in record:
-                    error = record.get("error", "failed")
-                if record is not None:
-                    _charge(stats, record)
-                    if record.get("reused_from") and "content" in record:
-                        stats.cost_info.cached_cost += record.get("cost") or 0.0
-                        stats.request_stats.cached += 1
-                response: Any = None
-                if error is None:
-                    response, error = acceptance.accept(
-                        record.get("finish_reason"), record["content"]
-                    )
-                    if error is not None:
-                        error = (
-                            f"the stored response is refused by the current response_format or "
-                            f"finish-reason rule ({error}); the next run sends it again"
-                        )
-                        refused.append(invalidation_line(request["id"], error))
-                        record = {**record, INVALIDATED: error}
-                if error is not None:
-                    stats.request_stats.failed += 1
-                    failed_file.write(_failure_line(request, record, error))
-                    failed_lines += 1
-                    if record is None or INVALIDATED in record:
-                        shard_unanswered += 1
-                        retryable_failures += 1
-                    elif record.get("retryable", True):
-                        retryable_failures += 1
-                    continue
-                stats.request_stats.succeeded += 1
-                try:
-                    parsed = llm.parse(request["input"], response)
-                except Exception as exc:
-                    raise ParseError(
-                        f"parse() raised on row {request['row']}: {type(exc).__name__}: {exc}. "
-                        f"Every response is stored in {store.uri}: fix parse() and call again; "
-                        "no request will be sent"
-                    ) from exc
-                produced = _rows_of(request["row"], parsed)
-                rows.extend(produced)
-                origins.extend([request["row"]] * len(produced))
-            if refused:
-                with store.appender(f"responses/{name}") as appender:
-                    appender.append_many(refused)
-                invalidated += len(refused)
-            if shard_unanswered:
-                unanswered += shard_unanswered
-                pending_shards.append(name)
-            rel = f"output/data-{name}.arrow"
-            table, kinds = rows_table(rows, origins)
-            del rows, origins
-            _write_table(store, rel, table)
-            outputs.append(_ShardOutput(name, rel, table.num_rows, kinds))
-            del table
-    if not failed_lines:
+        outputs = [
+            _finalize_shard(store, shard["name"], llm, acceptance, tally, failed_file)
+            for shard in manifest["shards"]
+        ]
+    if not tally.failed:
         store.remove(FAILED)
     columns = _conform_shards(store, outputs)
     totals = run_totals(store)
@@ -222,11 +246,11 @@ def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[st
         "parse_fingerprint": llm.parse_fingerprint(),
         "acceptance_fingerprint": acceptance.fingerprint(),
         "limits": totals.get("limits") or {},
-        "failed": failed_lines,
-        "retryable_failures": retryable_failures,
-        "invalidated": invalidated,
-        "unanswered": unanswered,
-        "pending_shards": pending_shards,
+        "failed": tally.failed,
+        "retryable_failures": tally.retryable,
+        "invalidated": tally.invalidated,
+        "unanswered": tally.unanswered,
+        "pending_shards": tally.pending_shards,
         "finalized_at": time.time(),
     }
     store.write_json(OUTPUT_STATS, output)
