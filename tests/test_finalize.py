@@ -303,3 +303,29 @@ def test_shards_are_widened_to_one_schema(sim, params, wd):
     schemas = [pa.ipc.open_stream(store.read_bytes(rel)).schema for rel in output["outputs"]]
     assert len(schemas) == 3 and all(schema == schemas[0] for schema in schemas)
     assert output["columns"]["score"] == "double"
+
+
+LAZY = """
+import pickle, sys
+from curator_flows import LLM
+params = {"base_url": sys.argv[1], "api_key": "k", "progress": "off"}
+llm = LLM("gpt-4o-mini", backend_params=params)
+result = llm([f"prompt {i}" for i in range(20)], working_dir=sys.argv[2])
+heavy = [m for m in ("datasets", "pandas") if m in sys.modules]
+assert not heavy, heavy  # the whole call: neither datasets nor pandas
+import datasets
+assert isinstance(result.dataset, datasets.Dataset) and len(result.dataset) == 20
+copy = pickle.loads(pickle.dumps(result))
+assert copy.dataset["response"] == result.dataset["response"]
+print("ok")
+"""
+
+
+def test_a_call_imports_neither_datasets_nor_pandas_until_the_dataset_is_read(sim, wd):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", LAZY, sim.base_url, wd], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
