@@ -152,7 +152,17 @@ def test_when_the_answers_keep_failing_calling_again_sends_only_the_failed_ones(
     assert recovered.dataset["n"] == list(range(6)) and _sent(sim) == 6 + 6 * 5
 
 
-def test_finalize_step_takes_back_refused_answers_and_names_their_shard(sim, params, wd):
+@pytest.fixture(params=["local", "s3"])
+def any_wd(request, wd):
+    """A working directory on local disk, or on S3 (moto): invalidation lines are then parts
+    named after the success parts they take back."""
+    if request.param == "local":
+        return wd
+    return f"{request.getfixturevalue('s3_bucket')}/runs"
+
+
+def test_finalize_step_takes_back_refused_answers_and_names_their_shard(sim, params, any_wd):
+    wd = any_wd
     rows = [{"n": i} for i in range(12)]
     lenient = DishWriter("gpt-4o-mini", backend_params=params(shard_size=6))
     run = steps.prepare(lenient, rows, wd)
