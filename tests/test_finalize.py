@@ -339,3 +339,30 @@ def test_a_call_imports_neither_datasets_nor_pandas_until_the_dataset_is_read(si
         [sys.executable, "-c", LAZY, sim.base_url, wd], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_a_batch_run_sends_refused_answers_in_a_new_round(wd):
+    from curator_flows.testing.simulator import Simulator
+
+    fast = {"validating": 0.05, "in_progress": 0.1, "finalizing": 0.05, "cancelling": 0.05}
+    rows = [{"n": i} for i in range(12)]
+    with Simulator(batch_timings=fast) as bsim:
+        params = {
+            "base_url": bsim.base_url,
+            "api_key": "sk-test-not-a-secret",
+            "batch_check_interval": 0.05,
+            "progress": "off",
+        }
+        lenient = DishWriter("gpt-4o-mini", batch=True, backend="openai", backend_params=params)
+        first = lenient(rows, working_dir=wd)
+        refused = _refuse(first.dataset, every=3)
+        assert bsim.stats()["batches_created"] == 1
+        strict = StrictDishWriter(
+            "gpt-4o-mini", batch=True, backend="openai", backend_params=params
+        )
+        result = strict(rows, working_dir=wd)
+        assert result.dataset["n"] == list(range(12)) and result.request_stats.failed == 0
+        assert not set(result.dataset["name"]) & REFUSED
+        assert bsim.stats()["batches_created"] == 2  # the refused ones, in a round of their own
+        rounds = RunStore(result.cache_dir).read_json("batches/00000.json")["rounds"]
+        assert [r["requests"] for r in rounds] == [12, len(refused)]
