@@ -46,6 +46,8 @@ bench: venv
 	$(VENV_PY) benchmarks/rate_limit.py
 	$(VENV_PY) benchmarks/cache_hit.py
 	$(VENV_PY) benchmarks/batch_pipeline.py
+	$(VENV_PY) benchmarks/prepare_rows.py
+	$(VENV_PY) benchmarks/read_parquet_input.py
 	$(VENV_PY) benchmarks/vs_bare_client.py
 	$(VENV_PY) benchmarks/publish_parquet.py
 

@@ -119,7 +119,11 @@ def ours_run(llm: Any, rows: list[dict], working_dir: str, generator: Any) -> di
         offline.build_generator, offline.run_offline = build, run_offline
     assert result.request_stats.failed == 0, result.request_stats
     assert len(result.dataset) == len(rows)
-    return {"seconds": seconds, "tokens": result.token_usage.output, "chunks": step["details"]["chunks"]}
+    return {
+        "seconds": seconds,
+        "tokens": result.token_usage.output,
+        "chunks": step["details"]["chunks"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,6 +85,7 @@ class Budget:
         self.others = spent(store)
         self.own = 0.0
         self.reserved = 0.0
+        self.refused = 0.0
         self.refreshed_at = time.monotonic()
 
     @classmethod
@@ -109,6 +110,7 @@ class Budget:
         """Hold ``estimate`` dollars for a request about to be sent; ``False`` (nothing held)
         when that could take the run past ``max_cost``."""
         if self.others + self.own + self.reserved + estimate > self.max_cost:
+            self.refused = estimate
             return False
         self.reserved += estimate
         return True
@@ -126,7 +128,9 @@ class Budget:
         except OSError:
             pass  # keep the last known figure
 
-    def exceeded(self, estimate: float) -> BudgetExceededError:
+    def exceeded(self, estimate: float | None = None) -> BudgetExceededError:
+        """The error that stops dispatch (``estimate``: the request refused; default the last)."""
+        estimate = self.refused if estimate is None else estimate
         spent_now = self.spent
         return BudgetExceededError(
             f"the run's budget (max_cost=${self.max_cost:.4f}) would be exceeded: ${spent_now:.4f} "

@@ -2,6 +2,7 @@
 
     curator-flows status RUN_URI [--json]     per-shard state, counts and cost so far
     curator-flows cancel RUN_URI [--json]     cancel every live batch of a batch run
+    curator-flows estimate RUN_URI [--json]   projected cost of what is pending, spent so far
     curator-flows simulator [ARGS...]         the OpenAI/Anthropic simulator (its own --help)
 
 API keys come from the environment (``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``), never from
@@ -28,6 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="cancel every live batch of a batch run")
     cancel.add_argument("run_uri", metavar="RUN_URI")
     cancel.add_argument("--json", action="store_true", help="print the result as JSON")
+    estimate = commands.add_parser(
+        "estimate", help="projected cost of the pending requests, spent so far, budget"
+    )
+    estimate.add_argument("run_uri", metavar="RUN_URI")
+    estimate.add_argument("--json", action="store_true", help="print the estimate as JSON")
     commands.add_parser(
         "simulator", help="run the OpenAI/Anthropic simulator (see: simulator --help)",
         add_help=False,
@@ -67,6 +73,32 @@ def format_status(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_estimate(report: dict[str, Any]) -> str:
+    """A human-readable view of :func:`curator_flows.steps.estimate`."""
+    budget = (
+        f"max_cost {_money(report['max_cost'])}, headroom {_money(report['headroom'])}"
+        + ("" if report["within_budget"] else " (OVER BUDGET)")
+        if report["max_cost"] is not None
+        else "no max_cost"
+    )
+    prices = (
+        f"${report['input_cost_per_million']}/${report['output_cost_per_million']} per M tokens"
+        if report["input_cost_per_million"] is not None
+        else "no price known for this model (set in_mtok_cost / out_mtok_cost)"
+    )
+    return "\n".join(
+        [
+            f"run {report['run_id']} ({report['model_name']})",
+            f"  {report['pending']} pending of {report['requests']} requests; "
+            f"~{report['estimated_input_tokens']} input + ~{report['estimated_output_tokens']} "
+            "output tokens",
+            f"  projected {_money(report['projected_cost'])}; spent so far "
+            f"{_money(report['spent'])}; {budget}",
+            f"  prices: {prices}",
+        ]
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "simulator":
@@ -75,11 +107,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return simulator_main(argv[1:])
     args = _parser().parse_args(argv)
     from . import steps
+    from .errors import CuratorFlowsError
 
     try:
         if args.command == "status":
             report = steps.status(args.run_uri)
             print(json.dumps(report, indent=2) if args.json else format_status(report))
+            return 0
+        if args.command == "estimate":
+            report = steps.estimate(args.run_uri)
+            print(json.dumps(report, indent=2) if args.json else format_estimate(report))
             return 0
         if args.command == "cancel":
             result = steps.cancel(args.run_uri)
@@ -93,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for error in result["errors"]:
                     print(f"shard {error['shard']}: {error['error']}", file=sys.stderr)
             return 1 if result["errors"] else 0
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (CuratorFlowsError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"curator-flows {args.command}: {exc}", file=sys.stderr)
         return 1
     return 2

@@ -33,6 +33,7 @@ from .errors import IncompleteRunError, ParseError
 from .ledger import run_totals
 from .pending import INVALIDATED, invalidation_line, supersedes
 from .results import FinalizeResult, make
+from .rowcodec import decode as decode_input
 from .runs import RunRef, llm_for, open_run
 from .store import FAILED, OUTPUT_STATS, RunStore
 from .types import CuratorResponse, PerformanceStats, RunStats
@@ -188,7 +189,7 @@ def _finalize_shard(
             continue
         stats.request_stats.succeeded += 1
         try:
-            parsed = llm.parse(request["input"], response)
+            parsed = llm.parse(decode_input(request["input"]), response)
         except Exception as exc:
             raise ParseError(
                 f"parse() raised on row {request['row']}: {type(exc).__name__}: {exc}. "

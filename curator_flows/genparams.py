@@ -17,14 +17,14 @@ from typing import Any
 
 from .errors import ConfigError
 
-_NUMBER = "number"
-_INT = "integer"
-_BOOL = "boolean"
-_STR = "string"
-_STOP = "string or list of strings"
-_ANY = "any"
-_LIST = "list"
-_DICT = "object"
+_NUMBER = "a number"
+_INT = "an integer"
+_BOOL = "a boolean"
+_STR = "a string"
+_STOP = "a string or a list of strings"
+_ANY = "anything"
+_LIST = "a list"
+_DICT = "an object"
 
 OPENAI_PARAMS: dict[str, str] = {
     "audio": _DICT, "frequency_penalty": _NUMBER, "function_call": _ANY, "functions": _LIST,
@@ -110,6 +110,5 @@ def validate_generation_params(
             continue
         if value is not None and not _CHECKS[kind](value):
             raise ConfigError(
-                f"generation_params[{key!r}] must be a {kind}, got {type(value).__name__} "
-                f"({value!r})"
+                f"generation_params[{key!r}] must be {kind}, got {type(value).__name__} ({value!r})"
             )

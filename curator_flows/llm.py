@@ -139,13 +139,15 @@ class LLM:
 
     # ------------------------------------------------------------ user hooks
     def prompt(self, input: Any) -> str | list[dict[str, Any]]:
-        """Default: the row's ``prompt`` column (string inputs become such rows)."""
+        """Default: a string row or a conversation (a list of messages) as it is, else the
+        row's ``prompt`` column."""
         if isinstance(input, dict) and "prompt" in input:
             return input["prompt"]
-        if isinstance(input, str):
+        if isinstance(input, str | list):
             return input
         raise NotImplementedError(
-            "override LLM.prompt(input), or pass rows with a 'prompt' column or plain strings"
+            "override LLM.prompt(input), or pass plain strings, conversations or rows with a "
+            "'prompt' column"
         )
 
     def parse(self, input: Any, response: Any) -> Any:

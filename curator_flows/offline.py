@@ -30,6 +30,7 @@ from .acceptance import Acceptance
 from .cost import Prices, resolve_prices
 from .credentials import Credentials
 from .errors import ConfigError
+from .lease import ShardLeases
 from .ledger import StepLedger
 from .pending import WorkItem, count_pending, done_ids, pending_items
 from .progress import Progress
@@ -162,6 +163,7 @@ class _OfflineRunner:
         # its capacity stays busy and a chunk's worth waits behind it.
         self.low_water = capacity + self.batch_size
         self.ledger: StepLedger | None = None
+        self.leases: ShardLeases | None = None
         self.retries: deque[WorkItem] = deque()
         self.appenders: dict[str, Any] = {}
         self.counts = {
@@ -264,6 +266,8 @@ class _OfflineRunner:
         counters.output_tokens = self.counts["output_tokens"]
         counters.cost = self.counts["cost"]
         self.record_ledger()
+        if self.leases is not None:
+            self.leases.maybe_renew()  # raises LeaseLostError: stop before storing more
         self.progress.tick()
 
     def record_ledger(self, final: bool = False) -> None:
@@ -337,32 +341,33 @@ def run_offline(
     llm = llm_for(manifest, llm)
     params = llm.config.params
     names = shard_names(manifest, shard)
-    done = done_ids(store, names)
-    pending = count_pending(shard_sizes(manifest), done)
     base = {"run_uri": store.uri, "run_id": manifest["run_id"], "shards": names}
-    if not pending:
-        return make(ShardResult, **base)
-    started = time.monotonic()
-    own_generator = generator is None
-    if own_generator:
-        generator = build_generator(llm)
-    engine_seconds = time.monotonic() - started
-    progress = Progress(f"{llm.model_name} {manifest['run_id']}", pending, params.progress)
-    runner = _OfflineRunner(
-        store,
-        llm,
-        generator,
-        resolve_prices(llm.model_name, params.in_mtok_cost, params.out_mtok_cost),
-        progress,
-    )
-    runner.ledger = StepLedger(store, "run_offline", names)
-    try:
-        runner.run(pending_items(store, names, done))
-        generate_seconds = time.monotonic() - started - engine_seconds
-    finally:
-        runner.record_ledger(final=True)
+    with ShardLeases(store, names, params.lease_seconds) as leases:
+        done = done_ids(store, names)  # read under the lease: nobody else is appending now
+        pending = count_pending(shard_sizes(manifest), done)
+        if not pending:
+            return make(ShardResult, **base)
+        started = time.monotonic()
+        own_generator = generator is None
         if own_generator:
-            generator.close()
+            generator = build_generator(llm)
+        engine_seconds = time.monotonic() - started
+        runner = _OfflineRunner(
+            store,
+            llm,
+            generator,
+            resolve_prices(llm.model_name, params.in_mtok_cost, params.out_mtok_cost),
+            Progress(f"{llm.model_name} {manifest['run_id']}", pending, params.progress),
+        )
+        runner.ledger = StepLedger(store, "run_offline", names)
+        runner.leases = leases
+        try:
+            runner.run(pending_items(store, names, done))
+            generate_seconds = time.monotonic() - started - engine_seconds
+        finally:
+            runner.record_ledger(final=True)
+            if own_generator:
+                generator.close()
     counts = dict(runner.counts)
     chunks = counts.pop("chunks")
     return make(

@@ -44,6 +44,7 @@ from .cost import Prices, resolve_prices
 from .credentials import Credentials
 from .errors import (
     AuthenticationError,
+    BudgetExceededError,
     ConfigError,
     CuratorFlowsError,
     EndpointUnreachableError,
@@ -170,6 +171,8 @@ class OnlineRunner:
             self.summary.limits = self.limiter.limits()
             self.record_ledger(final=True)
             self.progress.close()
+        if isinstance(self.stop_error, BudgetExceededError) and self.budget is not None:
+            self.stop_error = self.budget.exceeded()  # with what in-flight requests cost
         if self.stop_error is not None:
             raise self.stop_error
         return self.summary
@@ -377,6 +380,8 @@ class OnlineRunner:
             learned = self.backend.learn(attempt.headers)
             if learned is not None:
                 self.limiter.observe(learned)
+                if self.warm and self.allowed < self.concurrency and not self.limiter.unlimited:
+                    self.allowed = self.concurrency  # limits known now: the pacer holds them
         if not self.warm and (attempt.kind != "retryable" or attempt.headers is not None):
             self.warm_up()
 

@@ -90,12 +90,16 @@ def run_online(
     *,
     llm: LLM | None = None,
     credentials: CredentialsLike = None,
+    parallel_shards: int = 1,
 ) -> ShardResult:
     """Send the pending requests of ``shard`` (a name, a list, or ``None`` for all) and append
-    their responses; return what this call did."""
+    their responses; return what this call did. ``parallel_shards``: how many shards run at
+    the same time against the same provider; this step takes that share of every limit."""
     from .online import run_online as _run_online
 
-    return _run_online(run, shard, llm=llm, credentials=credentials)
+    return _run_online(
+        run, shard, llm=llm, credentials=credentials, parallel_shards=parallel_shards
+    )
 
 
 def run_offline(

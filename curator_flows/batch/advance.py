@@ -25,7 +25,13 @@ MAX_MOVES = 12
 
 def advance(ctx: Context, shard: str, *, retry_failed: bool = False) -> BatchShardState:
     """Move ``shard`` forward; ``retry_failed`` also starts a new campaign for requests that
-    failed finally (a fresh ``LLM(...)(dataset)`` call does, an orchestrator retry need not)."""
+    failed finally (a fresh ``LLM(...)(dataset)`` call does, an orchestrator retry need not).
+    Holds the shard's lease for the whole move."""
+    with ctx.leased(shard):
+        return _advance(ctx, shard, retry_failed)
+
+
+def _advance(ctx: Context, shard: str, retry_failed: bool) -> BatchShardState:
     interval = float(ctx.config("batch_check_interval", 60.0))
 
     def waiting(state: BatchShardState) -> BatchShardState:

@@ -69,7 +69,13 @@ def _reason(entry: dict[str, Any], was_cancelled: bool) -> str:
 
 
 def collect_shard(ctx: Context, shard: str) -> BatchShardState:
-    """Append the results of the shard's ended batch; see :func:`curator_flows.steps.collect`."""
+    """Append the results of the shard's ended batch; see :func:`curator_flows.steps.collect`.
+    Holds the shard's lease: two workers never collect the same shard at once."""
+    with ctx.leased(shard):
+        return _collect_shard(ctx, shard)
+
+
+def _collect_shard(ctx: Context, shard: str) -> BatchShardState:
     record = ctx.record(shard)
     entry = record.current
     if entry is None:
@@ -163,6 +169,7 @@ def _write_results(
     retry_log = store.appender(retries_stem(shard))
 
     def flush() -> None:
+        ctx.renew_leases()
         if out:
             responses.append_many(out)
             counts["written"] += len(out)

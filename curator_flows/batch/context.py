@@ -5,10 +5,13 @@ environment, never from stored secrets), and the small result dicts the steps re
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..credentials import Credentials, resolve_endpoint
 from ..errors import BatchNotEnded, BatchStepError, ConfigError, RunModeError, UnknownShardError
+from ..lease import ShardLeases
 from ..rebuild import llm_from_spec
 from ..results import BatchShardState, make
 from ..runs import RunRef, open_run
@@ -47,6 +50,28 @@ class Context:
         self._llm = llm
         self.credentials = credentials or Credentials()
         self._clients: dict[bool, BatchProvider] = {}
+        self._leases: dict[str, ShardLeases] = {}
+
+    @contextlib.contextmanager
+    def leased(self, shard: str) -> Iterator[None]:
+        """Hold ``shard``'s lease for the block (re-entrant within this context): two workers
+        never submit or collect the same shard at once."""
+        if shard in self._leases:
+            yield
+            return
+        leases = ShardLeases(self.store, [shard], float(self.config("lease_seconds", 60.0)))
+        leases.acquire()
+        self._leases[shard] = leases
+        try:
+            yield
+        finally:
+            del self._leases[shard]
+            leases.release()
+
+    def renew_leases(self) -> None:
+        """Keep the held leases alive during long work (a large result download)."""
+        for leases in self._leases.values():
+            leases.maybe_renew()
 
     @property
     def llm(self) -> LLM:

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..errors import BatchStepError
 from ..ledger import StepLedger
+from ..results import BatchShardState
 from .base import Ambiguous, BatchInfo, BatchProvider, RoundIntent
 from .context import Context, describe
 from .records import (
@@ -103,8 +104,14 @@ def _rivals(ctx: Context, shard: str, requests: int) -> int:
 
 
 # --------------------------------------------------------------------------- submit
-def submit_shard(ctx: Context, shard: str, retry_failed: bool = False) -> dict[str, Any]:
-    """Create the shard's next batch unless one exists; see :func:`curator_flows.steps.submit`."""
+def submit_shard(ctx: Context, shard: str, retry_failed: bool = False) -> BatchShardState:
+    """Create the shard's next batch unless one exists; see :func:`curator_flows.steps.submit`.
+    Holds the shard's lease: two workers never submit the same shard at once."""
+    with ctx.leased(shard):
+        return _submit_shard(ctx, shard, retry_failed)
+
+
+def _submit_shard(ctx: Context, shard: str, retry_failed: bool) -> BatchShardState:
     now = time.time()
     record = ctx.record(shard)
     entry = record.current

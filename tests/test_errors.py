@@ -1,0 +1,74 @@
+"""One error module: every error says whether a retry can help, and steps raise nothing else."""
+
+from __future__ import annotations
+
+import pytest
+
+from curator_flows import LLM, errors, steps
+from curator_flows.errors import is_retryable
+
+
+class Plain(LLM):
+    def prompt(self, input: dict) -> str:
+        return f"number {input['n']}"
+
+
+TRANSIENT = [
+    errors.RateLimitExhaustedError("x"),
+    errors.ProviderError("x", status=503),
+    errors.ProviderError("x", status=None),
+    errors.EndpointUnreachableError("x"),
+    errors.BatchNotEnded("x"),
+    errors.LeaseHeldError("x"),
+    errors.StorageWriteError("x"),
+    TimeoutError("x"),
+    ConnectionResetError("x"),
+]
+PERMANENT = [
+    errors.ConfigError("x"),
+    errors.InputError("x"),
+    errors.AuthenticationError("x", status=401),
+    errors.ProviderError("x", status=400),
+    errors.BudgetExceededError("x", spent=1.0, budget=1.0),
+    errors.LLMRebuildError("x"),
+    errors.RunNotFoundError("x"),
+    ValueError("a bug does not fix itself"),
+]
+
+
+@pytest.mark.parametrize("exc", TRANSIENT, ids=lambda e: type(e).__name__)
+def test_transient_errors_are_retryable(exc):
+    assert is_retryable(exc)
+
+
+@pytest.mark.parametrize("exc", PERMANENT, ids=lambda e: type(e).__name__)
+def test_permanent_errors_are_not(exc):
+    assert not is_retryable(exc)
+
+
+def test_every_library_error_is_one_of_ours_and_serialises():
+    for name in dir(errors):
+        value = getattr(errors, name)
+        if (
+            isinstance(value, type)
+            and issubclass(value, Exception)
+            and value.__module__ == errors.__name__
+        ):
+            assert issubclass(value, errors.CuratorFlowsError), name
+    described = errors.AuthenticationError("bad key", status=401).to_dict()
+    assert described == {"type": "AuthenticationError", "message": "bad key", "retryable": False}
+
+
+def test_steps_raise_library_errors_for_bad_calls(wd):
+    llm = Plain("gpt-4o-mini", backend_params={"api_key": "k"})
+    run = steps.prepare(llm, [{"n": 1}], wd)
+    with pytest.raises(errors.UnknownShardError, match="unknown shard"):
+        steps.run_online(run, "00009")
+    with pytest.raises(errors.RunNotFoundError, match="no prepared run"):
+        steps.run_online(f"{wd}/nope", "00000")
+    with pytest.raises(errors.RunModeError, match="not batch"):
+        steps.submit(run, "00000")
+    with pytest.raises(errors.ConfigError, match="parallel_shards"):
+        steps.run_online(run, parallel_shards=0)
+    with pytest.raises(errors.InputError, match="run_key"):
+        steps.prepare(llm, [{"n": 1}], wd, run_key=7)

@@ -1,0 +1,173 @@
+"""The online runner's stop conditions and stalls, over real HTTP against the simulator:
+unreachable endpoints end the call, a slow first request does not hold the others back,
+buffered responses on object stores reach the store on a timer, write errors keep what arrived."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from curator_flows import LLM, EndpointUnreachableError, StorageWriteError, steps
+from curator_flows.store import RunStore
+
+SUPPORT = Path(__file__).parent / "support"
+sys.path.insert(0, str(SUPPORT))
+
+from resume_llms import Numbered  # noqa: E402
+
+
+class Topic(LLM):
+    def prompt(self, input: dict) -> str:
+        return f"Write one line about {input['topic']}."
+
+    def parse(self, input: dict, response: str) -> dict:
+        return {"topic": input["topic"], "text": response}
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again when the block ends: connections refused
+
+
+def response_records(run_uri: str) -> list[dict]:
+    return list(RunStore(run_uri).iter_records("responses/*.*jsonl"))
+
+
+def test_an_unreachable_endpoint_ends_the_call_quickly_and_records_nothing(wd):
+    base_url = f"http://127.0.0.1:{closed_port()}/v1"
+    llm = Topic(
+        "gpt-4o-mini",
+        backend_params={"base_url": base_url, "api_key": "k", "max_retries": 2, "progress": "off"},
+    )
+    started = time.monotonic()
+    with pytest.raises(EndpointUnreachableError, match="could not reach") as err:
+        llm([{"topic": f"t{i}"} for i in range(20)], working_dir=wd)
+    assert time.monotonic() - started < 20
+    assert err.value.retryable and base_url in str(err.value)
+    run_dir = next(p for p in Path(wd).iterdir() if p.is_dir())
+    assert response_records(str(run_dir)) == []  # nothing paid, nothing recorded: all pending
+
+
+def test_every_connection_dropped_is_an_unreachable_endpoint(sim, params, wd):
+    rows = [{"topic": f"gone {i} [[sim:drop]]"} for i in range(5)]
+    with pytest.raises(EndpointUnreachableError):
+        Topic("gpt-4o-mini", backend_params=params(max_retries=1))(rows, working_dir=wd)
+    assert sim.stats()["faults"]["drop"] <= 2 * 5
+
+
+def test_requests_hanging_past_the_timeout_end_the_call(sim, params, wd):
+    sim.configure(hang_seconds=30)
+    rows = [{"topic": f"slow {i} [[sim:hang]]"} for i in range(3)]
+    started = time.monotonic()
+    with pytest.raises(EndpointUnreachableError, match="timeout"):
+        Topic("gpt-4o-mini", backend_params=params(max_retries=1, request_timeout=0.5))(
+            rows, working_dir=wd
+        )
+    assert time.monotonic() - started < 15
+
+
+def test_a_hanging_first_request_does_not_hold_up_the_others(sim, params, wd):
+    sim.configure(hang_seconds=20)
+    rows = [{"topic": "first [[sim:hangx1]]"}] + [{"topic": f"t{i}"} for i in range(30)]
+    llm = Topic("gpt-4o-mini", backend_params=params(request_timeout=12, max_retries=1))
+    run = steps.prepare(llm, rows, wd)
+    started = time.time()
+    steps.run_online(run, llm=llm)
+    done_at = sorted(r["ts"] for r in response_records(run["run_uri"]) if "content" in r)
+    # the 30 others were answered within a few seconds, not after the 12 s timeout
+    assert len(done_at) == 31
+    assert done_at[29] - started < 8
+
+
+def _start_subprocess(code: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(SUPPORT), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_object_store_responses_are_flushed_on_a_timer_and_survive_kill_9(
+    sim, s3_endpoint, s3_bucket, tmp_path
+):
+    """40 paid responses followed by one request that hangs: they reach the store within ~2 s
+    (not when the next response arrives), so a kill -9 loses none of them."""
+    sim.configure(hang_seconds=60)
+    rows = [{"n": i} for i in range(40)] + [{"n": "40 [[sim:hang]]"}]
+    params = {"base_url": sim.base_url, "api_key": "k", "progress": "off", "request_timeout": 50}
+    llm = Numbered("gpt-4o-mini", backend_params=params)
+    run = steps.prepare(llm, rows, f"{s3_bucket}/runs")
+    code = (
+        f"import fsspec; fsspec.config.conf['s3'] = {{'endpoint_url': {s3_endpoint!r}}}\n"
+        "from curator_flows import steps\n"
+        f"steps.run_online({run['run_uri']!r})\n"
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    worker = _start_subprocess(code, env)
+    try:
+        deadline = time.monotonic() + 30
+        while sim.stats()["status_counts"].get("200", 0) < 40:
+            assert time.monotonic() < deadline and worker.poll() is None, worker.stderr.read()
+            time.sleep(0.1)
+        time.sleep(3.0)  # the timer flush happens within 2 s of the last answer
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    store = RunStore(run["run_uri"])
+    stored = {r["id"] for r in store.iter_records("responses/*.*jsonl") if "content" in r}
+    assert len(stored) == 40
+
+
+def test_a_failing_write_stops_dispatch_and_the_next_run_sends_only_what_is_missing(sim, wd):
+    """A file-size limit (RLIMIT_FSIZE) makes the response file unwritable mid-run: dispatch stops
+    with a StorageWriteError, nothing stored is lost or torn, and a later run completes."""
+    params = {
+        "base_url": sim.base_url,
+        "api_key": "k",
+        "progress": "off",
+        "max_concurrent_requests": 4,
+    }
+    rows = [{"n": i} for i in range(400)]
+    llm = Numbered("gpt-4o-mini", backend_params=params)
+    run = steps.prepare(llm, rows, wd)
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
+        "from curator_flows import steps, StorageWriteError\n"
+        "try:\n"
+        f"    steps.run_online({run['run_uri']!r})\n"
+        "except StorageWriteError as exc:\n"
+        "    print('STORAGE', exc.retryable, exc); sys.exit(3)\n"
+    )
+    worker = _start_subprocess(code, {})
+    out, err = worker.communicate(timeout=120)
+    assert worker.returncode == 3, (out, err[-2000:])
+    assert "STORAGE True" in out and "could not be written" in out
+    sent_first = sim.stats()["chat_completions"]
+    assert sent_first < 400  # dispatch stopped early
+    records = response_records(run["run_uri"])  # every stored line decodes (none torn)
+    stored = {r["id"] for r in records if "content" in r}
+    assert 0 < len(stored) < 400
+    result = steps.run_online(run, llm=llm)
+    assert result["pending_before"] == 400 - len(stored)
+    assert sim.stats()["chat_completions"] == sent_first + result["pending_before"]
+    ids = [r["id"] for r in response_records(run["run_uri"]) if "content" in r]
+    assert len(ids) == len(set(ids)) == 400
+    assert issubclass(StorageWriteError, OSError)
