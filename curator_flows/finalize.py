@@ -400,15 +400,25 @@ def summary_of(
 
 def load_dataset(store: RunStore, outputs: list[str]):
     """The output as a ``datasets.Dataset`` (memory-mapped for local runs)."""
-    import datasets
+    return _as_dataset(_read_output(store, outputs))
+
+
+def _read_output(store: RunStore, outputs: list[str]):
+    """The output as one Arrow table, opened now: memory-mapped for local runs (a later
+    finalize replaces the files, the mapped ones stay as they were), read for object stores."""
     import pyarrow as pa
 
     tables = [_read_table(store, rel) for rel in outputs]
     tables = [t for t in tables if t.num_columns]
     if not tables:
-        return datasets.Dataset.from_dict({})
-    table = pa.concat_tables(tables, promote_options="permissive")
-    return datasets.Dataset(table)
+        return None
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _as_dataset(table):
+    import datasets
+
+    return datasets.Dataset.from_dict({}) if table is None else datasets.Dataset(table)
 
 
 def load_response(
@@ -417,9 +427,10 @@ def load_response(
     llm: LLM | None = None,
     credentials: Credentials | dict[str, Any] | None = None,
 ) -> CuratorResponse:
-    """The :class:`CuratorResponse` of a finalized run. Its ``dataset`` (memory-mapped when
-    local) is built on first access: a run that only needs the statistics never imports
-    ``datasets``."""
+    """The :class:`CuratorResponse` of a finalized run. The output is opened here (memory-mapped
+    when local), so the response keeps it even if the run is finalized again later; the
+    ``datasets.Dataset`` around it is built on first access, so a run that only needs the
+    statistics never imports ``datasets``."""
     from .errors import RunNotFoundError
 
     credentials = Credentials.coerce(credentials)
@@ -431,9 +442,9 @@ def load_response(
     config = manifest.get("config") or {}
     limits = output.get("limits") or {}
     failed_path = f"{store.uri}/{FAILED}" if stats.request_stats.failed else None
-    outputs = list(output["outputs"])
+    table = _read_output(store, output["outputs"])  # this call's output, whatever comes later
     return CuratorResponse.lazy(
-        lambda: load_dataset(store, outputs),
+        lambda: _as_dataset(table),
         model_name=manifest["model_name"],
         cache_dir=store.uri,
         failed_requests_path=failed_path,

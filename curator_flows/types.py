@@ -4,8 +4,9 @@ Statistics are plain dataclasses so they serialise to the run directory's ``stat
 without loss (``to_dict`` / ``from_dict``).
 
 ``CuratorResponse.dataset`` is a ``datasets.Dataset``; a response made from a run directory
-builds it on first access (importing ``datasets`` costs more than a whole fast run), then keeps
-it. Pickling a response builds it first.
+holds the output's Arrow table and builds the ``Dataset`` around it on first access (importing
+``datasets`` costs more than a whole fast run), then keeps it. Pickling a response builds it
+first.
 """
 
 from __future__ import annotations
