@@ -54,6 +54,8 @@ bench: venv
 	$(VENV_PY) benchmarks/batch_pipeline.py
 	$(VENV_PY) benchmarks/prepare_rows.py
 	$(VENV_PY) benchmarks/read_parquet_input.py
+	$(VENV_PY) benchmarks/vs_bare_client.py
+	$(VENV_PY) benchmarks/publish_parquet.py
 
 # Prefect's added wall time and the flow process's peak memory (20,000 requests, 4 shards).
 bench-prefect: venv
