@@ -377,7 +377,8 @@ class OnlineRunner:
         """Learn from an answer: it proves the endpoint reachable, its headers carry limits."""
         if attempt.status is not None or attempt.kind == "ok":
             self.last_answer_at = time.monotonic()
-        if attempt.headers is not None:
+        if attempt.headers is not None and not (self.limiter.learned and self.limiter.unlimited):
+            # (once the provider said "no limits", its headers have nothing left to teach)
             learned = self.backend.learn(attempt.headers)
             if learned is not None:
                 self.limiter.observe(learned)

@@ -2,11 +2,17 @@
 
 Statistics are plain dataclasses so they serialise to the run directory's ``stats.json`` and back
 without loss (``to_dict`` / ``from_dict``).
+
+``CuratorResponse.dataset`` is a ``datasets.Dataset``; a response made from a run directory
+holds the output's Arrow table and builds the ``Dataset`` around it on first access (importing
+``datasets`` costs more than a whole fast run), then keeps it. Pickling a response builds it
+first.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,9 +85,14 @@ class RunStats:
         return cls(**{name: kind(**data.get(name, {})) for name, kind in _STAT_TYPES.items()})
 
 
+_UNLOADED: Any = object()
+
+
 @dataclass
 class CuratorResponse:
-    """What ``LLM.__call__`` returns: the dataset and its statistics (Curator's fields)."""
+    """What ``LLM.__call__`` returns: the dataset and its statistics (Curator's fields).
+
+    ``dataset`` may be given as a loader with :meth:`lazy`: it is then built on first access."""
 
     dataset: Any
     model_name: str
@@ -97,10 +108,42 @@ class CuratorResponse:
     performance_stats: PerformanceStats = field(default_factory=PerformanceStats)
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def lazy(cls, loader: Callable[[], Any], **fields: Any) -> CuratorResponse:
+        """A response whose ``dataset`` is ``loader()``, called on first access."""
+        response = cls(dataset=_UNLOADED, **fields)
+        response._dataset_loader = loader
+        return response
+
+    def _get_dataset(self) -> Any:
+        value = self.__dict__.get("_dataset", None)
+        if value is _UNLOADED:
+            value = self._dataset_loader()
+            self.__dict__["_dataset"] = value
+            self.__dict__.pop("_dataset_loader", None)
+        return value
+
+    def _set_dataset(self, value: Any) -> None:
+        self.__dict__["_dataset"] = value
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._get_dataset()
+        return dict(self.__dict__)
+
     def __repr__(self) -> str:
-        rows = len(self.dataset) if self.dataset is not None else 0
+        loaded = self.__dict__.get("_dataset") is not _UNLOADED
+        if loaded:
+            rows = len(self.dataset) if self.dataset is not None else 0
+        else:
+            rows = self.metadata.get("rows", "?")
         return (
             f"CuratorResponse(model_name={self.model_name!r}, rows={rows}, "
             f"succeeded={self.request_stats.succeeded}, failed={self.request_stats.failed}, "
             f"cost=${self.cost_info.total_cost:.4f}, cache_dir={self.cache_dir!r})"
         )
+
+
+# the dataclass's ``dataset`` field, read through a property so a lazy one is built on access
+CuratorResponse.dataset = property(  # type: ignore[assignment]
+    CuratorResponse._get_dataset, CuratorResponse._set_dataset, doc="A ``datasets.Dataset``."
+)
