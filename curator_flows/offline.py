@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .acceptance import Acceptance
+from .backends.openai import chat_completion_object
 from .cost import Prices, resolve_prices
 from .credentials import Credentials
 from .errors import ConfigError
@@ -236,7 +237,10 @@ class _OfflineRunner:
         """Queue the chunk. vLLM rejects a whole call when one request is invalid (a prompt
         longer than the context): then the chunk is bisected, so every other request is
         still generated and only the rejected ones fail, with vLLM's reason."""
-        requests = [{"custom_id": item.id, "messages": item.messages} for item in items]
+        requests = [
+            {"custom_id": item.id, "messages": item.messages, "params": item.params}
+            for item in items
+        ]
         try:
             return [(items, self.engine.submit(requests))]
         except ValueError as exc:
@@ -301,7 +305,11 @@ class _OfflineRunner:
             return self._failure(item, f"{problem} (after {item.attempts} attempts)")
         extra = None
         if self.keep_completions:
-            extra = {"completion": chat_completion(self.model_name, item.id, out)}
+            usage = (used_in, used_out)
+            completion = chat_completion_object(
+                self.model_name, item.id, out["content"], out["finish_reason"], usage
+            )
+            extra = {"completion": completion}
         record = item.success_line(
             out["content"],
             out["finish_reason"],
@@ -328,29 +336,6 @@ class _OfflineRunner:
                 appender = self.appenders[shard] = self.store.appender(f"responses/{shard}")
             appender.append_many(records)
             appender.flush()
-
-
-def chat_completion(model: str, request_id: str, out: dict[str, Any]) -> dict[str, Any]:
-    """A vLLM output as the chat completion vLLM's OpenAI-compatible server would answer (for
-    ``return_completions_object``)."""
-    usage = out["usage"]
-    return {
-        "id": f"chatcmpl-{request_id}",
-        "object": "chat.completion",
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": out["content"]},
-                "finish_reason": out["finish_reason"],
-            }
-        ],
-        "usage": {
-            "prompt_tokens": usage["prompt_tokens"],
-            "completion_tokens": usage["completion_tokens"],
-            "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"],
-        },
-    }
 
 
 def run_offline(

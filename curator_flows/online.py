@@ -324,7 +324,7 @@ class OnlineRunner:
         self.summary.sent += 1
         started = time.perf_counter()
         try:
-            attempt = await self.backend.complete(item.messages)
+            attempt = await self.backend.complete(item.messages, item.params)
         finally:
             self.in_flight -= 1
             counters.in_flight = self.in_flight

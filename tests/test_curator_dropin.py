@@ -236,9 +236,10 @@ class FunctionCallGenerator(curator.LLM):
         if "tool_calls" in message and message["tool_calls"]:
             input["function_call"] = str([call["function"] for call in message["tool_calls"]])
             input["function_name"] = message["tool_calls"][0]["function"]["name"]
+            input["arguments"] = message["tool_calls"][0]["function"]["arguments"]
         else:
             input["function_call"] = message["content"]
-            input["function_name"] = None
+            input["function_name"] = input["arguments"] = None
         input["finish_reason"] = response["choices"][0]["finish_reason"]
         return input
 
@@ -263,8 +264,8 @@ def test_completions_object_with_tool_calls_and_per_row_generation_params(sim, w
     rows = result.dataset.to_list()
     assert [row["function_name"] for row in rows] == ["get_weather", "get_local_time"]
     assert all(row["finish_reason"] == "tool_calls" for row in rows)
-    call = json.loads(rows[0]["function_call"].replace("'", '"'))[0]
-    assert set(json.loads(call["arguments"])) == {"location", "units"}
+    assert set(json.loads(rows[0]["arguments"])) == {"location", "units"}
+    assert set(json.loads(rows[1]["arguments"])) == {"location", "timezone"}
     # the row's params are what was sent, so they are part of the run: a swap is a new run
     swapped = datasets.Dataset.from_dict(
         {

@@ -82,6 +82,35 @@ def request_body(
     return {**template, **(params or {}), "messages": messages}
 
 
+def chat_completion_object(
+    model: str,
+    request_id: str,
+    content: str,
+    finish_reason: str | None,
+    usage: tuple[int, int] | list[int],
+) -> dict[str, Any]:
+    """A plain answer in the shape of an OpenAI ``chat.completion`` (what vLLM's
+    OpenAI-compatible server returns), for ``return_completions_object``."""
+    prompt_tokens, completion_tokens = int(usage[0]), int(usage[1])
+    return {
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion",
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
 def parse_chat_completion(data: Any) -> Attempt:
     """An OpenAI ``chat.completion`` object → ``ok`` attempt (``raw`` is the whole object; a
     tool-call answer has empty content), or ``retryable`` if malformed."""
