@@ -520,6 +520,24 @@ def test_klusterai_is_the_openai_backend_with_its_endpoint_and_key(sim, wd, monk
     assert len(result.dataset) == 2 and sim.stats()["chat_completions"] == 2
 
 
+def test_an_alias_in_batch_mode_uses_its_key_in_every_batch_step(sim, wd, monkeypatch):
+    sim.configure(
+        require_api_key="inference-key",
+        batch_timings={"validating": 0.05, "in_progress": 0.1, "finalizing": 0.05},
+    )
+    monkeypatch.setenv("INFERENCE_API_KEY", "inference-key")
+    llm = Haiku(
+        model_name="meta-llama/llama-3.1-8b-instruct",
+        backend="inference.net",
+        batch=True,
+        backend_params={"base_url": sim.base_url, "progress": "off", "batch_check_interval": 0.05},
+    )
+    result = llm(ROWS, working_dir=wd)
+    assert len(result.dataset) == 2
+    assert sim.stats()["batches_created"] == 1 and sim.stats()["batch_items"] == 2
+    assert sim.stats()["status_counts"].get("401", 0) == 0
+
+
 def test_provider_aliases_resolve_to_their_endpoints(monkeypatch):
     from curator_flows.credentials import resolve_endpoint
 
