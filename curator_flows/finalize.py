@@ -18,16 +18,26 @@ Invariants:
   even JSON can hold raises :class:`~curator_flows.errors.OutputError` naming the row and the
   column;
 - memory is bounded by one shard's responses and parsed rows;
-- ``parse()`` raising stops with an error naming the row; every response stays stored.
+- ``parse()`` raising on a row skips that row (as Curator does): it is listed in
+  ``failed_requests.jsonl`` with the exception and counted as failed, its paid response stays
+  stored and is not pending, so a call with a fixed ``parse()`` re-parses it without sending;
+  the first few are logged. Such failures are not retryable (the same code fails the same way);
+- ``return_completions_object``: ``parse()`` receives the stored provider answer
+  (``completion``), or the OpenAI chat completion shape of the stored content when a line has
+  none;
+- ``cost_info.projected_remaining_cost`` estimates what sending the requests that have no
+  standing answer would cost (prompt-token estimate and the output budget per request).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .acceptance import Acceptance
+from .backends.factory import output_estimate
 from .credentials import Credentials
 from .errors import IncompleteRunError, ParseError
 from .ledger import run_totals
@@ -36,12 +46,17 @@ from .results import FinalizeResult, make
 from .rowcodec import decode as decode_input
 from .runs import RunRef, llm_for, open_run
 from .store import FAILED, OUTPUT_STATS, RunStore
+from .tokens import estimate_prompt_tokens
 from .types import CuratorResponse, PerformanceStats, RunStats
 
 if TYPE_CHECKING:
     from .llm import LLM
 
 __all__ = ["FAILED", "OUTPUT_STATS", "finalize", "finalize_run", "load_response"]
+
+log = logging.getLogger(__name__)
+#: parse() failures logged one by one per finalize; the rest are counted in one line
+PARSE_FAILURES_LOGGED = 3
 
 
 def latest_responses(
@@ -128,6 +143,10 @@ class _Tally:
     invalidated: int = 0
     unanswered: int = 0
     pending_shards: list[str] = field(default_factory=list)
+    parse_failures: int = 0
+    #: requests without a standing answer: how many, and their estimated prompt tokens
+    resend_requests: int = 0
+    resend_input_tokens: int = 0
 
 
 def _judge(record: dict[str, Any] | None, acceptance: Acceptance) -> tuple[Any, str | None, bool]:
@@ -181,21 +200,25 @@ def _finalize_shard(
             stats.request_stats.failed += 1
             failed_file.write(_failure_line(request, record, error))
             tally.failed += 1
+            tally.resend_requests += 1
+            tally.resend_input_tokens += estimate_prompt_tokens(request["messages"])
             if record is None or taken or INVALIDATED in record:
                 unanswered += 1
                 tally.retryable += 1
             elif record.get("retryable", True):
                 tally.retryable += 1
             continue
-        stats.request_stats.succeeded += 1
+        if llm.return_completions_object:
+            response = _completion_of(llm, request, record)
         try:
             parsed = llm.parse(decode_input(request["input"]), response)
-        except Exception as exc:
-            raise ParseError(
-                f"parse() raised on row {request['row']}: {type(exc).__name__}: {exc}. "
-                f"Every response is stored in {store.uri}: fix parse() and call again; "
-                "no request will be sent"
-            ) from exc
+        except Exception as exc:  # noqa: BLE001 - whatever user code raises skips its row
+            error = _parse_failure(store, request, exc, tally)
+            stats.request_stats.failed += 1
+            failed_file.write(_failure_line(request, record, error))
+            tally.failed += 1
+            continue
+        stats.request_stats.succeeded += 1
         produced = _rows_of(request["row"], parsed)
         rows.extend(produced)
         origins.extend([request["row"]] * len(produced))
@@ -210,6 +233,34 @@ def _finalize_shard(
     table, kinds = rows_table(rows, origins)
     _write_table(store, rel, table)
     return _ShardOutput(name, rel, table.num_rows, kinds)
+
+
+def _completion_of(llm: LLM, request: dict[str, Any], record: dict[str, Any]) -> Any:
+    """What ``parse()`` receives under ``return_completions_object``."""
+    completion = record.get("completion")
+    if completion is not None:
+        return completion
+    from .backends.openai import chat_completion_object
+
+    return chat_completion_object(
+        llm.model_name,
+        request["id"],
+        record["content"],
+        record.get("finish_reason"),
+        record.get("usage") or [0, 0],
+    )
+
+
+def _parse_failure(store: RunStore, request: dict[str, Any], exc: Exception, tally: _Tally) -> str:
+    """The failure text of a row whose ``parse()`` raised (logged for the first few)."""
+    error = (
+        f"parse() raised on row {request['row']}: {type(exc).__name__}: {exc}; the response is "
+        f"stored in {store.uri}: fix parse() and call again (nothing is sent)"
+    )
+    tally.parse_failures += 1
+    if tally.parse_failures <= PARSE_FAILURES_LOGGED:
+        log.warning("skipping row %s: %s", request["row"], error)
+    return error
 
 
 def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[str, Any]:
@@ -227,6 +278,13 @@ def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[st
         ]
     if not tally.failed:
         store.remove(FAILED)
+    if tally.parse_failures > PARSE_FAILURES_LOGGED:
+        log.warning(
+            "parse() raised on %d rows in all; they are listed in %s/%s",
+            tally.parse_failures,
+            store.uri,
+            FAILED,
+        )
     columns = _conform_shards(store, outputs)
     totals = run_totals(store)
     stats.request_stats.attempts = totals["sent"]
@@ -237,6 +295,10 @@ def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[st
     )
     stats.cost_info.input_cost_per_million = prices.input
     stats.cost_info.output_cost_per_million = prices.output
+    stats.cost_info.projected_remaining_cost = prices.cost(
+        tally.resend_input_tokens, tally.resend_requests * output_estimate(llm)
+    )
+    stats.token_usage.total = stats.token_usage.input + stats.token_usage.output
     stats.cost_info.batch_discount = manifest["mode"] == "batch"
     stats.performance_stats = _performance(totals)
     output = {
@@ -252,6 +314,7 @@ def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[st
         "invalidated": tally.invalidated,
         "unanswered": tally.unanswered,
         "pending_shards": tally.pending_shards,
+        "parse_failures": tally.parse_failures,
         "finalized_at": time.time(),
     }
     store.write_json(OUTPUT_STATS, output)

@@ -36,6 +36,8 @@ class WorkItem:
     wasted_input: int = 0
     wasted_output: int = 0
     wasted_cost: float = 0.0
+    #: the row's own generation params (its request line's ``params``), over the LLM's
+    params: dict[str, Any] | None = None
 
     def waste(self, input_tokens: int, output_tokens: int, cost: float) -> None:
         """Charge a paid attempt whose answer was not accepted to this request."""
@@ -132,7 +134,13 @@ def pending_items(
         for req in store.iter_lines(f"requests/{shard}.jsonl"):
             if req["id"] not in finished:
                 messages = req["messages"]
-                yield WorkItem(shard, req["id"], messages, estimate_prompt_tokens(messages))
+                yield WorkItem(
+                    shard,
+                    req["id"],
+                    messages,
+                    estimate_prompt_tokens(messages),
+                    params=req.get("params"),
+                )
 
 
 def count_pending(sizes: dict[str, int], done: dict[str, set[str]]) -> int:

@@ -14,6 +14,9 @@ Invariants:
   40 bytes per request in numpy arrays (``curator_flows.reuse``);
 - the manifest is written last: a run directory with a manifest is fully prepared, and a
   prepare that crashed is simply redone (shard files are replaced whole);
+- the LLM's ``system_prompt`` is rendered into every request (the first message); a row's
+  ``generation_params`` (a dict or its JSON string) is validated and carried by its request
+  line (``params``) and covered by its request id, since both change what is sent;
 - a bad row fails with an error that names the row (and column), before any request is sent;
 - shards respect the mode's limits on requests and bytes per shard.
 """
@@ -31,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .credentials import Credentials
-from .errors import InputError, PromptError
+from .errors import ConfigError, InputError, PromptError
 from .fingerprint import RequestIds, digest
 from .inputs import iter_rows
 from .results import PrepareResult, make
@@ -82,6 +85,10 @@ def run_id_for(family: str, content_fp: str, mode: str) -> str:
     return f"{family[:12]}-{digest(family, content_fp, mode)[:20]}"
 
 
+#: the input column whose value overrides the LLM's generation params for its row (Curator's)
+ROW_PARAMS_COLUMN = "generation_params"
+
+
 class _Renderer:
     """Renders rows into request lines with content-addressed ids."""
 
@@ -89,9 +96,77 @@ class _Renderer:
         self.llm = llm
         self.takes_input = bool(inspect.signature(llm.prompt).parameters)
         self.ids = RequestIds(family)
+        self.checked_params: set[bytes] = set()
+
+    def row_params(self, index: int, row: Any) -> bytes | None:
+        """The row's own generation params as canonical JSON (``None``: the LLM's apply)."""
+        if not isinstance(row, dict) or row.get(ROW_PARAMS_COLUMN) is None:
+            return None
+        value = row[ROW_PARAMS_COLUMN]
+        where = f"row {index}, column {ROW_PARAMS_COLUMN!r}"
+        if isinstance(value, str):
+            try:
+                value = orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                raise InputError(
+                    f"{where}: not a JSON object ({exc}); give the row's generation params as a "
+                    "dict or its JSON string"
+                ) from None
+        if not isinstance(value, dict):
+            raise InputError(
+                f"{where}: expected a dict of generation params (or its JSON string), got "
+                f"{type(value).__name__}"
+            )
+        if not value:
+            return None
+        try:
+            encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except TypeError as exc:
+            raise InputError(f"{where}: not JSON-serialisable: {exc}") from None
+        if encoded not in self.checked_params:
+            self._check_params(where, value)
+            self.checked_params.add(encoded)
+        return encoded
+
+    def _check_params(self, where: str, params: dict[str, Any]) -> None:
+        llm = self.llm
+        merged = {**llm.generation_params, **params}
+        try:
+            if llm.mode == "offline":
+                from .backends.vllm import validate_params
+                from .offline import engine_arguments
+
+                _, sampling = engine_arguments(llm)
+                validate_params({}, {**sampling, **params})
+            else:
+                from .genparams import validate_generation_params
+
+                validate_generation_params(
+                    llm.backend,
+                    merged,
+                    custom_endpoint=llm.config.params.base_url is not None
+                    or llm.provider != llm.backend,
+                )
+        except (ValueError, ConfigError) as exc:
+            raise InputError(f"{where}: {exc}") from None
+
+    def messages(self, index: int, value: Any) -> list[dict[str, Any]]:
+        """``prompt()``'s answer as chat messages, with the LLM's system prompt first."""
+        messages = to_messages(index, value)
+        system_prompt = self.llm.system_prompt
+        if system_prompt is None:
+            return messages
+        if any(m.get("role") in ("system", "developer") for m in messages):
+            raise PromptError(
+                f"prompt() on row {index} returned a system message while the LLM has "
+                "system_prompt set: give the system prompt in one place (as Curator, this is "
+                "refused rather than sending two)"
+            )
+        return [{"role": "system", "content": system_prompt}, *messages]
 
     def request(self, index: int, row: Any) -> tuple[bytes, str, int]:
-        """``(request line, request id, messages bytes)`` of row ``index``."""
+        """``(request line, request id, bytes the request adds to the body: its messages and
+        its own params)`` of row ``index``."""
         row_json, row = encode_row(index, row)  # prompt() and parse() see the same stored row
         llm = self.llm
         try:
@@ -100,12 +175,18 @@ class _Renderer:
             raise PromptError(
                 f"prompt() raised on row {index}: {type(exc).__name__}: {exc}"
             ) from exc
-        messages = to_messages(index, value)
+        messages = self.messages(index, value)
         try:
             messages_json = orjson.dumps(messages)
         except TypeError as exc:
             raise PromptError(_unencodable_messages(index, messages, exc)) from None
-        request_id = self.ids.next_id(messages_json)
+        params_json = self.row_params(index, row)
+        if params_json is None:
+            request_id = self.ids.next_id(messages_json)
+            params_part = b""
+        else:
+            request_id = self.ids.next_id(messages_json + b"\x00" + params_json)
+            params_part = b',"params":' + params_json
         line = b"".join(
             (
                 b'{"id":"',
@@ -114,12 +195,13 @@ class _Renderer:
                 str(index).encode(),
                 b',"messages":',
                 messages_json,
+                params_part,
                 b',"input":',
                 row_json,
                 b"}\n",
             )
         )
-        return line, request_id, len(messages_json)
+        return line, request_id, len(messages_json) + len(params_part)
 
 
 def _unencodable_messages(index: int, messages: list[dict[str, Any]], exc: TypeError) -> str:

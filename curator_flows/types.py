@@ -1,7 +1,9 @@
 """The result types of Curator's API: statistics and :class:`CuratorResponse`.
 
 Statistics are plain dataclasses so they serialise to the run directory's ``stats.json`` and back
-without loss (``to_dict`` / ``from_dict``).
+without loss (``to_dict`` / ``from_dict``). Their leading fields are Curator's, in Curator's
+order, so code that builds them positionally or by keyword (``TokenUsage(input=, output=,
+total=)``) works unchanged; ours follow.
 
 ``CuratorResponse.dataset`` is a ``datasets.Dataset``; a response made from a run directory
 holds the output's Arrow table and builds the ``Dataset`` around it on first access (importing
@@ -12,7 +14,7 @@ first.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,17 @@ from typing import Any
 class TokenUsage:
     input: int = 0
     output: int = 0
+    #: ``input + output`` unless given
+    total: int | None = None
 
-    @property
-    def total(self) -> int:
-        return self.input + self.output
+    def __post_init__(self) -> None:
+        if self.total is None:
+            self.total = (self.input or 0) + (self.output or 0)
+
+    def add(self, other: TokenUsage) -> None:
+        self.input += other.input
+        self.output += other.output
+        self.total = (self.total or 0) + (other.total or 0)
 
 
 @dataclass
@@ -33,9 +42,16 @@ class CostInfo:
     total_cost: float = 0.0
     input_cost_per_million: float | None = None
     output_cost_per_million: float | None = None
+    #: what sending the requests still without an answer would cost (estimated)
+    projected_remaining_cost: float = 0.0
     batch_discount: bool = False
     #: cost of responses reused from the store rather than paid in this call
     cached_cost: float = 0.0
+
+    def add(self, other: CostInfo) -> None:
+        self.total_cost += other.total_cost
+        self.projected_remaining_cost += other.projected_remaining_cost
+        self.cached_cost += other.cached_cost
 
 
 @dataclass
@@ -43,11 +59,18 @@ class RequestStats:
     total: int = 0
     succeeded: int = 0
     failed: int = 0
+    #: requests being processed; 0 once a call returns
+    in_progress: int = 0
     #: responses already stored before this call (no request sent)
     cached: int = 0
     #: requests sent in this call, retries included
     attempts: int = 0
     rate_limited: int = 0
+
+    def add(self, other: RequestStats) -> None:
+        for name in ("total", "succeeded", "failed", "in_progress", "cached", "attempts"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.rate_limited += other.rate_limited
 
 
 @dataclass
@@ -58,6 +81,16 @@ class PerformanceStats:
     output_tokens_per_minute: float = 0.0
     max_concurrent_requests: int = 0
     mean_latency: float = 0.0
+
+    def add(self, other: PerformanceStats) -> None:
+        for name in (
+            "total_time",
+            "requests_per_minute",
+            "input_tokens_per_minute",
+            "output_tokens_per_minute",
+            "max_concurrent_requests",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 _STAT_TYPES = {
@@ -130,6 +163,37 @@ class CuratorResponse:
         self._get_dataset()
         return dict(self.__dict__)
 
+    def get_failed_requests(
+        self, storage_options: dict[str, Any] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The failed requests, one dict per line of ``failed_requests.jsonl`` (each with its
+        row, messages and error), streamed; empty when none failed. ``storage_options``
+        reach fsspec for a run on an object store."""
+        path = self.failed_requests_path
+        if path is None:
+            return iter(())
+        return _iter_jsonl(str(path), storage_options or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The response as plain JSON values: the dataset's size and columns (not its rows),
+        the model, the statistics and the metadata (Curator's shape)."""
+        dataset = self.dataset
+        return {
+            "dataset": {
+                "fingerprint": getattr(dataset, "_fingerprint", None),
+                "size": len(dataset) if dataset is not None else 0,
+                "columns": list(getattr(dataset, "column_names", None) or []),
+            },
+            "failed_requests_path": str(self.failed_requests_path)
+            if self.failed_requests_path
+            else None,
+            "model_name": self.model_name,
+            "max_requests_per_minute": self.max_requests_per_minute,
+            "max_tokens_per_minute": self.max_tokens_per_minute,
+            **{name: dataclasses.asdict(getattr(self, name)) for name in _STAT_TYPES},
+            "metadata": self.metadata,
+        }
+
     def __repr__(self) -> str:
         loaded = self.__dict__.get("_dataset") is not _UNLOADED
         if loaded:
@@ -141,6 +205,19 @@ class CuratorResponse:
             f"succeeded={self.request_stats.succeeded}, failed={self.request_stats.failed}, "
             f"cost=${self.cost_info.total_cost:.4f}, cache_dir={self.cache_dir!r})"
         )
+
+
+def _iter_jsonl(path: str, storage_options: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    import fsspec
+    import orjson
+
+    fs, fs_path = fsspec.core.url_to_fs(path, **storage_options)
+    if not fs.exists(fs_path):
+        return
+    with fs.open(fs_path, "rb") as handle:
+        for line in handle:
+            if line.strip():
+                yield orjson.loads(line)
 
 
 # the dataclass's ``dataset`` field, read through a property so a lazy one is built on access

@@ -193,3 +193,88 @@ def test_editing_one_row_reuses_every_other_response_even_repeated_ones(sim, par
     assert sim.stats()["requests"] == 21
     assert result.request_stats.cached == 19
     assert result.dataset["id"] == [row["id"] for row in rows]
+
+
+# ------------------------------------------------------------- system prompt, row params
+
+
+class Plain(LLM):
+    def prompt(self, row):
+        return f"about {row['topic']}"
+
+
+def _lines(run: dict) -> list[dict]:
+    from curator_flows.store import RunStore
+
+    store = RunStore(run["run_uri"])
+    return [line for shard in run["shards"] for line in store.iter_lines(f"requests/{shard}.jsonl")]
+
+
+def test_system_prompt_is_the_first_message_and_joins_the_request_ids(wd):
+    rows = [{"topic": "a"}, {"topic": "b"}]
+    plain = steps.prepare(Plain("gpt-4o-mini"), rows, wd, rebuild_check=False)
+    with_system = steps.prepare(
+        Plain("gpt-4o-mini", system_prompt="Be brief."), rows, wd, rebuild_check=False
+    )
+    assert plain["run_id"] != with_system["run_id"]
+    first = _lines(with_system)[0]
+    assert first["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "about a"},
+    ]
+    assert {line["id"] for line in _lines(plain)}.isdisjoint(
+        line["id"] for line in _lines(with_system)
+    )
+
+
+def test_row_params_are_carried_and_change_only_that_rows_id(wd):
+    rows = [
+        {"topic": "a", "generation_params": {"temperature": 0.1}},
+        {"topic": "b", "generation_params": json.dumps({"temperature": 0.9, "seed": 3})},
+        {"topic": "c", "generation_params": None},
+        {"topic": "d"},
+    ]
+    run = steps.prepare(Plain("gpt-4o-mini"), rows, wd, rebuild_check=False)
+    lines = _lines(run)
+    assert [line.get("params") for line in lines] == [
+        {"temperature": 0.1},
+        {"seed": 3, "temperature": 0.9},
+        None,
+        None,
+    ]
+    changed = [dict(row) for row in rows]
+    changed[0]["generation_params"] = {"temperature": 0.2}
+    other = _lines(steps.prepare(Plain("gpt-4o-mini"), changed, wd, rebuild_check=False))
+    assert [a["id"] == b["id"] for a, b in zip(lines, other, strict=True)] == [
+        False,
+        True,
+        True,
+        True,
+    ]
+    bare = _lines(steps.prepare(Plain("gpt-4o-mini"), [{"topic": "a"}], wd, rebuild_check=False))
+    assert bare[0]["id"] != lines[0]["id"]
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("{not json", "row 1, column 'generation_params': not a JSON object"),
+        (["temperature"], "row 1, column 'generation_params': expected a dict"),
+        ({"temprature": 0.5}, "row 1, column 'generation_params': .*did you mean 'temperature'"),
+        ({"stream": True}, "row 1, column 'generation_params': .*stream"),
+    ],
+)
+def test_bad_row_params_name_the_row_and_send_nothing(sim, params, wd, value, match):
+    rows = [{"topic": "ok"}, {"topic": "bad", "generation_params": value}]
+    with pytest.raises(InputError, match=match):
+        Plain("gpt-4o-mini", backend_params=params())(rows, working_dir=wd)
+    assert sim.stats()["requests"] == 0
+
+
+def test_a_system_message_beside_system_prompt_is_refused(wd):
+    class Both(LLM):
+        def prompt(self, row):
+            return [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]
+
+    with pytest.raises(PromptError, match="row 0 returned a system message"):
+        steps.prepare(Both("gpt-4o-mini", system_prompt="z"), [{}], wd, rebuild_check=False)
