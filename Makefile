@@ -8,7 +8,7 @@ EXTRAS := --extra litellm --extra airflow --extra prefect --extra s3 --extra gcs
 VENV_PY := .venv/bin/python
 VLLM_PY := .venv-vllm/bin/python
 
-.PHONY: uv venv test test-fast test-vllm demo lint bench bench-vllm vllm-venv
+.PHONY: uv venv test test-fast test-vllm demo prefect-ui lint bench bench-prefect bench-vllm vllm-venv
 
 uv:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
@@ -33,8 +33,14 @@ test-fast: venv
 test-vllm: vllm-venv
 	$(VLLM_PY) -m pytest -q -p no:cacheprovider tests/vllm
 
+# The nightly build as a Prefect flow on Prefect's temporary local server and the embedded
+# simulator (no API key, no network); ARGS="--model gpt-4o-mini" with OPENAI_API_KEY set.
 demo: venv
 	$(VENV_PY) -m dags_examples.demo $(ARGS)
+
+# A local Prefect server + UI (http://127.0.0.1:4200), the simulator, the nightly flow served.
+prefect-ui: venv
+	$(VENV_PY) -m dags_examples.prefect_ui $(ARGS)
 
 lint: venv
 	$(VENV_PY) -m ruff check .
@@ -46,6 +52,14 @@ bench: venv
 	$(VENV_PY) benchmarks/rate_limit.py
 	$(VENV_PY) benchmarks/cache_hit.py
 	$(VENV_PY) benchmarks/batch_pipeline.py
+	$(VENV_PY) benchmarks/prepare_rows.py
+	$(VENV_PY) benchmarks/read_parquet_input.py
+	$(VENV_PY) benchmarks/vs_bare_client.py
+	$(VENV_PY) benchmarks/publish_parquet.py
+
+# Prefect's added wall time and the flow process's peak memory (20,000 requests, 4 shards).
+bench-prefect: venv
+	$(VENV_PY) benchmarks/prefect_overhead.py $(ARGS)
 
 bench-vllm: vllm-venv
 	$(VLLM_PY) benchmarks/vllm_offline.py $(ARGS)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import os
 from dataclasses import dataclass
+
+import orjson
 
 _PRICE_FILE = "model_prices_and_context_window_backup.json"
 
@@ -35,8 +36,8 @@ def _price_map() -> dict:
         return {}
     path = os.path.join(list(spec.submodule_search_locations)[0], _PRICE_FILE)
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        with open(path, "rb") as handle:
+            return orjson.loads(handle.read())  # 3.5 MB: json.load took 0.2 s of a fast run
     except (OSError, ValueError):
         return {}
 

@@ -4,6 +4,10 @@ Invariants:
 - a key is looked up in this order: ``Credentials.api_key``, ``backend_params["api_key"]``, the
   provider's environment variable (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ...); nothing else
   in the library reads those variables;
+- a base URL: ``Credentials.base_url``, ``backend_params["base_url"]``, the provider's URL
+  variable, then the provider's own endpoint (for batch, its batch endpoint when it has one);
+- OpenAI-compatible providers that Curator names as backends (:data:`PROVIDER_ALIASES`) speak
+  the openai wire format with their own endpoint and key variable;
 - a :class:`Credentials` value never shows its key: ``repr``, ``str`` and :meth:`public_dict`
   mask it, and nothing here writes to the run directory;
 - ``storage_options`` reach every fsspec call a step makes (run directory, input URIs,
@@ -20,11 +24,24 @@ from pydantic import SecretStr
 
 from .errors import ConfigError
 
-#: (API key variable, base URL variable, default base URL) per backend
+#: (API key variable, base URL variable, default base URL) per provider ("" = no variable)
 PROVIDER_ENV: dict[str, tuple[str, str, str]] = {
     "openai": ("OPENAI_API_KEY", "OPENAI_BASE_URL", "https://api.openai.com/v1"),
     "anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
+    "klusterai": ("KLUSTERAI_API_KEY", "", "https://api.kluster.ai/v1"),
+    "inference.net": ("INFERENCE_API_KEY", "", "https://api.inference.net/v1"),
 }
+#: providers whose batch API lives elsewhere than their online API
+BATCH_BASE_URLS: dict[str, str] = {"inference.net": "https://batch.inference.net/v1"}
+#: OpenAI-compatible providers named as backends → the wire format they speak
+PROVIDER_ALIASES: dict[str, str] = {"klusterai": "openai", "inference.net": "openai"}
+
+
+def default_base_url(provider: str, batch: bool = False) -> str:
+    """The provider's own endpoint (``""`` for an unknown provider)."""
+    if batch and provider in BATCH_BASE_URLS:
+        return BATCH_BASE_URLS[provider]
+    return PROVIDER_ENV.get(provider, ("", "", ""))[2]
 
 
 @dataclass(frozen=True)
@@ -90,37 +107,43 @@ class Credentials:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A resolved provider endpoint: where to send and with which key (``None``: no key)."""
+    """A resolved provider endpoint: where to send and with which key (``None``: no key).
+    ``backend`` is the provider (``openai``, ``klusterai``, ...)."""
 
     backend: str
     base_url: str
     api_key: str | None = field(repr=False)
+    batch: bool = False
 
     @property
     def is_default(self) -> bool:
-        env = PROVIDER_ENV.get(self.backend)
-        return env is not None and self.base_url.rstrip("/") == env[2]
+        default = default_base_url(self.backend, self.batch)
+        return bool(default) and self.base_url.rstrip("/") == default
 
 
 def resolve_endpoint(
     backend: str,
     credentials: Credentials | None = None,
     backend_params: dict[str, Any] | None = None,
+    *,
+    batch: bool = False,
 ) -> Endpoint:
-    """The endpoint and key of ``backend``: credentials, then ``backend_params``, then the
-    environment. Raises :class:`~curator_flows.errors.MissingAPIKeyError` when the provider's own
-    endpoint would be called without a key (a local OpenAI-compatible server needs none)."""
+    """The endpoint and key of provider ``backend`` (online, or its batch API): credentials,
+    then ``backend_params``, then the environment. Raises
+    :class:`~curator_flows.errors.MissingAPIKeyError` when the provider's own endpoint would be
+    called without a key (a local OpenAI-compatible server needs none)."""
     from .errors import MissingAPIKeyError
 
     credentials = credentials or Credentials()
     params = backend_params or {}
-    key_var, url_var, default_url = PROVIDER_ENV.get(backend, ("", "", ""))
-    base_url = credentials.base_url or params.get("base_url") or os.environ.get(url_var) or ""
-    base_url = (base_url or default_url).rstrip("/")
+    key_var, url_var, _ = PROVIDER_ENV.get(backend, ("", "", ""))
+    base_url = credentials.base_url or params.get("base_url")
+    base_url = base_url or (os.environ.get(url_var) if url_var else None) or ""
+    base_url = (base_url or default_base_url(backend, batch)).rstrip("/")
     key = credentials.secret() or _param_key(params.get("api_key"))
     if not key and key_var:
         key = os.environ.get(key_var) or None
-    endpoint = Endpoint(backend, base_url, key)
+    endpoint = Endpoint(backend, base_url, key, batch)
     if key is None and endpoint.is_default:
         raise MissingAPIKeyError(
             f"no {backend} API key: set {key_var}, pass credentials=Credentials(api_key=...) "

@@ -5,14 +5,18 @@ Invariants:
 - the driver sequences the same engine functions an orchestrator calls one step at a time, so
   an in-process run and an orchestrated run leave the same run directory and report the same
   statistics (both read the run's ledger);
-- a finished run whose output was parsed by the same ``parse()`` and state, with nothing
-  failed, is returned without sending, parsing or writing anything.
+- a finished run whose output was parsed by the same ``parse()`` and state and judged by the
+  same acceptance rule (``response_format`` code and schema, invalid finish reasons), with
+  nothing failed, is returned without sending, parsing or writing anything;
+- when finalize takes back stored answers the current model refuses, the driver sends those
+  requests again and finalizes once more, in the same call.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .acceptance import Acceptance
 from .credentials import Credentials
 from .finalize import check_complete, finalize_run, load_response
 from .prepare import prepare_run
@@ -24,11 +28,14 @@ if TYPE_CHECKING:
 
 
 def finished_output(store: RunStore, llm: LLM) -> dict[str, Any] | None:
-    """The stored output when it is complete and was parsed by the same ``parse()`` and state."""
+    """The stored output when it is complete, parsed by the same ``parse()`` and state and
+    judged by the same acceptance rule."""
     if not store.exists(OUTPUT_STATS):
         return None
     output = store.read_json(OUTPUT_STATS)
-    if output.get("parse_fingerprint") != llm.parse_fingerprint() or output.get("failed"):
+    if output.get("failed") or output.get("parse_fingerprint") != llm.parse_fingerprint():
+        return None
+    if output.get("acceptance_fingerprint") != Acceptance(llm).fingerprint():
         return None
     return output
 
@@ -51,6 +58,9 @@ def run_in_process(
         if manifest["requests"]:
             _send(store, manifest, llm, credentials)
         output = finalize_run(store, manifest, llm)
+        if output.get("invalidated"):  # stored answers the current model refuses: ask again
+            _send(store, manifest, llm, credentials)
+            output = finalize_run(store, manifest, llm)
     check_complete(store, output, llm.config.require_all_responses)
     return load_response(store.uri, llm=llm, credentials=credentials)
 

@@ -4,24 +4,49 @@
 Invariants:
 - finalize reads only the run directory and sends nothing; running it again (say, after
   editing ``parse()``) rewrites the same files from the same responses;
-- per request id the latest success wins over any failure line; rows come out in input order
-  (shards in order, rows in order within a shard);
+- per request id the standing line decides (:mod:`curator_flows.pending`): a success, unless a
+  later invalidation took it back; rows come out in input order (shards in order, rows in order
+  within a shard);
+- every stored success is judged again by the current acceptance rule
+  (:class:`~curator_flows.acceptance.Acceptance`); one it refuses is taken back with an
+  invalidation line, so the request is pending again and the next run sends it;
+- requests with no standing answer (never answered, or taken back) make the run incomplete:
+  :class:`~curator_flows.errors.IncompleteRunError` names their shards (``pending_shards``),
+  raised after everything was written;
+- values are stored under one policy, **widen the type, else store the column as JSON text**
+  (:mod:`curator_flows.columns`); every shard file of a run has the same schema; a value not
+  even JSON can hold raises :class:`~curator_flows.errors.OutputError` naming the row and the
+  column;
 - memory is bounded by one shard's responses and parsed rows;
-- ``parse()`` raising stops with an error naming the row; every response stays stored.
+- ``parse()`` raising on a row skips that row (as Curator does): it is listed in
+  ``failed_requests.jsonl`` with the exception and counted as failed, its paid response stays
+  stored and is not pending, so a call with a fixed ``parse()`` re-parses it without sending;
+  the first few are logged. Such failures are not retryable (the same code fails the same way);
+- ``return_completions_object``: ``parse()`` receives the stored provider answer
+  (``completion``), or the OpenAI chat completion shape of the stored content when a line has
+  none;
+- ``cost_info.projected_remaining_cost`` estimates what sending the requests that have no
+  standing answer would cost (prompt-token estimate and the output budget per request).
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .acceptance import Acceptance
+from .backends.factory import output_estimate
 from .credentials import Credentials
 from .errors import IncompleteRunError, ParseError
 from .ledger import run_totals
+from .pending import INVALIDATED, invalidation_line, supersedes
 from .results import FinalizeResult, make
+from .rowcodec import decode as decode_input
 from .runs import RunRef, llm_for, open_run
 from .store import FAILED, OUTPUT_STATS, RunStore
+from .tokens import estimate_prompt_tokens
 from .types import CuratorResponse, PerformanceStats, RunStats
 
 if TYPE_CHECKING:
@@ -29,15 +54,26 @@ if TYPE_CHECKING:
 
 __all__ = ["FAILED", "OUTPUT_STATS", "finalize", "finalize_run", "load_response"]
 
+log = logging.getLogger(__name__)
+#: parse() failures logged one by one per finalize; the rest are counted in one line
+PARSE_FAILURES_LOGGED = 3
 
-def latest_responses(store: RunStore, shard: str) -> dict[str, dict[str, Any]]:
+
+def latest_responses(
+    store: RunStore, shard: str
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Per request id, the standing line; and the paid successes that were taken back (their
+    cost still counts)."""
     latest: dict[str, dict[str, Any]] = {}
+    taken_back: dict[str, list[dict[str, Any]]] = {}
     for record in store.iter_records(f"responses/{shard}.*jsonl"):
         key = record.get("id")
         previous = latest.get(key)
-        if previous is None or "content" in record or "content" not in previous:
+        if supersedes(previous, record):
+            if previous is not None and "content" in previous:
+                taken_back.setdefault(key, []).append(previous)
             latest[key] = record
-    return latest
+    return latest, taken_back
 
 
 def _rows_of(index: int, parsed: Any) -> list[dict[str, Any]]:
@@ -46,31 +82,21 @@ def _rows_of(index: int, parsed: Any) -> list[dict[str, Any]]:
     items = parsed if isinstance(parsed, list) else [parsed]
     rows = []
     for item in items:
-        if hasattr(item, "model_dump"):
-            item = item.model_dump(mode="json")
+        if hasattr(item, "model_dump") and not isinstance(item, dict):
+            item = item.model_dump()
         if not isinstance(item, dict):
             raise ParseError(
                 f"parse() on row {index} returned {type(item).__name__}: expected a dict, a "
                 "pydantic model or a list of them"
             )
+        if not all(type(key) is str for key in item):
+            bad = next(key for key in item if type(key) is not str)
+            raise ParseError(
+                f"parse() on row {index} returned a row with the column name {bad!r} "
+                f"({type(bad).__name__}): column names must be strings"
+            )
         rows.append(item)
     return rows
-
-
-def _table(rows: list[dict[str, Any]]):
-    import pyarrow as pa
-
-    columns: dict[str, list[Any]] = {}
-    for row in rows:
-        for key in row:
-            if key not in columns:
-                columns[key] = []
-    for key, values in columns.items():
-        values.extend(row.get(key) for row in rows)
-    try:
-        return pa.table({key: pa.array(values) for key, values in columns.items()})
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise ParseError(f"parse() returned values of mixed types in one column: {exc}") from None
 
 
 def _write_table(store: RunStore, rel: str, table) -> None:
@@ -81,62 +107,185 @@ def _write_table(store: RunStore, rel: str, table) -> None:
             writer.write_table(table)
 
 
+def _read_table(store: RunStore, rel: str):
+    import pyarrow as pa
+
+    if store.local:
+        return pa.ipc.open_stream(pa.memory_map(store.path(rel))).read_all()
+    return pa.ipc.open_stream(store.read_bytes(rel)).read_all()
+
+
+def _charge(stats: RunStats, record: dict[str, Any]) -> None:
+    used = record.get("usage") or [0, 0]
+    wasted = record.get("wasted") or [0, 0]
+    stats.token_usage.input += used[0] + wasted[0]
+    stats.token_usage.output += used[1] + wasted[1]
+    stats.cost_info.total_cost += record.get("cost") or 0.0
+
+
+class _ShardOutput:
+    """One shard's parsed output as written: its file, row count and column kinds."""
+
+    def __init__(self, name: str, rel: str, rows: int, kinds: dict[str, Any]):
+        self.name, self.rel, self.rows, self.kinds = name, rel, rows, kinds
+
+    def origin(self, index: int) -> str:
+        return f"{index} of shard {self.name}'s output"
+
+
+@dataclass
+class _Tally:
+    """What finalize counts over the whole run."""
+
+    stats: RunStats = field(default_factory=RunStats)
+    failed: int = 0
+    retryable: int = 0
+    invalidated: int = 0
+    unanswered: int = 0
+    pending_shards: list[str] = field(default_factory=list)
+    parse_failures: int = 0
+    #: requests without a standing answer: how many, and their estimated prompt tokens
+    resend_requests: int = 0
+    resend_input_tokens: int = 0
+
+
+def _judge(record: dict[str, Any] | None, acceptance: Acceptance) -> tuple[Any, str | None, bool]:
+    """``(response, error, taken_back)`` for a request's standing line: the validated response,
+    or why there is none; ``taken_back`` when a stored success is refused now."""
+    if record is None:
+        return None, "no response yet (never sent or never answered): the next run sends it", False
+    if INVALIDATED in record:
+        return None, f"{record[INVALIDATED]}; the next run sends it again", False
+    if "content" not in record:
+        return None, record.get("error", "failed"), False
+    response, error = acceptance.accept(record.get("finish_reason"), record["content"])
+    if error is None:
+        return response, None, False
+    return (
+        None,
+        f"the stored response is refused by the current response_format or finish-reason rule "
+        f"({error}); the next run sends it again",
+        True,
+    )
+
+
+def _finalize_shard(
+    store: RunStore, name: str, llm: LLM, acceptance: Acceptance, tally: _Tally, failed_file
+) -> _ShardOutput:
+    """Judge and parse one shard's requests in order; write its output file, its failure lines
+    and the invalidation lines of answers refused now."""
+    from .columns import rows_table
+
+    stats = tally.stats
+    latest, taken_back = latest_responses(store, name)
+    for records in taken_back.values():
+        for record in records:
+            _charge(stats, record)
+    rows: list[dict[str, Any]] = []
+    origins: list[Any] = []
+    refused: list[dict[str, Any]] = []
+    unanswered = 0
+    for request in store.iter_lines(f"requests/{name}.jsonl"):
+        stats.request_stats.total += 1
+        record = latest.get(request["id"])
+        if record is not None:
+            _charge(stats, record)
+            if record.get("reused_from") and "content" in record:
+                stats.cost_info.cached_cost += record.get("cost") or 0.0
+                stats.request_stats.cached += 1
+        response, error, taken = _judge(record, acceptance)
+        if error is not None:
+            if taken:
+                refused.append(invalidation_line(request["id"], error))
+            stats.request_stats.failed += 1
+            failed_file.write(_failure_line(request, record, error))
+            tally.failed += 1
+            tally.resend_requests += 1
+            tally.resend_input_tokens += estimate_prompt_tokens(request["messages"])
+            if record is None or taken or INVALIDATED in record:
+                unanswered += 1
+                tally.retryable += 1
+            elif record.get("retryable", True):
+                tally.retryable += 1
+            continue
+        if llm.return_completions_object:
+            response = _completion_of(llm, request, record)
+        try:
+            parsed = llm.parse(decode_input(request["input"]), response)
+        except Exception as exc:  # noqa: BLE001 - whatever user code raises skips its row
+            error = _parse_failure(store, request, exc, tally)
+            stats.request_stats.failed += 1
+            failed_file.write(_failure_line(request, record, error))
+            tally.failed += 1
+            continue
+        stats.request_stats.succeeded += 1
+        produced = _rows_of(request["row"], parsed)
+        rows.extend(produced)
+        origins.extend([request["row"]] * len(produced))
+    if refused:
+        with store.appender(f"responses/{name}") as appender:
+            appender.append_many(refused)
+        tally.invalidated += len(refused)
+    if unanswered:
+        tally.unanswered += unanswered
+        tally.pending_shards.append(name)
+    rel = f"output/data-{name}.arrow"
+    table, kinds = rows_table(rows, origins)
+    _write_table(store, rel, table)
+    return _ShardOutput(name, rel, table.num_rows, kinds)
+
+
+def _completion_of(llm: LLM, request: dict[str, Any], record: dict[str, Any]) -> Any:
+    """What ``parse()`` receives under ``return_completions_object``."""
+    completion = record.get("completion")
+    if completion is not None:
+        return completion
+    from .backends.openai import chat_completion_object
+
+    return chat_completion_object(
+        llm.model_name,
+        request["id"],
+        record["content"],
+        record.get("finish_reason"),
+        record.get("usage") or [0, 0],
+    )
+
+
+def _parse_failure(store: RunStore, request: dict[str, Any], exc: Exception, tally: _Tally) -> str:
+    """The failure text of a row whose ``parse()`` raised (logged for the first few)."""
+    error = (
+        f"parse() raised on row {request['row']}: {type(exc).__name__}: {exc}; the response is "
+        f"stored in {store.uri}: fix parse() and call again (nothing is sent)"
+    )
+    tally.parse_failures += 1
+    if tally.parse_failures <= PARSE_FAILURES_LOGGED:
+        log.warning("skipping row %s: %s", request["row"], error)
+    return error
+
+
 def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[str, Any]:
     """Parse every shard, write ``output/``, ``failed_requests.jsonl`` and ``output/stats.json``;
     return what ``stats.json`` holds."""
     from .cost import resolve_prices
 
     acceptance = Acceptance(llm)
-    stats = RunStats()
-    failed_lines = retryable_failures = 0
-    outputs = []
+    tally = _Tally()
+    stats = tally.stats
     with store.atomic_writer(FAILED) as failed_file:
-        for shard in manifest["shards"]:
-            name = shard["name"]
-            latest = latest_responses(store, name)
-            rows: list[dict[str, Any]] = []
-            for request in store.iter_lines(f"requests/{name}.jsonl"):
-                stats.request_stats.total += 1
-                record = latest.get(request["id"])
-                error = None
-                if record is None:
-                    error = "no response yet (the request was never completed)"
-                elif "content" not in record:
-                    error = record.get("error", "failed")
-                if record is not None:
-                    used = record.get("usage") or [0, 0]
-                    wasted = record.get("wasted") or [0, 0]
-                    stats.token_usage.input += used[0] + wasted[0]
-                    stats.token_usage.output += used[1] + wasted[1]
-                    stats.cost_info.total_cost += record.get("cost") or 0.0
-                    if record.get("reused_from") and "content" in record:
-                        stats.cost_info.cached_cost += record.get("cost") or 0.0
-                        stats.request_stats.cached += 1
-                response: Any = None
-                if error is None:
-                    response, error = acceptance.validate(record["content"])
-                if error is not None:
-                    stats.request_stats.failed += 1
-                    failed_file.write(_failure_line(request, record, error))
-                    failed_lines += 1
-                    if record is None or record.get("retryable", True):
-                        retryable_failures += 1
-                    continue
-                stats.request_stats.succeeded += 1
-                try:
-                    parsed = llm.parse(request["input"], response)
-                except Exception as exc:
-                    raise ParseError(
-                        f"parse() raised on row {request['row']}: {type(exc).__name__}: {exc}. "
-                        f"Every response is stored in {store.uri}: fix parse() and call again; "
-                        "no request will be sent"
-                    ) from exc
-                rows.extend(_rows_of(request["row"], parsed))
-            rel = f"output/data-{name}.arrow"
-            _write_table(store, rel, _table(rows))
-            outputs.append(rel)
-    if not failed_lines:
+        outputs = [
+            _finalize_shard(store, shard["name"], llm, acceptance, tally, failed_file)
+            for shard in manifest["shards"]
+        ]
+    if not tally.failed:
         store.remove(FAILED)
+    if tally.parse_failures > PARSE_FAILURES_LOGGED:
+        log.warning(
+            "parse() raised on %d rows in all; they are listed in %s/%s",
+            tally.parse_failures,
+            store.uri,
+            FAILED,
+        )
+    columns = _conform_shards(store, outputs)
     totals = run_totals(store)
     stats.request_stats.attempts = totals["sent"]
     stats.request_stats.rate_limited = totals["rate_limited"]
@@ -146,31 +295,44 @@ def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[st
     )
     stats.cost_info.input_cost_per_million = prices.input
     stats.cost_info.output_cost_per_million = prices.output
+    stats.cost_info.projected_remaining_cost = prices.cost(
+        tally.resend_input_tokens, tally.resend_requests * output_estimate(llm)
+    )
+    stats.token_usage.total = stats.token_usage.input + stats.token_usage.output
     stats.cost_info.batch_discount = manifest["mode"] == "batch"
     stats.performance_stats = _performance(totals)
-    rows_out = sum(_row_count(store, rel) for rel in outputs)
     output = {
         **stats.to_dict(),
-        "outputs": outputs,
-        "rows": rows_out,
+        "outputs": [shard.rel for shard in outputs],
+        "rows": sum(shard.rows for shard in outputs),
+        "columns": columns,
         "parse_fingerprint": llm.parse_fingerprint(),
+        "acceptance_fingerprint": acceptance.fingerprint(),
         "limits": totals.get("limits") or {},
-        "failed": failed_lines,
-        "retryable_failures": retryable_failures,
+        "failed": tally.failed,
+        "retryable_failures": tally.retryable,
+        "invalidated": tally.invalidated,
+        "unanswered": tally.unanswered,
+        "pending_shards": tally.pending_shards,
+        "parse_failures": tally.parse_failures,
         "finalized_at": time.time(),
     }
     store.write_json(OUTPUT_STATS, output)
     return output
 
 
-def _row_count(store: RunStore, rel: str) -> int:
-    import pyarrow as pa
+def _conform_shards(store: RunStore, outputs: list[_ShardOutput]) -> dict[str, str]:
+    """Give every shard file the run's joined schema (rewriting, one shard at a time, only the
+    files that differ); return ``{column: Arrow type}`` for people."""
+    from .columns import conform, join_schemas, schema_of
 
-    if store.local:
-        reader = pa.ipc.open_stream(pa.memory_map(store.path(rel)))
-    else:
-        reader = pa.ipc.open_stream(store.read_bytes(rel))
-    return sum(batch.num_rows for batch in reader)
+    target = join_schemas([shard.kinds for shard in outputs])
+    for shard in outputs:
+        if list(shard.kinds.items()) == list(target.items()):
+            continue
+        table = _read_table(store, shard.rel)
+        _write_table(store, shard.rel, conform(table, shard.kinds, target, shard.origin))
+    return {field.name: str(field.type) for field in schema_of(target)}
 
 
 def _failure_line(request: dict[str, Any], record: dict[str, Any] | None, error: str) -> bytes:
@@ -207,31 +369,51 @@ def statistics_of(output: dict[str, Any]) -> dict[str, Any]:
 
 def check_complete(store: RunStore, output: dict[str, Any], require_all: bool) -> None:
     """Raise :class:`IncompleteRunError` (after everything was written) when every request of a
-    non-empty run failed, or when ``require_all`` and any failed."""
+    non-empty run failed, when requests have no answer yet (never answered, or a stored answer
+    the current model refuses: their shards are named), or when ``require_all`` and any failed.
+    Every request listed as failed is pending: running again sends exactly those."""
     request_stats = output["request_stats"]
     failed, total = request_stats["failed"], request_stats["total"]
     if not failed:
         return
     where = f"{store.uri}/{FAILED}"
+    shards = list(output.get("pending_shards") or [])
+    unanswered = int(output.get("unanswered") or 0)
     retryable = bool(output.get("retryable_failures"))
+    waiting = ""
+    if unanswered:
+        waiting = (
+            f"; {unanswered} of them have no answer yet (never sent, or a stored answer the "
+            f"current response_format refuses) in shard(s) {', '.join(shards)}"
+        )
+    common = dict(
+        failed=failed,
+        total=total,
+        failed_requests_uri=where,
+        pending_shards=shards,
+    )
     if failed == total:
         raise IncompleteRunError(
-            f"every request of the run failed ({failed} of {total}); they are listed in {where} "
-            "with their reasons",
-            failed=failed,
-            total=total,
-            failed_requests_uri=where,
+            f"every request of the run failed ({failed} of {total}){waiting}; they are listed "
+            f"in {where} with their reasons; running again sends them again",
             retryable=retryable,
+            **common,
+        )
+    if unanswered:
+        raise IncompleteRunError(
+            f"the run is not complete: {failed} of {total} requests failed{waiting}; they are "
+            f"listed in {where}; every accepted response is stored, so sending the pending "
+            "shards again (or calling the LLM again) sends only these, then finalize",
+            retryable=True,
+            **common,
         )
     if require_all:
         raise IncompleteRunError(
             f"{failed} of {total} requests failed (require_all_responses=True); they are listed "
-            f"in {where}; every successful response is stored, so running again sends only the "
+            f"in {where}; every accepted response is stored, so running again sends only the "
             "failed ones",
-            failed=failed,
-            total=total,
-            failed_requests_uri=where,
             retryable=retryable,
+            **common,
         )
 
 
@@ -248,12 +430,12 @@ def finalize(
     store, manifest = open_run(run, credentials.storage_options)
     llm = llm_for(manifest, llm)
     output = finalize_run(store, manifest, llm)
+    check_complete(store, output, llm.config.require_all_responses)  # publish only what is whole
     published = None
     if output_uri is not None:
         from .publish import publish
 
         published = publish(store, manifest, output, output_uri, credentials.storage_options)
-    check_complete(store, output, llm.config.require_all_responses)
     return summary_of(store, manifest, output, published)
 
 
@@ -281,20 +463,25 @@ def summary_of(
 
 def load_dataset(store: RunStore, outputs: list[str]):
     """The output as a ``datasets.Dataset`` (memory-mapped for local runs)."""
-    import datasets
+    return _as_dataset(_read_output(store, outputs))
+
+
+def _read_output(store: RunStore, outputs: list[str]):
+    """The output as one Arrow table, opened now: memory-mapped for local runs (a later
+    finalize replaces the files, the mapped ones stay as they were), read for object stores."""
     import pyarrow as pa
 
-    tables = []
-    for rel in outputs:
-        if store.local:
-            tables.append(pa.ipc.open_stream(pa.memory_map(store.path(rel))).read_all())
-        else:
-            tables.append(pa.ipc.open_stream(store.read_bytes(rel)).read_all())
+    tables = [_read_table(store, rel) for rel in outputs]
     tables = [t for t in tables if t.num_columns]
     if not tables:
-        return datasets.Dataset.from_dict({})
-    table = pa.concat_tables(tables, promote_options="permissive")
-    return datasets.Dataset(table)
+        return None
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _as_dataset(table):
+    import datasets
+
+    return datasets.Dataset.from_dict({}) if table is None else datasets.Dataset(table)
 
 
 def load_response(
@@ -303,7 +490,10 @@ def load_response(
     llm: LLM | None = None,
     credentials: Credentials | dict[str, Any] | None = None,
 ) -> CuratorResponse:
-    """The :class:`CuratorResponse` of a finalized run (the dataset memory-mapped when local)."""
+    """The :class:`CuratorResponse` of a finalized run. The output is opened here (memory-mapped
+    when local), so the response keeps it even if the run is finalized again later; the
+    ``datasets.Dataset`` around it is built on first access, so a run that only needs the
+    statistics never imports ``datasets``."""
     from .errors import RunNotFoundError
 
     credentials = Credentials.coerce(credentials)
@@ -315,8 +505,9 @@ def load_response(
     config = manifest.get("config") or {}
     limits = output.get("limits") or {}
     failed_path = f"{store.uri}/{FAILED}" if stats.request_stats.failed else None
-    return CuratorResponse(
-        dataset=load_dataset(store, output["outputs"]),
+    table = _read_output(store, output["outputs"])  # this call's output, whatever comes later
+    return CuratorResponse.lazy(
+        lambda: _as_dataset(table),
         model_name=manifest["model_name"],
         cache_dir=store.uri,
         failed_requests_path=failed_path,

@@ -14,6 +14,7 @@ import hashlib
 import inspect
 import textwrap
 import types
+from array import array
 from typing import Any
 
 import orjson
@@ -59,14 +60,57 @@ def _code_bytes(code: types.CodeType) -> bytes:
 
 class RequestIds:
     """Content-addressed request ids: the k-th identical request of a run gets its own id, so
-    duplicate prompts are still sent once each, and editing one row changes one id."""
+    duplicate prompts are still sent once each, and editing one row changes one id.
+
+    Memory is 8 to 16 bytes per distinct request (a table of the first 63 bits of each digest,
+    kept at most half full), plus a counter per repeated request. Two different requests whose
+    digests share those bits (about 5e-8 for a million rows) count as a repeat: the later one
+    gets an ordinal id, still unique and deterministic."""
+
+    _EMPTY_SLOTS = 1 << 12
 
     def __init__(self, family: str) -> None:
         self.family = family
-        self.seen: dict[str, int] = {}
+        self._prefix = hashlib.blake2b(digest_size=16)
+        data = family.encode()
+        self._prefix.update(len(data).to_bytes(8, "little"))
+        self._prefix.update(data)
+        self._table = array("Q", bytes(8 * self._EMPTY_SLOTS))
+        self._mask = self._EMPTY_SLOTS - 1
+        self._size = 0
+        self._repeats: dict[str, int] = {}
 
     def next_id(self, request_body: bytes) -> str:
-        base = digest(self.family, request_body)
-        ordinal = self.seen.get(base, 0)
-        self.seen[base] = ordinal + 1
-        return base if ordinal == 0 else digest(base, str(ordinal))
+        hasher = self._prefix.copy()  # == digest(family, request_body)
+        hasher.update(len(request_body).to_bytes(8, "little"))
+        hasher.update(request_body)
+        raw = hasher.digest()
+        base = raw.hex()
+        key = int.from_bytes(raw[:8], "little") | 1  # 0 marks an empty slot
+        table, mask = self._table, self._mask
+        slot = key & mask
+        while True:
+            held = table[slot]
+            if held == 0:
+                table[slot] = key
+                self._size += 1
+                if self._size * 2 > mask:
+                    self._grow()
+                return base
+            if held == key:
+                break
+            slot = (slot + 1) & mask
+        ordinal = self._repeats.get(base, 1)
+        self._repeats[base] = ordinal + 1
+        return digest(base, str(ordinal))
+
+    def _grow(self) -> None:
+        old = self._table
+        self._mask = mask = self._mask * 2 + 1
+        self._table = table = array("Q", bytes(8 * (mask + 1)))
+        for key in old:
+            if key:
+                slot = key & mask
+                while table[slot]:
+                    slot = (slot + 1) & mask
+                table[slot] = key

@@ -14,12 +14,20 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import os
+from typing import TYPE_CHECKING, Any
 
 from .config import BackendConfig, Mode
+from .credentials import PROVIDER_ALIASES
 from .errors import ConfigError
 from .fingerprint import canonical, code_fingerprint, digest
 from .rebuild import constructor_spec, import_path
+
+if TYPE_CHECKING:
+    from .types import CuratorResponse
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("openai", "anthropic", "litellm", "vllm")
 _OPENAI_PREFIXES = (
@@ -27,20 +35,38 @@ _OPENAI_PREFIXES = (
 )  # fmt: skip
 #: attributes of every LLM that are recorded elsewhere in the identity (or hold no state)
 _BASE_STATE = frozenset({"config", "mode", "_init_args"})
+#: values of ``CURATOR_DISABLE_CACHE`` that turn reuse off (as Curator reads it)
+_TRUE = ("1", "true")
 
 
 def resolve_backend(model_name: str, backend: str | None, batch: bool) -> str:
-    """``backend`` if given; OpenAI model names → openai; Claude in batch mode → anthropic
-    (litellm has no batch API); anything else → litellm."""
+    """``backend`` if given (an OpenAI-compatible provider alias counts as ``openai``); OpenAI
+    model names → openai; Claude models → anthropic (as Curator picks them); anything else →
+    litellm."""
+    return resolve_provider(model_name, backend, batch)[0]
+
+
+def resolve_provider(model_name: str, backend: str | None, batch: bool) -> tuple[str, str]:
+    """``(backend, provider)``: the wire format and whose endpoint and key it uses (the same
+    but for the aliases of :data:`~curator_flows.credentials.PROVIDER_ALIASES`)."""
     if backend is not None:
+        if backend in PROVIDER_ALIASES:
+            return PROVIDER_ALIASES[backend], backend
         if backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
-        return backend
-    if model_name.startswith(_OPENAI_PREFIXES):
-        return "openai"
-    if batch and model_name.startswith("claude"):
-        return "anthropic"
-    return "litellm"
+            choices = [*BACKENDS, *PROVIDER_ALIASES]
+            raise ConfigError(f"unknown backend {backend!r}; choose one of {choices}")
+        return backend, backend
+    name = model_name.lower()
+    if name.startswith(_OPENAI_PREFIXES):
+        return "openai", "openai"
+    if name.startswith("claude"):
+        return "anthropic", "anthropic"
+    return "litellm", "litellm"
+
+
+def cache_disabled() -> bool:
+    """``CURATOR_DISABLE_CACHE`` is set to ``1`` or ``true`` (any case)."""
+    return os.environ.get("CURATOR_DISABLE_CACHE", "").strip().lower() in _TRUE
 
 
 def _mode(backend: str, batch: bool) -> Mode:
@@ -79,9 +105,14 @@ def _stable(value: Any) -> Any:
 
 
 class LLM:
-    """Prompt an LLM over a dataset; subclasses override :meth:`prompt` and :meth:`parse`."""
+    """Prompt an LLM over a dataset; subclasses override :meth:`prompt` and :meth:`parse`.
+
+    ``return_completions_object = True`` (a class attribute, as in Curator): ``parse()``
+    receives the provider's whole answer (an OpenAI chat completion dict with ``choices``, tool
+    calls and usage; an Anthropic message with its content blocks) instead of its text."""
 
     response_format: Any = None
+    return_completions_object: bool = False
 
     def __new__(cls, *args: Any, **kwargs: Any) -> LLM:
         self = super().__new__(cls)
@@ -96,10 +127,15 @@ class LLM:
         backend: str | None = None,
         generation_params: dict | None = None,
         backend_params: dict | None = None,
+        system_prompt: str | None = None,
     ) -> None:
         if not isinstance(model_name, str) or not model_name:
             raise ConfigError("model_name must be a non-empty string")
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise ConfigError(f"system_prompt must be a string, got {type(system_prompt).__name__}")
         self.model_name = model_name
+        #: sent as the first (system) message of every request; part of what a run sends
+        self.system_prompt = system_prompt or None
         if response_format is not None:
             self.response_format = response_format
         if self.response_format is not None:
@@ -111,7 +147,7 @@ class LLM:
             ):
                 raise ConfigError("response_format must be a pydantic BaseModel subclass")
         self.batch = bool(batch)
-        self.backend = resolve_backend(model_name, backend, self.batch)
+        self.backend, self.provider = resolve_provider(model_name, backend, self.batch)
         self.mode: Mode = _mode(self.backend, self.batch)
         if generation_params is not None and not isinstance(generation_params, dict):
             raise ConfigError("generation_params must be a dict")
@@ -134,18 +170,21 @@ class LLM:
             validate_generation_params(
                 self.backend,
                 self.generation_params,
-                custom_endpoint=self.config.params.base_url is not None,
+                custom_endpoint=self.config.params.base_url is not None
+                or self.provider != self.backend,
             )
 
     # ------------------------------------------------------------ user hooks
     def prompt(self, input: Any) -> str | list[dict[str, Any]]:
-        """Default: the row's ``prompt`` column (string inputs become such rows)."""
+        """Default: a string row or a conversation (a list of messages) as it is, else the
+        row's ``prompt`` column."""
         if isinstance(input, dict) and "prompt" in input:
             return input["prompt"]
-        if isinstance(input, str):
+        if isinstance(input, str | list):
             return input
         raise NotImplementedError(
-            "override LLM.prompt(input), or pass rows with a 'prompt' column or plain strings"
+            "override LLM.prompt(input), or pass plain strings, conversations or rows with a "
+            "'prompt' column"
         )
 
     def parse(self, input: Any, response: Any) -> Any:
@@ -172,6 +211,10 @@ class LLM:
             "schema": schema[1] if schema else None,
             "output_params": self.config.output_params(),
         }
+        if self.provider != self.backend:  # another provider's model answers
+            identity["provider"] = self.provider
+        if self.return_completions_object:  # responses store the whole completion
+            identity["completions_object"] = True
         if run_key is not None:
             identity["run_key"] = run_key
         return digest(canonical(identity))
@@ -211,6 +254,7 @@ class LLM:
             response_format=import_path(self.response_format) if self.response_format else None,
             batch=self.batch,
             backend=self.backend,
+            provider=self.provider,
             mode=self.mode,
             generation_params=self.generation_params,
         )
@@ -220,21 +264,87 @@ class LLM:
         self,
         dataset: Any = None,
         working_dir: str | None = None,
+        batch_cancel: bool = False,
+        batch_cancel_auto_confirm: bool = False,
+        cache_dir: str | None = None,
         *,
         run_key: str | None = None,
         credentials: Any = None,
-    ) -> Any:
+    ) -> CuratorResponse:
         """Run every step in-process and return a :class:`~curator_flows.types.CuratorResponse`.
+
+        Curator's arguments: ``working_dir`` (or its alias ``cache_dir``; default
+        ``CURATOR_FLOWS_WORKING_DIR``, then ``CURATOR_CACHE_DIR``, then
+        ``~/.cache/curator-flows``); ``batch_cancel=True`` cancels the run's live batches and
+        returns without sending (no prompt, so ``batch_cancel_auto_confirm`` changes nothing).
+        ``CURATOR_DISABLE_CACHE=1`` makes this call a fresh run of its own (see
+        :func:`fresh_run_key`).
 
         ``run_key`` (e.g. a nightly build's date) makes the run its own: the same key resumes,
         a new key generates afresh. ``credentials`` (:class:`~curator_flows.Credentials`)
         supplies the API key, base URL and fsspec storage options without storing them."""
+        del batch_cancel_auto_confirm  # nothing is ever asked interactively
+        working_dir = _working_dir_argument(working_dir, cache_dir)
+        if cache_disabled():
+            run_key = fresh_run_key(run_key)
+        if batch_cancel:
+            if self.mode == "batch":
+                return self._cancel_batches(dataset, working_dir, run_key, credentials)
+            log.warning("batch_cancel=True is ignored: %r does not run in batch mode", self)
         from .driver import run_in_process
 
         return run_in_process(self, dataset, working_dir, run_key=run_key, credentials=credentials)
+
+    def _cancel_batches(
+        self, dataset: Any, working_dir: str | None, run_key: str | None, credentials: Any
+    ) -> CuratorResponse:
+        """Cancel the live batches of the run of ``dataset`` (sending nothing) and return a
+        response whose ``metadata["cancel"]`` says what was cancelled."""
+        from .batch.context import open_context
+        from .batch.steps import cancel_run
+        from .credentials import Credentials
+        from .prepare import prepare_run
+        from .types import CuratorResponse
+
+        credentials = Credentials.coerce(credentials)
+        store, manifest, _ = prepare_run(
+            self, dataset, working_dir, run_key=run_key, credentials=credentials
+        )
+        result = cancel_run(open_context(store.uri, self, credentials))
+        log.info("cancelled the batches of run %s: %s", manifest["run_id"], result)
+        return CuratorResponse(
+            dataset=None,
+            model_name=self.model_name,
+            cache_dir=store.uri,
+            batch_mode=True,
+            metadata={"run_id": manifest["run_id"], "run_uri": store.uri, "cancel": result},
+        )
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(model_name={self.model_name!r}, backend={self.backend!r}, "
             f"mode={self.mode!r})"
         )
+
+
+def _working_dir_argument(working_dir: str | None, cache_dir: Any) -> str | None:
+    """``working_dir``, or Curator's ``cache_dir`` alias (a path or ``pathlib.Path``)."""
+    if cache_dir is not None:
+        cache_dir = os.fspath(cache_dir)
+        if working_dir is not None and os.fspath(working_dir) != cache_dir:
+            raise ConfigError(
+                f"working_dir={working_dir!r} and cache_dir={cache_dir!r} name different "
+                "directories; cache_dir is an alias of working_dir: pass one of them"
+            )
+        return cache_dir
+    return os.fspath(working_dir) if working_dir is not None else None
+
+
+def fresh_run_key(run_key: str | None) -> str:
+    """A run key no other call uses (``CURATOR_DISABLE_CACHE``): the run gets a family of its
+    own, so it resumes nothing, copies no response of an earlier run, and no later run copies
+    its responses either; the given ``run_key``, if any, is kept as its prefix."""
+    import uuid
+
+    fresh = f"fresh-{uuid.uuid4().hex}"
+    return f"{run_key}/{fresh}" if run_key is not None else fresh

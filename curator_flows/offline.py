@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .acceptance import Acceptance
+from .backends.openai import chat_completion_object
 from .cost import Prices, resolve_prices
 from .credentials import Credentials
 from .errors import ConfigError
@@ -156,6 +157,8 @@ class _OfflineRunner:
         self.prices = prices
         self.progress = progress
         self.acceptance = Acceptance(llm)
+        self.model_name = llm.model_name
+        self.keep_completions = bool(llm.return_completions_object)
         self.max_retries = params.max_retries
         self.batch_size = params.batch_size
         capacity = getattr(generator, "capacity", None) or 0
@@ -234,7 +237,10 @@ class _OfflineRunner:
         """Queue the chunk. vLLM rejects a whole call when one request is invalid (a prompt
         longer than the context): then the chunk is bisected, so every other request is
         still generated and only the rejected ones fail, with vLLM's reason."""
-        requests = [{"custom_id": item.id, "messages": item.messages} for item in items]
+        requests = [
+            {"custom_id": item.id, "messages": item.messages, "params": item.params}
+            for item in items
+        ]
         try:
             return [(items, self.engine.submit(requests))]
         except ValueError as exc:
@@ -297,8 +303,21 @@ class _OfflineRunner:
                 self.retries.append(item)
                 return None
             return self._failure(item, f"{problem} (after {item.attempts} attempts)")
+        extra = None
+        if self.keep_completions:
+            usage = (used_in, used_out)
+            completion = chat_completion_object(
+                self.model_name, item.id, out["content"], out["finish_reason"], usage
+            )
+            extra = {"completion": completion}
         record = item.success_line(
-            out["content"], out["finish_reason"], (used_in, used_out), cost, latency, item.attempts
+            out["content"],
+            out["finish_reason"],
+            (used_in, used_out),
+            cost,
+            latency,
+            item.attempts,
+            extra,
         )
         self.counts["succeeded"] += 1
         self.progress.counters.done += 1

@@ -117,8 +117,10 @@ class OnlineRunner:
         ledger: StepLedger | None = None,
         budget: Budget | None = None,
         leases: ShardLeases | None = None,
+        keep_completions: bool = False,
     ) -> None:
         self.store = store
+        self.keep_completions = keep_completions
         self.backend = backend
         self.limiter = limiter
         self.concurrency = concurrency
@@ -322,7 +324,7 @@ class OnlineRunner:
         self.summary.sent += 1
         started = time.perf_counter()
         try:
-            attempt = await self.backend.complete(item.messages)
+            attempt = await self.backend.complete(item.messages, item.params)
         finally:
             self.in_flight -= 1
             counters.in_flight = self.in_flight
@@ -375,7 +377,8 @@ class OnlineRunner:
         """Learn from an answer: it proves the endpoint reachable, its headers carry limits."""
         if attempt.status is not None or attempt.kind == "ok":
             self.last_answer_at = time.monotonic()
-        if attempt.headers is not None:
+        if attempt.headers is not None and not (self.limiter.learned and self.limiter.unlimited):
+            # (once the provider said "no limits", its headers have nothing left to teach)
             learned = self.backend.learn(attempt.headers)
             if learned is not None:
                 self.limiter.observe(learned)
@@ -468,6 +471,7 @@ class OnlineRunner:
             self.prices.cost(*usage),
             latency,
             item.attempts + 1,
+            {"completion": attempt.raw} if self.keep_completions else None,
         )
         cost = record["cost"]
         self.write(item.shard, record)
@@ -557,6 +561,7 @@ def run_online(
             ledger=ledger,
             budget=budget,
             leases=leases,
+            keep_completions=bool(llm.return_completions_object),
         )
         summary = run_sync(runner, pending_items(store, names, done))
     return make(ShardResult, **base, pending_before=pending, **summary.to_dict())

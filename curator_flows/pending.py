@@ -2,7 +2,12 @@
 runner carries for each.
 
 Invariants:
-- pending = requests of a shard with no successful response line; nothing else is ever sent;
+- pending = requests of a shard with no standing success; nothing else is ever sent. A success
+  line stands until a later *invalidation* line for its id (``{"id", "invalidated": reason}``,
+  appended by finalize when the current ``response_format`` refuses the stored content); a
+  later success stands again. "Later" is the order :meth:`RunStore.iter_records` reads lines
+  in (append order locally, part-name order on object stores). Failure lines never undo a
+  success. :func:`supersedes` is this rule for readers that keep one line per id;
 - the done ids of a shard are read once per step; pending requests are streamed shard by shard
   in request order, so memory holds one shard's ids, never the requests;
 - a work item ends as exactly one response line: :meth:`WorkItem.success_line` (content, usage,
@@ -31,6 +36,8 @@ class WorkItem:
     wasted_input: int = 0
     wasted_output: int = 0
     wasted_cost: float = 0.0
+    #: the row's own generation params (its request line's ``params``), over the LLM's
+    params: dict[str, Any] | None = None
 
     def waste(self, input_tokens: int, output_tokens: int, cost: float) -> None:
         """Charge a paid attempt whose answer was not accepted to this request."""
@@ -74,10 +81,43 @@ class WorkItem:
         return record
 
 
+INVALIDATED = "invalidated"
+
+
+def is_success(record: dict[str, Any]) -> bool:
+    return "content" in record
+
+
+def is_invalidation(record: dict[str, Any]) -> bool:
+    return INVALIDATED in record
+
+
+def invalidation_line(request_id: str, reason: str) -> dict[str, Any]:
+    """The line that takes back a stored success the current model refuses: the request is
+    pending again (sent by the next run)."""
+    return {"id": request_id, INVALIDATED: reason, "ts": time.time()}
+
+
+def supersedes(previous: dict[str, Any] | None, record: dict[str, Any]) -> bool:
+    """Whether ``record`` (read after ``previous``) becomes the line that stands for its id: a
+    success or an invalidation always does; a failure does unless a success stands."""
+    return (
+        previous is None
+        or "content" not in previous
+        or "content" in record
+        or (INVALIDATED in record)
+    )
+
+
 def success_ids(store: RunStore, shard: str) -> set[str]:
-    return {
-        rec["id"] for rec in store.iter_records(f"responses/{shard}.*jsonl") if "content" in rec
-    }
+    """Ids of the shard with a standing success (see the module's rule)."""
+    done: set[str] = set()
+    for record in store.iter_records(f"responses/{shard}.*jsonl"):
+        if "content" in record:
+            done.add(record["id"])
+        elif INVALIDATED in record:
+            done.discard(record["id"])
+    return done
 
 
 def done_ids(store: RunStore, shards: list[str]) -> dict[str, set[str]]:
@@ -94,7 +134,13 @@ def pending_items(
         for req in store.iter_lines(f"requests/{shard}.jsonl"):
             if req["id"] not in finished:
                 messages = req["messages"]
-                yield WorkItem(shard, req["id"], messages, estimate_prompt_tokens(messages))
+                yield WorkItem(
+                    shard,
+                    req["id"],
+                    messages,
+                    estimate_prompt_tokens(messages),
+                    params=req.get("params"),
+                )
 
 
 def count_pending(sizes: dict[str, int], done: dict[str, set[str]]) -> int:

@@ -6,10 +6,17 @@ Invariants:
   backend params, ``run_key``), the mode and the exact bytes of every request line (id, row,
   messages, input row). Any change to what is sent (a constant, a helper, an instance attribute
   read by ``prompt()``) or to the input gives a new run; nothing stale comes back;
-- rows stream through once and request shards are spooled on local disk, so any iterable (a
-  one-shot generator too) works in bounded memory;
+- rows stream through once (``curator_flows.inputs``: any dataset, a one-shot generator too)
+  and request shards are spooled on local disk; ``prompt()`` and ``parse()`` receive the row
+  decoded from its stored bytes (``curator_flows.rowcodec``), so both see the same values;
+- memory: a chunk of input rows, one request line, and 8-16 bytes per request for the ids
+  seen (``RequestIds``); reusing a sibling run's responses (only when one exists) adds 24 to
+  40 bytes per request in numpy arrays (``curator_flows.reuse``);
 - the manifest is written last: a run directory with a manifest is fully prepared, and a
   prepare that crashed is simply redone (shard files are replaced whole);
+- the LLM's ``system_prompt`` is rendered into every request (the first message); a row's
+  ``generation_params`` (a dict or its JSON string) is validated and carried by its request
+  line (``params``) and covered by its request id, since both change what is sent;
 - a bad row fails with an error that names the row (and column), before any request is sent;
 - shards respect the mode's limits on requests and bytes per shard.
 """
@@ -22,15 +29,17 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .credentials import Credentials
-from .errors import InputError, PromptError
+from .errors import ConfigError, InputError, PromptError
 from .fingerprint import RequestIds, digest
+from .inputs import iter_rows
 from .results import PrepareResult, make
+from .reuse import SpooledIds, reuse_sibling_responses, sibling_runs
+from .rowcodec import encode_row
 from .store import MANIFEST, RunStore, default_working_dir, join_uri, shard_name
 
 if TYPE_CHECKING:
@@ -38,50 +47,6 @@ if TYPE_CHECKING:
 
 MANIFEST_VERSION = 2
 _BATCH_LINE_OVERHEAD = 160  # custom_id, method, url and JSON punctuation of one batch line
-
-
-def iter_rows(dataset: Any) -> Iterator[dict[str, Any]]:
-    """Rows of any supported input: ``None`` (one empty row), a string, a list of strings, a
-    ``datasets.Dataset``, or any iterable of dicts or pydantic models."""
-    if dataset is None:
-        yield {}
-        return
-    if isinstance(dataset, str):
-        yield {"prompt": dataset}
-        return
-    if isinstance(dataset, dict):
-        raise InputError(
-            "dataset must be an iterable of rows, not a single dict: wrap it in a list"
-        )
-    if not isinstance(dataset, Iterable):
-        raise InputError(f"dataset must be iterable, got {type(dataset).__name__}")
-    for index, row in enumerate(dataset):
-        if isinstance(row, dict):
-            yield row
-        elif isinstance(row, str):
-            yield {"prompt": row}
-        elif hasattr(row, "model_dump"):
-            yield row.model_dump(mode="json")
-        else:
-            raise InputError(
-                f"row {index}: expected a dict, a string or a pydantic model, "
-                f"got {type(row).__name__}"
-            )
-
-
-def _encode_row(index: int, row: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
-    except TypeError:
-        for column, value in row.items():
-            try:
-                orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
-            except TypeError:
-                raise InputError(
-                    f"row {index}, column {column!r}: a value of type {type(value).__name__} is not"
-                    " JSON-serialisable; convert it (for example to str) before calling the LLM"
-                ) from None
-        raise
 
 
 def to_messages(index: int, value: Any) -> list[dict[str, Any]]:
@@ -120,6 +85,10 @@ def run_id_for(family: str, content_fp: str, mode: str) -> str:
     return f"{family[:12]}-{digest(family, content_fp, mode)[:20]}"
 
 
+#: the input column whose value overrides the LLM's generation params for its row (Curator's)
+ROW_PARAMS_COLUMN = "generation_params"
+
+
 class _Renderer:
     """Renders rows into request lines with content-addressed ids."""
 
@@ -127,11 +96,78 @@ class _Renderer:
         self.llm = llm
         self.takes_input = bool(inspect.signature(llm.prompt).parameters)
         self.ids = RequestIds(family)
+        self.checked_params: set[bytes] = set()
 
-    def request(self, index: int, row: dict[str, Any]) -> tuple[bytes, str, int]:
-        """``(request line, request id, messages bytes)`` of row ``index``."""
-        row_json = _encode_row(index, row)
-        row = orjson.loads(row_json)  # prompt() and parse() see the same stored row
+    def row_params(self, index: int, row: Any) -> bytes | None:
+        """The row's own generation params as canonical JSON (``None``: the LLM's apply)."""
+        if not isinstance(row, dict) or row.get(ROW_PARAMS_COLUMN) is None:
+            return None
+        value = row[ROW_PARAMS_COLUMN]
+        where = f"row {index}, column {ROW_PARAMS_COLUMN!r}"
+        if isinstance(value, str):
+            try:
+                value = orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                raise InputError(
+                    f"{where}: not a JSON object ({exc}); give the row's generation params as a "
+                    "dict or its JSON string"
+                ) from None
+        if not isinstance(value, dict):
+            raise InputError(
+                f"{where}: expected a dict of generation params (or its JSON string), got "
+                f"{type(value).__name__}"
+            )
+        if not value:
+            return None
+        try:
+            encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except TypeError as exc:
+            raise InputError(f"{where}: not JSON-serialisable: {exc}") from None
+        if encoded not in self.checked_params:
+            self._check_params(where, value)
+            self.checked_params.add(encoded)
+        return encoded
+
+    def _check_params(self, where: str, params: dict[str, Any]) -> None:
+        llm = self.llm
+        merged = {**llm.generation_params, **params}
+        try:
+            if llm.mode == "offline":
+                from .backends.vllm import validate_params
+                from .offline import engine_arguments
+
+                _, sampling = engine_arguments(llm)
+                validate_params({}, {**sampling, **params})
+            else:
+                from .genparams import validate_generation_params
+
+                validate_generation_params(
+                    llm.backend,
+                    merged,
+                    custom_endpoint=llm.config.params.base_url is not None
+                    or llm.provider != llm.backend,
+                )
+        except (ValueError, ConfigError) as exc:
+            raise InputError(f"{where}: {exc}") from None
+
+    def messages(self, index: int, value: Any) -> list[dict[str, Any]]:
+        """``prompt()``'s answer as chat messages, with the LLM's system prompt first."""
+        messages = to_messages(index, value)
+        system_prompt = self.llm.system_prompt
+        if system_prompt is None:
+            return messages
+        if any(m.get("role") in ("system", "developer") for m in messages):
+            raise PromptError(
+                f"prompt() on row {index} returned a system message while the LLM has "
+                "system_prompt set: give the system prompt in one place (as Curator, this is "
+                "refused rather than sending two)"
+            )
+        return [{"role": "system", "content": system_prompt}, *messages]
+
+    def request(self, index: int, row: Any) -> tuple[bytes, str, int]:
+        """``(request line, request id, bytes the request adds to the body: its messages and
+        its own params)`` of row ``index``."""
+        row_json, row = encode_row(index, row)  # prompt() and parse() see the same stored row
         llm = self.llm
         try:
             value = llm.prompt(row) if self.takes_input else llm.prompt()
@@ -139,14 +175,18 @@ class _Renderer:
             raise PromptError(
                 f"prompt() raised on row {index}: {type(exc).__name__}: {exc}"
             ) from exc
-        messages = to_messages(index, value)
+        messages = self.messages(index, value)
         try:
             messages_json = orjson.dumps(messages)
         except TypeError as exc:
-            raise PromptError(
-                f"prompt() on row {index} returned messages that cannot be encoded as JSON: {exc}"
-            ) from None
-        request_id = self.ids.next_id(messages_json)
+            raise PromptError(_unencodable_messages(index, messages, exc)) from None
+        params_json = self.row_params(index, row)
+        if params_json is None:
+            request_id = self.ids.next_id(messages_json)
+            params_part = b""
+        else:
+            request_id = self.ids.next_id(messages_json + b"\x00" + params_json)
+            params_part = b',"params":' + params_json
         line = b"".join(
             (
                 b'{"id":"',
@@ -155,32 +195,53 @@ class _Renderer:
                 str(index).encode(),
                 b',"messages":',
                 messages_json,
+                params_part,
                 b',"input":',
                 row_json,
                 b"}\n",
             )
         )
-        return line, request_id, len(messages_json)
+        return line, request_id, len(messages_json) + len(params_part)
+
+
+def _unencodable_messages(index: int, messages: list[dict[str, Any]], exc: TypeError) -> str:
+    """What in ``prompt()``'s messages for row ``index`` cannot be sent as JSON, and why."""
+    where = ""
+    for position, message in enumerate(messages):
+        for key, value in message.items():
+            try:
+                orjson.dumps({key: value})
+            except TypeError:
+                where = f" (message {position}, {key!r})"
+                break
+        if where:
+            break
+    if "surrogates" in str(exc):
+        return (
+            f"prompt() on row {index} returned text that is not valid Unicode{where}: it holds "
+            "a lone surrogate (half of a UTF-16 pair, often from bad decoding); clean it, e.g. "
+            "text.encode('utf-8', 'replace').decode('utf-8')"
+        )
+    return f"prompt() on row {index} returned messages that cannot be encoded as JSON{where}: {exc}"
 
 
 def _render_shards(
-    llm: LLM, dataset: Any, family: str, spool_dir: str
-) -> tuple[list[dict[str, Any]], dict[str, str], str, int]:
-    """Render every row into ``spool_dir/<shard>.jsonl``; return ``(shards, id → shard,
-    content fingerprint, rows)``."""
+    llm: LLM, dataset: Any, family: str, spool_dir: str, storage_options: dict[str, Any]
+) -> tuple[list[dict[str, Any]], str, int]:
+    """Render every row into ``spool_dir/<shard>.jsonl``; return ``(shards, content
+    fingerprint, rows)``."""
     max_requests, max_bytes = shard_limits(llm)
     overhead = _line_overhead(llm)
     renderer = _Renderer(llm, family)
     hasher = hashlib.blake2b(digest_size=16)
     shards: list[dict[str, Any]] = []
-    owner: dict[str, str] = {}
     current: dict[str, Any] | None = None
     handle = None
     rows = 0
     try:
-        for index, row in enumerate(iter_rows(dataset)):
+        for index, row in enumerate(iter_rows(dataset, storage_options)):
             rows += 1
-            line, request_id, messages_size = renderer.request(index, row)
+            line, _, messages_size = renderer.request(index, row)
             size = messages_size + overhead
             if (
                 current is None
@@ -196,11 +257,10 @@ def _render_shards(
             hasher.update(line)
             current["requests"] += 1
             current["bytes"] += size
-            owner[request_id] = current["name"]
     finally:
         if handle is not None:
             handle.close()
-    return shards, owner, hasher.hexdigest(), rows
+    return shards, hasher.hexdigest(), rows
 
 
 def _line_overhead(llm: LLM) -> int:
@@ -213,38 +273,6 @@ def _line_overhead(llm: LLM) -> int:
             {"model": llm.model_name, "params": llm.generation_params, "schema": llm.schema()}
         )
     )
-
-
-def reuse_sibling_responses(
-    store: RunStore, working_dir: str, run_id: str, owner: dict[str, str]
-) -> int:
-    """Copy successful responses of earlier runs of the same request family (same model, params
-    and schema) for this run's request ids: an edit of k rows then sends k requests."""
-    family = run_id.split("-", 1)[0]
-    root = RunStore(working_dir, store.storage_options)
-    siblings = [p.split("/", 1)[0] for p in root.glob(f"{family}-*/{MANIFEST}")]
-    wanted = dict(owner)
-    reused = 0
-    appenders: dict[str, Any] = {}
-    try:
-        for sibling in siblings:
-            if sibling == run_id or not wanted:
-                continue
-            other = RunStore(join_uri(working_dir, sibling), store.storage_options)
-            for record in other.iter_records("responses/*.jsonl"):
-                shard = wanted.get(record.get("id"))
-                if shard is None or "content" not in record:
-                    continue
-                del wanted[record["id"]]
-                appender = appenders.get(shard)
-                if appender is None:
-                    appender = appenders[shard] = store.appender(f"responses/{shard}")
-                appender.append({**record, "reused_from": sibling})
-                reused += 1
-    finally:
-        for appender in appenders.values():
-            appender.close()
-    return reused
 
 
 def prepare_run(
@@ -265,16 +293,19 @@ def prepare_run(
     family = llm.family_fingerprint(run_key)
     spool_dir = tempfile.mkdtemp(prefix="curator-flows-spool-")
     try:
-        shards, owner, content_fp, rows = _render_shards(llm, dataset, family, spool_dir)
+        shards, content_fp, rows = _render_shards(llm, dataset, family, spool_dir, storage_options)
         run_id = run_id_for(family, content_fp, llm.mode)
         store = RunStore(join_uri(working_dir, run_id), storage_options)
         if store.exists(MANIFEST):
             return store, store.read_json(MANIFEST), False
+        siblings = [s for s in sibling_runs(working_dir, family, storage_options) if s != run_id]
+        ids = SpooledIds(spool_dir, shards) if siblings and shards else None
         for shard in shards:
             store.put_local_file(
                 os.path.join(spool_dir, f"{shard['name']}.jsonl"), f"requests/{shard['name']}.jsonl"
             )
-        reused = reuse_sibling_responses(store, working_dir, run_id, owner) if owner else 0
+        reused = reuse_sibling_responses(store, working_dir, siblings, ids) if ids else 0
+        del ids
     finally:
         shutil.rmtree(spool_dir, ignore_errors=True)
     now = time.time()
@@ -302,12 +333,13 @@ def prepare_run(
 
 
 def pending_count(store: RunStore, manifest: dict[str, Any]) -> int:
-    """Requests of the run without a successful response line."""
-    from .pending import count_pending, done_ids
-    from .runs import shard_sizes
+    """Requests of the run without a successful response line (one shard's ids in memory)."""
+    from .pending import success_ids
 
-    names = [s["name"] for s in manifest["shards"]]
-    return count_pending(shard_sizes(manifest), done_ids(store, names))
+    return sum(
+        max(0, shard["requests"] - len(success_ids(store, shard["name"])))
+        for shard in manifest["shards"]
+    )
 
 
 def prepare(
@@ -335,6 +367,10 @@ def prepare(
         rows=manifest["rows"],
         requests=manifest["requests"],
         reused_responses=manifest.get("reused_responses", 0),
-        pending=pending_count(store, manifest),
+        # a run created just now holds only the responses copied into it (a crashed earlier
+        # prepare may have left copies of the same ids, so this never counts too few)
+        pending=manifest["requests"] - manifest["reused_responses"]
+        if created
+        else pending_count(store, manifest),
         created=created,
     )

@@ -45,10 +45,12 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
 
 
 def default_working_dir() -> str:
-    """``CURATOR_FLOWS_WORKING_DIR``, else ``~/.cache/curator-flows``."""
-    configured = os.environ.get("CURATOR_FLOWS_WORKING_DIR")
-    if configured:
-        return configured
+    """``CURATOR_FLOWS_WORKING_DIR``, else Curator's ``CURATOR_CACHE_DIR``, else
+    ``~/.cache/curator-flows`` (``~`` expanded in either variable)."""
+    for variable in ("CURATOR_FLOWS_WORKING_DIR", "CURATOR_CACHE_DIR"):
+        configured = os.environ.get(variable)
+        if configured:
+            return os.path.expanduser(configured)
     return os.path.join(os.path.expanduser("~"), ".cache", "curator-flows")
 
 

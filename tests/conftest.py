@@ -12,6 +12,8 @@ import pytest
 def _private_working_dir(tmp_path, monkeypatch):
     """No test ever writes to the user's cache: the default working dir is per test."""
     monkeypatch.setenv("CURATOR_FLOWS_WORKING_DIR", str(tmp_path / "default-wd"))
+    monkeypatch.delenv("CURATOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("CURATOR_DISABLE_CACHE", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import re
 
 import pytest
 
-from curator_flows import LLM, ConfigError, InputError, ParseError, PromptError
+from curator_flows import LLM, ConfigError, IncompleteRunError, InputError, PromptError
 
 
 class Echo(LLM):
@@ -40,7 +41,7 @@ def test_prompt_returning_garbage_names_the_row(sim, params, wd):
         Bad("gpt-4o-mini", backend_params=params())([{"x": 1}], working_dir=wd)
 
 
-def test_parse_raising_names_the_row_and_keeps_responses(sim, params, wd):
+def test_parse_raising_skips_the_row_names_it_and_keeps_its_response(sim, params, wd):
     class Fragile(Echo):
         def parse(self, input, response):
             if input["x"] == 7:
@@ -48,13 +49,26 @@ def test_parse_raising_names_the_row_and_keeps_responses(sim, params, wd):
             return {"x": input["x"]}
 
     rows = [{"x": i} for i in range(10)]
-    with pytest.raises(ParseError, match=r"row 7.*cannot handle seven") as error:
-        Fragile("gpt-4o-mini", backend_params=params())(rows, working_dir=wd)
-    assert "no request will be sent" in str(error.value)
+    result = Fragile("gpt-4o-mini", backend_params=params())(rows, working_dir=wd)
+    assert [row["x"] for row in result.dataset] == [i for i in range(10) if i != 7]
+    (failed,) = result.get_failed_requests()
+    assert failed["row"] == 7
+    assert re.search(r"row 7: ValueError: cannot handle seven", failed["error"])
+    assert "nothing is sent" in failed["error"]
     assert sim.stats()["requests"] == 10
     fixed = Echo("gpt-4o-mini", backend_params=params())(rows, working_dir=wd)
     assert len(fixed.dataset) == 10
     assert sim.stats()["requests"] == 10  # re-parsed from the stored responses
+
+
+def test_parse_raising_on_every_row_fails_the_call_permanently(sim, params, wd):
+    class Broken(Echo):
+        def parse(self, input, response):
+            raise KeyError("missing")
+
+    with pytest.raises(IncompleteRunError, match="every request of the run failed") as error:
+        Broken("gpt-4o-mini", backend_params=params())([{"x": 1}, {"x": 2}], working_dir=wd)
+    assert error.value.retryable is False  # the same parse() fails the same way
 
 
 def test_unknown_backend_param_names_it_and_the_allowed_keys():

@@ -1,7 +1,7 @@
 """Anthropic Messages API (online), over the pooled HTTP client.
 
 Invariant: system messages are lifted into the top-level ``system`` field; ``max_tokens`` is
-always sent (Anthropic requires it).
+always sent (Anthropic requires it); a row's own generation params override the run's.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def parse_message(data: Any) -> Attempt:
             finish_reason=finish,
             input_tokens=int(usage.get("input_tokens") or 0),
             output_tokens=int(usage.get("output_tokens") or 0),
+            raw=data,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         return Attempt("retryable", error=f"malformed response: {type(exc).__name__}: {exc}")
@@ -105,11 +106,16 @@ class AnthropicMessagesBackend(HttpBackendBase):
         self.schema = schema
         self.max_tokens = max_tokens
 
-    async def complete(self, messages: list[dict[str, Any]]) -> Attempt:
-        params = anthropic_params(
-            self.model, self.generation_params, self.schema, self.max_tokens, messages
+    async def complete(
+        self, messages: list[dict[str, Any]], params: dict[str, Any] | None = None
+    ) -> Attempt:
+        generation_params = (
+            {**self.generation_params, **params} if params else self.generation_params
         )
-        result = await self.post(orjson.dumps(params))
+        body = anthropic_params(
+            self.model, generation_params, self.schema, self.max_tokens, messages
+        )
+        result = await self.post(orjson.dumps(body))
         if isinstance(result, Attempt):
             return result
         status, headers, raw = result

@@ -29,6 +29,9 @@ class Attempt:
     headers: Any = None
     #: the HTTP status, when an HTTP answer arrived (``None``: no answer at all)
     status: int | None = None
+    #: the provider's whole answer body (a chat completion, a message), for
+    #: ``return_completions_object``; the runner stores it only when asked
+    raw: Any = None
 
 
 @dataclass(slots=True)
@@ -55,8 +58,10 @@ class OnlineBackend(Protocol):
 
     async def close(self) -> None: ...
 
-    async def complete(self, messages_json: bytes) -> Attempt:
-        """Send one request whose ``messages`` array is already JSON-encoded."""
+    async def complete(
+        self, messages: list[dict[str, Any]], params: dict[str, Any] | None = None
+    ) -> Attempt:
+        """Send one request; ``params`` (a row's own generation params) override the LLM's."""
         ...
 
     def learn(self, headers: Any) -> LearnedLimits | None:

@@ -24,7 +24,7 @@ def build_online_backend(llm: LLM, credentials: Credentials | None, concurrency:
     params = llm.config.params
     max_tokens = params.max_tokens
     if llm.backend in ("openai", "anthropic"):
-        endpoint = resolve_endpoint(llm.backend, credentials, llm.backend_params)
+        endpoint = resolve_endpoint(llm.provider, credentials, llm.backend_params)
         common = dict(
             base_url=endpoint.base_url,
             api_key=endpoint.api_key,

@@ -1,7 +1,8 @@
 """The long tail of providers through litellm, imported only when this backend is used.
 
 Invariant: litellm never retries on its own (``num_retries=0``) and never fetches its price map
-over the network; the runner's retry and rate-limit policy applies unchanged.
+over the network; the runner's retry and rate-limit policy applies unchanged; a row's own
+generation params override the run's.
 """
 
 from __future__ import annotations
@@ -56,11 +57,14 @@ class LiteLLMBackend:
     async def close(self) -> None:
         pass
 
-    async def complete(self, messages: list[dict[str, Any]]) -> Attempt:
+    async def complete(
+        self, messages: list[dict[str, Any]], params: dict[str, Any] | None = None
+    ) -> Attempt:
         litellm = self.litellm
+        kwargs = {**self.kwargs, **params} if params else self.kwargs
         try:
             response = await asyncio.wait_for(
-                litellm.acompletion(messages=messages, **self.kwargs), self.request_timeout + 5
+                litellm.acompletion(messages=messages, **kwargs), self.request_timeout + 5
             )
         except TimeoutError:
             return Attempt("retryable", error=f"timeout after {self.request_timeout:g}s")
@@ -89,6 +93,7 @@ class LiteLLMBackend:
                 input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
                 output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
                 headers=headers,
+                raw=_completion_dict(response),
             )
         except (AttributeError, IndexError, TypeError) as exc:
             return Attempt("retryable", error=f"malformed response: {exc}")
@@ -101,3 +106,14 @@ class LiteLLMBackend:
         if rpm is None and tpm is None:
             return None
         return LearnedLimits(requests_per_minute=rpm, tokens_per_minute=tpm)
+
+
+def _completion_dict(response: Any) -> Any:
+    """litellm's ``ModelResponse`` as a plain dict (the OpenAI chat completion shape)."""
+    dump = getattr(response, "model_dump", None)
+    if dump is None:
+        return None
+    try:
+        return dump(mode="json")
+    except TypeError:
+        return dump()

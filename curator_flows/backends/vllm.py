@@ -18,6 +18,7 @@ import functools
 import gc
 import importlib.util
 import inspect
+import json
 import math
 import os
 import sys
@@ -384,6 +385,7 @@ class VLLMGenerator:
         self.json_schema = json_schema
         # Built before the engine starts, so bad values fail in milliseconds.
         self._sampling_params = self._build_sampling_params(sampling, json_schema)
+        self._row_sampling: dict[bytes, Any] = {}  # a row's own params → its SamplingParams
 
         from vllm import LLM
 
@@ -423,7 +425,8 @@ class VLLMGenerator:
         """Run all ``requests`` through the engine in one batched call.
 
         A request is ``{"custom_id", "messages": [{"role", "content"}, ...]}`` (rendered
-        with the model's chat template) or ``{"custom_id", "prompt": str}``. Returns, in
+        with the model's chat template) or ``{"custom_id", "prompt": str}``, optionally with
+        ``"params"``: that request's own sampling params, over the generator's. Returns, in
         the same order, ``{"custom_id", "content", "finish_reason", "usage":
         {"prompt_tokens", "completion_tokens"}}``; ``finish_reason`` is "stop" or
         "length" (vLLM's own value, e.g. "abort", is passed through otherwise).
@@ -449,14 +452,15 @@ class VLLMGenerator:
         custom_ids = [r["custom_id"] for r in requests]
         if not parsed:
             return Submission(custom_ids, outputs=[])
+        sampling = self._sampling_for(requests)
         try:
             if self._can_enqueue():
-                submission = Submission(custom_ids, request_ids=self._enqueue(parsed))
+                submission = Submission(custom_ids, request_ids=self._enqueue(parsed, sampling))
                 for rid in submission.request_ids:
                     self._owners[_output_key(rid)] = submission
                 self._unfinished += submission.left
                 return submission
-            return Submission(custom_ids, outputs=self._generate_now(parsed))
+            return Submission(custom_ids, outputs=self._generate_now(parsed, sampling))
         except Exception as exc:
             # vLLM rejects the whole call when one request is invalid (a prompt longer
             # than max_model_len, a JSON schema its grammar backend cannot compile, ...);
@@ -545,10 +549,30 @@ class VLLMGenerator:
             hasattr(engine, name) for name in ("step", "has_unfinished_requests", "abort_request")
         )
 
-    def _enqueue(self, parsed: list[tuple[str, Any]]) -> list[str]:
-        """Add the requests to the engine in order; on an error none of them stays queued."""
+    def _sampling_for(self, requests: list[dict]) -> Any:
+        """The generator's ``SamplingParams`` when no request has params of its own, else one
+        per request (built once per distinct set of params)."""
+        if not any(r.get("params") for r in requests):
+            return self._sampling_params
+        out = []
+        for request in requests:
+            own = request.get("params")
+            if not own:
+                out.append(self._sampling_params)
+                continue
+            key = json.dumps(own, sort_keys=True, default=str).encode()
+            built = self._row_sampling.get(key)
+            if built is None:
+                _, merged = validate_params({}, {**self.sampling_kwargs, **own})
+                built = self._build_sampling_params(merged, self.json_schema)
+                self._row_sampling[key] = built
+            out.append(built)
+        return out
+
+    def _enqueue(self, parsed: list[tuple[str, Any]], params: Any) -> list[str]:
+        """Add the requests to the engine in order; on an error none of them stays queued.
+        ``params``: one ``SamplingParams`` for all, or one per request."""
         llm = self._llm
-        params = self._sampling_params
         kinds = {kind for kind, _ in parsed}
         prompts = self._as_prompts(parsed)
         if prompts is not None:
@@ -557,11 +581,12 @@ class VLLMGenerator:
             return list(llm.enqueue_chat([m for _, m in parsed], params, use_tqdm=False))
         ids: list[str] = []  # mixed and not renderable here: one by one, in input order
         try:
-            for kind, payload in parsed:
+            for index, (kind, payload) in enumerate(parsed):
+                own = params[index] if isinstance(params, list) else params
                 if kind == "chat":
-                    ids.extend(llm.enqueue_chat([payload], params, use_tqdm=False))
+                    ids.extend(llm.enqueue_chat([payload], own, use_tqdm=False))
                 else:
-                    ids.extend(llm.enqueue([payload], params, use_tqdm=False))
+                    ids.extend(llm.enqueue([payload], own, use_tqdm=False))
         except BaseException:
             if ids:
                 _abort(llm, ids)
@@ -583,10 +608,9 @@ class VLLMGenerator:
                 owner.left -= 1
                 self._unfinished -= 1
 
-    def _generate_now(self, parsed: list[tuple[str, Any]]) -> list[Any]:
+    def _generate_now(self, parsed: list[tuple[str, Any]], params: Any) -> list[Any]:
         """One blocking engine call (vLLM without ``LLM.enqueue``)."""
         llm = self._llm
-        params = self._sampling_params
         kinds = {kind for kind, _ in parsed}
         prompts = self._as_prompts(parsed)
         if prompts is not None:

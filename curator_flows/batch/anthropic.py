@@ -5,7 +5,8 @@ Create body (exact)::
     {"requests":[{"custom_id":"<id>","params":{<anthropic_params(messages)>}},...]}
 
 One item is at most ``len(messages_json) + line_overhead(...)`` bytes (lifting system messages
-into ``system`` only shrinks it).
+into ``system`` only shrinks it), plus the size of the request's own generation params when
+its request line has some (``"params"``: they override the run's in that item's ``params``).
 
 Reconciliation. Anthropic batches carry no metadata and the custom ids must stay the run's
 32-hex request ids, so a batch cannot name its run. After a crash between the create call and
@@ -137,7 +138,8 @@ class AnthropicBatches:
         base_url: str | None,
         api_key: str | None,
         timeout: float,
-        params: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+        params: Callable[[list[dict[str, Any]], dict[str, Any] | None], dict[str, Any]]
+        | None = None,
         structured: bool = False,
     ) -> None:
         base = (base_url or DEFAULT_BASE_URL).rstrip("/")
@@ -161,7 +163,7 @@ class AnthropicBatches:
                     _HEAD,
                     orjson.dumps(request["id"]),
                     _MID,
-                    orjson.dumps(self.params(request["messages"])),
+                    orjson.dumps(self.params(request["messages"], request.get("params"))),
                     _TAIL,
                 )
             )

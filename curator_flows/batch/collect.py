@@ -145,6 +145,7 @@ def _write_results(
     was_cancelled: bool,
 ) -> dict[str, Any]:
     store, shard = ctx.store, record.shard
+    keep_completions = bool(getattr(ctx.llm, "return_completions_object", False))
     round_index, attempts = entry["round"], entry["attempt"]
     batch_id = entry.get("batch_id")
     scan = scan_responses(store, shard, record.campaign_start)
@@ -205,20 +206,20 @@ def _write_results(
                 counts["succeeded"] += 1
                 counts["input_tokens"] += usage[0]
                 counts["output_tokens"] += usage[1]
-                finish(
-                    item.id,
-                    {
-                        "id": item.id,
-                        "content": attempt.content,
-                        "finish_reason": attempt.finish_reason,
-                        "usage": usage,
-                        "cost": cost,
-                        "attempts": attempts,
-                        "ts": now,
-                        "batch_id": batch_id,
-                        "round": round_index,
-                    },
-                )
+                line = {
+                    "id": item.id,
+                    "content": attempt.content,
+                    "finish_reason": attempt.finish_reason,
+                    "usage": usage,
+                    "cost": cost,
+                    "attempts": attempts,
+                    "ts": now,
+                    "batch_id": batch_id,
+                    "round": round_index,
+                }
+                if keep_completions:
+                    line["completion"] = attempt.raw
+                finish(item.id, line)
                 return
             kind = "retry"
         if kind == "fatal":

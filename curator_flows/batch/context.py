@@ -85,11 +85,14 @@ class Context:
         return self.manifest.get("config", {}).get(key, default)
 
     def endpoint(self):
-        """The provider endpoint and key (credentials, then backend_params, then environment)."""
+        """The provider's batch endpoint and key (credentials, then backend_params, then
+        environment); the provider is the LLM's (an OpenAI-compatible alias has its own)."""
         params = dict(self.manifest.get("config") or {})
+        provider = (self.manifest.get("llm") or {}).get("provider") or self.backend
         if self._llm is not None:
             params = {**params, **self._llm.backend_params}
-        return resolve_endpoint(self.backend, self.credentials, params)
+            provider = self._llm.provider
+        return resolve_endpoint(provider, self.credentials, params, batch=True)
 
     def provider(self, for_input: bool = False) -> BatchProvider:
         """The provider client; ``for_input`` adds the request body template (needs the LLM)."""
@@ -128,9 +131,12 @@ class Context:
                 schema, max_tokens = llm.schema(), llm.config.params.max_tokens
                 structured = schema is not None
 
-                def params(messages: list[dict[str, Any]]) -> dict[str, Any]:
+                def params(
+                    messages: list[dict[str, Any]], own: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+                    generation = {**llm.generation_params, **own} if own else llm.generation_params
                     return anthropic_params(
-                        llm.model_name, llm.generation_params, schema, max_tokens, messages
+                        llm.model_name, generation, schema, max_tokens, messages
                     )
 
             client = AnthropicBatches(base_url, key, timeout, params, structured)

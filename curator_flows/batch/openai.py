@@ -4,7 +4,9 @@ Input line (exact)::
 
     {"custom_id":"<id>","method":"POST","url":"/v1/chat/completions","body":{<template>,"messages":[...]}}
 
-so its size is ``len(messages_json) + line_overhead(template)`` bytes, newline included.
+so its size is ``len(messages_json) + line_overhead(template)`` bytes, newline included. A
+request with its own generation params (``"params"`` in its request line) has the template
+updated with them as its body (larger by at most the size of those params).
 
 Reconciliation: every batch carries ``metadata = {curator_run_id, curator_shard, curator_round}``.
 After a crash between the create call and the record, :meth:`OpenAIBatches.find` lists batches
@@ -20,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from ..backends.openai import DEFAULT_BASE_URL, parse_chat_completion
+from ..backends.openai import DEFAULT_BASE_URL, parse_chat_completion, request_body
 from .base import RECONCILE_SKEW, BatchInfo, ItemResult, RoundIntent, paginate
 from .transport import BatchAPIError, Http, multipart_file
 
@@ -127,6 +129,7 @@ class OpenAIBatches:
         self.base = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self.http = Http({"authorization": f"Bearer {api_key or 'none'}"}, timeout)
         self.completion_window = completion_window
+        self.template = template
         self.prefix = body_prefix(template) if template is not None else None
 
     # ----------------------------------------------------------------- input
@@ -136,16 +139,22 @@ class OpenAIBatches:
         count = size = 0
         head, mid, prefix = _HEAD, _MID, self.prefix
         for request in requests:
-            line = b"".join(
-                (
-                    head,
-                    orjson.dumps(request["id"]),
-                    mid,
-                    prefix,
-                    orjson.dumps(request["messages"]),
-                    _TAIL,
+            if request.get("params"):
+                body = request_body(self.template, request["messages"], request["params"])
+                line = b"".join(
+                    (head, orjson.dumps(request["id"]), mid, orjson.dumps(body), b"}\n")
                 )
-            )
+            else:
+                line = b"".join(
+                    (
+                        head,
+                        orjson.dumps(request["id"]),
+                        mid,
+                        prefix,
+                        orjson.dumps(request["messages"]),
+                        _TAIL,
+                    )
+                )
             handle.write(line)
             count += 1
             size += len(line)

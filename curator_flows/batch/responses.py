@@ -1,9 +1,10 @@
 """Reading a shard's response lines for the batch steps: what is done, what is still owed.
 
 Invariants:
-- a request is *succeeded* when any of its lines has ``content``; it is *finally failed in the
-  current campaign* when it has a failure line written by a batch round ``>= campaign_start``;
-  every other request is *pending* and goes into the next round;
+- a request is *succeeded* when a success line (``content``) stands for it: no later
+  invalidation line (the rule of :mod:`curator_flows.pending`); it is *finally failed in the
+  current campaign* when, after its last invalidation, it has a failure line written by a batch
+  round ``>= campaign_start``; every other request is *pending* and goes into the next round;
 - per-item errors that were retried are kept apart, in ``batches/<shard>.retries.jsonl``
   (``{"id", "round", "error", "usage", "cost"}``), so the tokens they wasted are charged to the
   request's final line and a re-run of collect never counts them twice (keyed by id and round).
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..pending import INVALIDATED, supersedes
 from ..store import RunStore
 from .records import retries_stem
 
@@ -39,6 +41,9 @@ def scan_responses(store: RunStore, shard: str, campaign_start: int) -> ShardSca
             scan.succeeded.add(request_id)
             if round_index is not None:
                 scan.ok_by_round[round_index] = scan.ok_by_round.get(round_index, 0) + 1
+        elif INVALIDATED in record:  # the stored success is refused now: owed again
+            scan.succeeded.discard(request_id)
+            scan.final_failed.discard(request_id)
         elif round_index is not None and round_index >= campaign_start:
             scan.final_failed.add(request_id)
             scan.failed_by_round[round_index] = scan.failed_by_round.get(round_index, 0) + 1
@@ -99,28 +104,30 @@ class ShardCounts:
 
 
 def count_responses(store: RunStore, shard: str) -> ShardCounts:
-    """Per request id the latest success wins over failures (as in finalize)."""
-    latest: dict[str, tuple[bool, float, int, int]] = {}
+    """Per request id the standing line (as in finalize): a success until a later invalidation;
+    an invalidated request with no later line is pending, not failed. Cost and tokens count
+    every paid success (invalidated ones too) and the standing failure."""
+    latest: dict[str, dict[str, Any]] = {}
+    counts = ShardCounts()
     for record in store.iter_records(f"responses/{shard}.*jsonl"):
         request_id = record.get("id")
-        ok = "content" in record
         previous = latest.get(request_id)
-        if previous is None or ok or not previous[0]:
-            used = record.get("usage") or [0, 0]
-            wasted = record.get("wasted") or [0, 0]
-            latest[request_id] = (
-                ok,
-                float(record.get("cost") or 0.0),
-                used[0] + wasted[0],
-                used[1] + wasted[1],
-            )
-    counts = ShardCounts()
-    for ok, cost, tokens_in, tokens_out in latest.values():
-        if ok:
+        if supersedes(previous, record):
+            if previous is not None and "content" in previous:
+                _charge(counts, previous)  # a paid success, taken back: still paid
+            latest[request_id] = record
+    for record in latest.values():
+        if "content" in record:
             counts.succeeded += 1
-        else:
+        elif INVALIDATED not in record:
             counts.failed += 1
-        counts.cost += cost
-        counts.input_tokens += tokens_in
-        counts.output_tokens += tokens_out
+        _charge(counts, record)
     return counts
+
+
+def _charge(counts: ShardCounts, record: dict[str, Any]) -> None:
+    used = record.get("usage") or [0, 0]
+    wasted = record.get("wasted") or [0, 0]
+    counts.cost += float(record.get("cost") or 0.0)
+    counts.input_tokens += used[0] + wasted[0]
+    counts.output_tokens += used[1] + wasted[1]

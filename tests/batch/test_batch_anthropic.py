@@ -22,7 +22,7 @@ def _decoy(sim, size: int, folder) -> str:
         sim.url,
         "sk-other",
         30,
-        params=lambda m: {"model": "claude-x", "max_tokens": 5, "messages": m},
+        params=lambda m, own=None: {"model": "claude-x", "max_tokens": 5, "messages": m},
     )
     path = str(folder / f"decoy-{time.time_ns()}.json")
     requests = [

@@ -89,18 +89,18 @@ def test_failed_batch_files_are_deleted_when_asked(bsim, wd):
 
 def test_poll_walks_through_every_status_and_is_done_only_at_the_end(bsim, wd):
     bsim.configure(
-        batch_timings={
-            "validating": 0.15,
-            "in_progress": 0.15,
-            "finalizing": 0.15,
-            "cancelling": 0.15,
+        batch_timings={  # long enough phases that polls see each one on a loaded machine
+            "validating": 0.6,
+            "in_progress": 0.6,
+            "finalizing": 0.6,
+            "cancelling": 0.6,
         }
     )
     llm = make_llm(Numbered, "openai", bsim, batch_size=3)
     run = steps.prepare(llm, [{"n": i} for i in range(6)], wd)
     seen: dict[str, list[tuple[str, bool]]] = {"00000": [], "00001": []}
     steps.submit(run, "00000", llm=llm)
-    bsim.configure(batch_timings={**FAST, "in_progress": 30.0, "cancelling": 0.15})
+    bsim.configure(batch_timings={**FAST, "in_progress": 30.0, "cancelling": 0.6})
     steps.submit(run, "00001", llm=llm)
     while not seen["00000"] or not seen["00000"][-1][1]:
         polled = steps.poll(run, "00000")

@@ -110,6 +110,24 @@ class Person(BaseModel):
     active: bool
 
 
+class StrictAddress(BaseModel):
+    street: str
+    zip_code: str = Field(pattern=r"^\d{5}$")
+
+
+class StrictPerson(BaseModel):
+    """Person in what OpenAI's strict mode accepts (no string length bounds)."""
+
+    name: str
+    age: int = Field(ge=0, le=120)
+    favorite: Color
+    kind: Literal["customer", "staff"]
+    nickname: str | None = None
+    tags: list[str] = Field(min_length=1, max_length=3)
+    address: StrictAddress
+    manager: StrictAddress | None = None
+
+
 # --------------------------------------------------------------------------- OpenAI shapes
 
 
@@ -154,9 +172,19 @@ def test_openai_sdk_roundtrip(sim):
     parsed = client.chat.completions.parse(
         model="gpt-4o-mini",
         messages=[{"role": "user", "content": "sdk structured"}],
-        response_format=Person,
+        response_format=StrictPerson,
     )
-    assert isinstance(parsed.choices[0].message.parsed, Person)
+    assert isinstance(parsed.choices[0].message.parsed, StrictPerson)
+    # The SDK sends every pydantic model strict; OpenAI refuses string length bounds there.
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.parse(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "sdk structured"}],
+            response_format=Person,
+        )
+    assert refused.value.status_code == 400
+    assert "Invalid schema for response_format 'Person'" in refused.value.message
+    assert "is not permitted." in refused.value.message
 
 
 def test_content_is_deterministic(sim):
@@ -208,6 +236,22 @@ def test_json_schema_content_validates_with_pydantic(sim):
 def test_json_object_mode(sim):
     body = chat_json(sim, "json please", response_format={"type": "json_object"})
     assert isinstance(json.loads(body["choices"][0]["message"]["content"]), dict)
+
+
+def test_system_prompts_are_counted(sim):
+    system = {"role": "system", "content": "You are terse."}
+    user = {"role": "user", "content": "counted system"}
+    for _ in range(2):
+        status, _, _ = call(
+            "POST",
+            sim.base_url + "/chat/completions",
+            {"model": "gpt-4o-mini", "messages": [system, user]},
+        )
+        assert status == 200
+    status, _, _ = message(sim, "anthropic system", system="Be brief.")
+    assert status == 200
+    chat_json(sim, "no system here")
+    assert sim.stats()["by_system"] == {"You are terse.": 2, "Be brief.": 1}
 
 
 def test_forced_tool_call(sim):

@@ -275,3 +275,30 @@ def test_bad_params_fail_before_the_engine_starts(tiny_model, monkeypatch):
             backend="vllm",
             backend_params=offline_params(engine_kwargs={"not_an_engine_arg": 1}),
         )
+
+
+def test_curator_system_prompt_row_params_and_completions(engines, tiny_model, tmp_path):
+    """Curator's ``system_prompt``, a ``generation_params`` column and
+    ``return_completions_object`` on the offline backend."""
+    from offline_llms import Completions
+
+    llm = Completions(
+        tiny_model,
+        backend="vllm",
+        system_prompt="You answer briefly.",
+        backend_params=offline_params(
+            batch_size=BATCH, max_tokens=MAX_TOKENS, invalid_finish_reasons=[]
+        ),
+    )
+    rows = [
+        {"topic": "rain", "generation_params": json.dumps({"max_tokens": 3, "min_tokens": 3})},
+        {"topic": "snow"},
+    ]
+    result, _ = run_counted(engines, llm, rows, str(tmp_path))
+    capped, free = result.dataset.to_list()
+    assert capped["completion_tokens"] == 3 and capped["finish_reason"] == "length"
+    assert free["completion_tokens"] > 3
+    for request in requests_by_id(result.cache_dir).values():
+        assert request["messages"][0] == {"role": "system", "content": "You answer briefly."}
+    lines = response_lines(result.cache_dir)
+    assert all(line["completion"]["object"] == "chat.completion" for line in lines)

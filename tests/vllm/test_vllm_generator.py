@@ -131,6 +131,32 @@ def test_mixed_batch_keeps_order(generator, tokenizer, monkeypatch):
     assert [r["usage"]["prompt_tokens"] for r in fallback] == expected
 
 
+def test_a_request_with_params_of_its_own_samples_with_them(generator, monkeypatch):
+    """A row's own generation params (``"params"``) override the generator's for that request
+    only, on every engine path (rendered chats, vLLM's chat path, a mixed batch)."""
+    requests = []
+    for i in range(6):
+        messages = [{"role": "user", "content": f"count to {i}"}]
+        request = {"custom_id": f"r{i}", "messages": messages}
+        if i % 2 == 0:
+            request["params"] = {"max_tokens": 2, "min_tokens": 2}
+        requests.append(request)
+    requests.append({"custom_id": "plain", "prompt": "word word", "params": {"max_tokens": 3}})
+
+    def check(responses):
+        assert [r["custom_id"] for r in responses] == [r["custom_id"] for r in requests]
+        for request, response in zip(requests, responses, strict=True):
+            cap = (request.get("params") or {}).get("max_tokens", MAX_TOKENS)
+            check_response(response, request["custom_id"], max_tokens=cap)
+            if "params" in request:
+                assert response["usage"]["completion_tokens"] <= cap
+        assert any(r["usage"]["completion_tokens"] > 3 for r in responses)  # the others: 160
+
+    check(generator.generate(requests))
+    monkeypatch.setattr(generator, "_chat_fast_path", False)
+    check(generator.generate(requests))
+
+
 def test_rendered_chats_match_vllm_chat(generator):
     from vllm import SamplingParams
 

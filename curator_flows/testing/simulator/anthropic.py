@@ -5,9 +5,10 @@ Invariants:
   ``messages`` list; otherwise 400 ``invalid_request_error`` in Anthropic's error shape.
 - ``usage.output_tokens <= max_tokens``; content cut short has ``stop_reason="max_tokens"``.
 - Structured output (``output_format`` or ``output_config.format`` of type ``json_schema``)
-  yields a text block whose JSON validates against the schema; a forced tool
-  (``tool_choice`` ``{"type": "tool"}`` / ``{"type": "any"}``) yields a ``tool_use`` block
-  whose ``input`` validates against the tool's ``input_schema``.
+  yields a text block whose JSON validates against the schema; a request with ``tools`` (unless
+  ``tool_choice`` is ``{"type": "none"}``) yields a ``tool_use`` block whose ``input``
+  validates against the tool's ``input_schema``; extended thinking (``thinking.type``
+  ``"enabled"``) adds a ``thinking`` block first.
 - Output tokens are charged as ``max_tokens`` when admitted and the unused part is refunded
   (Anthropic's OTPM estimate-then-adjust).
 - `build_message` is shared with the message batches API.
@@ -25,7 +26,7 @@ from aiohttp import web
 from . import content as gen
 from .config import SimulatorConfig
 from .faults import decide
-from .prompts import count_prompt_tokens, estimate_tokens, prompt_key
+from .prompts import count_prompt_tokens, estimate_tokens, prompt_key, system_text
 from .ratelimit import RateLimited, anthropic_headers, retry_after_headers
 from .responses import JSON, InvalidRequest, anthropic_error_body, json_response
 from .state import SimState
@@ -42,6 +43,7 @@ class MessagesRequest:
     max_tokens: int
     input_tokens: int
     key: str
+    system: str | None = None
 
 
 def parse_messages_request(body: Any) -> MessagesRequest:
@@ -72,6 +74,7 @@ def parse_messages_request(body: Any) -> MessagesRequest:
         max_tokens=max_tokens,
         input_tokens=count_prompt_tokens(messages, system),
         key=prompt_key(messages),
+        system=system_text(messages, system),
     )
 
 
@@ -89,20 +92,39 @@ def _output_schema(body: dict[str, Any]) -> Any:
     return None
 
 
-def _forced_tool(body: dict[str, Any]) -> tuple[str, Any] | None:
+def _tool_call(body: dict[str, Any], digest: bytes) -> tuple[str, Any] | None:
+    """``(name, input schema)`` of the tool the answer uses, or ``None`` for a text answer: a
+    request with ``tools`` uses one unless ``tool_choice`` is ``{"type": "none"}`` (the named
+    tool, the first for ``any``, else one picked by the request's digest)."""
     tools = body.get("tools")
     choice = body.get("tool_choice")
-    if not isinstance(tools, list) or not tools or not isinstance(choice, dict):
+    if not isinstance(tools, list) or not tools:
         return None
+    choice = choice if isinstance(choice, dict) else {"type": "auto"}
     named = [t for t in tools if isinstance(t, dict) and t.get("name")]
+    if choice.get("type") == "none" or not named:
+        return None
     if choice.get("type") == "tool":
         for tool in named:
             if tool["name"] == choice.get("name"):
                 return tool["name"], tool.get("input_schema") or {"type": "object"}
         raise InvalidRequest(f"tool_choice: no tool named {choice.get('name')!r}")
-    if choice.get("type") == "any" and named:
-        return named[0]["name"], named[0].get("input_schema") or {"type": "object"}
-    return None
+    tool = named[0] if choice.get("type") == "any" else named[digest[0] % len(named)]
+    return tool["name"], tool.get("input_schema") or {"type": "object"}
+
+
+def _thinking_block(body: dict[str, Any], digest: bytes) -> dict[str, Any] | None:
+    """A ``thinking`` block when extended thinking is enabled (``thinking.type`` "enabled")."""
+    thinking = body.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return None
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or budget < 1024:
+        raise InvalidRequest(
+            "thinking.budget_tokens: Input should be greater than or equal to 1024"
+        )
+    text = gen.generate_text(digest[::-1], 8, 24)
+    return {"type": "thinking", "thinking": text, "signature": "sig_" + digest[:16].hex()}
 
 
 def _truncate(text: str, max_tokens: int, fault: str | None) -> tuple[str, str]:
@@ -126,7 +148,7 @@ def _content(
             return cached
     config: SimulatorConfig = state.config
     body = req.body
-    tool = _forced_tool(body)
+    tool = _tool_call(body, digest)
     stop_sequence = None
     if tool is not None:
         name, schema = tool
@@ -173,6 +195,10 @@ def _content(
                     break
         blocks = [{"type": "text", "text": text}]
     tokens = min(req.max_tokens, max(1, estimate_tokens(text)))
+    thinking = _thinking_block(body, digest)
+    if thinking is not None:
+        blocks = [thinking, *blocks]
+        tokens = min(req.max_tokens, tokens + estimate_tokens(thinking["thinking"]))
     result = (blocks, stop, stop_sequence, tokens)
     if fault is None:
         state.cache_put(cache_key, result)
@@ -298,7 +324,7 @@ class AnthropicMessagesAPI:
                     headers,
                 )
 
-        attempt = stats.admit("messages", req.key)
+        attempt = stats.admit("messages", req.key, req.system)
         fault = decide(req.key, attempt, config.faults, config.seed)
         if config.latency or config.latency_jitter:
             await state.delay(config)

@@ -188,7 +188,10 @@ class AnthropicBatchesAPI:
             for item in items:
                 item.error = "Request validation failed (simulated: batch_fail_validation)."
         else:
-            attempts = state.stats.admit_batch_items([item.key for item in items])
+            attempts = state.stats.admit_batch_items(
+                [item.key for item in items],
+                [item.request.system if item.request else None for item in items],
+            )
             for item, attempt in zip(items, attempts, strict=True):
                 if item.error is None:
                     item.fault = decide(item.key, attempt, config.faults, config.seed)

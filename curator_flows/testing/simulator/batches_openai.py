@@ -341,7 +341,10 @@ class OpenAIBatchesAPI:
                     req, error = None, exc
                 key = req.key if req is not None else prompt_key(body_.get("messages"))
                 items.append(BatchItem(record["custom_id"], key, req, error))
-            attempts = state.stats.admit_batch_items([item.key for item in items])
+            attempts = state.stats.admit_batch_items(
+                [item.key for item in items],
+                [item.request.system if item.request else None for item in items],
+            )
             for item, attempt in zip(items, attempts, strict=True):
                 if item.request is not None:
                     item.fault = decide(item.key, attempt, config.faults, config.seed)

@@ -7,6 +7,11 @@ Invariants:
   content that would exceed it is truncated with ``finish_reason="length"``.
 - With ``response_format={"type": "json_schema", ...}`` the content validates against the schema
   unless the ``schema_invalid`` or ``length`` fault was injected (or max_tokens truncated it).
+- A request with ``tools`` is answered with a tool call (``content: null``, ``tool_calls``)
+  unless ``tool_choice`` is ``"none"``; its arguments validate against the function's
+  parameters.
+- Strict schemas (``response_format`` or a ``strict`` function) that OpenAI's strict mode
+  refuses get OpenAI's 400 answer (see `strict`), online and as batch error lines.
 - `build_completion` is shared with the batch API, so batch items get the same content as the
   same request sent online.
 """
@@ -25,11 +30,12 @@ from aiohttp import web
 from . import content as gen
 from .config import SimulatorConfig
 from .faults import decide
-from .prompts import count_prompt_tokens, estimate_tokens, prompt_key
+from .prompts import count_prompt_tokens, estimate_tokens, prompt_key, system_text
 from .ratelimit import RateLimited, go_duration, openai_headers, retry_after_headers
 from .responses import JSON, InvalidRequest, json_response, openai_error_body
 from .state import SimState
 from .streaming import stream_chat_completion
+from .strict import check_strict_request
 
 MODELS = (
     "gpt-4o-mini",
@@ -53,6 +59,7 @@ class ChatRequest:
     n: int
     prompt_tokens: int
     key: str
+    system: str | None = None
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
@@ -88,6 +95,7 @@ def parse_chat_request(body: Any) -> ChatRequest:
     n = body.get("n") or 1
     if not isinstance(n, int) or not 1 <= n <= 128:
         raise InvalidRequest("Invalid 'n': must be between 1 and 128.", "n", "invalid_value")
+    check_strict_request(body)
     return ChatRequest(
         body=body,
         model=model,
@@ -96,17 +104,21 @@ def parse_chat_request(body: Any) -> ChatRequest:
         n=n,
         prompt_tokens=count_prompt_tokens(messages),
         key=prompt_key(messages),
+        system=system_text(messages),
     )
 
 
 # --------------------------------------------------------------------------- content
 
 
-def _forced_tool(body: dict[str, Any]) -> tuple[str, Any, bool] | None:
-    """``(name, parameters schema, named)`` when the request forces a function call."""
+def _tool_call(body: dict[str, Any], digest: bytes) -> tuple[str, Any, bool] | None:
+    """``(name, parameters schema, named)`` of the function the answer calls, or ``None`` for a
+    text answer: a request with ``tools`` calls one unless ``tool_choice`` is ``"none"`` (the
+    named function, else the first for ``"required"``, else one picked by the request's
+    digest for ``"auto"`` or no ``tool_choice``)."""
     tools = body.get("tools")
     choice = body.get("tool_choice")
-    if not isinstance(tools, list) or not tools:
+    if not isinstance(tools, list) or not tools or choice == "none":
         return None
     functions = [
         t["function"]
@@ -121,10 +133,8 @@ def _forced_tool(body: dict[str, Any]) -> tuple[str, Any, bool] | None:
             if fn["name"] == name:
                 return name, fn.get("parameters") or {"type": "object"}, True
         raise InvalidRequest(f"Invalid 'tool_choice': no function named {name!r}.", "tool_choice")
-    if choice == "required":
-        fn = functions[0]
-        return fn["name"], fn.get("parameters") or {"type": "object"}, False
-    return None
+    fn = functions[0] if choice == "required" else functions[digest[0] % len(functions)]
+    return fn["name"], fn.get("parameters") or {"type": "object"}, False
 
 
 def _response_schema(body: dict[str, Any]) -> tuple[str, Any]:
@@ -179,7 +189,7 @@ def _choice(
     config = state.config
     body = req.body
     cdigest = _choice_digest(digest, index)
-    tool = _forced_tool(body)
+    tool = _tool_call(body, cdigest)
     message: dict[str, Any]
     if tool is not None:
         name, schema, named = tool
@@ -393,7 +403,7 @@ class OpenAIChatAPI:
             headers = openai_headers(limits)
         headers["x-request-id"] = request_id
 
-        attempt = stats.admit("chat_completions", req.key)
+        attempt = stats.admit("chat_completions", req.key, req.system)
         fault = decide(req.key, attempt, config.faults, config.seed)
         if config.latency or config.latency_jitter:
             await state.delay(config)

@@ -3,6 +3,8 @@
 Invariants:
 - `prompt_key` is the text of the LAST ``user`` message: its string content, or its text parts
   concatenated with no separator. Without a user message it is ``""``.
+- `system_text` is the system prompt of a request: Anthropic's top-level ``system``, else the
+  ``system``/``developer`` messages' text joined by a blank line; ``None`` when there is none.
 - `estimate_tokens` is ``ceil(len(text) / 4)`` and never negative; `count_prompt_tokens` adds
   4 per message plus 3 and is always >= 1.
 """
@@ -43,6 +45,20 @@ def prompt_key(messages: Any) -> str:
             if isinstance(message, dict) and message.get("role") == "user":
                 return content_text(message.get("content"))
     return ""
+
+
+def system_text(messages: Any, system: Any = None) -> str | None:
+    """The request's system prompt (see the module invariants)."""
+    if system is not None:
+        return content_text(system) or None
+    if not isinstance(messages, list):
+        return None
+    parts = [
+        content_text(m.get("content"))
+        for m in messages
+        if isinstance(m, dict) and m.get("role") in ("system", "developer")
+    ]
+    return "\n\n".join(parts) if parts else None
 
 
 def _content_tokens(content: Any) -> int:

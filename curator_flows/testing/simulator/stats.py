@@ -5,6 +5,8 @@ Invariants:
 - ``by_prompt[key]`` counts *admitted* requests and batch items with that prompt key: those that
   passed auth, validation and rate limits (fault-injected ones included). It doubles as the
   attempt counter: an attempt's number is ``by_prompt[key]`` before it is counted.
+- ``by_system[text]`` counts the same admitted requests and items by their system prompt (those
+  without one are not counted).
 - ``status_counts`` counts responses by HTTP status (as a string); a dropped connection has no
   status and is only counted in ``faults["drop"]``.
 - `snapshot` returns deep copies; mutating them does not affect the simulator.
@@ -34,6 +36,7 @@ class Stats:
             self.status_counts: dict[str, int] = {}
             self.faults: dict[str, int] = {}
             self.by_prompt: dict[str, int] = {}
+            self.by_system: dict[str, int] = {}
             self.batch_items_by_prompt: dict[str, int] = {}
             self.batch_items = 0
             self.batches_created = 0
@@ -47,9 +50,12 @@ class Stats:
         with self._lock:
             self.requests += 1
 
-    def admit(self, endpoint: str, key: str) -> int:
-        """Count an admitted request of `endpoint` for prompt `key`; return its attempt number."""
+    def admit(self, endpoint: str, key: str, system: str | None = None) -> int:
+        """Count an admitted request of `endpoint` for prompt `key` (and its system prompt);
+        return its attempt number."""
         with self._lock:
+            if system is not None:
+                self.by_system[system] = self.by_system.get(system, 0) + 1
             if endpoint == "chat_completions":
                 self.chat_completions += 1
             elif endpoint == "messages":
@@ -82,10 +88,16 @@ class Stats:
             self.faults[fault] = self.faults.get(fault, 0) + 1
 
     # ---- batches
-    def admit_batch_items(self, keys: list[str]) -> list[int]:
-        """Count batch items by prompt key; return each item's attempt number."""
+    def admit_batch_items(
+        self, keys: list[str], systems: list[str | None] | None = None
+    ) -> list[int]:
+        """Count batch items by prompt key (and system prompt); return each item's attempt
+        number."""
         attempts = []
         with self._lock:
+            for system in systems or ():
+                if system is not None:
+                    self.by_system[system] = self.by_system.get(system, 0) + 1
             by_prompt = self.by_prompt
             batch = self.batch_items_by_prompt
             for key in keys:
@@ -127,6 +139,7 @@ class Stats:
                 "status_counts": dict(self.status_counts),
                 "faults": dict(self.faults),
                 "by_prompt": dict(self.by_prompt),
+                "by_system": dict(self.by_system),
                 "batch_items_by_prompt": dict(self.batch_items_by_prompt),
                 "batch_items": self.batch_items,
                 "batches_created": self.batches_created,

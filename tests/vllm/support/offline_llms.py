@@ -83,3 +83,21 @@ def resume_llm(model_dir: str, batch_size: int) -> Records:
             invalid_finish_reasons=[],  # a random model rarely stops on its own
         ),
     )
+
+
+class Completions(LLM):
+    """Curator's ``return_completions_object``: ``parse()`` reads the chat completion."""
+
+    return_completions_object = True
+
+    def prompt(self, input: dict) -> str:
+        return f"Say something about {input['topic']}."
+
+    def parse(self, input: dict, response: dict) -> dict:
+        choice = response["choices"][0]
+        return {
+            "topic": input["topic"],
+            "text": choice["message"]["content"],
+            "finish_reason": choice["finish_reason"],
+            "completion_tokens": response["usage"]["completion_tokens"],
+        }

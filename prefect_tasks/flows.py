@@ -1,0 +1,334 @@
+"""Prefect flows over the step tasks: ``curate`` (online), ``curate_batch`` (provider batch
+APIs), ``curate_offline`` (vLLM on GPU workers) and ``curate_offline_shard`` (one GPU shard as a
+flow run of its own, for a GPU work pool).
+
+Every flow takes ``llm`` (an ``LLM`` instance, or an import path with ``llm_kwargs``),
+``dataset`` (rows, an fsspec URI, an upstream run's output URI or result), ``working_dir``,
+``output_uri``, ``run_key`` (a nightly deployment passes ``"{scheduled_date}"``, which becomes
+the flow run's scheduled date, also in ``output_uri`` and a ``dataset`` URI) and
+``credentials`` (a ``CuratorCredentials`` block or a saved block's name), and returns the
+:class:`~curator_flows.results.FinalizeResult` summary.
+
+Invariants:
+- a flow holds no state: it re-derives everything from ``prepare``'s result and the tasks'
+  results, so a new flow run with the same arguments re-opens the run and continues it;
+- online shards are mapped one task per shard (never one per prompt) on a bounded task runner,
+  and each takes ``1/N`` of the provider's limits, ``N`` = the shards that can run at once (the
+  task runner's workers, or the slots of a Prefect global concurrency limit shared across
+  workers and flow runs), so N shards together hold the provider's aggregate limit;
+- a run this flow run created refreshes the tasks' caches (a stale cache of a deleted run
+  directory never answers for a new one); ``retry_failed=True`` does too, and retries the
+  requests that failed finally.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import unmapped
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from curator_flows.errors import BatchStepError, ConfigError
+from curator_flows.results import FinalizeResult, ShardResult
+
+from . import tasks
+from .artifacts import PROGRESS_INTERVAL, report, summary_key
+from .parameters import curator_flow
+from .resolve import load_block, resolve_credentials, resolve_llm
+
+#: shards one flow run sends at once (the default task runner's threads)
+ONLINE_WORKERS = 4
+#: batch shards one flow run submits, polls and collects at once
+BATCH_WORKERS = 8
+#: a guard on submit → wait → collect cycles (the engine stops resubmitting after max_retries)
+MAX_BATCH_CYCLES = 50
+
+
+#: in ``run_key``, ``output_uri`` and a ``dataset`` URI this placeholder becomes the flow run's
+#: scheduled date (YYYY-MM-DD): what a nightly deployment passes, so the same night resumes
+#: and the next night is a new run published next to the last one
+SCHEDULED_DATE = "{scheduled_date}"
+
+
+def _dated(value: Any) -> Any:
+    """``value`` with :data:`SCHEDULED_DATE` replaced by the flow run's scheduled date."""
+    if not isinstance(value, str) or SCHEDULED_DATE not in value:
+        return value
+    from prefect.runtime import flow_run
+
+    return value.replace(SCHEDULED_DATE, flow_run.scheduled_start_time.strftime("%Y-%m-%d"))
+
+
+def _credentials(value: Any) -> Any:
+    """A saved block's name becomes the block (one API call per flow run, not per task)."""
+    return load_block(value) or resolve_credentials(value)
+
+
+def _parallelism(explicit: int | None, shards: int, concurrency_limit: str | None) -> int:
+    """How many shards send at once, i.e. how many parts the provider's limits split into."""
+    if explicit is not None:
+        if not isinstance(explicit, int) or explicit < 1:
+            raise ConfigError(f"parallel_shards must be a positive integer, got {explicit!r}")
+        return explicit
+    if concurrency_limit:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            return max(
+                1, int(client.read_global_concurrency_limit_by_name(concurrency_limit).limit)
+            )
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    workers = getattr(context.task_runner if context else None, "_max_workers", None)
+    return max(1, min(shards, workers) if isinstance(workers, int) else shards)
+
+
+def _with_refresh(task: Any, refresh: bool) -> Any:
+    return task.with_options(refresh_cache=True) if refresh else task
+
+
+def _finish(
+    run: dict[str, Any],
+    llm: Any,
+    creds: Any,
+    dataset: Any,
+    output_uri: str | None,
+    artifact_key: str | None,
+) -> FinalizeResult:
+    upstream = dataset if isinstance(dataset, str) else None
+    if isinstance(dataset, dict):  # an upstream step's result: its published output
+        upstream = dataset.get("output_uri")
+    summary = tasks.finalize_task(output_uri, upstream)(
+        run, llm=llm, credentials=creds, output_uri=output_uri
+    )
+    report(summary, artifact_key or summary_key(type(llm).__name__))
+    return summary
+
+
+@curator_flow(
+    name="curate",
+    task_runner=ThreadPoolTaskRunner(max_workers=ONLINE_WORKERS),
+    result_serializer="json",
+    persist_result=True,
+)
+def curate(
+    llm: Any,
+    dataset: Any = None,
+    working_dir: str | None = None,
+    output_uri: str | None = None,
+    run_key: str | None = None,
+    credentials: Any = None,
+    llm_kwargs: dict[str, Any] | None = None,
+    parallel_shards: int | None = None,
+    concurrency_limit: str | None = None,
+    retry_failed: bool = False,
+    artifact_key: str | None = None,
+    progress_interval: float = PROGRESS_INTERVAL,
+) -> FinalizeResult:
+    """Build a dataset with the provider's online API: prepare, one task per shard, finalize.
+
+    ``parallel_shards``: how many shards share the provider's limits (default: the task
+    runner's workers). ``concurrency_limit``: the name of a Prefect global concurrency limit;
+    each shard holds one slot while it sends and takes ``1/slots`` of the limits, so every flow
+    run on every worker using that limit together stays within the provider's limits."""
+    dataset, output_uri, run_key = _dated(dataset), _dated(output_uri), _dated(run_key)
+    llm = resolve_llm(llm, llm_kwargs)
+    if llm.mode != "online":
+        raise ConfigError(f"curate runs online LLMs; this one is {llm.mode}: use curate_{llm.mode}")
+    creds = _credentials(credentials)
+    run = tasks.prepare(
+        llm, dataset, working_dir, run_key=run_key, credentials=creds, rebuild_check=False
+    )
+    shards = run["shards"]
+    parts = _parallelism(parallel_shards, len(shards), concurrency_limit)
+    if shards:
+        _with_refresh(tasks.run_online_shard, run["created"] or retry_failed).map(
+            unmapped(run),
+            shards,
+            llm=unmapped(llm),
+            credentials=unmapped(creds),
+            parallel_shards=unmapped(parts),
+            concurrency_limit=unmapped(concurrency_limit),
+            progress_interval=unmapped(progress_interval),
+        ).result()
+    return _finish(run, llm, creds, dataset, output_uri, artifact_key)
+
+
+@curator_flow(
+    name="curate-batch",
+    task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS),
+    result_serializer="json",
+    persist_result=True,
+)
+def curate_batch(
+    llm: Any,
+    dataset: Any = None,
+    working_dir: str | None = None,
+    output_uri: str | None = None,
+    run_key: str | None = None,
+    credentials: Any = None,
+    llm_kwargs: dict[str, Any] | None = None,
+    poll_interval: float | None = None,
+    deadline_hours: float = tasks.BATCH_DEADLINE_SECONDS / 3600,
+    retry_failed: bool = False,
+    artifact_key: str | None = None,
+) -> FinalizeResult:
+    """Build a dataset through the provider's batch API: prepare → submit every shard → wait
+    → collect → resubmit what expired or errored → finalize.
+
+    ``poll_interval``: seconds between status checks (default: the LLM's
+    ``batch_check_interval``); ``deadline_hours``: a batch still running this long after its
+    first submit fails the flow run (the time is stored in the run, so it survives re-runs)."""
+    dataset, output_uri, run_key = _dated(dataset), _dated(output_uri), _dated(run_key)
+    llm = resolve_llm(llm, llm_kwargs)
+    if llm.mode != "batch":
+        raise ConfigError(f"curate_batch runs batch LLMs (batch=True); this one is {llm.mode}")
+    creds = _credentials(credentials)
+    run = tasks.prepare(
+        llm, dataset, working_dir, run_key=run_key, credentials=creds, rebuild_check=False
+    )
+    refresh = run["created"] or retry_failed
+    submit = _with_refresh(tasks.submit_batch, refresh)
+    wait = _with_refresh(tasks.wait_for_batch, refresh)
+    collect = _with_refresh(tasks.collect_batch, refresh)
+    interval = float(poll_interval or llm.config.params.batch_check_interval)
+    pending = list(run["shards"])
+    for cycle in range(MAX_BATCH_CYCLES):
+        if not pending:
+            break
+        submitted = {
+            shard: submit.submit(
+                run,
+                shard,
+                cycle=cycle,
+                llm=llm,
+                credentials=creds,
+                retry_failed=retry_failed and cycle == 0,
+            )  # fmt: skip
+            for shard in pending
+        }
+        live = [s for s, f in submitted.items() if f.result()["state"] in ("submitted", "ended")]
+        waited = {
+            shard: wait.submit(
+                run,
+                shard,
+                cycle=cycle,
+                poll_interval=interval,
+                deadline_seconds=deadline_hours * 3600,
+                credentials=creds,
+            )  # fmt: skip
+            for shard in live
+        }
+        collected = {
+            shard: collect.submit(
+                run, shard, cycle=cycle, llm=llm, credentials=creds, wait_for=[waited[shard]]
+            )
+            for shard in live
+        }
+        pending = [s for s, f in collected.items() if f.result()["resubmit"]]
+    else:
+        if pending:
+            raise BatchStepError(
+                f"shards {pending} still owe requests after {MAX_BATCH_CYCLES} submit cycles; "
+                f"check `curator-flows status {run['run_uri']}`"
+            )
+    return _finish(run, llm, creds, dataset, output_uri, artifact_key)
+
+
+@curator_flow(
+    name="curate-offline",
+    # local shards are called one after the other (one vLLM engine per process); the workers
+    # launch and await remote shard flow runs
+    task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS),
+    result_serializer="json",
+    persist_result=True,
+)
+def curate_offline(
+    llm: Any,
+    dataset: Any = None,
+    working_dir: str | None = None,
+    output_uri: str | None = None,
+    run_key: str | None = None,
+    credentials: Any = None,
+    llm_kwargs: dict[str, Any] | None = None,
+    shard_deployment: str | None = None,
+    retry_failed: bool = False,
+    artifact_key: str | None = None,
+    progress_interval: float = PROGRESS_INTERVAL,
+) -> FinalizeResult:
+    """Build a dataset with vLLM: prepare, generate every shard, finalize.
+
+    Without ``shard_deployment`` the shards run here, one at a time, as ``run_offline_shard``
+    tasks tagged ``gpu`` (run this flow on a GPU work pool, or cap GPU tasks with a ``gpu`` tag
+    concurrency limit). With ``shard_deployment`` (``"curate-offline-shard/<deployment>"``, a
+    deployment of :data:`curate_offline_shard` on a GPU work pool) each shard runs as a flow
+    run of its own there, all at once, and this flow waits for them; then ``working_dir`` must
+    be storage both pools see and ``credentials`` a saved block's name."""
+    dataset, output_uri, run_key = _dated(dataset), _dated(output_uri), _dated(run_key)
+    llm_arg, llm = llm, resolve_llm(llm, llm_kwargs)
+    if llm.mode != "offline":
+        raise ConfigError(f"curate_offline runs vLLM LLMs; this one is {llm.mode}")
+    creds = _credentials(credentials)
+    remote = bool(shard_deployment)
+    run = tasks.prepare(
+        llm, dataset, working_dir, run_key=run_key, credentials=creds,
+        rebuild_check=remote and not isinstance(llm_arg, str),
+    )  # fmt: skip
+    refresh = run["created"] or retry_failed
+    if remote:
+        block_name = _block_name(credentials)
+        launch = _with_refresh(tasks.launch_offline_shard, refresh)
+        llm_path = isinstance(llm_arg, str)
+        launch.map(
+            unmapped(run),
+            run["shards"],
+            deployment=unmapped(shard_deployment),
+            credentials=unmapped(block_name),
+            llm=unmapped(llm_arg if llm_path else None),
+            llm_kwargs=unmapped(llm_kwargs if llm_path else None),
+        ).result()
+    else:  # called in this thread, one after the other: one vLLM engine at a time
+        shard_task = _with_refresh(tasks.run_offline_shard, refresh)
+        for shard in run["shards"]:
+            shard_task(run, shard, llm=llm, credentials=creds, progress_interval=progress_interval)
+    return _finish(run, llm, creds, dataset, output_uri, artifact_key)
+
+
+def _block_name(credentials: Any) -> str | None:
+    if credentials is None or isinstance(credentials, str):
+        return credentials
+    name = getattr(credentials, "_block_document_name", None)
+    if not name:
+        raise ConfigError(
+            "shard flow runs on another work pool get credentials by name: pass the name of a "
+            "saved CuratorCredentials block"
+        )
+    return name
+
+
+@curator_flow(
+    name="curate-offline-shard",
+    task_runner=ThreadPoolTaskRunner(max_workers=1),
+    result_serializer="json",
+    persist_result=True,
+)
+def curate_offline_shard(
+    run: str,
+    shard: str,
+    credentials: str | None = None,
+    llm: str | None = None,
+    llm_kwargs: dict[str, Any] | None = None,
+    progress_interval: float = PROGRESS_INTERVAL,
+) -> ShardResult:
+    """One vLLM shard of a prepared run, as a flow run of its own: deploy this flow to a GPU
+    work pool (``job_variables`` ask for the GPUs) and pass its deployment to
+    ``curate_offline(shard_deployment=...)``. The ``LLM`` is rebuilt from the run's manifest
+    unless ``llm`` (an import path) and ``llm_kwargs`` are given."""
+    return tasks.run_offline_shard(
+        run,
+        shard,
+        llm=resolve_llm(llm, llm_kwargs) if llm else None,
+        credentials=_credentials(credentials),
+        progress_interval=progress_interval,
+    )

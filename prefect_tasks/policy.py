@@ -1,0 +1,108 @@
+"""Retry and cache rules shared by every task.
+
+Invariants:
+- a task is retried only when :func:`curator_flows.errors.is_retryable` says a retry can help
+  (429 exhaustion, 5xx, timeouts, dropped connections, an unreachable endpoint, a held lease, a
+  failed storage write), never for bad input, auth or budget errors; retries back off
+  exponentially with jitter;
+- a cache key is ``curator-<step>-<run id>-<shard>[-c<cycle>]-<hash of the run URI>``: the same in
+  every flow run of the same run, never derived from the flow-run id, the inputs' pickles or the
+  credentials, so a new flow run after a crash finds what the crashed one finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from curator_flows.errors import IncompleteRunError, is_retryable
+from curator_flows.steps import run_uri
+
+if TYPE_CHECKING:
+    from prefect.context import TaskRunContext
+
+#: how many times a task is retried after a transient failure
+RETRIES = 3
+#: the first retry's delay in seconds; each further retry waits twice as long
+BACKOFF_SECONDS = 10.0
+#: a retry's delay is stretched by up to this fraction at random (no thundering herd)
+JITTER_FACTOR = 0.5
+
+_UNSAFE = re.compile(r"[^a-z0-9]+")
+
+
+def failure_of(state: Any) -> BaseException | None:
+    """The exception a failed Prefect state carries, if any."""
+    data = getattr(state, "data", None)
+    if isinstance(data, BaseException):
+        return data
+    try:
+        value = state.result(raise_on_failure=False)
+    except Exception:  # a state whose result cannot be read is not worth retrying
+        return None
+    return value if isinstance(value, BaseException) else None
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """``retry_condition_fn`` of every task: retry only transient failures."""
+    exc = failure_of(state)
+    return exc is not None and is_retryable(exc)
+
+
+def retry_transient_finalize(task: Any, task_run: Any, state: Any) -> bool:
+    """``retry_condition_fn`` of ``finalize``: transient failures, except an incomplete run
+    (finalizing again sends nothing: the shard steps, or the next flow run, finish the work)."""
+    exc = failure_of(state)
+    return exc is not None and not isinstance(exc, IncompleteRunError) and is_retryable(exc)
+
+
+def retry_options(condition: Callable[..., bool] = retry_transient) -> dict[str, Any]:
+    """The retry settings of a task (Prefect ``@task`` keyword arguments)."""
+    from prefect.tasks import exponential_backoff
+
+    return {
+        "retries": RETRIES,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=BACKOFF_SECONDS),
+        "retry_jitter_factor": JITTER_FACTOR,
+        "retry_condition_fn": condition,
+    }
+
+
+def slug(text: str) -> str:
+    """``text`` in the alphabet Prefect allows in artifact keys (lowercase, digits, dashes)."""
+    return _UNSAFE.sub("-", str(text).lower()).strip("-")
+
+
+def run_id_of(run: Any) -> str:
+    """The run id of a step result (its ``run_id``) or of a run URI (its last segment)."""
+    if isinstance(run, dict) and run.get("run_id"):
+        return str(run["run_id"])
+    return run_uri(run).rstrip("/").rsplit("/", 1)[-1]
+
+
+def step_cache_key(step: str, run: Any, shard: str | None = None, cycle: int | None = None) -> str:
+    """The cache key of ``step`` on ``shard`` of ``run`` in the flow's batch ``cycle`` (see the
+    module invariants)."""
+    where = hashlib.sha256(run_uri(run).rstrip("/").encode()).hexdigest()[:12]
+    parts = ["curator", step, run_id_of(run)]
+    if shard is not None:
+        parts.append(str(shard))
+    if cycle is not None:
+        parts.append(f"c{int(cycle)}")
+    parts.append(where)
+    return "-".join(slug(p) for p in parts)
+
+
+def cache_key_for(step: str) -> Callable[[TaskRunContext, dict[str, Any]], str]:
+    """A Prefect ``cache_key_fn`` keyed on the task's ``run``, ``shard`` and ``cycle``
+    parameters and ``step``."""
+
+    def key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+        return step_cache_key(
+            step, parameters["run"], parameters.get("shard"), parameters.get("cycle")
+        )
+
+    key.__name__ = f"cache_key_{step}"
+    return key

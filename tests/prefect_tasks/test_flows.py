@@ -1,0 +1,213 @@
+"""The flows end to end on a temporary Prefect server against the simulator over real HTTP:
+online, batch (with expiry and resubmission) and offline-shaped (a stand-in generator), rows
+checked; shards sharing the provider's limit; the statistics in the artifacts; re-running a
+flow re-uses what the first one finished."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import prefect_api as api
+import pytest
+from flow_llms import Numbered, OfflineNumbers, StandInGenerator
+
+from curator_flows import steps
+from curator_flows.testing.simulator import Simulator
+
+FAST_BATCHES = {"validating": 0.05, "in_progress": 0.2, "finalizing": 0.05, "cancelling": 0.05}
+
+
+def online_llm(sim, **extra):
+    params = {"base_url": sim.base_url, "progress": "off", "shard_size": 25, **extra}
+    return Numbered("gpt-4o-mini", backend_params=params)
+
+
+def batch_llm(sim, **extra):
+    params = {
+        "base_url": sim.base_url,
+        "progress": "off",
+        "batch_size": 10,
+        "batch_check_interval": 0.05,
+        **extra,
+    }
+    return Numbered("gpt-4o-mini", batch=True, backend_params=params)
+
+
+def rows_of(summary) -> list[dict]:
+    return list(steps.load_response(summary["run_uri"]).dataset)
+
+
+def states_by_task(flow_run_id) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for task_run in api.task_runs(flow_run_id):
+        out.setdefault(task_run.name, []).append(task_run.state.name)
+    return out
+
+
+def test_curate_online_end_to_end_with_artifacts(prefect_server, sim, wd):
+    from prefect_tasks import curate
+
+    state = curate(
+        online_llm(sim), [{"n": i} for i in range(100)], wd,
+        credentials={"api_key": "sk-test"}, artifact_key="numbers-online", return_state=True,
+    )  # fmt: skip
+    summary = state.result()
+    assert summary["rows"] == 100 and summary["failed"] == 0
+    rows = rows_of(summary)
+    assert sorted(r["n"] for r in rows) == list(range(100))
+    assert all(r["response"] for r in rows)
+    assert set(sim.stats()["by_prompt"].values()) == {1} and len(sim.stats()["by_prompt"]) == 100
+
+    flow_run = api.flow_run_id(state)
+    runs = states_by_task(flow_run)
+    assert sorted(name for name in runs if name.startswith("run_online_shard")) == [
+        f"run_online_shard-0000{i}" for i in range(4)
+    ]  # one task per shard, never one per prompt
+    artifacts = {a.key: a for a in api.artifacts(flow_run)}
+    table = {row["metric"]: row["value"] for row in json.loads(artifacts["numbers-online"].data)}
+    stats = summary["statistics"]
+    assert table["rows"] == 100 and table["failed"] == 0
+    assert table["input tokens"] == stats["token_usage"]["input"] > 0
+    assert table["output tokens"] == stats["token_usage"]["output"] > 0
+    assert table["cost ($)"] == pytest.approx(stats["cost_info"]["total_cost"], abs=1e-6)
+    assert table["throughput (requests/min)"] > 0 and table["run"] == summary["run_uri"]
+    progress = [a for a in artifacts.values() if a.type == "progress"]
+    assert len(progress) == 4 and all(float(a.data) == 100.0 for a in progress)
+
+
+def test_a_second_flow_run_reuses_the_first_runs_results(prefect_server, sim, wd):
+    from prefect_tasks import curate
+
+    llm, rows = online_llm(sim), [{"n": i} for i in range(50)]
+    first = curate(llm, rows, wd, run_key="2026-11-27")
+    sent = sim.stats()["requests"]
+    state = curate(llm, rows, wd, run_key="2026-11-27", return_state=True)
+    assert state.result()["rows"] == first["rows"] == 50
+    assert sim.stats()["requests"] == sent  # nothing sent again
+    shards = {k: v for k, v in states_by_task(api.flow_run_id(state)).items() if "shard" in k}
+    assert shards and all(v == ["Cached"] for v in shards.values())
+    fresh = curate(llm, rows, wd, run_key="2026-11-28")  # a new key: a new run, new generations
+    assert fresh["run_id"] != first["run_id"] and sim.stats()["requests"] == sent + 50
+
+
+def test_four_shards_at_once_hold_a_3000_rpm_limit(prefect_server, wd):
+    """The mapped shards split the limit by the task runner's 4 workers: together they stay
+    within the provider's 3,000 RPM (learned from its headers), every row once."""
+    from prefect_tasks import curate
+
+    with Simulator(rpm=3000) as sim:
+        llm = online_llm(sim, shard_size=100)
+        started = time.monotonic()
+        state = curate(llm, [{"n": i} for i in range(400)], wd, return_state=True)
+        elapsed = time.monotonic() - started
+        stats = sim.stats()
+    assert state.result()["rows"] == 400
+    assert stats["status_counts"]["200"] == 400
+    assert stats["rate_limited"] <= 12  # no 429 storm: a handful at most while learning
+    assert elapsed >= 5.0  # 400 requests at 50/s with a 2 s burst (100) take ~6 s at least
+    shard_runs = [t for t in api.task_runs(api.flow_run_id(state)) if "shard" in t.name]
+    results = [t.state.result() for t in shard_runs]
+    assert len(results) == 4
+    assert all(r["limits"]["max_requests_per_minute"] == 750 for r in results)
+
+
+def test_a_global_concurrency_limit_splits_the_provider_limit_by_its_slots(prefect_server, wd):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from prefect_tasks import curate
+
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name="curator-openai", limit=2)
+        )
+    with Simulator(rpm=6000) as sim:
+        state = curate(
+            online_llm(sim, shard_size=20), [{"n": i} for i in range(80)], wd,
+            concurrency_limit="curator-openai", return_state=True,
+        )  # fmt: skip
+    assert state.result()["rows"] == 80
+    results = [t.state.result() for t in api.task_runs(api.flow_run_id(state)) if "shard" in t.name]
+    assert len(results) == 4
+    assert all(r["limits"]["max_requests_per_minute"] == 3000 for r in results)
+
+
+def test_curate_batch_resubmits_what_expired_until_max_retries(prefect_server, wd):
+    """Every batch expires with half its items done (floor): per 10-request shard the cycles
+    carry 10, 5, 3, 2 requests (5 + 2 + 1 + 1 done), then the last one fails finally."""
+    from prefect_tasks import curate_batch
+
+    with Simulator(batch_timings=FAST_BATCHES, batch_expire_fraction=0.5) as sim:
+        state = curate_batch(
+            batch_llm(sim, max_retries=3), [{"n": i} for i in range(30)], wd, return_state=True
+        )
+        stats = sim.stats()
+    summary = state.result()
+    assert (summary["rows"], summary["failed"]) == (27, 3)
+    assert len({r["n"] for r in rows_of(summary)}) == 27
+    assert stats["batches_created"] == 3 * 4
+    assert stats["batch_items"] == 3 * (10 + 5 + 3 + 2)  # only what expired went again
+    runs = states_by_task(api.flow_run_id(state))
+    assert sorted(n for n in runs if n.startswith("submit_batch-00000")) == [
+        f"submit_batch-00000-c{c}" for c in range(4)
+    ]
+
+
+def test_curate_offline_shaped_runs_gpu_tagged_shards(prefect_server, wd, monkeypatch):
+    from curator_flows import offline
+    from prefect_tasks import curate_offline
+
+    generator = StandInGenerator()
+    monkeypatch.setattr(offline, "build_generator", lambda llm: generator)
+    llm = OfflineNumbers(
+        "some/model", backend="vllm", backend_params={"progress": "off", "shard_size": 10}
+    )
+    state = curate_offline(llm, [{"n": i} for i in range(25)], wd, return_state=True)
+    summary = state.result()
+    assert summary["rows"] == 25 and summary["failed"] == 0
+    assert sorted((r["n"], r["echo"]) for r in rows_of(summary)) == [(i, i) for i in range(25)]
+    assert len(generator.seen) == len(set(generator.seen)) == 25
+    shard_runs = [t for t in api.task_runs(api.flow_run_id(state)) if "shard" in t.name]
+    assert len(shard_runs) == 3 and all("gpu" in t.tags for t in shard_runs)
+
+
+def test_a_flow_refuses_an_llm_of_another_mode(prefect_server, sim, wd):
+    from curator_flows.errors import ConfigError
+    from prefect_tasks import curate, curate_batch
+
+    with pytest.raises(ConfigError, match="curate_batch"):
+        curate(batch_llm(sim), [{"n": 1}], wd)
+    with pytest.raises(ConfigError, match="batch=True"):
+        curate_batch(online_llm(sim), [{"n": 1}], wd)
+
+
+def test_the_progress_artifact_moves_while_a_shard_runs(prefect_server, wd):
+    """Read the shard's progress artifact from outside while the flow runs: it shows values
+    strictly between 0 and 100 before it ends at 100."""
+    import contextvars
+    import threading
+
+    from prefect_tasks import curate
+    from prefect_tasks.artifacts import progress_key
+
+    seen: list[float] = []
+    with Simulator(latency=0.05) as sim:
+        llm = online_llm(sim, shard_size=200, max_concurrent_requests=4)
+        rows = [{"n": i} for i in range(120)]
+        run = steps.prepare(llm, rows, wd)
+        key = progress_key(run, run["shards"][0])
+        context = contextvars.copy_context()
+        flow = threading.Thread(
+            target=context.run,
+            args=(lambda: seen.append(curate(llm, rows, wd, progress_interval=0.3)["rows"]),),
+        )
+        flow.start()
+        values: list[float] = []
+        while flow.is_alive():
+            values += [float(a.data) for a in api.artifacts_by_key(key)]
+            time.sleep(0.2)
+        flow.join()
+    assert seen == [120]
+    assert any(0 < v < 100 for v in values), values
+    assert [float(a.data) for a in api.artifacts_by_key(key)][-1] == 100.0

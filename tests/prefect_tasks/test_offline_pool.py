@@ -1,0 +1,75 @@
+"""``curate_offline`` with ``shard_deployment``: every shard runs as a flow run of the
+``curate-offline-shard`` deployment (what a GPU work pool executes), served here by a runner in
+another process whose flow runs rebuild the LLM from the run manifest; the parent waits for them
+and finalizes. (A stand-in generator replaces vLLM in those processes.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import prefect_api as api
+from flow_llms import OfflineNumbers
+
+from curator_flows import steps
+
+SERVE = (
+    "from prefect_tasks import curate_offline_shard\n"
+    "curate_offline_shard.serve(name='gpu', tags=['gpu'], limit=4)\n"
+)
+
+
+def test_offline_shards_run_as_flow_runs_of_a_gpu_deployment(prefect_env, wd):
+    from prefect_tasks import CuratorCredentials, curate_offline
+
+    CuratorCredentials(api_key="sk-unused-by-vllm").save("gpu-creds", overwrite=True)
+    env = {**prefect_env, "CURATOR_TEST_STAND_IN_VLLM": "1", "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    runner = subprocess.Popen(
+        [sys.executable, "-c", SERVE], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not _deployment_exists("curate-offline-shard/gpu"):
+            assert runner.poll() is None, runner.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the runner never registered its deployment"
+            time.sleep(0.5)
+        llm = OfflineNumbers(
+            "some/model", backend="vllm", backend_params={"progress": "off", "shard_size": 10}
+        )
+        state = curate_offline(
+            llm, [{"n": i} for i in range(20)], wd, credentials="gpu-creds",
+            shard_deployment="curate-offline-shard/gpu", return_state=True,
+        )  # fmt: skip
+        summary = state.result()
+    finally:
+        runner.terminate()
+        try:
+            runner.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            runner.kill()
+    assert summary["rows"] == 20 and summary["failed"] == 0
+    rows = list(steps.load_response(summary["run_uri"]).dataset)
+    assert sorted((r["n"], r["echo"]) for r in rows) == [(i, i) for i in range(20)]
+    launches = [t for t in api.task_runs(api.flow_run_id(state)) if "launch" in t.name]
+    results = [t.state.result() for t in launches]
+    assert sorted(r["shard"] for r in results) == ["00000", "00001"]
+    children = [api.flow_run(r["flow_run_id"]) for r in results]
+    assert all(c.state.is_completed() for c in children)
+    assert {c.parameters["credentials"] for c in children} == {"gpu-creds"}  # a name, no key
+    with api.client() as client:  # shown under the parent flow run in the UI
+        parents = {client.read_task_run(c.parent_task_run_id).flow_run_id for c in children}
+    assert parents == {api.flow_run_id(state)}
+    assert os.path.exists(os.path.join(summary["run_uri"], "manifest.json"))
+
+
+def _deployment_exists(name: str) -> bool:
+    from prefect.exceptions import ObjectNotFound
+
+    with api.client() as client:
+        try:
+            client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return False
+    return True

@@ -1,0 +1,172 @@
+"""Retries and cache keys, through Prefect's own retry machinery: transient failures are
+retried (with backoff and jitter), bad input, auth and budget failures never; cache keys are
+the run id, shard and step, the same in every flow run."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import prefect_api as api
+import pytest
+from flow_llms import Numbered
+
+from curator_flows.errors import (
+    AuthenticationError,
+    BudgetExceededError,
+    EndpointUnreachableError,
+    InputError,
+    ProviderError,
+    RateLimitExhaustedError,
+)
+from curator_flows.testing.simulator import Simulator
+
+
+def attempts_until(error: Exception) -> tuple[str, int]:
+    """Run a task with the step tasks' retry options (no delay) that fails once with
+    ``error``; its final state's name and how many times it ran."""
+    from prefect import flow, task
+
+    from prefect_tasks.policy import retry_options
+
+    calls: list[int] = []
+
+    @task(**{**retry_options(), "retry_delay_seconds": 0})
+    def step() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return "ok"
+
+    @flow
+    def one_step() -> str:
+        return step()
+
+    state = one_step(return_state=True)
+    return state.name, len(calls)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ProviderError("HTTP 503 from the provider", status=503),
+        RateLimitExhaustedError("429 after every retry"),
+        EndpointUnreachableError("connection refused"),
+        TimeoutError("read timed out"),
+    ],
+    ids=["503", "429-exhausted", "unreachable", "timeout"],
+)
+def test_transient_failures_are_retried(prefect_server, error):
+    assert attempts_until(error) == ("Completed", 2)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ProviderError("HTTP 400: bad request", status=400),
+        AuthenticationError("HTTP 401: invalid key", status=401),
+        BudgetExceededError("over budget", spent=1.0, budget=1.0),
+        InputError("row 3 has no 'n'"),
+        KeyError("a bug"),
+    ],
+    ids=["400", "401", "budget", "bad-input", "bug"],
+)
+def test_permanent_failures_are_not_retried(prefect_server, error):
+    assert attempts_until(error) == ("Failed", 1)
+
+
+def test_every_step_task_retries_only_transient_failures_with_backoff_and_jitter():
+    from prefect_tasks import policy, tasks
+
+    step_tasks = [
+        tasks.prepare, tasks.run_online_shard, tasks.run_offline_shard, tasks.submit_batch,
+        tasks.wait_for_batch, tasks.collect_batch, tasks.launch_offline_shard, tasks.finalize,
+    ]  # fmt: skip
+    for step in step_tasks:
+        assert step.retries == policy.RETRIES and step.retry_jitter_factor == policy.JITTER_FACTOR
+        assert step.retry_delay_seconds == [10.0, 20.0, 40.0]
+        assert step.retry_condition_fn in (policy.retry_transient, policy.retry_transient_finalize)
+        assert step.result_serializer == "json"
+    assert tasks.run_offline_shard.tags == {"gpu"}
+
+
+def test_cache_keys_are_run_shard_and_step_never_the_flow_run(prefect_server, tmp_path):
+    from prefect import flow
+
+    from prefect_tasks.policy import step_cache_key
+
+    run = {"run_id": "abc123def456-0f0f", "run_uri": str(tmp_path / "abc123def456-0f0f")}
+    key = step_cache_key("submit", run, "00001", 0)
+    assert key == step_cache_key("submit", run["run_uri"], "00001", 0)  # a result or its URI
+    assert key.startswith("curator-submit-abc123def456-0f0f-00001-c0-")
+    others = {
+        step_cache_key("submit", run, "00002", 0),
+        step_cache_key("submit", run, "00001", 1),
+        step_cache_key("collect", run, "00001", 0),
+        step_cache_key(
+            "submit", {**run, "run_uri": str(tmp_path / "b" / run["run_id"])}, "00001", 0
+        ),
+    }
+    assert key not in others and len(others) == 4
+
+    @flow
+    def keyed() -> str:
+        return step_cache_key("submit", run, "00001", 0)
+
+    assert keyed() == keyed() == key  # two flow runs, one key
+
+
+def test_a_wrong_key_fails_the_flow_without_a_retry(prefect_server, wd):
+    from prefect_tasks import curate
+
+    with Simulator(require_api_key="sk-right") as sim:
+        llm = Numbered("gpt-4o-mini", backend_params={"base_url": sim.base_url, "progress": "off"})
+        state = curate(llm, [{"n": i} for i in range(5)], wd,
+                       credentials={"api_key": "sk-wrong"}, return_state=True)  # fmt: skip
+        assert sim.stats()["status_counts"].get("200", 0) == 0
+    assert state.is_failed()
+    with pytest.raises(AuthenticationError):
+        state.result()
+    (shard,) = [t for t in api.task_runs(api.flow_run_id(state)) if "shard" in t.name]
+    assert shard.run_count == 1 and shard.state.name == "Failed"
+
+
+def test_an_unreachable_endpoint_is_retried_until_it_answers(prefect_server, wd, monkeypatch):
+    """The provider is down for the first attempt (no HTTP answer at all), up for the retry."""
+    from prefect_tasks import curate, tasks
+
+    monkeypatch.setattr(
+        tasks, "run_online_shard", tasks.run_online_shard.with_options(retry_delay_seconds=3)
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    llm = Numbered(
+        "gpt-4o-mini",
+        backend_params={"base_url": f"http://127.0.0.1:{port}/v1", "progress": "off"},
+    )
+    servers: list[Simulator] = []
+
+    def start_provider_after_the_first_failure() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            runs = [t for t in api.task_runs_named("run_online_shard-00000") if t.run_count >= 1]
+            if any(t.state.name == "AwaitingRetry" for t in runs):
+                servers.append(Simulator(port=port).start())
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=start_provider_after_the_first_failure, daemon=True)
+    watcher.start()
+    try:
+        state = curate(llm, [{"n": i} for i in range(5)], wd, return_state=True)
+        watcher.join(timeout=5)
+        assert servers, "the first attempt never failed"
+        assert state.result()["rows"] == 5
+        assert servers[0].stats()["status_counts"]["200"] == 5
+    finally:
+        for server in servers:
+            server.stop()
+    (shard,) = [t for t in api.task_runs(api.flow_run_id(state)) if "shard" in t.name]
+    assert shard.run_count == 2
