@@ -10,7 +10,9 @@ Only ``generate`` needs a GPU and vLLM. vLLM and Airflow pin conflicting package
 step can run in the GPU image's own interpreter: set ``CURATOR_VLLM_PYTHON`` (e.g.
 ``/opt/vllm/bin/python``, an environment with ``curator-flows[vllm]``); unset, it runs in the
 worker's process. ``CURATOR_VLLM_MODEL`` picks the model (a Hugging Face id or a local
-directory). The recipe LLM is given as an import path, so no task needs vLLM to build it.
+directory), ``CURATOR_VLLM_LLM`` the generator class (default the recipes of
+``dags_examples/generators.py``). The recipe LLM is given as an import path, so no task needs
+vLLM to build it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from dags_examples.generators import CuisineGenerator
 
 ROOT = os.environ.get("CURATOR_EXAMPLES_ROOT") or str(Path.home() / "curator-flows" / "airflow")
 MODEL = os.environ.get("CURATOR_VLLM_MODEL", "meta-llama/Llama-3.1-8B-Instruct")
+#: the recipe generator run on the GPU (an import path: built on the workers, never here)
+RECIPE_LLM = os.environ.get("CURATOR_VLLM_LLM", "dags_examples.generators:RecipeGenerator")
 VLLM_PYTHON = os.environ.get("CURATOR_VLLM_PYTHON") or None
 #: extra environment of the GPU step (JSON), e.g. {"HF_HOME": "/models/hf"}
 VLLM_ENV = json.loads(os.environ.get("CURATOR_VLLM_ENV") or "{}")
@@ -96,7 +100,7 @@ def curator_vllm_gpu() -> None:
         output_uri="{{ params.output_root }}/vllm-cuisines/{{ ds }}",
         run_key="{{ ds }}",
     )
-    recipe_llm = "dags_examples.generators:RecipeGenerator"
+    recipe_llm = RECIPE_LLM
     recipe_kwargs = {"model_name": MODEL, "backend": "vllm", "backend_params": VLLM_PARAMS}
     prepare = CuratorPrepareOperator(
         task_id="prepare_recipes",

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
 
 class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBaseOperator):
-    """Run an ``LLM`` over a dataset as one task and return a small manifest.
+    """Run an ``LLM`` over a dataset as one task and return a small manifest (run URI, output
+    URI, rows, counts, tokens, cost). Each key is also an XCom of its own
+    (``multiple_outputs``): ``op.output["output_uri"]`` is what a downstream task reads.
 
     :param llm: an ``LLM`` instance built in the DAG file (construction sends nothing), or an
         import path ``"package.module:Class"`` built on the worker with ``llm_kwargs`` (whose
@@ -83,11 +85,12 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
         cancel_on_kill: bool = True,
         cancel_on_timeout: bool = True,
         retry_failed: bool = False,
+        multiple_outputs: bool = True,
         **kwargs: Any,
     ) -> None:
         check_llm_argument(llm, llm_kwargs)
         self.attach_asset(kwargs, output_uri, output_asset)
-        super().__init__(**kwargs)
+        super().__init__(multiple_outputs=multiple_outputs, **kwargs)
         self.llm = llm
         self.llm_kwargs = llm_kwargs
         self.dataset, self.dataset_callable = split_dataset(dataset)

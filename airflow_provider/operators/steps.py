@@ -158,8 +158,9 @@ class CuratorOnlineShardOperator(CuratorBaseOperator):
 
 class CuratorFinalizeOperator(PublishMixin, CuratorBaseOperator):
     """Parse the stored responses into the run's dataset and publish it to ``output_uri``
-    (Parquet, ``_SUCCESS`` last); returns the finalize manifest (rows, counts, tokens, cost).
-    The outlet asset's event ``extra`` carries the same figures.
+    (Parquet, ``_SUCCESS`` last); returns the finalize manifest (rows, counts, tokens, cost),
+    each key also an XCom of its own (``op.output["output_uri"]``). The outlet asset's event
+    ``extra`` carries the same figures.
 
     :param run: the ``PrepareResult`` or its ``run_uri``.
     :param output_uri: where to publish (templated, e.g. ``".../recipes/{{ ds }}"``).
@@ -179,11 +180,12 @@ class CuratorFinalizeOperator(PublishMixin, CuratorBaseOperator):
         llm: Any = None,
         llm_kwargs: dict[str, Any] | None = None,
         input_uri: str | None = None,
+        multiple_outputs: bool = True,
         **kwargs: Any,
     ) -> None:
         check_llm_argument(llm, llm_kwargs)
         self.attach_asset(kwargs, output_uri, output_asset)
-        super().__init__(**kwargs)
+        super().__init__(multiple_outputs=multiple_outputs, **kwargs)
         self.run = run
         self.output_uri = output_uri
         self.llm = llm

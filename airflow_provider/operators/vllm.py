@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 RESULT_PREFIX = "CURATOR_FLOWS_RESULT "
+GPU_QUEUE = "gpu"
+GPU_POOL = "gpu"
 KILL_GRACE = 20.0
 
 #: what the other interpreter runs (imports only curator_flows)
@@ -89,8 +91,8 @@ class CuratorVLLMOperator(CuratorBaseOperator):
         llm_kwargs: dict[str, Any] | None = None,
         python: str | None = None,
         env: dict[str, str] | None = None,
-        queue: str = "gpu",
-        pool: str = "gpu",
+        queue: str = GPU_QUEUE,
+        pool: str = GPU_POOL,
         executor_config: dict[str, Any] | None = None,
         map_index_template: str | None = "{{ task.shard }}",
         **kwargs: Any,
@@ -115,6 +117,20 @@ class CuratorVLLMOperator(CuratorBaseOperator):
         self.python = python
         self.env = env
         self._child: subprocess.Popen | None = None
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        """``.partial()`` with the GPU pool as default too: the scheduler routes a mapped task
+        by its partial arguments (Airflow fills in ``queue`` from ``__init__`` itself, not
+        ``pool``); a ``pool`` in the DAG's ``default_args`` still wins, as for a plain task."""
+        from airflow.sdk.bases import operator as base
+        from airflow.sdk.definitions._internal.contextmanager import DagContext
+
+        dag = kwargs.get("dag") or DagContext.get_current()
+        defaults = {**(dag.default_args if dag else {}), **(kwargs.get("default_args") or {})}
+        if "pool" not in kwargs and "pool" not in defaults:
+            kwargs["pool"] = GPU_POOL
+        return base.partial(cls, **kwargs)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from curator_flows import steps

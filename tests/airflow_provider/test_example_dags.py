@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from airflow_runs import asset_events, load_dag, run_dag, task_instances, xcom
-from conftest import REPO
+from conftest import REPO, SUPPORT
 
 EXAMPLES = REPO / "dags_examples"
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
@@ -112,11 +112,11 @@ def test_vllm_gpu_runs_the_gpu_step_in_the_vllm_interpreter(tmp_path, monkeypatc
     model = build.stdout.strip().splitlines()[-1]
     monkeypatch.setenv("CURATOR_VLLM_MODEL", str(model))
     monkeypatch.setenv("CURATOR_VLLM_PYTHON", str(VLLM_PYTHON))
-    monkeypatch.setenv("CURATOR_VLLM_ENV", json.dumps(env))
+    monkeypatch.setenv("CURATOR_VLLM_ENV", json.dumps({**env, "PYTHONPATH": str(SUPPORT)}))
+    monkeypatch.setenv("CURATOR_VLLM_LLM", "airflow_llms:TinyRecipeGenerator")
     params = {
         "max_model_length": 512,
-        "max_tokens": 16,
-        "invalid_finish_reasons": [],  # a random model rarely stops by itself
+        "max_tokens": 96,
         "enforce_eager": True,
         "progress": "log",
         "engine_kwargs": {"kv_cache_memory_bytes": 256 * 1024 * 1024, "dtype": "float32"},
@@ -132,5 +132,6 @@ def test_vllm_gpu_runs_the_gpu_step_in_the_vllm_interpreter(tmp_path, monkeypatc
     }
     cuisines = xcom(dr, "cuisines")["rows"]
     result = xcom(dr, "generate", 0)
-    assert result["succeeded"] + result["failed"] == cuisines
-    assert os.path.exists(xcom(dr, "publish_recipes")["output_uri"])
+    assert result["succeeded"] == cuisines and result["failed"] == 0
+    _, rows = published(xcom(dr, "publish_recipes")["output_uri"])
+    assert len(rows) == cuisines and all(r["title"] for r in rows)

@@ -3,9 +3,12 @@ this folder on ``sys.path``), so a step given only the run URI rebuilds them."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, Field
 
 from curator_flows import LLM
+from dags_examples.generators import RecipeGenerator
 
 
 class Numbered(LLM):
@@ -34,3 +37,21 @@ class FactWriter(LLM):
 
     def parse(self, input: dict, response: Fact) -> dict:
         return {"n": input["n"], "subject": response.subject, "fact": response.fact}
+
+
+Word = Annotated[str, Field(pattern=r"^[a-z]{1,8}$")]
+
+
+class TinyRecipe(BaseModel):
+    """The example's recipe with bounded fields: what a tiny random model finishes (a pattern,
+    not max_length: xgrammar's maxLength lets control characters through)."""
+
+    title: str = Field(pattern=r"^[a-z ]{1,16}$")
+    ingredients: list[Word] = Field(min_length=1, max_length=2)
+    instructions: list[Word] = Field(min_length=1, max_length=2)
+
+
+class TinyRecipeGenerator(RecipeGenerator):
+    """``RecipeGenerator`` (prompt and parse) with :class:`TinyRecipe` as its schema."""
+
+    response_format = TinyRecipe
