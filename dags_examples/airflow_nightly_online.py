@@ -39,7 +39,7 @@ def build_dag(
     dag_id: str = "curator_nightly_online",
     *,
     cuisine_prompts: int = 1,
-    recipe_shard_size: int = 4,
+    recipe_shard_size: int = 2,
     max_active_shards: int = 4,
     schedule: str | None = "0 2 * * *",
 ) -> DAG:

@@ -34,6 +34,8 @@ from .connection_fields import CONN_TYPE, HOOK_NAME, PROVIDERS, ui_field_behavio
 TEST_TIMEOUT = 15.0
 ANTHROPIC_VERSION = "2023-06-01"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: connection ids this process already replaced by the embedded simulator
+_SIMULATED: set[str] = set()
 
 
 class CuratorHook(BaseHook):
@@ -90,10 +92,12 @@ class CuratorHook(BaseHook):
         except AirflowNotFoundException:
             if not self.simulator_fallback:
                 raise
-            self.log.warning(
-                "No connection %r: using the embedded simulator (simulator_fallback=True)",
-                self.conn_id,
-            )
+            if self.conn_id not in _SIMULATED:  # once per process
+                _SIMULATED.add(self.conn_id)
+                self.log.warning(
+                    "No connection %r: using the embedded simulator (simulator_fallback=True)",
+                    self.conn_id,
+                )
             return None
 
     async def aconnection(self) -> Any:

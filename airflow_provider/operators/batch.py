@@ -61,6 +61,14 @@ class BatchWaitMixin:
     _run_uri: str | None = None
     _wait_hint: float | None = None
 
+    @property
+    def _last_states(self) -> dict[str, dict[str, Any]]:
+        """The latest ``BatchShardState`` of each shard this task advanced."""
+        states = self.__dict__.get("_shard_states")
+        if states is None:
+            states = self.__dict__["_shard_states"] = {}
+        return states
+
     # ------------------------------------------------------------------ operator hooks
     def batch_llm(self) -> Any:
         """The LLM for collect / submit (``None``: rebuilt from the run manifest)."""
@@ -110,6 +118,7 @@ class BatchWaitMixin:
                 state["succeeded"],
                 state["failed"],
             )
+            self._last_states[shard] = dict(state)
             if state["state"] == "cancelled":
                 raise CuratorBatchCancelled(
                     f"shard {shard} of {run_uri} is cancelled (cancel_on_kill, "
@@ -377,8 +386,5 @@ class CuratorCollectOperator(BatchOptionsMixin, BatchWaitMixin, CuratorBaseOpera
         )
 
     def batches_done(self, context: Context, run_uri: str, llm: Any, credentials: Any) -> Any:
-        from curator_flows import steps
-
-        status = self.step(steps.status, run_uri, credentials=credentials)
-        shard = next(s for s in status["shards"] if s["shard"] == self.shard)
-        return {"run_uri": run_uri, "run_id": status["run_id"], **shard}
+        """The shard's last ``BatchShardState`` (``done``: nothing more to collect)."""
+        return self._last_states[self.shard]

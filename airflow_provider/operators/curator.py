@@ -47,7 +47,9 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
     :param output_asset: the outlet asset (default: from ``output_uri``, see
         :func:`~airflow_provider.operators.base.default_asset`); its event ``extra`` carries
         rows, tokens and cost.
-    :param deferrable: batch mode: wait in the triggerer (default) or in reschedule mode.
+    :param deferrable: batch mode: wait in the triggerer (default) or in reschedule mode (each
+        poke runs ``prepare`` again to find the run, re-rendering the rows: for large inputs,
+        prefer the deferrable mode or the granular operators).
     :param poll_interval: seconds between status checks (default: the LLM's
         ``batch_check_interval``). Templated.
     :param batch_timeout: seconds (or a ``timedelta``) after the campaign's first submit before

@@ -17,9 +17,11 @@ from airflow_provider.hooks.curator import CuratorHook
 def test_provider_registers_the_connection_type_and_its_form():
     from airflow.providers_manager import ProvidersManager
 
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
     manager = ProvidersManager()
     assert "curator-flows" in manager.providers
-    hook = manager.hooks["curator"]
+    hook = ProvidersManagerTaskRuntime().hooks["curator"]  # what Connection.get_hook uses
     assert hook.hook_class_name == "airflow_provider.hooks.curator.CuratorHook"
     assert hook.connection_type == "curator"
     widgets = manager.connection_form_widgets
