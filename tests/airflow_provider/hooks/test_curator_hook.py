@@ -16,7 +16,6 @@ from airflow_provider.hooks.curator import CuratorHook
 
 def test_provider_registers_the_connection_type_and_its_form():
     from airflow.providers_manager import ProvidersManager
-
     from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
     manager = ProvidersManager()
