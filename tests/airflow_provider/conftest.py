@@ -8,6 +8,7 @@ file loads, before any test module imports Airflow; it never points at the user'
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ if str(SUPPORT) not in sys.path:  # the test LLM classes, importable from every 
     sys.path.insert(0, str(SUPPORT))
 
 HOME = Path(tempfile.mkdtemp(prefix="curator-airflow-home-"))
+atexit.register(shutil.rmtree, HOME, True)  # also when no test of this folder ran
 DAGS = HOME / "dags"
 AIRFLOW_ENV = {
     "AIRFLOW_HOME": str(HOME),
