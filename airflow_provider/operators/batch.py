@@ -38,7 +38,7 @@ DEFAULT_POLL_INTERVAL = 60.0
 
 def seconds(value: Any) -> float | None:
     """``value`` (seconds, a ``timedelta``, a rendered template string, ``None``) in seconds."""
-    if value is None or value == "":
+    if value is None or value in ("", "None"):  # "None": a template that rendered nothing
         return None
     if isinstance(value, timedelta):
         return value.total_seconds()

@@ -8,7 +8,6 @@ file loads, before any test module imports Airflow; it never points at the user'
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import shutil
@@ -16,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -24,47 +22,20 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
-REPO = HERE.parents[1]
 SUPPORT = HERE / "support"
-if str(SUPPORT) not in sys.path:  # the test LLM classes, importable from every task
+if str(SUPPORT) not in sys.path:  # the test LLM classes and helpers, importable from every task
     sys.path.insert(0, str(SUPPORT))
 
-HOME = Path(tempfile.mkdtemp(prefix="curator-airflow-home-"))
-atexit.register(shutil.rmtree, HOME, True)  # also when no test of this folder ran
-DAGS = HOME / "dags"
-AIRFLOW_ENV = {
-    "AIRFLOW_HOME": str(HOME),
-    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{HOME}/airflow.db",
-    "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(HOME / "logs"),
-    "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
-    "AIRFLOW__OPENLINEAGE__DISABLED": "True",
-    # shared by this process (the executor signs task tokens) and the API server it starts
-    "AIRFLOW__API_AUTH__JWT_SECRET": "curator-flows-tests-only-" + "x" * 48,
-}
-os.environ.update(AIRFLOW_ENV)
-for name in [n for n in os.environ if n.startswith("AIRFLOW_CONN_")]:
-    del os.environ[name]  # no connection of the user's leaks into a test
-
-#: the DAG files of the session's DAGs folder
-DAG_FILES = [
-    *sorted((REPO / "dags_examples").glob("airflow_*.py")),
-    *sorted((HERE / "dags").glob("*.py")),
-]
-FAST_BATCHES = {"validating": 0.1, "in_progress": 0.3, "finalizing": 0.1, "cancelling": 0.1}
-TEST_KEY = "sk-test-CURATOR-never-in-xcom-0123456789"
-
-
-def airflow_cli(*args: str, check: bool = True, env: dict | None = None):
-    """``airflow <args>`` in a subprocess on the session's home."""
-    command = [str(Path(sys.executable).parent / "airflow"), *args]
-    result = subprocess.run(
-        command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=180
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
+from airflow_env import (  # noqa: E402 - sets the Airflow environment up on import
+    DAG_FILES,
+    DAGS,
+    FAST_BATCHES,
+    HOME,
+    REPO,
+    TEST_KEY,
+    airflow_cli,
+    connection_json,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -85,17 +56,6 @@ def fsim():
 
     with Simulator(batch_timings=FAST_BATCHES) as simulator:
         yield simulator
-
-
-def connection_json(sim, key: str = TEST_KEY, **extra) -> str:
-    return json.dumps(
-        {
-            "conn_type": "curator",
-            "host": sim.base_url,
-            "password": key,
-            "extra": {"provider": "openai", **extra},
-        }
-    )
 
 
 @pytest.fixture

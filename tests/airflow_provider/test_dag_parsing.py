@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from airflow_env import REPO
 
 HEAVY = ("litellm", "vllm", "datasets", "openai")
 PARSE = f"""

@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from airflow_env import REPO, SUPPORT
 from airflow_runs import asset_events, load_dag, run_dag, task_instances, xcom
-from conftest import REPO, SUPPORT
 
 EXAMPLES = REPO / "dags_examples"
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from airflow_env import HOME, TEST_KEY
 from airflow_runs import all_xcom_text, load_dag, rendered_fields_text, run_dag, states
-from conftest import HOME, TEST_KEY
 
 DAG_FILE = Path(__file__).parent / "dags" / "provider_test_dags.py"
 

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 from airflow.sdk.exceptions import AirflowNotFoundException
-from conftest import TEST_KEY, airflow_cli, connection_json
+from airflow_env import TEST_KEY, airflow_cli, connection_json
 
 from airflow_provider.hooks.curator import CuratorHook
 

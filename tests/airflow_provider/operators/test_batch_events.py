@@ -8,8 +8,8 @@ import json
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+from airflow_env import TEST_KEY
 from airflow_llms import FactWriter
-from conftest import TEST_KEY
 
 from airflow_provider import (
     CuratorBatchCancelled,

@@ -8,8 +8,8 @@ import json
 import pytest
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import TaskDeferred
+from airflow_env import connection_json
 from airflow_llms import FactWriter, Numbered
-from conftest import connection_json
 
 from airflow_provider import (
     CuratorOnlineShardOperator,

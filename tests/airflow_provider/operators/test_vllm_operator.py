@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SUPPORT
+from airflow_env import REPO, SUPPORT
 
 from airflow_provider import CuratorPermanentError, CuratorVLLMOperator
 from curator_flows import steps

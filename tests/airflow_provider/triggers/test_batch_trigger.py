@@ -132,7 +132,7 @@ def test_transient_poll_errors_are_tolerated_then_reported(batch_run, monkeypatc
 
 
 def test_a_permanent_poll_error_ends_at_once(fsim, batch_run, monkeypatch):
-    from conftest import connection_json
+    from airflow_env import connection_json
 
     run, _, _ = batch_run(rows=4, batch_size=4)
     fsim.configure(require_api_key="sk-the-right-one")
