@@ -63,3 +63,20 @@ bench-prefect: venv
 
 bench-vllm: vllm-venv
 	$(VLLM_PY) benchmarks/vllm_offline.py $(ARGS)
+
+.PHONY: demo-airflow airflow-ui bench-airflow
+
+# The nightly online DAG through Airflow's dag.test() in a temporary AIRFLOW_HOME (SQLite),
+# against the embedded simulator; prints where the dataset landed.
+demo-airflow: venv
+	$(VENV_PY) -m dags_examples.airflow_demo $(ARGS)
+
+# A local Airflow (airflow standalone in .airflow/, SQLite) with the example DAGs, the provider
+# and a curator_default connection to a simulator; http://localhost:8080, admin / admin.
+airflow-ui: venv
+	bash scripts/airflow_ui.sh
+
+# Airflow's added wall time for the nightly online DAG, and DAG-file parse times.
+bench-airflow: venv
+	$(VENV_PY) benchmarks/airflow_overhead.py $(ARGS)
+	$(VENV_PY) benchmarks/airflow_parse_time.py

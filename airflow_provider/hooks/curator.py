@@ -1,0 +1,258 @@
+"""``CuratorHook``: an Airflow connection of type ``curator`` turned into what the steps take.
+
+A connection holds the API key (password), the base URL (host) and, in its extras, the
+``provider``, default ``backend_params`` and fsspec ``storage_options`` (see
+:mod:`.connection_fields`). The hook turns it into one
+:class:`~curator_flows.credentials.Credentials` value per step call.
+
+Invariants:
+- the key only ever lives in the connection and in the ``Credentials`` passed to a step (a
+  ``SecretStr``, masked in every ``repr``); nothing here logs, returns in a result, or stores it;
+- :meth:`CuratorHook.test_connection` makes one cheap authenticated call (list the models),
+  never a paid one;
+- a missing connection is an error, unless ``simulator_fallback=True``: then the process's
+  embedded simulator stands in for the provider (:mod:`.embedded`).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
+
+from curator_flows.credentials import PROVIDER_ENV, Credentials
+from curator_flows.errors import ConfigError
+
+from .connection_fields import CONN_TYPE, HOOK_NAME, PROVIDERS, ui_field_behaviour
+
+TEST_TIMEOUT = 15.0
+ANTHROPIC_VERSION = "2023-06-01"
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: connection ids this process already replaced by the embedded simulator
+_SIMULATED: set[str] = set()
+
+
+class CuratorHook(BaseHook):
+    """The ``curator`` connection: API key, base URL, provider, backend params, storage options.
+
+    :param conn_id: the Airflow connection id (``curator_default``).
+    :param simulator_fallback: when the connection does not exist, use this process's embedded
+        simulator instead of failing (for example DAGs and local ``dag.test()`` runs).
+    """
+
+    conn_name_attr = "conn_id"
+    default_conn_name = "curator_default"
+    conn_type = CONN_TYPE
+    hook_name = HOOK_NAME
+
+    def __init__(
+        self, conn_id: str = default_conn_name, *, simulator_fallback: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.conn_id = conn_id
+        self.simulator_fallback = simulator_fallback
+
+    # ------------------------------------------------------------------ the connection form
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The extras fields as WTForms widgets (the Flask UI of older Airflow versions; Airflow 3
+        reads the same fields from the provider info)."""
+        from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import PasswordField, StringField
+
+        from .connection_fields import CONN_FIELDS
+
+        widgets: dict[str, Any] = {}
+        for name, field in CONN_FIELDS.items():
+            sensitive = field["schema"].get("format") == "password"
+            kind = PasswordField if sensitive else StringField
+            widget = BS3PasswordFieldWidget if sensitive else BS3TextFieldWidget
+            widgets[name] = kind(
+                lazy_gettext(field["label"]), description=field["description"], widget=widget()
+            )
+        return widgets
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return ui_field_behaviour()
+
+    # ------------------------------------------------------------------ reading it
+    @cached_property
+    def connection(self) -> Any:
+        """The Airflow connection, or ``None`` when it is missing and the simulator stands in."""
+        try:
+            return self.get_connection(self.conn_id)
+        except AirflowNotFoundException:
+            if not self.simulator_fallback:
+                raise
+            if self.conn_id not in _SIMULATED:  # once per process
+                _SIMULATED.add(self.conn_id)
+                self.log.warning(
+                    "No connection %r: using the embedded simulator (simulator_fallback=True)",
+                    self.conn_id,
+                )
+            return None
+
+    async def aconnection(self) -> Any:
+        """:attr:`connection`, fetched without blocking the event loop (for triggers)."""
+        if "connection" in self.__dict__:
+            return self.__dict__["connection"]
+        try:
+            conn = await self.aget_connection(self.conn_id)
+        except AirflowNotFoundException:
+            if not self.simulator_fallback:
+                raise
+            conn = None
+        self.__dict__["connection"] = conn
+        return conn
+
+    def get_conn(self) -> Credentials:
+        """The connection as :class:`~curator_flows.credentials.Credentials`."""
+        return self.credentials()
+
+    def credentials(self) -> Credentials:
+        """API key, base URL and storage options for one step call (never stored)."""
+        return credentials_of(self.connection)
+
+    async def acredentials(self) -> Credentials:
+        """:meth:`credentials` for async code: the lookup and a simulator start never block."""
+        import asyncio
+
+        conn = await self.aconnection()
+        if conn is None:
+            return await asyncio.to_thread(credentials_of, None)
+        return credentials_of(conn)
+
+    def provider(self) -> str | None:
+        """The connection's ``provider`` extra (``None`` when unset or simulated)."""
+        return provider_of(self.connection)
+
+    def backend_params(self) -> dict[str, Any]:
+        """The connection's non-secret ``backend_params`` extra (an API key there is dropped)."""
+        conn = self.connection
+        if conn is None:
+            return {}
+        params = _json_extra(conn, "backend_params")
+        params.pop("api_key", None)
+        return params
+
+    # ------------------------------------------------------------------ testing it
+    def test_connection(self) -> tuple[bool, str]:
+        """List the provider's models with the key: one cheap authenticated call."""
+        try:
+            credentials = self.credentials()
+            provider = self.provider() or "openai"
+            url, headers = _models_request(provider, credentials)
+        except Exception as exc:  # noqa: BLE001 - reported to the UI
+            return False, f"{type(exc).__name__}: {exc}"
+        secret = credentials.secret()
+        request = urllib.request.Request(url, headers=headers, method="GET")
+        opener = _opener(url)
+        try:
+            with opener.open(request, timeout=TEST_TIMEOUT) as response:
+                body = json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            detail = _redact(exc.read()[:300].decode("utf-8", "replace"), secret)
+            return False, f"{provider} answered {exc.code} at {url}: {detail}"
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            return False, f"cannot reach {url}: {_redact(str(exc), secret)}"
+        models = body.get("data") if isinstance(body, dict) else None
+        count = len(models) if isinstance(models, list) else 0
+        return True, f"Connected to {provider} at {url}: {count} models available"
+
+
+# ---------------------------------------------------------------------- helpers
+def credentials_of(conn: Any) -> Credentials:
+    """The :class:`Credentials` of a connection (``None``: the embedded simulator)."""
+    if conn is None:
+        from .embedded import API_KEY, embedded_simulator
+
+        return Credentials(api_key=API_KEY, base_url=embedded_simulator().base_url)
+    return Credentials(
+        api_key=conn.password or None,
+        base_url=base_url_of(conn),
+        storage_options=_json_extra(conn, "storage_options"),
+    )
+
+
+def base_url_of(conn: Any) -> str | None:
+    """The base URL in the connection's host (a full URL; a bare host gets ``https://``)."""
+    host = (conn.host or "").strip()
+    if not host:
+        return None
+    if "://" in host:
+        return host.rstrip("/")
+    port = f":{conn.port}" if conn.port else ""
+    path = f"/{conn.schema.strip('/')}" if conn.schema else ""
+    return f"https://{host}{port}{path}"
+
+
+def provider_of(conn: Any) -> str | None:
+    if conn is None:
+        return None
+    extra = conn.extra_dejson
+    value = extra.get("provider") or extra.get(f"extra__{CONN_TYPE}__provider")
+    if value in (None, ""):
+        return None
+    if value not in PROVIDERS:
+        raise ConfigError(
+            f"connection {conn.conn_id!r}: provider {value!r} is not one of {list(PROVIDERS)}"
+        )
+    return value
+
+
+def _json_extra(conn: Any, name: str) -> dict[str, Any]:
+    extra = conn.extra_dejson
+    value = extra.get(name, extra.get(f"extra__{CONN_TYPE}__{name}"))
+    if value in (None, ""):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ConfigError(
+                f"connection {conn.conn_id!r}: the {name} extra is not valid JSON"
+            ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"connection {conn.conn_id!r}: the {name} extra must be a JSON object")
+    return dict(value)
+
+
+def _models_request(provider: str, credentials: Credentials) -> tuple[str, dict[str, str]]:
+    """URL and headers of the provider's list-models call."""
+    if provider == "anthropic":
+        base = (credentials.base_url or PROVIDER_ENV["anthropic"][2]).rstrip("/")
+        if not base.endswith("/v1"):
+            base += "/v1"
+        headers = {"anthropic-version": ANTHROPIC_VERSION}
+        if credentials.secret():
+            headers["x-api-key"] = credentials.secret() or ""
+        return f"{base}/models", headers
+    if provider == "litellm" and not credentials.base_url:
+        raise ConfigError(
+            "a litellm connection can only be tested with a base URL (an OpenAI-compatible "
+            "proxy); each underlying provider is tested with its own connection"
+        )
+    base = (credentials.base_url or PROVIDER_ENV["openai"][2]).rstrip("/")
+    headers = {}
+    if credentials.secret():
+        headers["Authorization"] = f"Bearer {credentials.secret()}"
+    return f"{base}/models", headers
+
+
+def _opener(url: str) -> urllib.request.OpenerDirector:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host in _LOOPBACK:  # never through an environment proxy
+        return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    return urllib.request.build_opener()
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text

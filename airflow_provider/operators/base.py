@@ -1,0 +1,310 @@
+"""What every Curator operator shares: the connection, the LLM, the run it works on, the outlet
+asset and lineage of a published dataset.
+
+Invariants:
+- an operator is a few lines around one step call; all state lives in the run directory, so
+  running any operator again (an Airflow retry, a cleared task) resumes instead of redoing;
+- credentials come from the ``curator`` connection at run time, are passed to the step and never
+  kept on the operator, returned or logged;
+- every library error goes through :func:`airflow_provider.exceptions.raise_for`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from airflow.sdk import BaseOperator
+
+from ..exceptions import call_step, raise_for
+
+if TYPE_CHECKING:
+    from airflow.sdk import Asset, Context
+
+    from curator_flows.credentials import Credentials
+    from curator_flows.llm import LLM
+
+    from ..hooks.curator import CuratorHook
+
+LLMLike = Any  # an LLM instance, or "package.module:Class" (built with llm_kwargs)
+
+
+def run_uri_of(run: Any) -> str:
+    """The run URI of ``run``: a URI, or a step result (``PrepareResult``, ...) holding one."""
+    if isinstance(run, Mapping):
+        return str(run["run_uri"])
+    if not isinstance(run, str) or not run:
+        raise ValueError(f"run must be a run URI or a step result with 'run_uri', got {run!r}")
+    return run
+
+
+def check_llm_argument(llm: LLMLike, llm_kwargs: dict[str, Any] | None) -> None:
+    """Parse-time checks of ``llm`` / ``llm_kwargs`` (nothing imported, nothing sent)."""
+    if isinstance(llm, str):
+        module, _, qualname = llm.partition(":")
+        if not module or not qualname:
+            raise ValueError(f"llm={llm!r}: an import path must look like 'package.module:Class'")
+    elif llm_kwargs:
+        raise ValueError("llm_kwargs only goes with llm given as an import path ('pkg.mod:Class')")
+    if llm_kwargs and "api_key" in (llm_kwargs.get("backend_params") or {}):
+        raise ValueError(
+            "llm_kwargs['backend_params'] must not hold an API key: put it in the connection's "
+            "password"
+        )
+
+
+def build_llm(llm: LLMLike, llm_kwargs: dict[str, Any] | None, defaults: dict[str, Any]) -> Any:
+    """``llm`` as an LLM: an instance as is; an import path built with ``llm_kwargs``, whose
+    ``backend_params`` go over the connection's ``defaults``."""
+    if llm is None or not isinstance(llm, str):
+        return llm
+    from curator_flows.errors import ConfigError
+    from curator_flows.rebuild import load_import_path
+
+    try:
+        cls = load_import_path(llm)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"llm={llm!r} cannot be imported: {type(exc).__name__}: {exc}") from None
+    kwargs = dict(llm_kwargs or {})
+    params = {**defaults, **(kwargs.get("backend_params") or {})}
+    if params:
+        kwargs["backend_params"] = params
+    return cls(**kwargs)
+
+
+def call_with_context(function: Any, context: Mapping[str, Any]) -> Any:
+    """Call ``function`` with the context values its parameters name (all of them for
+    ``**kwargs``), as Airflow calls ``@task`` functions."""
+    parameters = inspect.signature(function).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return function(**context)
+    names = [p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    return function(**{name: context[name] for name in names if name in context})
+
+
+def split_dataset(dataset: Any) -> tuple[Any, Any]:
+    """``(templated part, callable)`` of a ``dataset`` argument: a callable is kept out of the
+    template fields (Airflow would call it with ``context`` and ``jinja_env``); inline rows are
+    data, not templates (wrapped in ``literal``); a URI or an ``XComArg`` is rendered."""
+    if callable(dataset) and not isinstance(dataset, type) and not hasattr(dataset, "__iter__"):
+        return None, dataset
+    if isinstance(dataset, list | tuple):
+        from airflow.sdk import literal
+
+        return literal(list(dataset)), None
+    return dataset, None
+
+
+def resolve_dataset(dataset: Any, dataset_callable: Any, context: Mapping[str, Any]) -> Any:
+    """The dataset a step gets: the callable's result (called with the context values it
+    names), else the rendered value (rows, a URI, an upstream output URI, a
+    ``CuratorResponse``) as is."""
+    if dataset_callable is not None:
+        return call_with_context(dataset_callable, context)
+    from airflow.sdk.definitions._internal.templater import LiteralValue
+
+    if isinstance(dataset, LiteralValue):  # not rendered (execute called directly)
+        return dataset.value
+    return dataset
+
+
+def default_asset(output_uri: Any, explicit: Asset | str | None) -> Asset | None:
+    """The outlet asset of a published dataset: ``explicit`` (an ``Asset`` or a URI), else the
+    ``output_uri`` itself when it is static, else its static prefix up to the last ``/`` before
+    the first template (``s3://b/recipes/{{ ds }}`` → ``s3://b/recipes``), so every night's event
+    lands on one asset whose ``extra`` names that night's URI."""
+    from airflow.sdk import Asset
+
+    if explicit is not None:
+        return explicit if isinstance(explicit, Asset) else Asset(str(explicit))
+    if not isinstance(output_uri, str) or not output_uri:
+        return None
+    if "{{" not in output_uri and "{%" not in output_uri:
+        return Asset(output_uri)
+    cut = min(i for i in (output_uri.find("{{"), output_uri.find("{%")) if i >= 0)
+    prefix = output_uri[:cut].rsplit("/", 1)[0]
+    if "://" in prefix and prefix.split("://", 1)[1]:
+        return Asset(prefix)
+    return None
+
+
+class CuratorBaseOperator(BaseOperator):
+    """Base of the Curator operators.
+
+    :param conn_id: the ``curator`` connection (API key, base URL, provider, backend params,
+        storage options).
+    :param simulator_fallback: when that connection does not exist, run against this process's
+        embedded simulator (example DAGs, local ``dag.test()``).
+    """
+
+    ui_color = "#f3e9ff"
+
+    def __init__(
+        self,
+        *,
+        conn_id: str = "curator_default",
+        simulator_fallback: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.conn_id = conn_id
+        self.simulator_fallback = simulator_fallback
+
+    @property
+    def hook(self) -> CuratorHook:
+        """A hook on the connection as it is now (a new one per use: an operator object can
+        outlive a connection change, e.g. across ``dag.test()`` runs in one process)."""
+        from ..hooks.curator import CuratorHook
+
+        return CuratorHook(self.conn_id, simulator_fallback=self.simulator_fallback)
+
+    def credentials(self) -> Credentials:
+        """The connection as ``Credentials`` (a missing or broken connection is permanent)."""
+        try:
+            return self.hook.credentials()
+        except Exception as exc:  # noqa: BLE001 - classified
+            self.connection_error(exc)
+
+    def connection_error(self, exc: BaseException) -> NoReturn:
+        """Raise a connection problem the Airflow way (a missing connection is permanent)."""
+        if not hasattr(exc, "retryable"):
+            from curator_flows.errors import ConfigError
+
+            exc = ConfigError(f"connection {self.conn_id!r}: {type(exc).__name__}: {exc}")
+        raise_for(exc)
+
+    def make_llm(self, llm: LLMLike, llm_kwargs: dict[str, Any] | None = None) -> LLM | None:
+        """The LLM of this task (``None``: the steps rebuild it from the run manifest), checked
+        against the connection's provider."""
+        hook = self.hook
+        try:
+            defaults, provider = hook.backend_params(), hook.provider()
+        except Exception as exc:  # noqa: BLE001 - classified
+            self.connection_error(exc)
+        try:
+            built = build_llm(llm, llm_kwargs, defaults)
+            check_provider(built, provider, self.conn_id)
+        except Exception as exc:  # noqa: BLE001 - classified
+            if not hasattr(exc, "retryable"):
+                from curator_flows.errors import ConfigError
+
+                exc = ConfigError(f"building llm={llm!r} failed: {type(exc).__name__}: {exc}")
+            raise_for(exc)
+        if built is not None and not isinstance(llm, str):
+            ignored = sorted(set(defaults) - set(built.backend_params))
+            if ignored:
+                self.log.info(
+                    "connection %r backend_params %s apply to LLMs given as an import path; "
+                    "this LLM instance keeps its own",
+                    self.conn_id,
+                    ignored,
+                )
+        return built
+
+    def step(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call one step with its errors mapped onto Airflow's retry rules."""
+        return call_step(function, *args, **kwargs)
+
+
+def check_provider(llm: Any, provider: str | None, conn_id: str) -> None:
+    """Refuse an LLM whose backend is another provider than the connection's (its key would be
+    sent to the wrong API)."""
+    if llm is None or provider is None:
+        return
+    direct = ("openai", "anthropic")
+    if llm.backend in direct and provider in direct and llm.backend != provider:
+        from curator_flows.errors import ConfigError
+
+        raise ConfigError(
+            f"connection {conn_id!r} is for provider {provider!r} but the LLM uses backend "
+            f"{llm.backend!r}: use a {llm.backend} connection (conn_id=...)"
+        )
+
+
+def finalize_manifest(result: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict:
+    """The small XCom manifest of a finalized run: where it is, counts, tokens, cost."""
+    statistics = result.get("statistics") or {}
+    tokens = statistics.get("token_usage") or {}
+    cost = statistics.get("cost_info") or {}
+    return {
+        "run_uri": result["run_uri"],
+        "run_id": result["run_id"],
+        "output_uri": result.get("output_uri"),
+        "rows": result["rows"],
+        "requests": result["requests"],
+        "succeeded": result["succeeded"],
+        "failed": result["failed"],
+        "failed_requests_uri": result.get("failed_requests_uri"),
+        "input_tokens": int(tokens.get("input") or 0),
+        "output_tokens": int(tokens.get("output") or 0),
+        "cost": float(cost.get("total_cost") or 0.0),
+        **(extra or {}),
+    }
+
+
+class PublishMixin:
+    """Outlet asset event and OpenLineage facets of an operator that finalizes a run.
+
+    The operator sets ``output_uri`` and ``output_asset`` (see :func:`default_asset`) and calls
+    :meth:`record_publication` with the finalize result."""
+
+    output_uri: Any
+    output_asset: Asset | None
+    _lineage: dict[str, Any] | None = None
+
+    def attach_asset(
+        self, kwargs: dict[str, Any], output_uri: Any, explicit: Asset | str | None
+    ) -> None:
+        """Add the outlet asset of ``output_uri`` to the operator's ``outlets`` kwargs (call it
+        before ``BaseOperator.__init__``)."""
+        asset = default_asset(output_uri, explicit)
+        self.output_asset = asset
+        if asset is not None:
+            outlets = list(kwargs.get("outlets") or [])
+            if asset not in outlets:
+                outlets.append(asset)
+            kwargs["outlets"] = outlets
+
+    def record_publication(
+        self,
+        context: Context,
+        manifest: Mapping[str, Any],
+        *,
+        llm: Any = None,
+        input_uri: Any = None,
+        mode: str | None = None,
+    ) -> None:
+        """Put rows, tokens and cost on the outlet asset's event; keep what lineage reports."""
+        if self.output_asset is not None:
+            extra = {
+                key: manifest.get(key)
+                for key in (
+                    "output_uri",
+                    "run_uri",
+                    "run_id",
+                    "rows",
+                    "failed",
+                    "input_tokens",
+                    "output_tokens",
+                    "cost",
+                )
+            }
+            context["outlet_events"][self.output_asset].extra.update(extra)
+        self._lineage = {
+            "manifest": dict(manifest),
+            "input_uri": input_uri if isinstance(input_uri, str) else None,
+            "model": getattr(llm, "model_name", None),
+            "backend": getattr(llm, "backend", None),
+            "mode": mode or getattr(llm, "mode", None),
+            "response_format": getattr(llm, "response_format", None),
+        }
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Input and output datasets, the output's schema (from ``response_format``) and a run
+        facet with requests, tokens and cost (OpenLineage provider)."""
+        if not self._lineage:
+            return None
+        from ..lineage import operator_lineage
+
+        return operator_lineage(**self._lineage)

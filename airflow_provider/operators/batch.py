@@ -1,0 +1,390 @@
+"""Batch steps as operators, and the wait loop they share with ``CuratorOperator``.
+
+The loop, per task: ``steps.advance`` every shard (submit, or re-attach; collect what ended;
+resubmit what expired) → wait for the live batches (``defer()`` to
+:class:`~airflow_provider.triggers.batch.CuratorBatchTrigger`, or, with ``deferrable=False``,
+a reschedule-mode poke) → on the one event: advance again, wait again while a new round runs,
+then finish.
+
+Invariants:
+- a retry of any of these tasks resumes from the run directory: a shard that has a batch is
+  never submitted again, a stored response is never requested again, whatever XCom holds;
+- failed / cancelled / timed-out batches end the task with their own exception type after the
+  batches that ended are collected (every paid result is stored);
+- ``cancel_on_kill``: killing the task (or marking it failed) while it runs cancels the run's
+  live batches (the trigger does the same while the task is deferred).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from ..batch_watch import BatchWatch
+from ..exceptions import (
+    CuratorBatchCancelled,
+    CuratorBatchFailed,
+    CuratorBatchTimeout,
+    CuratorPermanentError,
+    CuratorPollError,
+)
+from .base import CuratorBaseOperator, run_uri_of
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+DEFAULT_POLL_INTERVAL = 60.0
+
+
+def seconds(value: Any) -> float | None:
+    """``value`` (seconds, a ``timedelta``, a rendered template string, ``None``) in seconds."""
+    if value is None or value in ("", "None"):  # "None": a template that rendered nothing
+        return None
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+class BatchWaitMixin:
+    """Waiting for a run's batches, deferrable or in reschedule mode. The operator provides
+    ``deferrable``, ``poll_interval``, ``batch_timeout``, ``max_poll_errors``,
+    ``cancel_on_kill``, ``cancel_on_timeout``, ``retry_failed`` and :meth:`batch_llm` /
+    :meth:`batches_done`."""
+
+    deferrable: bool
+    poll_interval: Any
+    batch_timeout: Any
+    max_poll_errors: int
+    cancel_on_kill: bool
+    cancel_on_timeout: bool
+    retry_failed: bool
+    _run_uri: str | None = None
+    _wait_hint: float | None = None
+
+    @property
+    def _last_states(self) -> dict[str, dict[str, Any]]:
+        """The latest ``BatchShardState`` of each shard this task advanced."""
+        states = self.__dict__.get("_shard_states")
+        if states is None:
+            states = self.__dict__["_shard_states"] = {}
+        return states
+
+    # ------------------------------------------------------------------ operator hooks
+    def batch_llm(self) -> Any:
+        """The LLM for collect / submit (``None``: rebuilt from the run manifest)."""
+        return None
+
+    def batches_done(self, context: Context, run_uri: str, llm: Any, credentials: Any) -> Any:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the loop
+    def run_batches(
+        self, context: Context, run_uri: str, shards: list[str], llm: Any, credentials: Any
+    ) -> Any:
+        """Drive ``shards`` to done (this call may defer or reschedule the task)."""
+        self._run_uri = run_uri
+        if self.deferrable:
+            live = self.advance_shards(run_uri, shards, llm, credentials)
+            if live:
+                self.wait_for(run_uri, live)
+            return self.batches_done(context, run_uri, llm, credentials)
+        event = self.watch_once(run_uri, shards, credentials)
+        if event is None:
+            self.reschedule()
+        return self.on_batch_event(context, event, llm, credentials)
+
+    def advance_shards(
+        self, run_uri: str, shards: list[str], llm: Any, credentials: Any
+    ) -> list[str]:
+        """One ``steps.advance`` per shard; the shards that still have a live batch."""
+        from curator_flows import steps
+
+        live = []
+        for shard in shards:
+            state = self.step(
+                steps.advance,
+                run_uri,
+                shard,
+                llm=llm,
+                credentials=credentials,
+                retry_failed=self.retry_failed,
+            )
+            self.log.info(
+                "shard %s: %s (batch %s, %s; %d succeeded, %d failed)",
+                shard,
+                state["state"],
+                state["batch_id"],
+                state["status"],
+                state["succeeded"],
+                state["failed"],
+            )
+            self._last_states[shard] = dict(state)
+            if state["state"] == "cancelled":
+                raise CuratorBatchCancelled(
+                    f"shard {shard} of {run_uri} is cancelled (cancel_on_kill, "
+                    "`curator-flows cancel` or a deadline): set retry_failed=True on the task "
+                    "to start a new campaign for its unfinished requests"
+                )
+            if not state["done"]:
+                live.append(shard)
+                self._wait_hint = state["wait_seconds"] or self._wait_hint
+        return live
+
+    def interval(self) -> float:
+        return seconds(self.poll_interval) or self._wait_hint or DEFAULT_POLL_INTERVAL
+
+    def wait_for(self, run_uri: str, live: list[str]) -> NoReturn:
+        """Defer to the trigger (or reschedule) until the live batches end."""
+        if not self.deferrable:
+            self.reschedule()
+        from ..triggers.batch import CuratorBatchTrigger
+
+        self.log.info("deferring until the batches of shard(s) %s end", ", ".join(live))
+        self.defer(
+            trigger=CuratorBatchTrigger(
+                run_uri,
+                live,
+                conn_id=self.conn_id,
+                simulator_fallback=self.simulator_fallback,
+                poll_interval=self.interval(),
+                timeout=seconds(self.batch_timeout),
+                max_poll_errors=self.max_poll_errors,
+                cancel_on_kill=self.cancel_on_kill,
+                cancel_on_timeout=self.cancel_on_timeout,
+            ),
+            method_name="execute_complete",
+        )
+
+    def reschedule(self) -> NoReturn:
+        from airflow.sdk import timezone
+        from airflow.sdk.exceptions import AirflowRescheduleException
+
+        raise AirflowRescheduleException(timezone.utcnow() + timedelta(seconds=self.interval()))
+
+    def watch_once(self, run_uri: str, shards: list[str], credentials: Any) -> dict | None:
+        """One round of status requests (reschedule mode): the outcome, or ``None``."""
+        from curator_flows import steps
+
+        watch = BatchWatch(
+            run_uri,
+            shards,
+            timeout=seconds(self.batch_timeout),
+            max_poll_errors=self.max_poll_errors,
+        )
+        for shard in shards:
+            try:
+                watch.observe(steps.poll(run_uri, shard, credentials=credentials))
+            except Exception as exc:  # noqa: BLE001 - the watch classifies it
+                self.log.warning("polling shard %s failed: %s", shard, exc)
+                watch.poll_failed(shard, exc)
+                if watch.failure is not None:
+                    break
+        return watch.outcome()
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        """Resume after the trigger's one event."""
+        return self.on_batch_event(context, event)
+
+    def on_batch_event(
+        self, context: Context, event: dict[str, Any], llm: Any = None, credentials: Any = None
+    ) -> Any:
+        """Act on a terminal outcome: raise its exception, or collect, resubmit and go on."""
+        kind, run_uri = event["kind"], event["run_uri"]
+        self._run_uri = run_uri
+        self.log.info("batches of %s: %s (%s)", run_uri, kind, event.get("message"))
+        if kind == "error":
+            error = event["error"]
+            if error.get("retryable"):
+                raise CuratorPollError(event["message"])
+            raise CuratorPermanentError(event["message"])
+        credentials = credentials if credentials is not None else self.credentials()
+        llm = llm if llm is not None else self.batch_llm()
+        if kind in ("failed", "cancelled", "timeout"):
+            cancelled = event.get("cancelled")
+            if kind == "timeout" and cancelled is None and self.cancel_on_timeout:
+                cancelled = self.cancel_batches(run_uri, credentials)
+            self.collect_ended(run_uri, event, llm, credentials)
+            if kind == "failed":
+                raise CuratorBatchFailed(event["message"])
+            if kind == "cancelled":
+                raise CuratorBatchCancelled(event["message"])
+            raise CuratorBatchTimeout(
+                f"{event['message']}; "
+                + ("the live batches were cancelled" if cancelled else "batches left running"),
+                cancelled=bool(cancelled),
+            )
+        live = self.advance_shards(run_uri, list(event["shards"]), llm, credentials)
+        if live:
+            self.wait_for(run_uri, live)
+        return self.batches_done(context, run_uri, llm, credentials)
+
+    def collect_ended(
+        self, run_uri: str, event: dict[str, Any], llm: Any, credentials: Any
+    ) -> None:
+        """Store the results of the batches that ended (best effort: the task fails anyway)."""
+        from curator_flows import steps
+
+        for shard, state in event["shards"].items():
+            if not state.get("done"):
+                continue
+            try:
+                steps.collect(run_uri, shard, llm=llm, credentials=credentials)
+            except Exception as exc:  # noqa: BLE001 - logged; the outcome's error follows
+                self.log.warning("collecting shard %s failed: %s", shard, exc)
+
+    def cancel_batches(self, run_uri: str, credentials: Any = None) -> bool:
+        from curator_flows import steps
+
+        try:
+            result = steps.cancel(
+                run_uri, credentials=credentials if credentials else self.credentials()
+            )
+        except Exception as exc:  # noqa: BLE001 - never raised from a kill
+            self.log.error("cancelling the batches of %s failed: %s", run_uri, exc)
+            return False
+        self.log.warning("cancelled the live batches of %s: %s", run_uri, result["batches"])
+        return not result["errors"]
+
+    def on_kill(self) -> None:
+        """The task is being killed: cancel the live batches it started (``cancel_on_kill``)."""
+        if self.cancel_on_kill and self._run_uri:
+            self.cancel_batches(self._run_uri)
+
+
+class BatchOptionsMixin:
+    """The batch-wait arguments, stored the same way by every batch operator."""
+
+    def set_batch_options(
+        self,
+        *,
+        deferrable: bool,
+        poll_interval: Any,
+        batch_timeout: Any,
+        max_poll_errors: int,
+        cancel_on_kill: bool,
+        cancel_on_timeout: bool,
+        retry_failed: bool,
+    ) -> None:
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.batch_timeout = batch_timeout
+        self.max_poll_errors = max_poll_errors
+        self.cancel_on_kill = cancel_on_kill
+        self.cancel_on_timeout = cancel_on_timeout
+        self.retry_failed = retry_failed
+
+
+class CuratorSubmitBatchOperator(CuratorBaseOperator):
+    """Create (or re-attach to) the provider batch of one shard; returns its
+    ``BatchShardState`` (batch id, status, counts).
+
+    :param run: the run (``PrepareResult`` or its ``run_uri``).
+    :param shard: the shard to submit (``.expand(shard=prepare.output)``).
+    :param llm: the run's LLM, or ``None`` to rebuild it from the run manifest.
+    :param retry_failed: also start a new campaign for requests that failed finally.
+    """
+
+    template_fields = ("run", "shard")
+    ui_color = "#e5dbff"
+
+    def __init__(
+        self,
+        *,
+        run: Any,
+        shard: str,
+        llm: Any = None,
+        llm_kwargs: dict[str, Any] | None = None,
+        retry_failed: bool = False,
+        map_index_template: str | None = "{{ task.shard }}",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(map_index_template=map_index_template, **kwargs)
+        self.run = run
+        self.shard = shard
+        self.llm = llm
+        self.llm_kwargs = llm_kwargs
+        self.retry_failed = retry_failed
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from curator_flows import steps
+
+        run_uri = run_uri_of(self.run)
+        state = self.step(
+            steps.submit,
+            run_uri,
+            self.shard,
+            llm=self.make_llm(self.llm, self.llm_kwargs),
+            credentials=self.credentials(),
+            retry_failed=self.retry_failed,
+        )
+        self.log.info(
+            "shard %s: %s batch %s (%s, %d requests)",
+            self.shard,
+            "created" if state["created"] else "re-attached to" if state["reattached"] else "has",
+            state["batch_id"],
+            state["state"],
+            state["requests"],
+        )
+        if state["state"] == "cancelled":
+            raise CuratorBatchCancelled(
+                f"shard {self.shard} of {run_uri} is cancelled: set retry_failed=True to start "
+                "a new campaign"
+            )
+        return dict(state)
+
+
+class CuratorCollectOperator(BatchOptionsMixin, BatchWaitMixin, CuratorBaseOperator):
+    """Collect one shard's ended batch into the run directory; requests the batch did not
+    finish (expired, cancelled at the provider) go into a new round that this task waits for,
+    so the shard is complete when the task succeeds. Returns the shard's ``BatchShardState``.
+
+    Waiting is deferrable by default (``deferrable=False``: reschedule-mode pokes every
+    ``poll_interval`` seconds); ``batch_timeout`` counts from the campaign's first submit.
+    """
+
+    template_fields = ("run", "shard", "poll_interval", "batch_timeout")
+    ui_color = "#d0bfff"
+
+    def __init__(
+        self,
+        *,
+        run: Any,
+        shard: str,
+        llm: Any = None,
+        llm_kwargs: dict[str, Any] | None = None,
+        deferrable: bool = True,
+        poll_interval: float | str | None = None,
+        batch_timeout: float | timedelta | str | None = None,
+        max_poll_errors: int = 3,
+        cancel_on_kill: bool = True,
+        cancel_on_timeout: bool = True,
+        retry_failed: bool = False,
+        map_index_template: str | None = "{{ task.shard }}",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(map_index_template=map_index_template, **kwargs)
+        self.run = run
+        self.shard = shard
+        self.llm = llm
+        self.llm_kwargs = llm_kwargs
+        self.set_batch_options(
+            deferrable=deferrable,
+            poll_interval=poll_interval,
+            batch_timeout=batch_timeout,
+            max_poll_errors=max_poll_errors,
+            cancel_on_kill=cancel_on_kill,
+            cancel_on_timeout=cancel_on_timeout,
+            retry_failed=retry_failed,
+        )
+
+    def batch_llm(self) -> Any:
+        return self.make_llm(self.llm, self.llm_kwargs)
+
+    def execute(self, context: Context) -> Any:
+        return self.run_batches(
+            context, run_uri_of(self.run), [self.shard], self.batch_llm(), self.credentials()
+        )
+
+    def batches_done(self, context: Context, run_uri: str, llm: Any, credentials: Any) -> Any:
+        """The shard's last ``BatchShardState`` (``done``: nothing more to collect)."""
+        return self._last_states[self.shard]

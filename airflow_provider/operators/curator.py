@@ -1,0 +1,179 @@
+"""``CuratorOperator``: one whole job in one task: prepare → generate (online, offline or
+batch) → finalize (and publish to ``output_uri``), returning a small manifest.
+
+Invariants:
+- the same ``run_key`` (e.g. ``"{{ ds }}"``) and inputs resume the same run: an Airflow retry or
+  a cleared task sends only what is not stored yet and never creates a second batch;
+- batch mode waits deferred by default (the worker slot is free while the provider works);
+  ``deferrable=False`` waits in reschedule mode;
+- XCom gets only the manifest (run URI, counts, tokens, cost); the dataset stays in storage.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from .base import (
+    CuratorBaseOperator,
+    PublishMixin,
+    check_llm_argument,
+    finalize_manifest,
+    resolve_dataset,
+    split_dataset,
+)
+from .batch import BatchOptionsMixin, BatchWaitMixin
+
+if TYPE_CHECKING:
+    from airflow.sdk import Asset, Context
+
+
+class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBaseOperator):
+    """Run an ``LLM`` over a dataset as one task and return a small manifest (run URI, output
+    URI, rows, counts, tokens, cost). Each key is also an XCom of its own
+    (``multiple_outputs``): ``op.output["output_uri"]`` is what a downstream task reads.
+
+    :param llm: an ``LLM`` instance built in the DAG file (construction sends nothing), or an
+        import path ``"package.module:Class"`` built on the worker with ``llm_kwargs`` (whose
+        ``backend_params`` go over the connection's).
+    :param dataset: rows (a list of dicts), an fsspec URI (Parquet, JSONL, Arrow, a saved HF
+        dataset), the output URI of an upstream run (e.g. ``upstream.output["output_uri"]``),
+        or a callable returning any of these (called with the context values it names).
+        Templated (inline rows are not).
+    :param working_dir: where the run directory goes (any fsspec URI). Templated.
+    :param output_uri: where to publish the dataset as Parquet (``_SUCCESS`` last). Templated.
+    :param run_key: joins the run's identity, e.g. ``"{{ ds }}"``: each night is a new run, a
+        retry of the same night resumes it. Templated.
+    :param output_asset: the outlet asset (default: from ``output_uri``, see
+        :func:`~airflow_provider.operators.base.default_asset`); its event ``extra`` carries
+        rows, tokens and cost.
+    :param deferrable: batch mode: wait in the triggerer (default) or in reschedule mode (each
+        poke runs ``prepare`` again to find the run, re-rendering the rows: for large inputs,
+        prefer the deferrable mode or the granular operators).
+    :param poll_interval: seconds between status checks (default: the LLM's
+        ``batch_check_interval``). Templated.
+    :param batch_timeout: seconds (or a ``timedelta``) after the campaign's first submit before
+        giving up with :class:`~airflow_provider.exceptions.CuratorBatchTimeout`. Templated.
+    :param cancel_on_kill: cancel live batches when the task is killed or marked failed.
+    :param cancel_on_timeout: cancel live batches when ``batch_timeout`` passes.
+    :param retry_failed: give requests that failed finally (or were cancelled) a new campaign.
+    """
+
+    template_fields = (
+        "dataset",
+        "working_dir",
+        "output_uri",
+        "run_key",
+        "poll_interval",
+        "batch_timeout",
+    )
+    template_fields_renderers = {"dataset": "py"}
+    ui_color = "#cdb4ff"
+
+    def __init__(
+        self,
+        *,
+        llm: Any,
+        dataset: Any = None,
+        working_dir: str | None = None,
+        output_uri: str | None = None,
+        run_key: str | None = None,
+        llm_kwargs: dict[str, Any] | None = None,
+        output_asset: Asset | str | None = None,
+        deferrable: bool = True,
+        poll_interval: float | str | None = None,
+        batch_timeout: float | timedelta | str | None = None,
+        max_poll_errors: int = 3,
+        cancel_on_kill: bool = True,
+        cancel_on_timeout: bool = True,
+        retry_failed: bool = False,
+        multiple_outputs: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        check_llm_argument(llm, llm_kwargs)
+        self.attach_asset(kwargs, output_uri, output_asset)
+        super().__init__(multiple_outputs=multiple_outputs, **kwargs)
+        self.llm = llm
+        self.llm_kwargs = llm_kwargs
+        self.dataset, self.dataset_callable = split_dataset(dataset)
+        self.working_dir = working_dir
+        self.output_uri = output_uri
+        self.run_key = run_key
+        self.set_batch_options(
+            deferrable=deferrable,
+            poll_interval=poll_interval,
+            batch_timeout=batch_timeout,
+            max_poll_errors=max_poll_errors,
+            cancel_on_kill=cancel_on_kill,
+            cancel_on_timeout=cancel_on_timeout,
+            retry_failed=retry_failed,
+        )
+
+    def batch_llm(self) -> Any:
+        return self.make_llm(self.llm, self.llm_kwargs)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from curator_flows import steps
+
+        llm = self.batch_llm()
+        credentials = self.credentials()
+        dataset = resolve_dataset(self.dataset, self.dataset_callable, context)
+        run = self.step(
+            steps.prepare,
+            llm,
+            dataset,
+            self.working_dir or None,
+            run_key=self.run_key or None,
+            credentials=credentials,
+            rebuild_check=False,  # every step of this task gets llm=
+        )
+        self.log.info(
+            "run %s (%s, %s): %d requests in %d shard(s), %d pending, %d reused",
+            run["run_uri"],
+            run["mode"],
+            run["model_name"],
+            run["requests"],
+            len(run["shards"]),
+            run["pending"],
+            run["reused_responses"],
+        )
+        if run["mode"] == "batch":
+            return self.run_batches(context, run["run_uri"], run["shards"], llm, credentials)
+        generate = steps.run_online if run["mode"] == "online" else steps.run_offline
+        result = self.step(generate, run["run_uri"], None, llm=llm, credentials=credentials)
+        self.log.info(
+            "sent %d, %d succeeded, %d failed, %d rate limited, $%.4f",
+            result["sent"],
+            result["succeeded"],
+            result["failed"],
+            result["rate_limited"],
+            result["cost"],
+        )
+        return self.batches_done(context, run["run_uri"], llm, credentials)
+
+    def batches_done(
+        self, context: Context, run_uri: str, llm: Any, credentials: Any
+    ) -> dict[str, Any]:
+        """Finalize (and publish); the manifest goes to XCom and the asset event."""
+        from curator_flows import steps
+
+        result = self.step(
+            steps.finalize,
+            run_uri,
+            llm=llm,
+            credentials=credentials,
+            output_uri=self.output_uri or None,
+        )
+        manifest = finalize_manifest(result)
+        self.log.info(
+            "finalized %s: %d rows, %d failed, %d+%d tokens, $%.4f%s",
+            run_uri,
+            manifest["rows"],
+            manifest["failed"],
+            manifest["input_tokens"],
+            manifest["output_tokens"],
+            manifest["cost"],
+            f"; published to {manifest['output_uri']}" if manifest["output_uri"] else "",
+        )
+        self.record_publication(context, manifest, llm=llm, input_uri=self.dataset)
+        return manifest

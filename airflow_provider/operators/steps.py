@@ -1,0 +1,232 @@
+"""Granular operators for DAGs that show each step: prepare → one task per shard (mapped with
+``.expand(shard=prepare.output)``) → finalize.
+
+Each is one step call; each returns that step's small result (``PrepareResult``,
+``ShardResult``, a finalize manifest) for XCom. A retry resumes from the run directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .base import (
+    CuratorBaseOperator,
+    PublishMixin,
+    check_llm_argument,
+    finalize_manifest,
+    resolve_dataset,
+    run_uri_of,
+    split_dataset,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Asset, Context
+
+
+#: the XCom key under which ``CuratorPrepareOperator`` pushes its ``PrepareResult``
+RUN_XCOM_KEY = "run"
+
+
+class CuratorPrepareOperator(CuratorBaseOperator):
+    """Render the dataset into request shards. Returns the shard names (map over them:
+    ``.expand(shard=prepare.output)``) and pushes the ``PrepareResult`` (``run_uri``, counts)
+    under the XCom key ``"run"`` (``prepare.output["run"]``, for ``partial(run=...)``).
+
+    ``llm``, ``dataset``, ``working_dir`` and ``run_key`` as in
+    :class:`~airflow_provider.operators.curator.CuratorOperator`. ``rebuild_check``: fail now
+    (permanently) when the later tasks, which get only the run URI, could not rebuild the LLM
+    from the run manifest (turn it off when every task gets ``llm=``).
+    """
+
+    template_fields = ("dataset", "working_dir", "run_key")
+    template_fields_renderers = {"dataset": "py"}
+    ui_color = "#ebe0ff"
+
+    def __init__(
+        self,
+        *,
+        llm: Any,
+        dataset: Any = None,
+        working_dir: str | None = None,
+        run_key: str | None = None,
+        llm_kwargs: dict[str, Any] | None = None,
+        rebuild_check: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        check_llm_argument(llm, llm_kwargs)
+        super().__init__(**kwargs)
+        self.llm = llm
+        self.llm_kwargs = llm_kwargs
+        self.dataset, self.dataset_callable = split_dataset(dataset)
+        self.working_dir = working_dir
+        self.run_key = run_key
+        self.rebuild_check = rebuild_check
+
+    def execute(self, context: Context) -> list[str]:
+        from curator_flows import steps
+
+        run = self.step(
+            steps.prepare,
+            self.make_llm(self.llm, self.llm_kwargs),
+            resolve_dataset(self.dataset, self.dataset_callable, context),
+            self.working_dir or None,
+            run_key=self.run_key or None,
+            credentials=self.credentials(),
+            rebuild_check=self.rebuild_check,
+        )
+        self.log.info(
+            "run %s: %d requests in shards %s (%d pending, %d reused)",
+            run["run_uri"],
+            run["requests"],
+            run["shards"],
+            run["pending"],
+            run["reused_responses"],
+        )
+        context["ti"].xcom_push(key=RUN_XCOM_KEY, value=dict(run))
+        return list(run["shards"])
+
+
+def parallelism(run: Any, cap: int | None, explicit: Any) -> int:
+    """How many shard tasks run at once: ``explicit``, else the run's shard count (from a
+    ``PrepareResult``) capped by the task's ``max_active_tis_per_dag``."""
+    if explicit not in (None, ""):
+        return max(1, int(explicit))
+    shards = len(run["shards"]) if isinstance(run, Mapping) and run.get("shards") else 1
+    return max(1, min(shards, cap) if cap else shards)
+
+
+class CuratorOnlineShardOperator(CuratorBaseOperator):
+    """Send one shard's pending requests; returns its ``ShardResult``.
+
+    :param run: the ``PrepareResult`` (``prepare.output["run"]``; its shard count sets the
+        default ``parallel_shards``) or its ``run_uri``.
+    :param shard: the shard (``.expand(shard=prepare.output)``).
+    :param parallel_shards: how many shard tasks run at once; each takes that share of the
+        provider's RPM/TPM and concurrency, so together they hold the account's limit. Default:
+        the run's shard count, capped by ``max_active_tis_per_dag``.
+    :param llm: the run's LLM, or ``None`` to rebuild it from the run manifest.
+    """
+
+    template_fields = ("run", "shard", "parallel_shards")
+    ui_color = "#dccbff"
+
+    def __init__(
+        self,
+        *,
+        run: Any,
+        shard: str,
+        parallel_shards: int | str | None = None,
+        llm: Any = None,
+        llm_kwargs: dict[str, Any] | None = None,
+        map_index_template: str | None = "{{ task.shard }}",
+        **kwargs: Any,
+    ) -> None:
+        check_llm_argument(llm, llm_kwargs)
+        super().__init__(map_index_template=map_index_template, **kwargs)
+        self.run = run
+        self.shard = shard
+        self.parallel_shards = parallel_shards
+        self.llm = llm
+        self.llm_kwargs = llm_kwargs
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from curator_flows import steps
+
+        share = parallelism(self.run, self.max_active_tis_per_dag, self.parallel_shards)
+        result = self.step(
+            steps.run_online,
+            run_uri_of(self.run),
+            self.shard,
+            llm=self.make_llm(self.llm, self.llm_kwargs),
+            credentials=self.credentials(),
+            parallel_shards=share,
+        )
+        self.log.info(
+            "shard %s (1/%d of the limits): sent %d, %d succeeded, %d failed, %d rate limited, "
+            "$%.4f",
+            self.shard,
+            share,
+            result["sent"],
+            result["succeeded"],
+            result["failed"],
+            result["rate_limited"],
+            result["cost"],
+        )
+        return dict(result)
+
+
+class CuratorFinalizeOperator(PublishMixin, CuratorBaseOperator):
+    """Parse the stored responses into the run's dataset and publish it to ``output_uri``
+    (Parquet, ``_SUCCESS`` last); returns the finalize manifest (rows, counts, tokens, cost),
+    each key also an XCom of its own (``op.output["output_uri"]``). The outlet asset's event
+    ``extra`` carries the same figures.
+
+    :param run: the ``PrepareResult`` or its ``run_uri``.
+    :param output_uri: where to publish (templated, e.g. ``".../recipes/{{ ds }}"``).
+    :param output_asset: the outlet asset (default: from ``output_uri``).
+    :param llm: the run's LLM, or ``None`` to rebuild it from the run manifest.
+    """
+
+    template_fields = ("run", "output_uri")
+    ui_color = "#b197fc"
+
+    def __init__(
+        self,
+        *,
+        run: Any,
+        output_uri: str | None = None,
+        output_asset: Asset | str | None = None,
+        llm: Any = None,
+        llm_kwargs: dict[str, Any] | None = None,
+        input_uri: str | None = None,
+        multiple_outputs: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        check_llm_argument(llm, llm_kwargs)
+        self.attach_asset(kwargs, output_uri, output_asset)
+        super().__init__(multiple_outputs=multiple_outputs, **kwargs)
+        self.run = run
+        self.output_uri = output_uri
+        self.llm = llm
+        self.llm_kwargs = llm_kwargs
+        self.input_uri = input_uri
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from curator_flows import steps
+
+        llm = self.make_llm(self.llm, self.llm_kwargs)
+        run_uri = run_uri_of(self.run)
+        result = self.step(
+            steps.finalize,
+            run_uri,
+            llm=llm,
+            credentials=self.credentials(),
+            output_uri=self.output_uri or None,
+        )
+        manifest = finalize_manifest(result)
+        self.log.info(
+            "finalized %s: %d rows, %d failed, $%.4f%s",
+            run_uri,
+            manifest["rows"],
+            manifest["failed"],
+            manifest["cost"],
+            f"; published to {manifest['output_uri']}" if manifest["output_uri"] else "",
+        )
+        mode = self.run.get("mode") if isinstance(self.run, Mapping) else None
+        self.record_publication(
+            context, manifest, llm=llm or _RunSummary(self.run), input_uri=self.input_uri, mode=mode
+        )
+        return manifest
+
+
+class _RunSummary:
+    """What lineage needs of an LLM the task did not build (model and backend from a
+    ``PrepareResult``)."""
+
+    def __init__(self, run: Any) -> None:
+        run = run if isinstance(run, Mapping) else {}
+        self.model_name = run.get("model_name")
+        self.backend = run.get("backend")
+        self.mode = run.get("mode")
+        self.response_format = None

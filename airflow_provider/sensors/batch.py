@@ -1,0 +1,129 @@
+"""``CuratorBatchSensor``: wait until one shard's provider batch has ended (``poke``,
+``reschedule`` or deferrable). It never collects: ``CuratorCollectOperator`` does.
+
+Outcomes, the same as the trigger's (:mod:`airflow_provider.batch_watch`): ended or expired →
+success (returns the batch's small state); failed, cancelled, the ``batch_timeout`` deadline →
+their own exception types; a poll error → tolerated in poke/reschedule mode until the deadline
+when transient, raised at once when permanent.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
+
+from ..exceptions import (
+    CuratorBatchCancelled,
+    CuratorBatchFailed,
+    CuratorBatchTimeout,
+    CuratorPermanentError,
+    CuratorPollError,
+)
+from ..operators.base import CuratorBaseOperator, run_uri_of
+from ..operators.batch import BatchWaitMixin, seconds
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class CuratorBatchSensor(BaseSensorOperator, CuratorBaseOperator):
+    """Wait for the current batch of ``shard``.
+
+    :param run: the ``PrepareResult`` or its ``run_uri``.
+    :param shard: the shard (``.expand(shard=prepare.output)``).
+    :param deferrable: wait in the triggerer instead of poking.
+    :param batch_timeout: seconds (or a ``timedelta``) after the campaign's first submit before
+        :class:`~airflow_provider.exceptions.CuratorBatchTimeout`.
+    :param cancel_on_timeout: cancel the run's live batches at the deadline.
+    :param cancel_on_kill: (deferrable) cancel them when the task is killed or marked failed.
+    :param max_poll_errors: (deferrable) consecutive transient poll errors tolerated.
+
+    ``poke_interval``, ``mode`` (``poke`` | ``reschedule``) and ``timeout`` are the usual sensor
+    arguments.
+    """
+
+    template_fields = ("run", "shard", "batch_timeout")
+    ui_color = "#e3d5ff"
+
+    def __init__(
+        self,
+        *,
+        run: Any,
+        shard: str,
+        deferrable: bool = False,
+        batch_timeout: float | timedelta | str | None = None,
+        cancel_on_timeout: bool = True,
+        cancel_on_kill: bool = True,
+        max_poll_errors: int = 3,
+        map_index_template: str | None = "{{ task.shard }}",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(map_index_template=map_index_template, **kwargs)
+        self.run = run
+        self.shard = shard
+        self.deferrable = deferrable
+        self.batch_timeout = batch_timeout
+        self.cancel_on_timeout = cancel_on_timeout
+        self.cancel_on_kill = cancel_on_kill
+        self.max_poll_errors = max_poll_errors
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        from ..triggers.batch import CuratorBatchTrigger
+
+        self.defer(
+            trigger=CuratorBatchTrigger(
+                run_uri_of(self.run),
+                [self.shard],
+                conn_id=self.conn_id,
+                simulator_fallback=self.simulator_fallback,
+                poll_interval=self.poke_interval,
+                timeout=seconds(self.batch_timeout),
+                max_poll_errors=self.max_poll_errors,
+                cancel_on_kill=self.cancel_on_kill,
+                cancel_on_timeout=self.cancel_on_timeout,
+            ),
+            method_name="execute_complete",
+        )
+
+    def poke(self, context: Context) -> bool | PokeReturnValue:
+        run_uri = run_uri_of(self.run)
+        event = BatchWaitMixin.watch_once(self, run_uri, [self.shard], self.credentials())
+        if event is None:
+            return False
+        return PokeReturnValue(True, self.outcome(event))
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        return self.outcome(event)
+
+    def outcome(self, event: dict[str, Any]) -> dict[str, Any]:
+        """The shard's small state for ``ended`` / ``expired`` / ``resume``; else raise."""
+        kind = event["kind"]
+        self.log.info("shard %s: %s (%s)", self.shard, kind, event.get("message"))
+        if kind == "error":
+            if event["error"].get("retryable"):
+                raise CuratorPollError(event["message"])
+            raise CuratorPermanentError(event["message"])
+        if kind == "failed":
+            raise CuratorBatchFailed(event["message"])
+        if kind == "cancelled":
+            raise CuratorBatchCancelled(event["message"])
+        if kind == "timeout":
+            cancelled = event.get("cancelled")
+            if cancelled is None and self.cancel_on_timeout:
+                cancelled = BatchWaitMixin.cancel_batches(self, event["run_uri"])
+            raise CuratorBatchTimeout(
+                f"{event['message']}; "
+                + ("the live batches were cancelled" if cancelled else "batches left running"),
+                cancelled=bool(cancelled),
+            )
+        state = event["shards"].get(self.shard, {})
+        return {"run_uri": event["run_uri"], "shard": self.shard, "outcome": kind, **state}
+
+    def on_kill(self) -> None:
+        """Killed while poking: cancel the run's live batches (``cancel_on_kill``)."""
+        if self.cancel_on_kill:
+            BatchWaitMixin.cancel_batches(self, run_uri_of(self.run))

@@ -1,0 +1,156 @@
+"""``CuratorBatchTrigger``: waits in the triggerer until a run's batches end, then fires once.
+
+Invariants:
+- the event loop is never blocked: the connection is fetched with the async API, and every
+  ``steps.poll`` (a status request plus small run-directory reads) and ``steps.cancel`` runs in
+  a thread (``asyncio.to_thread``);
+- the trigger never downloads results (the resumed task collects them) and never writes to the
+  run directory, except the cancel flag of ``steps.cancel``;
+- it yields exactly one event, then returns (:mod:`airflow_provider.batch_watch` decides which);
+- its deadline is wall-clock, ``timeout`` seconds after the current campaign's first batch was
+  submitted (a time stored in the run), so a triggerer restart does not move it;
+- it serialises to a handful of JSON values: a run URI, shard names, a connection id and
+  settings; never a key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from curator_flows import steps
+
+from ..batch_watch import BatchWatch
+from ..hooks.curator import CuratorHook
+
+#: seconds ``on_kill`` / a deadline cancel may take before the trigger gives up on it
+CANCEL_TIMEOUT = 60.0
+
+
+class CuratorBatchTrigger(BaseTrigger):
+    """Poll the batches of ``shards`` of the run at ``run_uri`` until they end.
+
+    :param run_uri: the run (``PrepareResult["run_uri"]``).
+    :param shards: the shards whose current batches to watch.
+    :param conn_id: the ``curator`` connection (the key is looked up in the triggerer).
+    :param simulator_fallback: without that connection, use the embedded simulator.
+    :param poll_interval: seconds between two rounds of status requests.
+    :param timeout: seconds after the campaign's first submit before giving up (``None``: no
+        deadline).
+    :param max_poll_errors: consecutive transient poll errors tolerated.
+    :param cancel_on_kill: cancel the run's live batches when the task is killed or marked
+        failed while deferred.
+    :param cancel_on_timeout: cancel them when the deadline passes.
+    """
+
+    def __init__(
+        self,
+        run_uri: str,
+        shards: list[str],
+        *,
+        conn_id: str = "curator_default",
+        simulator_fallback: bool = False,
+        poll_interval: float = 60.0,
+        timeout: float | None = None,
+        max_poll_errors: int = 3,
+        cancel_on_kill: bool = True,
+        cancel_on_timeout: bool = True,
+    ) -> None:
+        super().__init__()
+        self.run_uri = run_uri
+        self.shards = list(shards)
+        self.conn_id = conn_id
+        self.simulator_fallback = simulator_fallback
+        self.poll_interval = float(poll_interval)
+        self.timeout = None if timeout is None else float(timeout)
+        self.max_poll_errors = int(max_poll_errors)
+        self.cancel_on_kill = cancel_on_kill
+        self.cancel_on_timeout = cancel_on_timeout
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "run_uri": self.run_uri,
+                "shards": self.shards,
+                "conn_id": self.conn_id,
+                "simulator_fallback": self.simulator_fallback,
+                "poll_interval": self.poll_interval,
+                "timeout": self.timeout,
+                "max_poll_errors": self.max_poll_errors,
+                "cancel_on_kill": self.cancel_on_kill,
+                "cancel_on_timeout": self.cancel_on_timeout,
+            },
+        )
+
+    def _hook(self) -> CuratorHook:
+        return CuratorHook(self.conn_id, simulator_fallback=self.simulator_fallback)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        watch = BatchWatch(
+            self.run_uri, self.shards, timeout=self.timeout, max_poll_errors=self.max_poll_errors
+        )
+        try:
+            credentials = await self._hook().acredentials()
+        except Exception as exc:  # noqa: BLE001 - reported as the one terminal event
+            watch.fail(exc)
+            yield TriggerEvent(watch.outcome())
+            return
+        while True:
+            for shard in watch.pending():
+                try:
+                    state = await self._poll(shard, credentials)
+                except Exception as exc:  # noqa: BLE001 - counted; the watch decides
+                    self.log.warning("polling shard %s failed: %s", shard, exc)
+                    watch.poll_failed(shard, exc)
+                    if watch.failure is not None:
+                        break
+                else:
+                    watch.observe(state)
+                    self.log.info(
+                        "shard %s: batch %s is %s %s",
+                        shard,
+                        state.get("batch_id"),
+                        state.get("status"),
+                        state.get("request_counts") or "",
+                    )
+            event = watch.outcome()
+            if event is not None:
+                if event["kind"] == "timeout":
+                    event["cancelled"] = self.cancel_on_timeout and await self._cancel(credentials)
+                yield TriggerEvent(event)
+                return
+            await asyncio.sleep(watch.sleep_seconds(self.poll_interval))
+
+    async def _poll(self, shard: str, credentials: Any) -> dict[str, Any]:
+        """One ``steps.poll`` (a status request and small reads), in a thread."""
+        return await asyncio.to_thread(steps.poll, self.run_uri, shard, credentials=credentials)
+
+    async def _cancel(self, credentials: Any = None) -> bool:
+        """Cancel every live batch of the run (in a thread, bounded); ``True`` when it worked."""
+        try:
+            if credentials is None:
+                credentials = await self._hook().acredentials()
+            result = await asyncio.wait_for(
+                asyncio.to_thread(steps.cancel, self.run_uri, credentials=credentials),
+                CANCEL_TIMEOUT,
+            )
+        except Exception as exc:  # noqa: BLE001 - reported, never raised from a kill
+            self.log.error("cancelling the batches of %s failed: %s", self.run_uri, exc)
+            return False
+        self.log.warning(
+            "cancelled the batches of %s at %s: %s",
+            self.run_uri,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(result["cancelled_at"])),
+            result["batches"],
+        )
+        return not result["errors"]
+
+    async def on_kill(self) -> None:
+        """The task was killed or marked failed while deferred: stop the billing."""
+        if self.cancel_on_kill:
+            await self._cancel()

@@ -1,0 +1,108 @@
+"""What every operator shares: LLM arguments, the dataset argument, the outlet asset, the
+connection's defaults and provider, parallel shards, cancel on kill."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from airflow.sdk import Asset
+from airflow.sdk.exceptions import TaskDeferred
+from airflow_env import connection_json
+from airflow_llms import FactWriter, Numbered
+
+from airflow_provider import (
+    CuratorOnlineShardOperator,
+    CuratorOperator,
+    CuratorPermanentError,
+    CuratorVLLMOperator,
+)
+from airflow_provider.operators.base import call_with_context, default_asset, split_dataset
+from airflow_provider.operators.steps import parallelism
+
+
+def test_llm_arguments_are_checked_when_the_dag_is_parsed():
+    with pytest.raises(ValueError, match="import path"):
+        CuratorOperator(task_id="a", llm="no_colon_here")
+    with pytest.raises(ValueError, match="llm_kwargs only goes"):
+        CuratorOperator(task_id="b", llm=Numbered("gpt-4o-mini"), llm_kwargs={"x": 1})
+    with pytest.raises(ValueError, match="API key"):
+        CuratorOperator(
+            task_id="c", llm="m:C", llm_kwargs={"backend_params": {"api_key": "sk-in-dag"}}
+        )
+    with pytest.raises(ValueError, match="import path"):
+        CuratorVLLMOperator(task_id="d", run="/r", shard="0", llm=Numbered("m"), python="/py")
+
+
+def test_dataset_argument():
+    rows = [{"n": "{{ not a template }}"}]
+    templated, call = split_dataset(rows)
+    assert call is None and templated.value == rows  # rows are data, never rendered
+    assert split_dataset("s3://b/in.parquet") == ("s3://b/in.parquet", None)
+
+    def rows_for(params, ds):
+        return [{"n": params["n"], "ds": ds}]
+
+    assert split_dataset(rows_for) == (None, rows_for)
+    context = {"params": {"n": 3}, "ds": "2026-01-01", "ti": object()}
+    assert call_with_context(rows_for, context) == [{"n": 3, "ds": "2026-01-01"}]
+    assert call_with_context(lambda **kw: sorted(kw), context) == ["ds", "params", "ti"]
+
+
+def test_outlet_asset_of_the_output_uri():
+    assert default_asset("s3://b/recipes", None) == Asset("s3://b/recipes")
+    assert default_asset("s3://b/recipes/{{ ds }}", None) == Asset("s3://b/recipes")
+    assert default_asset("{{ params.root }}/recipes", None) is None
+    assert default_asset(None, "curator://x") == Asset("curator://x")
+    op = CuratorOperator(task_id="t", llm=Numbered("m"), output_uri="s3://b/out/{{ ds }}")
+    assert op.outlets == [Asset("s3://b/out")]
+
+
+def test_parallel_shards_follow_the_mapping():
+    run = {"run_uri": "/r", "shards": ["0", "1", "2", "3", "4", "5"]}
+    assert parallelism(run, None, None) == 6
+    assert parallelism(run, 4, None) == 4  # max_active_tis_per_dag caps it
+    assert parallelism("/r", None, None) == 1  # only a URI: no shard count
+    assert parallelism(run, 4, "2") == 2  # explicit (a rendered template) wins
+    op = CuratorOnlineShardOperator(task_id="s", run=run, shard="0")
+    assert op.map_index_template == "{{ task.shard }}"
+
+
+def test_connection_defaults_and_provider(fsim, monkeypatch, tmp_path):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CURATOR_ANTHROPIC", connection_json(fsim, provider="anthropic")
+    )
+    op = CuratorOperator(
+        task_id="mismatch", llm=Numbered("gpt-4o-mini"), conn_id="curator_anthropic"
+    )
+    with pytest.raises(CuratorPermanentError, match="provider 'anthropic'"):
+        op.execute({})
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CURATOR_LIMITS",
+        connection_json(fsim, backend_params=json.dumps({"max_requests_per_minute": 123})),
+    )
+    op = CuratorOperator(
+        task_id="path",
+        llm="airflow_llms:Numbered",
+        llm_kwargs={"model_name": "gpt-4o-mini", "backend_params": {"shard_size": 2}},
+        conn_id="curator_limits",
+    )
+    llm = op.make_llm(op.llm, op.llm_kwargs)
+    assert llm.backend_params == {"max_requests_per_minute": 123, "shard_size": 2}
+    with pytest.raises(CuratorPermanentError, match="cannot be imported"):
+        op.make_llm("airflow_llms:Missing", {})
+
+
+def test_on_kill_cancels_the_live_batches(fsim, curator_conn, tmp_path):
+    fsim.configure(batch_timings={"validating": 0.1, "in_progress": 60.0, "cancelling": 0.1})
+    op = CuratorOperator(
+        task_id="facts",
+        llm=FactWriter("gpt-4o-mini", batch=True, backend_params={"batch_size": 2}),
+        dataset=[{"n": i} for i in range(4)],
+        working_dir=str(tmp_path),
+        conn_id="curator_test",
+    )
+    with pytest.raises(TaskDeferred):
+        op.execute({})
+    op.on_kill()  # SIGTERM while the task runs (Airflow's task runner calls it)
+    assert fsim.stats()["batches_cancelled"] == 2

@@ -1,0 +1,94 @@
+"""CuratorVLLMOperator: GPU routing defaults, and the offline step run in the vLLM venv's own
+interpreter (the real engine on CPU with a tiny random model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from airflow_env import REPO, SUPPORT
+
+from airflow_provider import CuratorPermanentError, CuratorVLLMOperator
+from curator_flows import steps
+
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+
+
+def test_gpu_routing_defaults():
+    pod = {"pod_override": {"spec": "a V1Pod with nvidia.com/gpu limits"}}
+    op = CuratorVLLMOperator(task_id="g", run="/r", shard="00000", executor_config=pod)
+    assert (op.queue, op.pool, op.executor_config) == ("gpu", "gpu", pod)
+    assert op.map_index_template == "{{ task.shard }}"
+    custom = CuratorVLLMOperator(task_id="h", run="/r", shard="0", queue="a100", pool="a100s")
+    assert (custom.queue, custom.pool) == ("a100", "a100s")
+
+
+@pytest.fixture(scope="module")
+def vllm_env(tmp_path_factory):
+    if not VLLM_PYTHON.exists():
+        pytest.skip("needs the vLLM venv (make vllm-venv)")
+    from curator_flows.testing.tiny_model import offline_vllm_env
+
+    root = tmp_path_factory.mktemp("vllm")
+    env = {**offline_vllm_env(root / "cache"), "PYTHONPATH": str(SUPPORT)}
+    build = subprocess.run(
+        [
+            str(VLLM_PYTHON),
+            "-c",
+            "import sys; from curator_flows.testing.tiny_model import build_tiny_llama; "
+            "print(build_tiny_llama(sys.argv[1]))",
+            str(root / "tiny-llama"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=600,
+    )
+    assert build.returncode == 0, build.stderr
+    return build.stdout.strip().splitlines()[-1], env
+
+
+def offline_llm(model: str, **extra):
+    from airflow_llms import Numbered
+
+    params = {
+        "max_model_length": 256,
+        "max_tokens": 8,
+        "invalid_finish_reasons": [],  # a random model rarely stops by itself
+        "max_retries": 0,
+        "enforce_eager": True,
+        "progress": "log",
+        "engine_kwargs": {"kv_cache_memory_bytes": 128 * 1024 * 1024, "dtype": "float32"},
+        **extra,
+    }
+    return Numbered(model, backend="vllm", backend_params=params)
+
+
+def test_offline_shard_in_the_vllm_interpreter(vllm_env, tmp_path, caplog):
+    model, env = vllm_env
+    run = steps.prepare(offline_llm(model), [{"n": i} for i in range(6)], str(tmp_path))
+    op = CuratorVLLMOperator(
+        task_id="generate", run=run, shard="00000", python=str(VLLM_PYTHON), env=env,
+        simulator_fallback=True,
+    )  # fmt: skip
+    result = op.execute({})
+    assert result["succeeded"] == 6 and result["failed"] == 0
+    again = op.execute({})  # a retry: the shard is done, no engine is started
+    assert again["succeeded"] == 0 and again["sent"] == 0
+    assert steps.finalize(run["run_uri"])["rows"] == 6
+    json.dumps(result)
+
+
+def test_a_permanent_error_in_the_interpreter_is_permanent(vllm_env, tmp_path):
+    model, env = vllm_env
+    run = steps.prepare(offline_llm(model), [{"n": 1}], str(tmp_path))
+    op = CuratorVLLMOperator(
+        task_id="generate", run=run, shard="00009", python=str(VLLM_PYTHON), env=env,
+        simulator_fallback=True,
+    )  # fmt: skip
+    with pytest.raises(CuratorPermanentError, match="unknown shard"):
+        op.execute({})
+    assert Path(run["run_uri"]).exists()

@@ -1,0 +1,67 @@
+"""CuratorBatchSensor: poke until the batch ended; failed and timed-out batches raise their own
+exceptions; deferrable mode hands the wait to the trigger."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from airflow.sdk import PokeReturnValue
+from airflow.sdk.exceptions import TaskDeferred
+
+from airflow_provider import (
+    CuratorBatchFailed,
+    CuratorBatchSensor,
+    CuratorBatchTimeout,
+    CuratorBatchTrigger,
+)
+
+
+def sensor(run, shard="00000", **options) -> CuratorBatchSensor:
+    return CuratorBatchSensor(
+        task_id="wait", run=run, shard=shard, conn_id="curator_test", **options
+    )
+
+
+def poke_until(s: CuratorBatchSensor, seconds: float = 30):
+    deadline = time.monotonic() + seconds
+    pokes = 0
+    while time.monotonic() < deadline:
+        pokes += 1
+        outcome = s.poke({})
+        if outcome:
+            return outcome, pokes
+        time.sleep(0.1)
+    raise AssertionError("the batch never ended")
+
+
+def test_pokes_until_the_batch_ended(batch_run):
+    run, _, _ = batch_run(rows=3, batch_size=4)
+    outcome, pokes = poke_until(sensor(run))
+    assert isinstance(outcome, PokeReturnValue) and pokes > 1
+    assert outcome.xcom_value["outcome"] == "ended" and outcome.xcom_value["batch_id"]
+
+
+def test_a_failed_batch_raises(fsim, batch_run):
+    fsim.configure(batch_fail_validation=True)
+    run, _, _ = batch_run(rows=3, batch_size=4)
+    with pytest.raises(CuratorBatchFailed):
+        poke_until(sensor(run))
+
+
+def test_the_deadline_cancels_and_raises(fsim, batch_run):
+    fsim.configure(batch_timings={"validating": 0.1, "in_progress": 60.0, "cancelling": 0.1})
+    run, _, _ = batch_run(rows=3, batch_size=4)
+    with pytest.raises(CuratorBatchTimeout) as caught:
+        poke_until(sensor(run, batch_timeout=0.3))
+    assert caught.value.cancelled and fsim.stats()["batches_cancelled"] == 1
+
+
+def test_deferrable_hands_the_wait_to_the_trigger(batch_run):
+    run, _, _ = batch_run(rows=6, batch_size=4)
+    with pytest.raises(TaskDeferred) as caught:
+        sensor(run, shard="00001", deferrable=True, poke_interval=7).execute({})
+    trigger = caught.value.trigger
+    assert isinstance(trigger, CuratorBatchTrigger)
+    assert (trigger.shards, trigger.poll_interval) == (["00001"], 7.0)
+    assert caught.value.method_name == "execute_complete"

@@ -1,0 +1,137 @@
+"""The example DAGs end to end through ``dag.test()``: no ``curator_default`` connection, so
+every task talks to the embedded simulator; rows checked in the published Parquet."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from airflow_env import REPO, SUPPORT
+from airflow_runs import asset_events, load_dag, run_dag, task_instances, xcom
+
+EXAMPLES = REPO / "dags_examples"
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+
+
+def embedded_stats() -> dict:
+    from airflow_provider.hooks.embedded import embedded_simulator
+
+    return embedded_simulator().stats()
+
+
+def published(output_uri: str) -> tuple[dict, list[dict]]:
+    """The ``_SUCCESS`` marker of a published dataset and its rows (the files it lists)."""
+    import pyarrow.parquet as pq
+
+    marker = json.loads(Path(output_uri, "_SUCCESS").read_text())
+    rows = []
+    for entry in marker["files"]:
+        rows.extend(pq.read_table(Path(output_uri, entry["path"])).to_pylist())
+    return marker, rows
+
+
+def example(name: str, dag_id: str):
+    """An example DAG with its retries off (a failure shows at once, not after retry delays)."""
+    dag = load_dag(EXAMPLES / name, dag_id)
+    for task in dag.tasks:
+        task.retries = 0
+    return dag
+
+
+def conf(tmp_path, **extra) -> dict:
+    return {"working_dir": str(tmp_path / "runs"), "output_root": str(tmp_path / "out"), **extra}
+
+
+def test_nightly_batch(tmp_path):
+    before = embedded_stats()["batches_created"]
+    dag = example("airflow_nightly_batch.py", "curator_nightly_batch")
+    dr = run_dag(dag, **conf(tmp_path, poll_seconds=0.2))
+    assert {str(ti.state) for ti in task_instances(dr).values()} == {"success"}
+    manifest = xcom(dr, "recipes")
+    assert manifest["rows"] == 12 and manifest["failed"] == 0
+    assert embedded_stats()["batches_created"] - before == 3  # 12 recipes, batches of 5
+    marker, rows = published(manifest["output_uri"])
+    assert marker["rows"] == 12 and len(rows) == 12
+    assert manifest["output_uri"].endswith(dr.logical_date.strftime("%Y-%m-%d"))
+    assert sorted(r["cuisine"] for r in rows) == sorted(
+        __import__("dags_examples.airflow_nightly_batch", fromlist=["CUISINES"]).CUISINES
+    )
+    extra = asset_events("curator://nightly/batch-recipes")[-1]
+    assert extra["rows"] == 12 and extra["output_uri"] == manifest["output_uri"]
+
+
+def test_nightly_batch_steps(tmp_path):
+    dag = example("airflow_nightly_batch.py", "curator_nightly_batch_steps")
+    dr = run_dag(dag, **conf(tmp_path))
+    tis = task_instances(dr)
+    assert {str(ti.state) for ti in tis.values()} == {"success"}
+    assert [tis[("wait", i)].rendered_map_index for i in range(3)] == ["00000", "00001", "00002"]
+    _, rows = published(xcom(dr, "publish")["output_uri"])
+    assert len(rows) == 12
+
+
+def test_nightly_online_chains_cuisines_into_recipes(tmp_path):
+    dag = example("airflow_nightly_online.py", "curator_nightly_online")
+    dr = run_dag(dag, **conf(tmp_path))
+    tis = task_instances(dr)
+    assert {str(ti.state) for ti in tis.values()} == {"success"}
+    cuisines = xcom(dr, "cuisines")
+    _, cuisine_rows = published(cuisines["output_uri"])
+    recipes = xcom(dr, "publish_recipes")
+    _, recipe_rows = published(recipes["output_uri"])
+    assert len(recipe_rows) == len(cuisine_rows) == cuisines["rows"] > 0
+    assert sorted(r["cuisine"] for r in recipe_rows) == sorted(r["cuisine"] for r in cuisine_rows)
+    assert all(r["title"] and r["ingredients"] for r in recipe_rows)
+    shards = xcom(dr, "prepare_recipes")
+    assert [tis[("recipes", i)].rendered_map_index for i in range(len(shards))] == shards
+    assert asset_events("curator://nightly/recipes")[-1]["rows"] == len(recipe_rows)
+
+
+@pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="needs the vLLM venv (make vllm-venv)")
+def test_vllm_gpu_runs_the_gpu_step_in_the_vllm_interpreter(tmp_path, monkeypatch):
+    from curator_flows.testing.tiny_model import offline_vllm_env
+
+    env = offline_vllm_env(tmp_path / "vllm")
+    build = subprocess.run(  # the tiny model needs torch: built in the vLLM venv
+        [
+            str(VLLM_PYTHON),
+            "-c",
+            "import sys; from curator_flows.testing.tiny_model import build_tiny_llama; "
+            "print(build_tiny_llama(sys.argv[1]))",
+            str(tmp_path / "tiny-llama"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=600,
+    )
+    assert build.returncode == 0, build.stderr
+    model = build.stdout.strip().splitlines()[-1]
+    monkeypatch.setenv("CURATOR_VLLM_MODEL", str(model))
+    monkeypatch.setenv("CURATOR_VLLM_PYTHON", str(VLLM_PYTHON))
+    monkeypatch.setenv("CURATOR_VLLM_ENV", json.dumps({**env, "PYTHONPATH": str(SUPPORT)}))
+    monkeypatch.setenv("CURATOR_VLLM_LLM", "airflow_llms:TinyRecipeGenerator")
+    params = {
+        "max_model_length": 512,
+        "max_tokens": 96,
+        "enforce_eager": True,
+        "progress": "log",
+        "engine_kwargs": {"kv_cache_memory_bytes": 256 * 1024 * 1024, "dtype": "float32"},
+    }
+    monkeypatch.setenv("CURATOR_VLLM_PARAMS", json.dumps(params))
+    dag = example("airflow_vllm_gpu.py", "curator_vllm_gpu")
+    generate = dag.task_dict["generate"]
+    assert (generate.partial_kwargs["queue"], generate.partial_kwargs["pool"]) == ("gpu", "gpu")
+    dr = run_dag(dag, **conf(tmp_path))
+    tis = task_instances(dr)
+    assert {str(ti.state) for ti in tis.values()} == {"success"}, {
+        k: str(ti.state) for k, ti in tis.items()
+    }
+    cuisines = xcom(dr, "cuisines")["rows"]
+    result = xcom(dr, "generate", 0)
+    assert result["succeeded"] == cuisines and result["failed"] == 0
+    _, rows = published(xcom(dr, "publish_recipes")["output_uri"])
+    assert len(rows) == cuisines and all(r["title"] for r in rows)

@@ -1,0 +1,165 @@
+"""CuratorBatchTrigger against the simulator, outside the triggerer: one event, the loop never
+blocked, a deadline anchored in the run, poll errors tolerated, cancel on kill and timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import pytest
+from airflow.triggers.base import TriggerEvent
+
+from airflow_provider.triggers.batch import CuratorBatchTrigger
+from curator_flows import steps
+from curator_flows.errors import EndpointUnreachableError
+
+
+def trigger_for(run, **options) -> CuratorBatchTrigger:
+    options = {"conn_id": "curator_test", "poll_interval": 0.05, **options}
+    return CuratorBatchTrigger(run["run_uri"], run["shards"], **options)
+
+
+def events_of(trigger, *, slow: float = 0.1) -> tuple[list[TriggerEvent], list[str]]:
+    """Every event the trigger yields (the generator run to its end) and the event loop's
+    slow-callback reports (asyncio debug mode, anything holding the loop over ``slow`` s)."""
+    reports: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "took" in record.getMessage() and "Executing" in record.getMessage():
+                reports.append(record.getMessage())
+
+    async def collect() -> list[TriggerEvent]:
+        asyncio.get_running_loop().slow_callback_duration = slow
+        return [event async for event in trigger.run()]
+
+    handler = Catch()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    try:
+        events = asyncio.run(collect(), debug=True)
+    finally:
+        logger.removeHandler(handler)
+    return events, reports
+
+
+def test_serialize_round_trip_holds_no_secret():
+    from airflow.sdk._shared.module_loading import import_string
+    from airflow.serialization.serialized_objects import BaseSerialization
+
+    trigger = CuratorBatchTrigger(
+        "file:///runs/abc", ["00000", "00001"], conn_id="c", poll_interval=5, timeout=3600
+    )
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_provider.triggers.batch.CuratorBatchTrigger"
+    stored = json.dumps(BaseSerialization.serialize(kwargs))  # what the triggerer table holds
+    again = import_string(classpath)(**BaseSerialization.deserialize(json.loads(stored)))
+    assert again.serialize() == (classpath, kwargs)
+    assert kwargs["timeout"] == 3600.0 and kwargs["shards"] == ["00000", "00001"]
+
+
+def test_one_event_when_every_batch_ended_without_blocking_the_loop(batch_run, monkeypatch):
+    run, _, _ = batch_run(rows=10, batch_size=4)
+    real_poll = steps.poll
+
+    def slow_poll(*args, **kwargs):  # a status request that takes its time
+        time.sleep(0.25)
+        return real_poll(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "poll", slow_poll)
+    events, reports = events_of(trigger_for(run))
+    assert [e.payload["kind"] for e in events] == ["ended"]  # exactly one event
+    assert set(events[0].payload["shards"]) == set(run["shards"])
+    assert reports == []
+
+    class Blocking(CuratorBatchTrigger):  # the check can fail: a poll on the loop is caught
+        async def _poll(self, shard, credentials):
+            return steps.poll(self.run_uri, shard, credentials=credentials)
+
+    blocking = Blocking(run["run_uri"], run["shards"], conn_id="curator_test")
+    _, reports = events_of(blocking)
+    assert reports, "a synchronous poll on the event loop must be reported"
+
+
+def test_deadline_is_anchored_to_the_stored_submit_time(fsim, batch_run):
+    fsim.configure(batch_timings={"validating": 0.1, "in_progress": 60.0})
+    run, _, _ = batch_run(rows=6, batch_size=3)
+    time.sleep(0.6)
+    # A trigger created now (a triggerer restart) with a 0.5 s deadline and a 60 s poll
+    # interval ends at once: the deadline counts from the submit time stored in the run.
+    started = time.monotonic()
+    events, _ = events_of(trigger_for(run, timeout=0.5, poll_interval=60))
+    assert time.monotonic() - started < 30
+    (event,) = events
+    assert event.payload["kind"] == "timeout" and event.payload["cancelled"] is True
+    assert fsim.stats()["batches_cancelled"] == 2
+    assert steps.status(run)["cancelled"]
+
+
+def test_kinds_of_ended_batches(fsim, batch_run):
+    fsim.configure(batch_expire_fraction=0.5)
+    run, _, _ = batch_run(rows=4, batch_size=4)
+    (event,), _ = events_of(trigger_for(run))
+    assert event.payload["kind"] == "expired"
+    fsim.configure(batch_expire_fraction=None, batch_fail_validation=True)
+    run, _, _ = batch_run(rows=5, batch_size=4)
+    (event,), _ = events_of(trigger_for(run))
+    assert event.payload["kind"] == "failed"
+    assert "failed" in event.payload["message"]
+
+
+def test_transient_poll_errors_are_tolerated_then_reported(batch_run, monkeypatch):
+    run, _, _ = batch_run(rows=4, batch_size=4)
+    real_poll = steps.poll
+    calls = {"n": 0, "fail": 2}
+
+    def flaky_poll(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= calls["fail"]:
+            raise EndpointUnreachableError("simulated: no answer", endpoint="batches")
+        return real_poll(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "poll", flaky_poll)
+    (event,), _ = events_of(trigger_for(run, max_poll_errors=3))
+    assert event.payload["kind"] == "ended"  # two errors in a row are tolerated
+
+    calls.update(n=0, fail=10**6)
+    (event,), _ = events_of(trigger_for(run, max_poll_errors=3))
+    assert event.payload["kind"] == "error" and calls["n"] == 4  # the 4th error in a row ends it
+    assert event.payload["error"]["retryable"] is True
+
+
+def test_a_permanent_poll_error_ends_at_once(fsim, batch_run, monkeypatch):
+    from airflow_env import connection_json
+
+    run, _, _ = batch_run(rows=4, batch_size=4)
+    fsim.configure(require_api_key="sk-the-right-one")
+    monkeypatch.setenv("AIRFLOW_CONN_CURATOR_TEST", connection_json(fsim, key="sk-wrong-key"))
+    (event,), _ = events_of(trigger_for(run, max_poll_errors=50))
+    assert event.payload["kind"] == "error"
+    assert event.payload["error"]["retryable"] is False
+    assert "sk-wrong-key" not in json.dumps(event.payload)
+
+
+def test_on_kill_cancels_the_live_batches(fsim, batch_run):
+    fsim.configure(batch_timings={"validating": 0.1, "in_progress": 60.0})
+    run, _, _ = batch_run(rows=8, batch_size=4)
+    asyncio.run(trigger_for(run).on_kill())
+    assert fsim.stats()["batches_cancelled"] == 2
+    asyncio.run(trigger_for(run, cancel_on_kill=False).on_kill())
+    assert fsim.stats()["batches_cancelled"] == 2
+
+
+@pytest.mark.parametrize("missing_ok", [True, False])
+def test_missing_connection(batch_run, monkeypatch, missing_ok):
+    run, _, _ = batch_run(rows=2, submit=False)
+    trigger = trigger_for(run, conn_id="curator_nowhere", simulator_fallback=missing_ok)
+    (event,), _ = events_of(trigger)
+    # With the fallback, the embedded simulator has no such batch: the shard has to be
+    # submitted by the worker; without it, the missing connection is a permanent error.
+    if missing_ok:
+        assert event.payload["kind"] == "resume"
+    else:
+        assert event.payload["kind"] == "error" and not event.payload["error"]["retryable"]
