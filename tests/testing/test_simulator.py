@@ -768,3 +768,22 @@ def test_cli_config_from_args():
     assert config.rpm == 100 and config.latency == 0.5 and config.port == 0
     assert config.faults == {"500": 0.1, "drop": 1.0}
     assert config.timings["validating"] == 1.0 and config.timings["in_progress"] == 2.0
+
+
+def test_models_endpoints_refuse_a_wrong_key_in_each_providers_shape():
+    import httpx
+
+    from curator_flows.testing.simulator import Simulator
+
+    with Simulator(require_api_key="sk-right") as sim:
+        base = sim.base_url
+        ok = httpx.get(f"{base}/models", headers={"Authorization": "Bearer sk-right"})
+        bad = httpx.get(f"{base}/models", headers={"Authorization": "Bearer sk-wrong"})
+        one = httpx.get(f"{base}/models/gpt-4o-mini", headers={"Authorization": "Bearer nope"})
+        anth = httpx.get(
+            f"{base}/models", headers={"x-api-key": "nope", "anthropic-version": "2023-06-01"}
+        )
+    assert ok.status_code == 200
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_api_key"
+    assert one.status_code == 401
+    assert anth.status_code == 401 and anth.json()["error"]["type"] == "authentication_error"

@@ -28,6 +28,7 @@ import orjson
 from aiohttp import web
 
 from . import content as gen
+from .anthropic import anthropic_error, check_anthropic_auth
 from .config import SimulatorConfig
 from .faults import decide
 from .prompts import count_prompt_tokens, estimate_tokens, prompt_key, system_text
@@ -470,8 +471,24 @@ class OpenAIChatAPI:
         stats.record(status, fault)
         return json_response(error, status, headers)
 
+    def _refused(self, request: web.Request) -> web.Response | None:
+        """401 in the provider's shape when a key is required and this one is wrong."""
+        config = self.state.config
+        if request.headers.get("anthropic-version"):
+            if check_anthropic_auth(config, request):
+                return None
+            self.state.stats.record(401)
+            return anthropic_error(401, "authentication_error", "invalid x-api-key")
+        if check_openai_auth(config, request):
+            return None
+        self.state.stats.record(401)
+        return unauthorized()
+
     async def models(self, request: web.Request) -> web.Response:
         self.state.stats.count_request()
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         if request.headers.get("anthropic-version"):
             data = [
                 {
@@ -504,6 +521,9 @@ class OpenAIChatAPI:
 
     async def model(self, request: web.Request) -> web.Response:
         self.state.stats.count_request()
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         self.state.stats.record(200)
         name = request.match_info["model"]
         return json_response(

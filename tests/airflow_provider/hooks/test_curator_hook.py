@@ -126,3 +126,19 @@ def test_cli_lists_the_provider_adds_and_tests_a_curator_connection(fsim):
     assert "Connection success!" in tested.stdout, tested.stdout + tested.stderr
     assert TEST_KEY not in tested.stdout + tested.stderr
     airflow_cli("connections", "delete", "curator_cli")
+
+
+def test_test_connection_against_the_simulator_requiring_a_key(monkeypatch):
+    from curator_flows.testing.simulator import Simulator
+
+    with Simulator(require_api_key="sk-the-right-one") as sim:
+        for name, key, expected in (
+            ("curator_ok", "sk-the-right-one", True),
+            ("curator_no", "sk-x", False),
+        ):
+            conn = {"conn_type": "curator", "host": sim.base_url, "password": key}
+            monkeypatch.setenv(f"AIRFLOW_CONN_{name.upper()}", json.dumps(conn))
+            ok, message = CuratorHook(name).test_connection()
+            assert ok is expected, message
+        assert sim.stats()["status_counts"] == {"200": 1, "401": 1}
+        assert sim.stats()["chat_completions"] == 0
