@@ -73,6 +73,9 @@ class BatchShardState(TypedDict):
     request_counts: dict[str, int]
     #: when the current campaign's first batch was submitted (epoch s): deadlines anchor here
     submitted_at: float | None
+    #: when the current round's batch was submitted (epoch s): a provider's completion window
+    #: (24 h) runs from here, so a batch's own deadline anchors here
+    round_submitted_at: float | None
     created: bool
     reattached: bool
     succeeded: int
@@ -175,6 +178,7 @@ _DEFAULTS: dict[type, dict[str, Any]] = {
         "requests": 0,
         "request_counts": {},
         "submitted_at": None,
+        "round_submitted_at": None,
         "created": False,
         "reattached": False,
         "succeeded": 0,

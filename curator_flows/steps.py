@@ -189,15 +189,21 @@ def cancel(run: RunRef, *, credentials: CredentialsLike = None) -> CancelResult:
     return cancel_run(_batch(run, None, credentials))
 
 
-def status(run: RunRef, *, credentials: CredentialsLike = None) -> StatusResult:
+def status(
+    run: RunRef,
+    shard: str | list[str] | None = None,
+    *,
+    credentials: CredentialsLike = None,
+) -> StatusResult:
     """Per-shard state, counts and cost so far of any run (online, batch, offline); reads only
-    the run directory."""
+    the run directory (only ``shard``'s files when given: cheap enough for a progress loop)."""
     from .batch.status import run_status
-    from .runs import open_run
+    from .runs import open_run, shard_names
 
     credentials = Credentials.coerce(credentials)
     store, manifest = open_run(run, credentials.storage_options)
-    return run_status(store, manifest)
+    names = None if shard is None else shard_names(manifest, shard)
+    return run_status(store, manifest, names)
 
 
 def estimate(

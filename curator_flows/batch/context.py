@@ -199,6 +199,7 @@ def describe(ctx: Context, record: BatchRecord, state: str, **extra: Any) -> Bat
         "requests": entry.get("requests", 0),
         "request_counts": entry.get("request_counts") or {},
         "submitted_at": campaign_submitted_at(record),
+        "round_submitted_at": entry.get("submitted_at"),
     }
     values.update(extra)
     return make(BatchShardState, **values)

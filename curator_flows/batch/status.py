@@ -74,10 +74,17 @@ def shard_status(
     return out
 
 
-def run_status(store: RunStore, manifest: dict[str, Any]) -> dict[str, Any]:
+def run_status(
+    store: RunStore, manifest: dict[str, Any], names: list[str] | None = None
+) -> dict[str, Any]:
+    """The run's status; ``names``: only these shards (and totals over them)."""
     from ..store import OUTPUT_STATS
 
-    shards = [shard_status(store, manifest, s) for s in manifest["shards"]]
+    shards = [
+        shard_status(store, manifest, s)
+        for s in manifest["shards"]
+        if names is None or s["name"] in names
+    ]
     totals = {
         k: sum(s[k] for s in shards)
         for k in (
