@@ -65,24 +65,61 @@ def _decode(value: Any) -> Any:
     return value
 
 
+_SECRET_NAMES = frozenset({"api_key"})
+
+
 def _without_keys(value: Any) -> Any:
-    """``backend_params`` without its API key."""
+    """``value`` with every ``api_key`` entry removed, at any depth."""
     if isinstance(value, dict):
-        return {k: v for k, v in value.items() if k != "api_key"}
+        return {k: _without_keys(v) for k, v in value.items() if k not in _SECRET_NAMES}
+    if isinstance(value, list | tuple):
+        return [_without_keys(v) for v in value]
     return value
 
 
+def _by_name(cls: type, args: tuple, kwargs: dict[str, Any]) -> tuple[list, dict[str, Any]]:
+    """``args`` bound to the constructor's parameter names where they have one (so a positional
+    ``backend_params`` is scrubbed like a keyword one); only ``*args`` stay positional."""
+    import inspect
+
+    try:
+        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+    except (TypeError, ValueError):
+        return list(args), dict(kwargs)
+    positional: list = []
+    named: dict[str, Any] = {}
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    for parameter in parameters:
+        if parameter.name not in bound.arguments:
+            continue
+        value = bound.arguments[parameter.name]
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            positional.extend(value)
+        elif parameter.kind is parameter.VAR_KEYWORD:
+            named.update(value)
+        elif parameter.kind is parameter.POSITIONAL_ONLY:
+            positional.append(value)
+        else:
+            named[parameter.name] = value
+    return positional, named
+
+
 def constructor_spec(cls: type, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """How to call ``cls`` again: ``{"class", "args", "kwargs", "rebuildable", "reason"}``."""
+    """How to call ``cls`` again: ``{"class", "args", "kwargs", "rebuildable", "reason"}``;
+    every ``api_key`` (at any depth, however it was passed) is left out."""
     spec: dict[str, Any] = {"class": import_path(cls), "args": [], "kwargs": {}}
     if "<locals>" in cls.__qualname__:
         return {**spec, "rebuildable": False, "reason": f"{cls.__qualname__} is defined inside a "
                 "function, so no other process can import it"}  # fmt: skip
+    args, kwargs = _by_name(cls, args, kwargs)
     try:
-        spec["args"] = [_encode(a, f"positional argument {i}") for i, a in enumerate(args)]
+        spec["args"] = [
+            _encode(_without_keys(a), f"positional argument {i}") for i, a in enumerate(args)
+        ]
         spec["kwargs"] = {
-            k: _encode(_without_keys(v) if k == "backend_params" else v, f"argument {k!r}")
+            k: _encode(_without_keys(v), f"argument {k!r}")
             for k, v in kwargs.items()
+            if k not in _SECRET_NAMES
         }
     except TypeError as exc:
         return {**spec, "args": [], "kwargs": {}, "rebuildable": False, "reason": str(exc)}

@@ -38,7 +38,10 @@ def test_constructor_arguments_rebuild_the_llm_in_another_process(sim, wd):
     run = steps.prepare(llm, [{"n": i} for i in range(5)], wd)
     manifest = Path(run["run_uri"], "manifest.json").read_text()
     assert "sk-secret-key" not in manifest
-    assert json.loads(manifest)["llm"]["args"] == ["gpt-4o-mini", "poems"]
+    recorded = json.loads(manifest)["llm"]  # positional arguments are recorded by name
+    assert (
+        recorded["kwargs"]["model_name"] == "gpt-4o-mini" and recorded["kwargs"]["topic"] == "poems"
+    )
     out = _in_fresh_process(
         "import json; from curator_flows import steps\n"
         f"steps.run_online({run['run_uri']!r})\n"
@@ -75,3 +78,16 @@ def test_a_class_defined_in_a_function_fails_at_prepare(wd):
 
     with pytest.raises(LLMRebuildError, match="inside a function"):
         steps.prepare(Local("gpt-4o-mini", "t", backend_params={"api_key": "k"}), [{"n": 1}], wd)
+
+
+def test_a_key_passed_positionally_or_by_name_never_reaches_the_manifest(wd):
+    from curator_flows import LLM
+
+    positional = LLM("gpt-4o-mini", None, False, None, None, {"api_key": "sk-positional-secret"})
+    named = Styled("gpt-4o-mini", "t", backend_params={"api_key": "sk-named-secret"})
+    for llm, rows in ((positional, ["hello"]), (named, [{"n": 1}])):
+        run = steps.prepare(llm, rows, wd)
+        manifest = Path(run["run_uri"], "manifest.json").read_text()
+        assert "secret" not in manifest
+    spec = json.loads(Path(run["run_uri"], "manifest.json").read_text())["llm"]
+    assert spec["kwargs"]["topic"] == "t" and "api_key" not in spec["kwargs"]["backend_params"]
