@@ -14,19 +14,29 @@ Invariants:
   renewing: it died), or its holder is a dead process on this host; the taker creates the next
   generation, so a holder that comes back sees a higher generation and stops
   (:class:`~curator_flows.errors.LeaseLostError`) before sending anything more;
-- the holder renews every ``ttl / 3`` seconds; a lease file never holds a secret.
+- while held, a background thread renews every lease every ``ttl / 3`` seconds, whatever the
+  step is doing (an engine start-up, a long create call, a large download); a lease that was
+  taken over is reported by :meth:`ShardLeases.check`, which the sending loops call before they
+  send or store more;
+- a generation file that cannot be read (a crash between the exclusive create and its write)
+  counts as held only until ``ttl`` after its modification time;
+- a lease file never holds a secret.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from typing import Any
 
 from .errors import LeaseHeldError, LeaseLostError
 from .store import RunStore
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TTL = 60.0
 _HOST = socket.gethostname()
@@ -59,6 +69,10 @@ class ShardLeases:
         self.owner = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.held: dict[str, int] = {}
         self.renewed_at = 0.0
+        self.lost: LeaseLostError | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._keepalive: threading.Thread | None = None
 
     def _record(self, now: float, released: bool = False) -> dict[str, Any]:
         return {
@@ -78,8 +92,15 @@ class ShardLeases:
         number = int(rel.rsplit("/", 1)[1].split(".", 1)[0])
         try:
             return number, self.store.read_json(rel)
-        except (OSError, ValueError):  # being written right now: held
-            return number, {"owner": "?", "expires_at": time.time() + self.ttl}
+        except (OSError, ValueError):  # being written right now, or its writer died mid-write
+            return number, {"owner": "?", "expires_at": self._written_at(rel) + self.ttl}
+
+    def _written_at(self, rel: str) -> float:
+        try:
+            modified = self.store.fs.modified(self.store.path(rel))
+        except (OSError, NotImplementedError, ValueError):
+            return time.time()
+        return modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
 
     def acquire(self) -> None:
         """Take every shard's lease, or raise :class:`LeaseHeldError` holding none."""
@@ -90,6 +111,27 @@ class ShardLeases:
             self.release()
             raise
         self.renewed_at = time.monotonic()
+        self._stop.clear()
+        self._keepalive = threading.Thread(
+            target=self._renew_until_released, name="curator-flows-lease", daemon=True
+        )
+        self._keepalive.start()
+
+    def _renew_until_released(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                self.renew()
+            except LeaseLostError as exc:
+                self.lost = exc
+                log.error("%s", exc)
+                return
+            except OSError as exc:  # the store hiccuped: try again at the next interval
+                log.warning("could not renew the shard leases: %s", exc)
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLostError` when another worker took a lease of ours over."""
+        if self.lost is not None:
+            raise self.lost
 
     def _acquire(self, shard: str) -> None:
         now = time.time()
@@ -109,12 +151,13 @@ class ShardLeases:
             )
         self.held[shard] = generation
 
-    def due(self) -> bool:
-        return bool(self.held) and time.monotonic() - self.renewed_at >= self.ttl / 3
-
     def renew(self) -> None:
         """Extend every held lease; raise :class:`LeaseLostError` when another worker took one
         over (this worker must stop sending)."""
+        with self._lock:
+            self._renew()
+
+    def _renew(self) -> None:
         now = time.time()
         for shard, generation in self.held.items():
             number, holder = self._latest(shard)
@@ -127,12 +170,16 @@ class ShardLeases:
             self.store.write_json(f"leases/{shard}/{generation:08d}.json", self._record(now))
         self.renewed_at = time.monotonic()
 
-    def maybe_renew(self) -> None:
-        if self.due():
-            self.renew()
-
     def release(self) -> None:
-        """Give the leases back (the next worker takes over at once); never raises."""
+        """Stop renewing and give the leases back (the next worker takes over at once); never
+        raises."""
+        self._stop.set()
+        if self._keepalive is not None and self._keepalive is not threading.current_thread():
+            self._keepalive.join(timeout=5)
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
         now = time.time()
         for shard, generation in list(self.held.items()):
             try:

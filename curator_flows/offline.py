@@ -273,7 +273,7 @@ class _OfflineRunner:
         counters.cost = self.counts["cost"]
         self.record_ledger()
         if self.leases is not None:
-            self.leases.maybe_renew()  # raises LeaseLostError: stop before storing more
+            self.leases.check()  # raises LeaseLostError: stop before storing more
         self.progress.tick()
 
     def record_ledger(self, final: bool = False) -> None:

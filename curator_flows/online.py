@@ -199,11 +199,9 @@ class OnlineRunner:
                 self.stop(self._write_error(exc))
             if self.leases is not None:
                 try:
-                    self.leases.maybe_renew()
+                    self.leases.check()  # renewed by their own thread; lost = stop sending
                 except CuratorFlowsError as exc:
                     self.stop(exc)
-                except OSError as exc:
-                    log.warning("could not renew the shard leases: %s", exc)
             self.record_ledger()
             if self.budget is not None:
                 self.budget.refresh()

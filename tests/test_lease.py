@@ -129,12 +129,39 @@ def test_a_holder_whose_lease_was_taken_over_stops(wd):
     store = RunStore(wd)
     slow = ShardLeases(store, ["00000", "00001"], ttl=1.0)
     slow.acquire()
-    time.sleep(1.1)  # it stopped renewing: expired
+    slow._stop.set()  # a holder that stopped renewing (stuck): its lease expires
+    time.sleep(1.2)
     taker = ShardLeases(store, ["00000"], ttl=60)
     taker.acquire()
     with pytest.raises(LeaseLostError, match="took it over"):
         slow.renew()
     taker.release()
+
+
+def test_a_held_lease_is_renewed_by_its_thread_while_the_step_is_busy(wd):
+    store = RunStore(wd)
+    busy = ShardLeases(store, ["00000"], ttl=1.0)
+    busy.acquire()  # e.g. a vLLM engine starting for minutes: nobody calls renew()
+    time.sleep(2.5)
+    with pytest.raises(LeaseHeldError):
+        ShardLeases(store, ["00000"], ttl=1.0).acquire()
+    busy.check()  # still ours
+    busy.release()
+    ShardLeases(store, ["00000"]).acquire()
+
+
+def test_an_unreadable_lease_file_expires_after_its_ttl(wd):
+    store = RunStore(wd)
+    path = store.path("leases/00000/00000000.json")
+    os.makedirs(os.path.dirname(path))
+    open(path, "wb").close()  # a writer died between the exclusive create and its write
+    with pytest.raises(LeaseHeldError):
+        ShardLeases(store, ["00000"], ttl=60).acquire()
+    old = time.time() - 120
+    os.utime(path, (old, old))
+    leases = ShardLeases(store, ["00000"], ttl=60)
+    leases.acquire()
+    leases.release()
 
 
 def test_acquiring_several_shards_is_all_or_nothing(wd):

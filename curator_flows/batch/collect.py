@@ -170,7 +170,7 @@ def _write_results(
     retry_log = store.appender(retries_stem(shard))
 
     def flush() -> None:
-        ctx.renew_leases()
+        ctx.check_leases()
         if out:
             responses.append_many(out)
             counts["written"] += len(out)

@@ -68,10 +68,11 @@ class Context:
             del self._leases[shard]
             leases.release()
 
-    def renew_leases(self) -> None:
-        """Keep the held leases alive during long work (a large result download)."""
+    def check_leases(self) -> None:
+        """Raise :class:`~curator_flows.errors.LeaseLostError` when another worker took a held
+        lease over (their own thread keeps them alive during long work)."""
         for leases in self._leases.values():
-            leases.maybe_renew()
+            leases.check()
 
     @property
     def llm(self) -> LLM:
