@@ -193,13 +193,16 @@ class BatchDeadlineError(BatchStepError):
     retryable = False
 
 
-_TRANSIENT_BUILTINS = (TimeoutError, ConnectionError)
+_PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 def is_retryable(exc: BaseException) -> bool:
     """Whether retrying the step that raised ``exc`` can help: the error's own flag for library
-    errors; ``True`` for timeouts and connection errors; ``False`` for anything else (a bug or
-    bad input does not fix itself)."""
+    errors; ``True`` for timeouts, connection errors and other I/O errors of the storage (an
+    object store's 5xx, a full disk); ``False`` for a missing file, a refused permission and
+    anything else (a bug or bad input does not fix itself)."""
     if isinstance(exc, CuratorFlowsError):
         return exc.retryable
-    return isinstance(exc, _TRANSIENT_BUILTINS)
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    return isinstance(exc, OSError) and not isinstance(exc, _PERMANENT_OS_ERRORS)

@@ -97,7 +97,12 @@ def build_generator(llm: LLM) -> Any:
 
     engine, sampling = engine_arguments(llm)
     schema = llm.schema()
-    return VLLMGenerator(llm.model_name, engine, sampling, schema[1] if schema else None)
+    try:
+        return VLLMGenerator(llm.model_name, engine, sampling, schema[1] if schema else None)
+    except ImportError as exc:  # vLLM not installed on this worker
+        raise ConfigError(str(exc)) from exc
+    except ValueError as exc:  # parameters the installed vLLM refuses
+        raise ConfigError(f"vLLM refused the engine or sampling parameters: {exc}") from exc
 
 
 class _Eager:

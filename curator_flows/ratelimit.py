@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 from .backends.base import LearnedLimits
+from .errors import ConfigError
 
 _EFFECTIVELY_UNLIMITED = 100_000_000
 
@@ -59,7 +60,7 @@ class RateLimiter:
         share: float = 1.0,
     ) -> None:
         if not 0 < share <= 1:
-            raise ValueError(f"share must be in (0, 1], got {share}")
+            raise ConfigError(f"share must be in (0, 1], got {share}")
         self.share = share
         rpm, tpm, input_tpm, output_tpm = (self._part(v) for v in (rpm, tpm, input_tpm, output_tpm))
         now = time.monotonic()

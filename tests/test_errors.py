@@ -23,6 +23,7 @@ TRANSIENT = [
     errors.StorageWriteError("x"),
     TimeoutError("x"),
     ConnectionResetError("x"),
+    OSError(5, "an object store answered 503"),
 ]
 PERMANENT = [
     errors.ConfigError("x"),
@@ -33,6 +34,8 @@ PERMANENT = [
     errors.LLMRebuildError("x"),
     errors.RunNotFoundError("x"),
     ValueError("a bug does not fix itself"),
+    FileNotFoundError("gone"),
+    PermissionError("denied"),
 ]
 
 

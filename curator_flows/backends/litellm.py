@@ -11,6 +11,7 @@ import asyncio
 import os
 from typing import Any
 
+from ..errors import ConfigError
 from .base import Attempt, LearnedLimits, as_int
 from .openai import response_format_param
 
@@ -32,7 +33,7 @@ class LiteLLMBackend:
         try:
             import litellm
         except ImportError:
-            raise ImportError(
+            raise ConfigError(
                 "backend='litellm' needs litellm: pip install 'curator-flows[litellm]'"
             ) from None
         litellm.suppress_debug_info = True

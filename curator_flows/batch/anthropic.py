@@ -42,6 +42,7 @@ from typing import Any
 import orjson
 
 from ..backends.anthropic import DEFAULT_BASE_URL, api_headers, parse_message
+from ..errors import CuratorFlowsError
 from .base import (
     RECONCILE_SKEW,
     Ambiguous,
@@ -153,7 +154,7 @@ class AnthropicBatches:
     # ----------------------------------------------------------------- input
     def write_input(self, handle: Any, requests: Iterable[dict[str, Any]]) -> tuple[int, int]:
         if self.params is None:
-            raise RuntimeError("this client was built without request parameters")
+            raise CuratorFlowsError("this client was built without request parameters")
         handle.write(b'{"requests":[')
         count, size = 0, 15
         for request in requests:

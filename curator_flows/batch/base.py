@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..backends.base import Attempt
+from ..errors import CuratorFlowsError
 
 #: how far a provider's clock may be behind ours when matching a batch to an intent
 RECONCILE_SKEW = 900.0
@@ -96,11 +97,13 @@ class RoundIntent:
     input_file_id: str | None = None
 
 
-class Ambiguous(Exception):
+class Ambiguous(CuratorFlowsError):
     """Several provider batches could be the one a crashed submit created; wait and retry."""
 
     def __init__(self, candidates: list[str]) -> None:
-        super().__init__(f"cannot tell which of {candidates} this round created yet")
+        super().__init__(
+            f"cannot tell which of {candidates} this round created yet", retryable=True
+        )
         self.candidates = candidates
 
 

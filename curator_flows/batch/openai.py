@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from ..backends.openai import DEFAULT_BASE_URL, parse_chat_completion, request_body
+from ..errors import CuratorFlowsError
 from .base import RECONCILE_SKEW, BatchInfo, ItemResult, RoundIntent, paginate
 from .transport import BatchAPIError, Http, multipart_file
 
@@ -135,7 +136,7 @@ class OpenAIBatches:
     # ----------------------------------------------------------------- input
     def write_input(self, handle: Any, requests: Iterable[dict[str, Any]]) -> tuple[int, int]:
         if self.prefix is None:
-            raise RuntimeError("this client was built without a request template")
+            raise CuratorFlowsError("this client was built without a request template")
         count = size = 0
         head, mid, prefix = _HEAD, _MID, self.prefix
         for request in requests:
