@@ -67,6 +67,7 @@ class BatchRecord:
         self.store = store
         self.shard = shard
         self.data = data
+        self.loaded_updated_at = data.get("updated_at")
 
     @classmethod
     def load(cls, store: RunStore, shard: str, run_id: str = "", provider: str = "") -> BatchRecord:
@@ -91,6 +92,18 @@ class BatchRecord:
     def save(self) -> None:
         self.data["updated_at"] = time.time()
         self.store.write_json(record_path(self.shard), self.data)
+
+    def save_if_unchanged(self) -> bool:
+        """Save unless another writer saved the record since this copy was loaded (then this
+        copy is stale and must not overwrite newer rounds); whether it saved. For writers that
+        hold no lease (a status poll): leased writers never race each other."""
+        if BatchRecord.load(self.store, self.shard).data.get("updated_at") != (
+            self.loaded_updated_at
+        ):
+            return False
+        self.save()
+        self.loaded_updated_at = self.data["updated_at"]
+        return True
 
     # ------------------------------------------------------------ rounds
     @property

@@ -29,7 +29,7 @@ import tempfile
 import time
 from typing import Any
 
-from ..errors import BatchStepError
+from ..errors import BatchStepError, LeaseHeldError
 from ..ledger import StepLedger
 from ..results import BatchShardState
 from .base import Ambiguous, BatchInfo, BatchProvider, RoundIntent
@@ -242,8 +242,12 @@ def _rejected(
 
 
 # --------------------------------------------------------------------------- poll
-def poll_shard(ctx: Context, shard: str) -> dict[str, Any]:
-    """One status check of the shard's current batch; ``done`` = ready to collect."""
+def poll_shard(ctx: Context, shard: str) -> BatchShardState:
+    """One status check of the shard's current batch; ``done`` = ready to collect.
+
+    Holds no lease (sensors and triggers poll while a submit or collect may run): it saves what
+    it learned only if nobody saved the record since it was read, and re-attaches an unsent
+    round only when it can take the shard's lease."""
     record = ctx.record(shard)
     entry = record.current
     if entry is None:
@@ -254,23 +258,35 @@ def poll_shard(ctx: Context, shard: str) -> dict[str, Any]:
         )
     if entry["state"] in UNSENT:
         try:
-            info = _reconcile(ctx, record, entry)
+            with ctx.leased(shard):
+                record = ctx.record(shard)  # read again under the lease
+                entry = record.current
+                if entry["state"] in UNSENT:
+                    info = _reconcile(ctx, record, entry)
+                    if info is None:
+                        raise BatchStepError(
+                            f"shard {shard} round {entry['round']} was never created (intent at "
+                            f"{entry['intent_at']:.0f}): call submit, which creates it"
+                        )
+                    _record_created(record, entry, info)
         except Ambiguous as exc:
             return describe(ctx, record, "reconciling", done=False, candidates=exc.candidates)
-        if info is None:
-            raise BatchStepError(
-                f"shard {shard} round {entry['round']} was never created (intent at "
-                f"{entry['intent_at']:.0f}): call submit, which creates it"
-            )
-        _record_created(record, entry, info)
-    else:
-        info = ctx.provider().get(entry["batch_id"])
-        entry.update(info.record_fields())
-        if info.ended:
-            entry["state"] = ENDED
-            entry["ended_at"] = time.time()
-        entry["polled_at"] = time.time()
-        record.save()
+        except LeaseHeldError:  # a submit is creating it right now: ask again later
+            return describe(ctx, record, "reconciling", done=False)
+        entry = record.current
+        done = entry["state"] in (ENDED, COLLECTED)
+        return describe(ctx, record, entry["state"], done=done)
+    info = ctx.provider().get(entry["batch_id"])
+    entry.update(info.record_fields())
+    if info.ended:
+        entry["state"] = ENDED
+        entry["ended_at"] = time.time()
+    entry["polled_at"] = time.time()
+    if not record.save_if_unchanged():  # a submit or collect moved on meanwhile: theirs wins
+        record = ctx.record(shard)
+        entry = record.current
+        done = entry["state"] in (ENDED, COLLECTED)
+        return describe(ctx, record, entry["state"], done=done)
     return describe(
         ctx, record, entry["state"], done=info.ended, request_counts=info.request_counts
     )
@@ -289,13 +305,16 @@ def cancel_run(ctx: Context) -> dict[str, Any]:
         try:
             if entry["state"] in UNSENT:
                 try:
-                    info = _reconcile(ctx, record, entry)
+                    with ctx.leased(shard):
+                        info = _reconcile(ctx, record, entry)
+                        if info is None:
+                            continue  # never created; the flag stops any later create
+                        _record_created(record, entry, info)
                 except Ambiguous as exc:
                     errors.append({"shard": shard, "error": str(exc)})
                     continue
-                if info is None:
-                    continue  # never created; the flag stops any later create
-                _record_created(record, entry, info)
+                except LeaseHeldError:
+                    continue  # a submit is creating it: the flag makes it cancel what it made
             info = ctx.provider().cancel(entry["batch_id"])
             batches.append({"shard": shard, "batch_id": info.id, "status": info.status})
         except BatchAPIError as exc:

@@ -71,3 +71,23 @@ def test_two_submits_of_one_shard_at_once_create_one_batch(bsim, wd):
     # the other one either saw the lease (retryable) or, coming second, the recorded batch
     other = [o for o in outcomes if o != "submitted"]
     assert all(isinstance(o, LeaseHeldError) and o.retryable for o in other)
+
+
+def test_a_poll_never_overwrites_a_record_saved_after_it_read_it(bsim, wd):
+    from curator_flows.batch.records import BatchRecord
+    from curator_flows.runs import open_run
+
+    llm = make_llm(Numbered, "openai", bsim)
+    run = steps.prepare(llm, [{"n": i} for i in range(5)], wd)
+    steps.submit(run, "00000", llm=llm)
+    store, _ = open_run(run)
+    stale = BatchRecord.load(store, "00000")  # what a slow poll read
+    fresh = BatchRecord.load(store, "00000")
+    fresh.current["note"] = "a collect moved on"
+    fresh.save()
+    stale.current["status"] = "in_progress"
+    assert not stale.save_if_unchanged()
+    assert BatchRecord.load(store, "00000").current["note"] == "a collect moved on"
+    current = BatchRecord.load(store, "00000")
+    current.current["status"] = "polled"
+    assert current.save_if_unchanged()
