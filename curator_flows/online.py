@@ -332,6 +332,7 @@ class OnlineRunner:
             self.budget.settle(reserved, paid if attempt.kind == "ok" else 0.0)
         self.observe(attempt)
         if attempt.kind == "ok":
+            self.charge(attempt.input_tokens, attempt.output_tokens, paid)
             self.limiter.settle(
                 item.est_input, self.output_estimate, attempt.input_tokens, attempt.output_tokens
             )
@@ -460,6 +461,18 @@ class OnlineRunner:
                 "run sends them again"
             )
 
+    def charge(self, input_tokens: int, output_tokens: int, cost: float) -> None:
+        """Count a paid attempt the moment it is answered (accepted or not), so the step's
+        ledger and the budget see every dollar even when dispatch stops before its line."""
+        s = self.summary
+        s.input_tokens += input_tokens
+        s.output_tokens += output_tokens
+        s.cost += cost
+        c = self.progress.counters
+        c.input_tokens = s.input_tokens
+        c.output_tokens = s.output_tokens
+        c.cost = s.cost
+
     def succeed(self, item: WorkItem, attempt: Attempt, latency: float) -> None:
         usage = (attempt.input_tokens, attempt.output_tokens)
         record = item.success_line(
@@ -471,26 +484,16 @@ class OnlineRunner:
             item.attempts + 1,
             {"completion": attempt.raw} if self.keep_completions else None,
         )
-        cost = record["cost"]
         self.write(item.shard, record)
-        s = self.summary
-        s.succeeded += 1
-        s.input_tokens += attempt.input_tokens + item.wasted_input
-        s.output_tokens += attempt.output_tokens + item.wasted_output
-        s.cost += cost
-        s.latency_total += latency
-        c = self.progress.counters
-        c.done += 1
-        c.input_tokens = s.input_tokens
-        c.output_tokens = s.output_tokens
-        c.cost = s.cost
+        self.summary.succeeded += 1
+        self.summary.latency_total += latency
+        self.progress.counters.done += 1
 
     def fail(self, item: WorkItem, reason: str, retryable: bool) -> None:
         record = item.failure_line(reason)
         record["retryable"] = retryable
         self.write(item.shard, record)
         self.summary.failed += 1
-        self.summary.cost += item.wasted_cost
         self.progress.counters.failed += 1
 
 

@@ -95,3 +95,28 @@ def test_cli_estimate(sim, wd, capsys):
     assert "10 pending" in out and "max_cost $0.5000" in out
     assert cli(["estimate", run["run_uri"], "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["pending"] == 10
+
+
+def test_answers_refused_by_the_schema_are_counted_as_spent_when_dispatch_stops(sim, wd):
+    """Every paid attempt reaches the step's ledger at once, even one whose request never gets
+    a line because dispatch stopped (here: the budget) before its retry."""
+    from pydantic import BaseModel
+
+    from curator_flows import LLM
+
+    class Strict(BaseModel):
+        value: int
+
+    class Picky(LLM):
+        response_format = Strict
+
+        def prompt(self, input):
+            return f"give {input['n']} [[sim:schema_invalid]]"
+
+    params = {"base_url": sim.base_url, "api_key": "k", "progress": "off", **PRICED}
+    llm = Picky("gpt-4o-mini", backend_params={**params, "max_cost": 0.0004, "max_retries": 5})
+    run = steps.prepare(llm, [{"n": i} for i in range(4)], wd, rebuild_check=False)
+    with pytest.raises(BudgetExceededError):
+        steps.run_online(run, llm=llm)
+    paid = sim.stats()["prompt_tokens"] + sim.stats()["completion_tokens"]
+    assert steps.estimate(run, llm=llm)["spent"] == pytest.approx(paid / 1e6)
