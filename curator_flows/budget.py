@@ -71,12 +71,18 @@ def estimate_run(
 
 
 #: how often a running step re-reads what parallel steps spent
-REFRESH_SECONDS = 2.0
+REFRESH_SECONDS = 1.0
+#: within this fraction of ``max_cost``, every reservation is decided on fresh figures
+CAREFUL_FRACTION = 0.8
 
 
 class Budget:
-    """``max_cost`` for one step: what other steps spent (their ledgers, re-read every
-    ``REFRESH_SECONDS``) + what this step spent + what its in-flight requests may cost."""
+    """``max_cost`` for one step: what other steps spent and reserved (their ledgers, re-read
+    every ``REFRESH_SECONDS``) + what this step spent + what its in-flight requests may cost.
+
+    Near the budget (past ``CAREFUL_FRACTION`` of it) each reservation first calls ``sync``
+    (publish this step's own figures, read the others' afresh), so parallel steps overshoot by
+    at most what was in flight between two such reads."""
 
     def __init__(self, store: RunStore, max_cost: float) -> None:
         self.store = store
@@ -87,6 +93,7 @@ class Budget:
         self.reserved = 0.0
         self.refused = 0.0
         self.refreshed_at = time.monotonic()
+        self.sync: Any = None  # set by the runner: publish own figures, then refresh(force)
 
     @classmethod
     def for_run(cls, store: RunStore, max_cost: float, prices: Prices) -> Budget:
@@ -109,6 +116,9 @@ class Budget:
     def reserve(self, estimate: float) -> bool:
         """Hold ``estimate`` dollars for a request about to be sent; ``False`` (nothing held)
         when that could take the run past ``max_cost``."""
+        near = self.others + self.own + self.reserved + estimate > CAREFUL_FRACTION * self.max_cost
+        if near and self.sync is not None:
+            self.sync()
         if self.others + self.own + self.reserved + estimate > self.max_cost:
             self.refused = estimate
             return False
@@ -119,8 +129,8 @@ class Budget:
         self.reserved = max(0.0, self.reserved - reserved)
         self.own += actual
 
-    def refresh(self) -> None:
-        if time.monotonic() - self.refreshed_at < REFRESH_SECONDS:
+    def refresh(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self.refreshed_at < REFRESH_SECONDS:
             return
         self.refreshed_at = time.monotonic()
         try:

@@ -91,7 +91,9 @@ class StepLedger:
         self.store.write_json(self.rel, self.data)
 
     def close(self, ended_at: float | None = None) -> None:
-        """Write the final counters (``ended_at``: the end of the work, default now)."""
+        """Write the final counters (``ended_at``: the end of the work, default now); nothing
+        stays reserved."""
+        self.data["reserved"] = 0.0
         self.data["ended_at"] = max(time.time(), self.started_at) if ended_at is None else ended_at
         self.dirty = False
         self.store.write_json(self.rel, self.data)
@@ -110,9 +112,20 @@ def read_ledgers(store: RunStore, exclude: str | None = None) -> list[dict[str, 
     return out
 
 
+#: a ledger updated this recently belongs to a step still running: its reservations count
+LIVE_SECONDS = 10.0
+
+
 def spent(store: RunStore, exclude: str | None = None) -> float:
-    """Dollars the run's steps have spent, as far as their ledgers say."""
-    return sum(float(entry.get("cost") or 0.0) for entry in read_ledgers(store, exclude))
+    """Dollars the run's steps have spent, as far as their ledgers say, plus what running steps
+    have reserved for requests in flight (so parallel steps hold one budget together)."""
+    now = time.time()
+    total = 0.0
+    for entry in read_ledgers(store, exclude):
+        total += float(entry.get("cost") or 0.0)
+        if now - float(entry.get("ended_at") or 0.0) < LIVE_SECONDS:
+            total += float(entry.get("reserved") or 0.0)
+    return total
 
 
 def _busy_seconds(intervals: list[tuple[float, float]]) -> float:

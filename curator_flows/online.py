@@ -31,6 +31,7 @@ import heapq
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -147,6 +148,10 @@ class OnlineRunner:
         self.warm_deadline = 0.0
         self.last_answer_at: float | None = None
         self.stop_error: CuratorFlowsError | None = None
+        self.ledger_lock = threading.Lock()
+        self.ledger_closed = False
+        if budget is not None:
+            budget.sync = self.sync_budget
 
     async def run(self, pending: Iterator[WorkItem]) -> OnlineSummary:
         """Send everything pending; raise the reason dispatch stopped, if it did (after every
@@ -188,8 +193,9 @@ class OnlineRunner:
     # --------------------------------------------------------------- housekeeping
     async def housekeeping(self) -> None:
         """Twice a second: buffered response lines whose time has come reach the store (a slow
-        request never holds paid responses back), the leases are renewed, the ledger updated
-        and the budget refreshed with what parallel steps spent."""
+        request never holds paid responses back), a lost lease stops dispatch, and, in a
+        thread (their I/O never stalls requests in flight), the ledger is updated and the
+        budget refreshed with what parallel steps spent and reserved."""
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
             try:
@@ -202,33 +208,48 @@ class OnlineRunner:
                     self.leases.check()  # renewed by their own thread; lost = stop sending
                 except CuratorFlowsError as exc:
                     self.stop(exc)
-            self.record_ledger()
-            if self.budget is not None:
-                self.budget.refresh()
+            await asyncio.to_thread(self._bookkeeping)
 
-    def record_ledger(self, final: bool = False) -> None:
+    def _bookkeeping(self) -> None:
+        self.record_ledger()
+        if self.budget is not None:
+            self.budget.refresh()
+
+    def sync_budget(self) -> None:
+        """Near the budget: publish this step's spending and reservations, read the others'."""
+        self.record_ledger(force=True)
+        self.budget.refresh(force=True)
+
+    def record_ledger(self, final: bool = False, force: bool = False) -> None:
+        """Write the step's counters (from the housekeeping thread, or finally from the loop;
+        once the final write happened, a late periodic one never overwrites it)."""
         if self.ledger is None:
             return
-        s = self.summary
-        self.ledger.set(
-            sent=s.sent,
-            succeeded=s.succeeded,
-            failed=s.failed,
-            rate_limited=s.rate_limited,
-            input_tokens=s.input_tokens,
-            output_tokens=s.output_tokens,
-            cost=s.cost,
-            latency_total=s.latency_total,
-            max_in_flight=s.max_in_flight,
-            limits=self.limiter.limits(),
-        )
-        try:
-            if final:
-                self.ledger.close()
-            else:
-                self.ledger.flush()
-        except OSError as exc:
-            log.warning("could not write the step's statistics: %s", exc)
+        with self.ledger_lock:
+            if self.ledger_closed:
+                return
+            s = self.summary
+            self.ledger.set(
+                sent=s.sent,
+                succeeded=s.succeeded,
+                failed=s.failed,
+                rate_limited=s.rate_limited,
+                input_tokens=s.input_tokens,
+                output_tokens=s.output_tokens,
+                cost=s.cost,
+                latency_total=s.latency_total,
+                max_in_flight=s.max_in_flight,
+                limits=self.limiter.limits(),
+                reserved=self.budget.reserved if self.budget is not None else 0.0,
+            )
+            try:
+                if final:
+                    self.ledger_closed = True
+                    self.ledger.close()
+                else:
+                    self.ledger.flush(force=force)
+            except OSError as exc:
+                log.warning("could not write the step's statistics: %s", exc)
 
     # ------------------------------------------------------------- scheduling
     def _take(self) -> WorkItem | None | bool:
@@ -538,7 +559,10 @@ def run_online(
         pending = count_pending(shard_sizes(manifest), done)
         if pending == 0:
             return make(ShardResult, **base)
-        ledger = StepLedger(store, "run_online", names)
+        # with a budget, parallel steps read each other's spending from the ledgers: write often
+        ledger = StepLedger(
+            store, "run_online", names, flush_seconds=0.5 if budget is not None else 2.0
+        )
         if budget is not None:
             budget.exclude(ledger.rel)
         runner = OnlineRunner(

@@ -120,3 +120,34 @@ def test_answers_refused_by_the_schema_are_counted_as_spent_when_dispatch_stops(
         steps.run_online(run, llm=llm)
     paid = sim.stats()["prompt_tokens"] + sim.stats()["completion_tokens"]
     assert steps.estimate(run, llm=llm)["spent"] == pytest.approx(paid / 1e6)
+
+
+def test_parallel_steps_hold_one_budget_together(sim, wd):
+    """Two processes, one shard each, at once: their spending and in-flight reservations are
+    read from each other's ledgers, so together they stay near max_cost (each alone would spend
+    all of it: about twice the budget)."""
+    import os
+    import subprocess
+
+    sim.configure(latency=0.1)
+    llm = numbered(sim, max_tokens=50, max_cost=0.004, max_concurrent_requests=4, shard_size=200)
+    run = steps.prepare(llm, [{"n": i} for i in range(400)], wd)
+    code = (
+        "import sys\n"
+        "from curator_flows import steps, BudgetExceededError\n"
+        "try:\n"
+        "    steps.run_online(sys.argv[1], sys.argv[2])\n"
+        "except BudgetExceededError:\n"
+        "    pass\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "support")}
+    workers = [
+        subprocess.Popen([sys.executable, "-c", code, run["run_uri"], shard], env=env)
+        for shard in run["shards"]
+    ]
+    for worker in workers:
+        assert worker.wait(timeout=120) == 0
+    stats = sim.stats()
+    paid = (stats["prompt_tokens"] + stats["completion_tokens"]) / 1e6
+    assert 0.003 <= paid <= 0.004 * 1.25
+    assert steps.estimate(run)["spent"] == pytest.approx(paid)
