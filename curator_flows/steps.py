@@ -19,22 +19,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .credentials import Credentials
 from .errors import CuratorFlowsError, is_retryable
-from .results import (
-    BatchShardState,
-    CancelResult,
-    EstimateResult,
-    FinalizeResult,
-    PrepareResult,
-    ShardResult,
-    StatusResult,
-)
-from .runs import RunRef, run_uri
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # importing this façade stays light: DAG files import it at parse time
+    from .credentials import Credentials
     from .llm import LLM
+    from .results import (
+        BatchShardState,
+        CancelResult,
+        EstimateResult,
+        FinalizeResult,
+        PrepareResult,
+        ShardResult,
+        StatusResult,
+    )
+    from .runs import RunRef
     from .types import CuratorResponse
+
+    CredentialsLike = Credentials | dict[str, Any] | None
 
 __all__ = [
     "Credentials",
@@ -56,7 +58,22 @@ __all__ = [
     "submit",
 ]
 
-CredentialsLike = Credentials | dict[str, Any] | None
+_LAZY = {"Credentials": "curator_flows.credentials", "RunRef": "curator_flows.runs"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def run_uri(run: RunRef) -> str:
+    """The URI of ``run``: a URI, a ``CuratorResponse`` or any step result with ``run_uri``."""
+    from .runs import run_uri as _run_uri
+
+    return _run_uri(run)
 
 
 def prepare(
@@ -198,6 +215,7 @@ def status(
     """Per-shard state, counts and cost so far of any run (online, batch, offline); reads only
     the run directory (only ``shard``'s files when given: cheap enough for a progress loop)."""
     from .batch.status import run_status
+    from .credentials import Credentials
     from .runs import open_run, shard_names
 
     credentials = Credentials.coerce(credentials)
