@@ -4,9 +4,10 @@
 Invariants:
 - finalize reads only the run directory and sends nothing; running it again (say, after
   editing ``parse()``) rewrites the same files from the same responses;
-- per request id the standing line decides (:mod:`curator_flows.pending`): a success, unless a
-  later invalidation took it back; rows come out in input order (shards in order, rows in order
-  within a shard);
+- per request id the standing line decides, and the statistics charge what the lines cost,
+  both under the one rule of :mod:`curator_flows.pending`: every paid line once (taken back or
+  superseded too), a copy from a sibling run only while it stands; rows come out in input
+  order (shards in order, rows in order within a shard);
 - every stored success is judged again by the current acceptance rule
   (:class:`~curator_flows.acceptance.Acceptance`); one it refuses is taken back with an
   invalidation line, so the request is pending again and the next run sends it;
@@ -41,7 +42,7 @@ from .backends.factory import output_estimate
 from .credentials import Credentials
 from .errors import IncompleteRunError, ParseError
 from .ledger import run_totals
-from .pending import INVALIDATED, invalidation_line, supersedes
+from .pending import INVALIDATED, invalidation_line, read_shard
 from .results import FinalizeResult, make
 from .rowcodec import decode as decode_input
 from .runs import RunRef, llm_for, open_run
@@ -57,23 +58,6 @@ __all__ = ["FAILED", "OUTPUT_STATS", "finalize", "finalize_run", "load_response"
 log = logging.getLogger(__name__)
 #: parse() failures logged one by one per finalize; the rest are counted in one line
 PARSE_FAILURES_LOGGED = 3
-
-
-def latest_responses(
-    store: RunStore, shard: str
-) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    """Per request id, the standing line; and the paid successes that were taken back (their
-    cost still counts)."""
-    latest: dict[str, dict[str, Any]] = {}
-    taken_back: dict[str, list[dict[str, Any]]] = {}
-    for record in store.iter_records(f"responses/{shard}.*jsonl"):
-        key = record.get("id")
-        previous = latest.get(key)
-        if supersedes(previous, record):
-            if previous is not None and "content" in previous:
-                taken_back.setdefault(key, []).append(previous)
-            latest[key] = record
-    return latest, taken_back
 
 
 def _rows_of(index: int, parsed: Any) -> list[dict[str, Any]]:
@@ -113,14 +97,6 @@ def _read_table(store: RunStore, rel: str):
     if store.local:
         return pa.ipc.open_stream(pa.memory_map(store.path(rel))).read_all()
     return pa.ipc.open_stream(store.read_bytes(rel)).read_all()
-
-
-def _charge(stats: RunStats, record: dict[str, Any]) -> None:
-    used = record.get("usage") or [0, 0]
-    wasted = record.get("wasted") or [0, 0]
-    stats.token_usage.input += used[0] + wasted[0]
-    stats.token_usage.output += used[1] + wasted[1]
-    stats.cost_info.total_cost += record.get("cost") or 0.0
 
 
 class _ShardOutput:
@@ -170,17 +146,28 @@ def _judge(record: dict[str, Any] | None, acceptance: Acceptance) -> tuple[Any, 
 
 
 def _finalize_shard(
-    store: RunStore, name: str, llm: LLM, acceptance: Acceptance, tally: _Tally, failed_file
+    store: RunStore,
+    name: str,
+    llm: LLM,
+    acceptance: Acceptance,
+    tally: _Tally,
+    failed_file,
+    batch: bool,
 ) -> _ShardOutput:
     """Judge and parse one shard's requests in order; write its output file, its failure lines
-    and the invalidation lines of answers refused now."""
+    and the invalidation lines of answers refused now. Statistics charge what the shard's
+    lines cost under the rule of :mod:`curator_flows.pending` (``batch``: its retry log too)."""
     from .columns import rows_table
 
     stats = tally.stats
-    latest, taken_back = latest_responses(store, name)
-    for records in taken_back.values():
-        for record in records:
-            _charge(stats, record)
+    lines = read_shard(store, name, keep=True, retries=batch)
+    charge = lines.charge
+    stats.cost_info.total_cost += charge.cost
+    stats.token_usage.input += charge.input_tokens
+    stats.token_usage.output += charge.output_tokens
+    stats.cost_info.cached_cost += lines.cached_cost
+    stats.request_stats.cached += len(lines.copies)
+    latest = lines.lines
     rows: list[dict[str, Any]] = []
     origins: list[Any] = []
     refused: list[dict[str, Any]] = []
@@ -188,11 +175,6 @@ def _finalize_shard(
     for request in store.iter_lines(f"requests/{name}.jsonl"):
         stats.request_stats.total += 1
         record = latest.get(request["id"])
-        if record is not None:
-            _charge(stats, record)
-            if record.get("reused_from") and "content" in record:
-                stats.cost_info.cached_cost += record.get("cost") or 0.0
-                stats.request_stats.cached += 1
         response, error, taken = _judge(record, acceptance)
         if error is not None:
             if taken:
@@ -269,11 +251,12 @@ def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[st
     from .cost import resolve_prices
 
     acceptance = Acceptance(llm)
+    batch = manifest["mode"] == "batch"
     tally = _Tally()
     stats = tally.stats
     with store.atomic_writer(FAILED) as failed_file:
         outputs = [
-            _finalize_shard(store, shard["name"], llm, acceptance, tally, failed_file)
+            _finalize_shard(store, shard["name"], llm, acceptance, tally, failed_file, batch)
             for shard in manifest["shards"]
         ]
     if not tally.failed:

@@ -23,6 +23,7 @@ from ..acceptance import Acceptance
 from ..cost import Prices, resolve_prices
 from ..errors import BatchNotEnded, BatchStepError
 from ..ledger import StepLedger
+from ..pending import read_retry_log, retries_stem
 from ..results import BatchShardState
 from .base import BatchInfo, ItemResult
 from .context import Context, describe, info_of
@@ -32,10 +33,8 @@ from .records import (
     UNSENT,
     BatchRecord,
     cancelled,
-    retries_stem,
 )
 from .responses import (
-    load_retries,
     pending_ids,
     scan_responses,
 )
@@ -150,7 +149,7 @@ def _write_results(
     batch_id = entry.get("batch_id")
     scan = scan_responses(store, shard, record.campaign_start)
     members = pending_ids(store, shard, scan)
-    retries = load_retries(store, shard)
+    retries = read_retry_log(store, shard)
     reasons: dict[str, str] = {}
     counts = {
         "succeeded": scan.ok_by_round.get(round_index, 0),
@@ -177,12 +176,12 @@ def _write_results(
             out.clear()
 
     def finish(request_id: str, line: dict[str, Any]) -> None:
-        wasted = retries.wasted.get(request_id)
-        if wasted:
-            line["wasted"] = [wasted[0], wasted[1]]
-            line["cost"] = line.get("cost", 0.0) + wasted[2]
-            counts["input_tokens"] += wasted[0]
-            counts["output_tokens"] += wasted[1]
+        wasted = retries.unfolded(request_id, -1)
+        if wasted.input_tokens or wasted.output_tokens or wasted.cost:
+            line["wasted"] = [wasted.input_tokens, wasted.output_tokens]
+            line["cost"] = line.get("cost", 0.0) + wasted.cost
+            counts["input_tokens"] += wasted.input_tokens
+            counts["output_tokens"] += wasted.output_tokens
         counts["cost"] += line.get("cost", 0.0)
         members.discard(request_id)
         out.append(line)

@@ -55,11 +55,6 @@ def record_path(shard: str) -> str:
     return f"batches/{shard}.json"
 
 
-def retries_stem(shard: str) -> str:
-    """Append-only side file of per-item errors that were retried (``<stem>.jsonl``)."""
-    return f"batches/{shard}.retries"
-
-
 class BatchRecord:
     """The record of one shard; mutate through the methods, then :meth:`save`."""
 
