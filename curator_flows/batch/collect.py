@@ -9,7 +9,10 @@ Invariants:
   exactly once;
 - per-item errors worth retrying are logged in ``batches/<shard>.retries.jsonl`` (with the tokens
   they wasted) and the request goes into the next round; after ``max_retries + 1`` rounds, or
-  after a ``cancel()``, the still-pending requests get a final failure line with the last reason.
+  after a ``cancel()``, the still-pending requests get a final failure line with the last reason;
+- a request's line carries the waste of its retries since its previous line (rounds after it),
+  never that of an earlier campaign's retries, which that campaign's line already holds (the
+  cost rule of :mod:`curator_flows.pending`).
 """
 
 from __future__ import annotations
@@ -176,7 +179,8 @@ def _write_results(
             out.clear()
 
     def finish(request_id: str, line: dict[str, Any]) -> None:
-        wasted = retries.unfolded(request_id, -1)
+        # the retries no earlier line of this id holds (not those of a previous campaign)
+        wasted = retries.unfolded(request_id, scan.lines.rounds.get(request_id, -1))
         if wasted.input_tokens or wasted.output_tokens or wasted.cost:
             line["wasted"] = [wasted.input_tokens, wasted.output_tokens]
             line["cost"] = line.get("cost", 0.0) + wasted.cost
