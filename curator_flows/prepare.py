@@ -13,7 +13,8 @@ Invariants:
   seen (``RequestIds``); reusing a sibling run's responses (only when one exists) adds 24 to
   40 bytes per request in numpy arrays (``curator_flows.reuse``);
 - the manifest is written last: a run directory with a manifest is fully prepared, and a
-  prepare that crashed is simply redone (shard files are replaced whole);
+  prepare that crashed is simply redone (shard files are replaced whole, the responses copied
+  from sibling runs are removed and copied again);
 - the LLM's ``system_prompt`` is rendered into every request (the first message); a row's
   ``generation_params`` (a dict or its JSON string) is validated and carried by its request
   line (``params``) and covered by its request id, since both change what is sent;
@@ -298,6 +299,7 @@ def prepare_run(
         store = RunStore(join_uri(working_dir, run_id), storage_options)
         if store.exists(MANIFEST):
             return store, store.read_json(MANIFEST), False
+        store.remove("responses")  # copies a prepare that crashed before its manifest left
         siblings = [s for s in sibling_runs(working_dir, family, storage_options) if s != run_id]
         ids = SpooledIds(spool_dir, shards) if siblings and shards else None
         for shard in shards:
@@ -367,8 +369,7 @@ def prepare(
         rows=manifest["rows"],
         requests=manifest["requests"],
         reused_responses=manifest.get("reused_responses", 0),
-        # a run created just now holds only the responses copied into it (a crashed earlier
-        # prepare may have left copies of the same ids, so this never counts too few)
+        # a run created just now holds only the responses copied into it
         pending=manifest["requests"] - manifest["reused_responses"]
         if created
         else pending_count(store, manifest),
