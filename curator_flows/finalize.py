@@ -187,7 +187,7 @@ def _finalize_shard(
             if record is None or taken or INVALIDATED in record:
                 unanswered += 1
                 tally.retryable += 1
-            elif record.get("retryable", True):
+            elif record.get("retryable", True):  # lines written before the flag: may be
                 tally.retryable += 1
             continue
         if llm.return_completions_object:

@@ -27,7 +27,9 @@ Invariants:
   in request order, so memory holds one shard's ids (one shard's standing lines when a caller
   keeps them), never the run;
 - a work item ends as exactly one response line: :meth:`WorkItem.success_line` (content, usage,
-  cost including what failed attempts wasted, timings) or :meth:`WorkItem.failure_line`.
+  cost including what failed attempts wasted, timings) or :meth:`WorkItem.failure_line`; every
+  failure line says whether sending the request again may succeed (``retryable``), which is
+  what finalize's :class:`~curator_flows.errors.IncompleteRunError` reports.
 """
 
 from __future__ import annotations
@@ -88,9 +90,18 @@ class WorkItem:
             record.update(extra)
         return record
 
-    def failure_line(self, reason: str) -> dict[str, Any]:
-        """The response line of a final failure, with what its paid attempts cost."""
-        record = {"id": self.id, "error": reason, "attempts": self.attempts, "ts": time.time()}
+    def failure_line(self, reason: str, *, retryable: bool = True) -> dict[str, Any]:
+        """The response line of a final failure, with what its paid attempts cost.
+        ``retryable``: whether sending the request again may succeed (a transient error), not
+        a request refused for what it is (a 4xx, a prompt longer than the context, an answer
+        the acceptance rule kept refusing)."""
+        record = {
+            "id": self.id,
+            "error": reason,
+            "retryable": retryable,
+            "attempts": self.attempts,
+            "ts": time.time(),
+        }
         if self.wasted_input or self.wasted_output or self.wasted_cost:
             record["wasted"] = [self.wasted_input, self.wasted_output]
             record["cost"] = self.wasted_cost
