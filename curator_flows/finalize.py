@@ -92,11 +92,8 @@ def _write_table(store: RunStore, rel: str, table) -> None:
 
 
 def _read_table(store: RunStore, rel: str):
-    import pyarrow as pa
-
-    if store.local:
-        return pa.ipc.open_stream(pa.memory_map(store.path(rel))).read_all()
-    return pa.ipc.open_stream(store.read_bytes(rel)).read_all()
+    with store.arrow_stream(rel) as reader:
+        return reader.read_all()
 
 
 class _ShardOutput:

@@ -124,15 +124,15 @@ def _write_parts(
     files: list[dict[str, Any]] = []
     schema = None
     for rel in outputs:
-        reader = _open_stream(store, rel)
-        schema = reader.schema
-        batches = (batch for batch in reader if batch.num_rows)
-        first = next(batches, None)
-        if first is None:
-            continue
-        shard = rel.rsplit("/", 1)[-1].removeprefix("data-").removesuffix(".arrow")
-        name = f"part-{publish_id}-{shard}.parquet"
-        rows, size = _write_parquet(target, name, schema, [first], batches)
+        with store.arrow_stream(rel) as reader:
+            schema = reader.schema
+            batches = (batch for batch in reader if batch.num_rows)
+            first = next(batches, None)
+            if first is None:
+                continue
+            shard = rel.rsplit("/", 1)[-1].removeprefix("data-").removesuffix(".arrow")
+            name = f"part-{publish_id}-{shard}.parquet"
+            rows, size = _write_parquet(target, name, schema, [first], batches)
         files.append({"path": name, "rows": rows, "bytes": size})
     if not files:  # an empty dataset still publishes its schema
         schema = schema if schema is not None else pa.schema([])
@@ -158,14 +158,6 @@ def _write_parquet(target: RunStore, name: str, schema, *batch_groups) -> tuple[
         writer.close()
         size = handle.tell()
     return rows, size
-
-
-def _open_stream(store: RunStore, rel: str):
-    import pyarrow as pa
-
-    if store.local:
-        return pa.ipc.open_stream(pa.memory_map(store.path(rel)))
-    return pa.ipc.open_stream(store.read_bytes(rel))
 
 
 def _remove_superseded(
