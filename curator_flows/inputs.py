@@ -420,14 +420,15 @@ def _iter_run(uri: str, storage_options: dict[str, Any]) -> Iterator[dict[str, A
     from .store import RunStore
 
     store = RunStore(uri, storage_options)
-    if not store.exists(OUTPUT_STATS):
+    output = store.read_json_if_exists(OUTPUT_STATS)
+    if output is None:
         raise InputError(
             f"the run at {store.uri} is not finalized yet (no {OUTPUT_STATS}): finalize it "
             "before using it as a dataset"
         )
-    outputs = store.read_json(OUTPUT_STATS).get("outputs", [])
-    for rel in outputs:
-        yield from _read_file(store.fs, store.path(rel))
+    for rel in output.get("outputs", []):
+        with store.arrow_stream(rel) as batches:  # as finalize wrote them
+            yield from _iter_batches(batches)
 
 
 # ----------------------------------------------------------------------------- file formats

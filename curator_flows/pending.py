@@ -307,3 +307,9 @@ def pending_items(
 def count_pending(sizes: dict[str, int], done: dict[str, set[str]]) -> int:
     """Requests of the shards in ``done`` without a standing success."""
     return sum(max(0, sizes[shard] - len(ids)) for shard, ids in done.items())
+
+
+def run_pending(store: RunStore, sizes: dict[str, int]) -> int:
+    """Requests of the shards in ``sizes`` without a standing success, one shard's ids in
+    memory at a time."""
+    return sum(count_pending(sizes, {shard: success_ids(store, shard)}) for shard in sizes)

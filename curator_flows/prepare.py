@@ -38,9 +38,11 @@ from .credentials import Credentials
 from .errors import ConfigError, InputError, PromptError
 from .fingerprint import RequestIds, digest
 from .inputs import iter_rows
+from .pending import run_pending
 from .results import PrepareResult, make
 from .reuse import SpooledIds, reuse_sibling_responses, sibling_runs
 from .rowcodec import encode_row
+from .runs import shard_sizes
 from .store import MANIFEST, RunStore, default_working_dir, join_uri, shard_name
 
 if TYPE_CHECKING:
@@ -334,16 +336,6 @@ def prepare_run(
     return store, manifest, True
 
 
-def pending_count(store: RunStore, manifest: dict[str, Any]) -> int:
-    """Requests of the run without a successful response line (one shard's ids in memory)."""
-    from .pending import success_ids
-
-    return sum(
-        max(0, shard["requests"] - len(success_ids(store, shard["name"])))
-        for shard in manifest["shards"]
-    )
-
-
 def prepare(
     llm: LLM,
     dataset: Any = None,
@@ -372,6 +364,6 @@ def prepare(
         # a run created just now holds only the responses copied into it
         pending=manifest["requests"] - manifest["reused_responses"]
         if created
-        else pending_count(store, manifest),
+        else run_pending(store, shard_sizes(manifest)),
         created=created,
     )

@@ -171,6 +171,13 @@ class RunStore:
     def read_json(self, rel: str) -> Any:
         return orjson.loads(self.read_bytes(rel))
 
+    def read_json_if_exists(self, rel: str) -> Any | None:
+        """``rel``'s JSON, or ``None`` when there is no such file (one request, not two)."""
+        try:
+            return self.read_json(rel)
+        except FileNotFoundError:
+            return None
+
     @contextlib.contextmanager
     def atomic_writer(self, rel: str) -> Iterator[Any]:
         """A binary handle whose file appears at ``rel`` whole on success, never on error. On
