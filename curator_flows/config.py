@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from .errors import ConfigError
 
-__all__ = ["BackendConfig", "ConfigError", "Mode"]
+__all__ = ["BackendConfig", "Mode"]
 
 Mode = Literal["online", "batch", "offline"]
 

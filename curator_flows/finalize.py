@@ -53,7 +53,7 @@ from .types import CuratorResponse, PerformanceStats, RunStats
 if TYPE_CHECKING:
     from .llm import LLM
 
-__all__ = ["FAILED", "OUTPUT_STATS", "finalize", "finalize_run", "load_response"]
+__all__ = ["finalize", "finalize_run", "load_response"]
 
 log = logging.getLogger(__name__)
 #: parse() failures logged one by one per finalize; the rest are counted in one line
@@ -439,11 +439,6 @@ def summary_of(
         statistics=statistics_of(output),
         outputs=list(output["outputs"]),
     )
-
-
-def load_dataset(store: RunStore, outputs: list[str]):
-    """The output as a ``datasets.Dataset`` (memory-mapped for local runs)."""
-    return _as_dataset(_read_output(store, outputs))
 
 
 def _read_output(store: RunStore, outputs: list[str]):

@@ -76,11 +76,9 @@ def shard_limits(llm: LLM) -> tuple[int, int]:
         from .batch.sizing import BATCH_LIMITS
 
         max_requests, max_bytes = BATCH_LIMITS[llm.backend]
-        if getattr(params, "batch_size", None):
+        if params.batch_size:
             max_requests = min(max_requests, params.batch_size)
         return max_requests, max_bytes
-    if llm.mode == "offline":
-        return params.shard_size, 1 << 62
     return params.shard_size, 1 << 62
 
 

@@ -327,7 +327,6 @@ class PartAppender:
         self.flush_seconds = flush_seconds
         self.buffer: list[bytes] = []
         self.first_at = time.monotonic()
-        self.last_flush = time.monotonic()
 
     def append(self, record: Any) -> None:
         if not self.buffer:
@@ -354,7 +353,6 @@ class PartAppender:
         return len(self.buffer)
 
     def flush(self) -> None:
-        self.last_flush = time.monotonic()
         if not self.buffer:
             return
         name = f"{self.rel_stem}.part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"

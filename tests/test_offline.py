@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 from curator_flows import LLM, IncompleteRunError, offline, steps
-from curator_flows.config import ConfigError
+from curator_flows.errors import ConfigError
 from curator_flows.store import RunStore
 
 

@@ -79,10 +79,6 @@ class BatchRecord:
         }
         return cls(store, shard, data)
 
-    @property
-    def exists(self) -> bool:
-        return bool(self.data["rounds"]) or self.store.exists(record_path(self.shard))
-
     def save(self) -> None:
         self.data["updated_at"] = time.time()
         self.store.write_json(record_path(self.shard), self.data)
