@@ -473,9 +473,17 @@ def load_response(
 
     credentials = Credentials.coerce(credentials)
     store, manifest = open_run(run, credentials.storage_options)
-    if not store.exists(OUTPUT_STATS):
+    output = store.read_json_if_exists(OUTPUT_STATS)
+    if output is None:
         raise RunNotFoundError(f"run {manifest['run_id']} is not finalized yet: call finalize")
-    output = store.read_json(OUTPUT_STATS)
+    return response_of(store, manifest, output)
+
+
+def response_of(
+    store: RunStore, manifest: dict[str, Any], output: dict[str, Any]
+) -> CuratorResponse:
+    """The :class:`CuratorResponse` of a finalized run whose manifest and ``stats.json``
+    (``output``) the caller holds; the output files are opened here."""
     stats = RunStats.from_dict(output)
     config = manifest.get("config") or {}
     limits = output.get("limits") or {}

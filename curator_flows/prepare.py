@@ -297,8 +297,9 @@ def prepare_run(
         shards, content_fp, rows = _render_shards(llm, dataset, family, spool_dir, storage_options)
         run_id = run_id_for(family, content_fp, llm.mode)
         store = RunStore(join_uri(working_dir, run_id), storage_options)
-        if store.exists(MANIFEST):
-            return store, store.read_json(MANIFEST), False
+        prepared = store.read_json_if_exists(MANIFEST)
+        if prepared is not None:
+            return store, prepared, False
         store.remove("responses")  # copies a prepare that crashed before its manifest left
         siblings = [s for s in sibling_runs(working_dir, family, storage_options) if s != run_id]
         ids = SpooledIds(spool_dir, shards) if siblings and shards else None

@@ -54,10 +54,7 @@ def read_marker(
     output_uri: str, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any] | None:
     """The ``_SUCCESS`` marker of ``output_uri``, or ``None`` when nothing was published."""
-    target = RunStore(output_uri, storage_options)
-    if not target.exists(MARKER):
-        return None
-    return target.read_json(MARKER)
+    return RunStore(output_uri, storage_options).read_json_if_exists(MARKER)
 
 
 def published_files(output_uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:

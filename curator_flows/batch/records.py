@@ -65,9 +65,9 @@ class BatchRecord:
 
     @classmethod
     def load(cls, store: RunStore, shard: str, run_id: str = "", provider: str = "") -> BatchRecord:
-        path = record_path(shard)
-        if store.exists(path):
-            return cls(store, shard, store.read_json(path))
+        data = store.read_json_if_exists(record_path(shard))
+        if data is not None:
+            return cls(store, shard, data)
         data = {
             "version": VERSION,
             "run_id": run_id,
@@ -137,7 +137,7 @@ class BatchRecord:
 
 
 def read_cancel_flag(store: RunStore) -> dict[str, Any] | None:
-    return store.read_json(CANCEL_FLAG) if store.exists(CANCEL_FLAG) else None
+    return store.read_json_if_exists(CANCEL_FLAG)
 
 
 def cancelled(store: RunStore, record: BatchRecord) -> bool:
@@ -150,12 +150,3 @@ def write_cancel_flag(store: RunStore) -> dict[str, Any]:
     flag = {"at": time.time()}
     store.write_json(CANCEL_FLAG, flag)
     return flag
-
-
-def claimed_batch_ids(store: RunStore, shards: list[str], except_shard: str) -> set[str]:
-    """Batch ids recorded by the other shards of the run (reconciliation must not take them)."""
-    claimed: set[str] = set()
-    for shard in shards:
-        if shard != except_shard and store.exists(record_path(shard)):
-            claimed |= BatchRecord.load(store, shard).batch_ids()
-    return claimed

@@ -25,7 +25,10 @@ from ..store import RunStore
 
 @dataclass
 class ShardScan:
+    """A shard's lines read once, judged for the campaign that starts at ``campaign_start``."""
+
     lines: ShardLines
+    campaign_start: int = 0
     succeeded: set[str] = field(default_factory=set)
     final_failed: set[str] = field(default_factory=set)
     ok_by_round: dict[int, int] = field(default_factory=dict)
@@ -34,24 +37,47 @@ class ShardScan:
     def settled(self, request_id: str) -> bool:
         return request_id in self.succeeded or request_id in self.final_failed
 
+    def for_campaign(self, campaign_start: int) -> ShardScan:
+        """The same lines judged for a campaign starting at ``campaign_start`` (nothing read)."""
+        if campaign_start == self.campaign_start:
+            return self
+        return _judged(
+            ShardScan(
+                self.lines,
+                campaign_start,
+                ok_by_round=dict(self.ok_by_round),
+                failed_by_round=dict(self.failed_by_round),  # campaigns only move forward
+            ),
+            self.lines,
+        )
+
 
 def scan_responses(store: RunStore, shard: str, campaign_start: int) -> ShardScan:
-    scan = ShardScan(ShardLines())
+    lines = ShardLines()
+    scan = ShardScan(lines, campaign_start)
     for record in store.iter_records(responses_pattern(shard)):
-        scan.lines.add(record)
+        lines.add(record)
         round_index = record.get("round")
         if round_index is None or "reused_from" in record:
             continue  # not one of this run's batch lines
         if "content" in record:
             scan.ok_by_round[round_index] = scan.ok_by_round.get(round_index, 0) + 1
-        elif "error" in record and round_index >= campaign_start:
+        elif "error" in record:
             scan.failed_by_round[round_index] = scan.failed_by_round.get(round_index, 0) + 1
-    rounds = scan.lines.rounds
-    for request_id, kind in scan.lines.kinds.items():
+    return _judged(scan, lines)
+
+
+def _judged(scan: ShardScan, lines: ShardLines) -> ShardScan:
+    """Fill ``succeeded`` and ``final_failed`` (and keep the failures counted by round to the
+    campaign's rounds)."""
+    start = scan.campaign_start
+    rounds = lines.rounds
+    for request_id, kind in lines.kinds.items():
         if kind == SUCCESS:
             scan.succeeded.add(request_id)
-        elif kind == FAILURE and rounds.get(request_id, -1) >= campaign_start:
+        elif kind == FAILURE and rounds.get(request_id, -1) >= start:
             scan.final_failed.add(request_id)
+    scan.failed_by_round = {r: n for r, n in scan.failed_by_round.items() if r >= start}
     return scan
 
 

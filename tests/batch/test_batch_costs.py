@@ -4,12 +4,15 @@ included."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from batch_helpers import make_llm, record
 from batch_llms import Numbered
 
 from curator_flows import steps
+from curator_flows.batch.records import BatchRecord
 from curator_flows.ledger import run_totals
 from curator_flows.store import RunStore
 
@@ -61,3 +64,33 @@ def test_a_new_campaign_does_not_charge_the_retries_of_the_previous_one_again(bs
     assert [r["requests"] for r in rounds] == [2, 1, 1, 1]
     billed = _billed(bsim, result.cache_dir)
     assert _reported(result.cache_dir) == pytest.approx((billed, billed, billed))
+
+
+@pytest.mark.parametrize("backend", ("openai", "anthropic"))
+def test_submit_reads_the_shard_responses_and_the_other_records_once(
+    bsim, wd, backend, monkeypatch
+):
+    llm = make_llm(Numbered, backend, bsim, batch_size=3)
+    run = steps.prepare(llm, [{"n": i} for i in range(6)], wd)
+    store = RunStore(run["run_uri"])
+    for shard in run["shards"]:  # both shards crashed right after saving their intent
+        crashed = BatchRecord.load(store, shard, run["run_id"], backend)
+        crashed.new_round(3, 300, time.time())
+        crashed.save()
+    reads: list[str] = []
+    real_iter, real_read = RunStore.iter_records, RunStore.read_json_if_exists
+
+    def counting_iter(store, pattern):
+        reads.append(pattern)
+        return real_iter(store, pattern)
+
+    def counting_read(store, rel):
+        reads.append(rel)
+        return real_read(store, rel)
+
+    monkeypatch.setattr(RunStore, "iter_records", counting_iter)
+    monkeypatch.setattr(RunStore, "read_json_if_exists", counting_read)
+    # reconciled first (nothing was created), then sent
+    assert steps.submit(run, "00000", llm=llm)["state"] == "submitted"
+    assert reads.count("responses/00000.*jsonl") == 1
+    assert reads.count("batches/00001.json") == 1
