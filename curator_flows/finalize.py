@@ -32,6 +32,7 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from .acceptance import Acceptance
 from .backends.factory import output_estimate
 from .credentials import Credentials
 from .errors import IncompleteRunError, ParseError
+from .fingerprint import digest
 from .ledger import run_totals
 from .pending import INVALIDATED, invalidation_line, read_shard
 from .results import FinalizeResult, make
@@ -83,12 +85,35 @@ def _rows_of(index: int, parsed: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _write_table(store: RunStore, rel: str, table) -> None:
+class _Digesting:
+    """A binary sink that hashes the bytes passing through it to ``handle``."""
+
+    closed = False
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.hash = hashlib.blake2b(digest_size=16)
+
+    def write(self, data: Any) -> int:
+        self.hash.update(data)
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+
+def _write_table(store: RunStore, rel: str, table) -> str:
+    """Write ``table`` to ``rel`` (Arrow IPC stream); return the digest of the bytes written."""
     import pyarrow as pa
 
     with store.atomic_writer(rel) as handle:
-        with pa.ipc.new_stream(handle, table.schema) as writer:
+        sink = _Digesting(handle)
+        with pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
+    return sink.hash.hexdigest()
 
 
 def _read_table(store: RunStore, rel: str):
@@ -97,10 +122,12 @@ def _read_table(store: RunStore, rel: str):
 
 
 class _ShardOutput:
-    """One shard's parsed output as written: its file, row count and column kinds."""
+    """One shard's parsed output as written: its file, row count, column kinds and the digest
+    of its bytes."""
 
-    def __init__(self, name: str, rel: str, rows: int, kinds: dict[str, Any]):
+    def __init__(self, name: str, rel: str, rows: int, kinds: dict[str, Any], digest: str):
         self.name, self.rel, self.rows, self.kinds = name, rel, rows, kinds
+        self.digest = digest
 
     def origin(self, index: int) -> str:
         return f"{index} of shard {self.name}'s output"
@@ -210,8 +237,7 @@ def _finalize_shard(
         tally.pending_shards.append(name)
     rel = f"output/data-{name}.arrow"
     table, kinds = rows_table(rows, origins)
-    _write_table(store, rel, table)
-    return _ShardOutput(name, rel, table.num_rows, kinds)
+    return _ShardOutput(name, rel, table.num_rows, kinds, _write_table(store, rel, table))
 
 
 def _completion_of(llm: LLM, request: dict[str, Any], record: dict[str, Any]) -> Any:
@@ -284,6 +310,8 @@ def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[st
     output = {
         **stats.to_dict(),
         "outputs": [shard.rel for shard in outputs],
+        #: what the output files hold: equal fingerprints, byte-identical files
+        "output_fingerprint": digest(*(f"{shard.rel}:{shard.digest}" for shard in outputs)),
         "rows": sum(shard.rows for shard in outputs),
         "columns": columns,
         "parse_fingerprint": llm.parse_fingerprint(),
@@ -311,7 +339,8 @@ def _conform_shards(store: RunStore, outputs: list[_ShardOutput]) -> dict[str, s
         if list(shard.kinds.items()) == list(target.items()):
             continue
         table = _read_table(store, shard.rel)
-        _write_table(store, shard.rel, conform(table, shard.kinds, target, shard.origin))
+        conformed = conform(table, shard.kinds, target, shard.origin)
+        shard.digest = _write_table(store, shard.rel, conformed)
     return {field.name: str(field.type) for field in schema_of(target)}
 
 

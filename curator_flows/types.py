@@ -40,7 +40,7 @@ class CostInfo:
     #: what sending the requests still without an answer would cost (estimated)
     projected_remaining_cost: float = 0.0
     batch_discount: bool = False
-    #: cost of responses reused from the store rather than paid in this call
+    #: cost of the responses copied from earlier runs (in ``total_cost``; paid by those runs)
     cached_cost: float = 0.0
 
 
@@ -51,9 +51,9 @@ class RequestStats:
     failed: int = 0
     #: requests being processed; 0 once a call returns
     in_progress: int = 0
-    #: responses already stored before this call (no request sent)
+    #: successful responses copied from earlier runs of the same family (not paid by this run)
     cached: int = 0
-    #: requests sent in this call, retries included
+    #: requests sent for this run so far, by every step and call, retries included
     attempts: int = 0
     rate_limited: int = 0
 
