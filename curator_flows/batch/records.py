@@ -30,10 +30,9 @@ Invariants:
 
 The cancel flag (``batches/_cancelled.json``, ``{"at": ts}``) is a separate file: cancelling
 takes effect without rewriting any record, so a poller rewriting a record at the same time can
-never lose it. It stops every campaign that started before it. ``cancel_run`` still rewrites
-a record when it re-attaches an unsent round to the batch a crashed submit created (to save
-its batch id before cancelling it); that write is not coordinated with a ``poll`` of the same
-shard saving the record at the same moment (the last write wins).
+never lose it. It stops every campaign that started before it. ``cancel_run`` does rewrite a
+record when it re-attaches an unsent round to the batch a crashed submit created (to save its
+batch id before cancelling it).
 """
 
 from __future__ import annotations
