@@ -53,11 +53,8 @@ class Acceptance:
         return self.validate(content)
 
     def problem(self, finish_reason: str | None, content: str | None) -> str | None:
-        if finish_reason in self.invalid:
-            return f"invalid finish_reason {finish_reason!r}"
-        if self.model is not None:
-            return self.validate(content or "")[1]
-        return None
+        """Why :meth:`accept` refuses the answer, or ``None``."""
+        return self.accept(finish_reason, content or "")[1]
 
     def fingerprint(self) -> str:
         """What the rule depends on (see the module's invariants)."""

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from .errors import ConfigError
 
-__all__ = ["BackendConfig", "ConfigError", "Mode"]
+__all__ = ["BackendConfig", "Mode"]
 
 Mode = Literal["online", "batch", "offline"]
 
@@ -98,7 +98,9 @@ _PARAMS_BY_MODE: dict[str, type[CommonParams]] = {
 }
 
 # Keys that change a response's content; everything else (limits, retries, paths, keys) doesn't.
-_OUTPUT_KEYS = ("max_tokens", "min_tokens", "max_model_length", "invalid_finish_reasons")
+# ``invalid_finish_reasons`` changes which answers are accepted, not what the model returns: the
+# acceptance fingerprint covers it, and finalize judges the stored answers again.
+_OUTPUT_KEYS = ("max_tokens", "min_tokens", "max_model_length")
 # vLLM engine arguments that only size or place the engine; every other one (dtype,
 # quantization, seed, chat_template, ...) may change outputs and is fingerprinted.
 _RESOURCE_ENGINE_KWARGS = frozenset(

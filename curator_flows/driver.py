@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .acceptance import Acceptance
 from .credentials import Credentials
-from .finalize import check_complete, finalize_run, load_response
+from .finalize import check_complete, finalize_run, response_of
 from .prepare import prepare_run
 from .store import OUTPUT_STATS, RunStore
 
@@ -30,10 +30,12 @@ if TYPE_CHECKING:
 def finished_output(store: RunStore, llm: LLM) -> dict[str, Any] | None:
     """The stored output when it is complete, parsed by the same ``parse()`` and state and
     judged by the same acceptance rule."""
-    if not store.exists(OUTPUT_STATS):
-        return None
-    output = store.read_json(OUTPUT_STATS)
-    if output.get("failed") or output.get("parse_fingerprint") != llm.parse_fingerprint():
+    output = store.read_json_if_exists(OUTPUT_STATS)
+    if (
+        output is None
+        or output.get("failed")
+        or output.get("parse_fingerprint") != llm.parse_fingerprint()
+    ):
         return None
     if output.get("acceptance_fingerprint") != Acceptance(llm).fingerprint():
         return None
@@ -62,7 +64,7 @@ def run_in_process(
             _send(store, manifest, llm, credentials)
             output = finalize_run(store, manifest, llm)
     check_complete(store, output, llm.config.require_all_responses)
-    return load_response(store.uri, llm=llm, credentials=credentials)
+    return response_of(store, manifest, output)
 
 
 def _send(store: RunStore, manifest: dict[str, Any], llm: LLM, credentials: Credentials) -> None:

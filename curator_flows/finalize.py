@@ -4,9 +4,10 @@
 Invariants:
 - finalize reads only the run directory and sends nothing; running it again (say, after
   editing ``parse()``) rewrites the same files from the same responses;
-- per request id the standing line decides (:mod:`curator_flows.pending`): a success, unless a
-  later invalidation took it back; rows come out in input order (shards in order, rows in order
-  within a shard);
+- per request id the standing line decides, and the statistics charge what the lines cost,
+  both under the one rule of :mod:`curator_flows.pending`: every paid line once (taken back or
+  superseded too), a copy from a sibling run only while it stands; rows come out in input
+  order (shards in order, rows in order within a shard);
 - every stored success is judged again by the current acceptance rule
   (:class:`~curator_flows.acceptance.Acceptance`); one it refuses is taken back with an
   invalidation line, so the request is pending again and the next run sends it;
@@ -31,6 +32,7 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -40,8 +42,9 @@ from .acceptance import Acceptance
 from .backends.factory import output_estimate
 from .credentials import Credentials
 from .errors import IncompleteRunError, ParseError
+from .fingerprint import digest
 from .ledger import run_totals
-from .pending import INVALIDATED, invalidation_line, supersedes
+from .pending import INVALIDATED, invalidation_line, read_shard
 from .results import FinalizeResult, make
 from .rowcodec import decode as decode_input
 from .runs import RunRef, llm_for, open_run
@@ -52,28 +55,11 @@ from .types import CuratorResponse, PerformanceStats, RunStats
 if TYPE_CHECKING:
     from .llm import LLM
 
-__all__ = ["FAILED", "OUTPUT_STATS", "finalize", "finalize_run", "load_response"]
+__all__ = ["finalize", "finalize_run", "load_response"]
 
 log = logging.getLogger(__name__)
 #: parse() failures logged one by one per finalize; the rest are counted in one line
 PARSE_FAILURES_LOGGED = 3
-
-
-def latest_responses(
-    store: RunStore, shard: str
-) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    """Per request id, the standing line; and the paid successes that were taken back (their
-    cost still counts)."""
-    latest: dict[str, dict[str, Any]] = {}
-    taken_back: dict[str, list[dict[str, Any]]] = {}
-    for record in store.iter_records(f"responses/{shard}.*jsonl"):
-        key = record.get("id")
-        previous = latest.get(key)
-        if supersedes(previous, record):
-            if previous is not None and "content" in previous:
-                taken_back.setdefault(key, []).append(previous)
-            latest[key] = record
-    return latest, taken_back
 
 
 def _rows_of(index: int, parsed: Any) -> list[dict[str, Any]]:
@@ -99,35 +85,49 @@ def _rows_of(index: int, parsed: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _write_table(store: RunStore, rel: str, table) -> None:
+class _Digesting:
+    """A binary sink that hashes the bytes passing through it to ``handle``."""
+
+    closed = False
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.hash = hashlib.blake2b(digest_size=16)
+
+    def write(self, data: Any) -> int:
+        self.hash.update(data)
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+
+def _write_table(store: RunStore, rel: str, table) -> str:
+    """Write ``table`` to ``rel`` (Arrow IPC stream); return the digest of the bytes written."""
     import pyarrow as pa
 
     with store.atomic_writer(rel) as handle:
-        with pa.ipc.new_stream(handle, table.schema) as writer:
+        sink = _Digesting(handle)
+        with pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
+    return sink.hash.hexdigest()
 
 
 def _read_table(store: RunStore, rel: str):
-    import pyarrow as pa
-
-    if store.local:
-        return pa.ipc.open_stream(pa.memory_map(store.path(rel))).read_all()
-    return pa.ipc.open_stream(store.read_bytes(rel)).read_all()
-
-
-def _charge(stats: RunStats, record: dict[str, Any]) -> None:
-    used = record.get("usage") or [0, 0]
-    wasted = record.get("wasted") or [0, 0]
-    stats.token_usage.input += used[0] + wasted[0]
-    stats.token_usage.output += used[1] + wasted[1]
-    stats.cost_info.total_cost += record.get("cost") or 0.0
+    with store.arrow_stream(rel) as reader:
+        return reader.read_all()
 
 
 class _ShardOutput:
-    """One shard's parsed output as written: its file, row count and column kinds."""
+    """One shard's parsed output as written: its file, row count, column kinds and the digest
+    of its bytes."""
 
-    def __init__(self, name: str, rel: str, rows: int, kinds: dict[str, Any]):
+    def __init__(self, name: str, rel: str, rows: int, kinds: dict[str, Any], digest: str):
         self.name, self.rel, self.rows, self.kinds = name, rel, rows, kinds
+        self.digest = digest
 
     def origin(self, index: int) -> str:
         return f"{index} of shard {self.name}'s output"
@@ -170,17 +170,28 @@ def _judge(record: dict[str, Any] | None, acceptance: Acceptance) -> tuple[Any, 
 
 
 def _finalize_shard(
-    store: RunStore, name: str, llm: LLM, acceptance: Acceptance, tally: _Tally, failed_file
+    store: RunStore,
+    name: str,
+    llm: LLM,
+    acceptance: Acceptance,
+    tally: _Tally,
+    failed_file,
+    batch: bool,
 ) -> _ShardOutput:
     """Judge and parse one shard's requests in order; write its output file, its failure lines
-    and the invalidation lines of answers refused now."""
+    and the invalidation lines of answers refused now. Statistics charge what the shard's
+    lines cost under the rule of :mod:`curator_flows.pending` (``batch``: its retry log too)."""
     from .columns import rows_table
 
     stats = tally.stats
-    latest, taken_back = latest_responses(store, name)
-    for records in taken_back.values():
-        for record in records:
-            _charge(stats, record)
+    lines = read_shard(store, name, keep=True, retries=batch)
+    charge = lines.charge
+    stats.cost_info.total_cost += charge.cost
+    stats.token_usage.input += charge.input_tokens
+    stats.token_usage.output += charge.output_tokens
+    stats.cost_info.cached_cost += lines.cached_cost
+    stats.request_stats.cached += len(lines.copies)
+    latest = lines.lines
     rows: list[dict[str, Any]] = []
     origins: list[Any] = []
     refused: list[dict[str, Any]] = []
@@ -188,11 +199,6 @@ def _finalize_shard(
     for request in store.iter_lines(f"requests/{name}.jsonl"):
         stats.request_stats.total += 1
         record = latest.get(request["id"])
-        if record is not None:
-            _charge(stats, record)
-            if record.get("reused_from") and "content" in record:
-                stats.cost_info.cached_cost += record.get("cost") or 0.0
-                stats.request_stats.cached += 1
         response, error, taken = _judge(record, acceptance)
         if error is not None:
             if taken:
@@ -205,7 +211,7 @@ def _finalize_shard(
             if record is None or taken or INVALIDATED in record:
                 unanswered += 1
                 tally.retryable += 1
-            elif record.get("retryable", True):
+            elif record.get("retryable", True):  # lines written before the flag: may be
                 tally.retryable += 1
             continue
         if llm.return_completions_object:
@@ -231,8 +237,7 @@ def _finalize_shard(
         tally.pending_shards.append(name)
     rel = f"output/data-{name}.arrow"
     table, kinds = rows_table(rows, origins)
-    _write_table(store, rel, table)
-    return _ShardOutput(name, rel, table.num_rows, kinds)
+    return _ShardOutput(name, rel, table.num_rows, kinds, _write_table(store, rel, table))
 
 
 def _completion_of(llm: LLM, request: dict[str, Any], record: dict[str, Any]) -> Any:
@@ -269,11 +274,12 @@ def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[st
     from .cost import resolve_prices
 
     acceptance = Acceptance(llm)
+    batch = manifest["mode"] == "batch"
     tally = _Tally()
     stats = tally.stats
     with store.atomic_writer(FAILED) as failed_file:
         outputs = [
-            _finalize_shard(store, shard["name"], llm, acceptance, tally, failed_file)
+            _finalize_shard(store, shard["name"], llm, acceptance, tally, failed_file, batch)
             for shard in manifest["shards"]
         ]
     if not tally.failed:
@@ -304,6 +310,8 @@ def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[st
     output = {
         **stats.to_dict(),
         "outputs": [shard.rel for shard in outputs],
+        #: what the output files hold: equal fingerprints, byte-identical files
+        "output_fingerprint": digest(*(f"{shard.rel}:{shard.digest}" for shard in outputs)),
         "rows": sum(shard.rows for shard in outputs),
         "columns": columns,
         "parse_fingerprint": llm.parse_fingerprint(),
@@ -331,7 +339,8 @@ def _conform_shards(store: RunStore, outputs: list[_ShardOutput]) -> dict[str, s
         if list(shard.kinds.items()) == list(target.items()):
             continue
         table = _read_table(store, shard.rel)
-        _write_table(store, shard.rel, conform(table, shard.kinds, target, shard.origin))
+        conformed = conform(table, shard.kinds, target, shard.origin)
+        shard.digest = _write_table(store, shard.rel, conformed)
     return {field.name: str(field.type) for field in schema_of(target)}
 
 
@@ -461,11 +470,6 @@ def summary_of(
     )
 
 
-def load_dataset(store: RunStore, outputs: list[str]):
-    """The output as a ``datasets.Dataset`` (memory-mapped for local runs)."""
-    return _as_dataset(_read_output(store, outputs))
-
-
 def _read_output(store: RunStore, outputs: list[str]):
     """The output as one Arrow table, opened now: memory-mapped for local runs (a later
     finalize replaces the files, the mapped ones stay as they were), read for object stores."""
@@ -498,9 +502,17 @@ def load_response(
 
     credentials = Credentials.coerce(credentials)
     store, manifest = open_run(run, credentials.storage_options)
-    if not store.exists(OUTPUT_STATS):
+    output = store.read_json_if_exists(OUTPUT_STATS)
+    if output is None:
         raise RunNotFoundError(f"run {manifest['run_id']} is not finalized yet: call finalize")
-    output = store.read_json(OUTPUT_STATS)
+    return response_of(store, manifest, output)
+
+
+def response_of(
+    store: RunStore, manifest: dict[str, Any], output: dict[str, Any]
+) -> CuratorResponse:
+    """The :class:`CuratorResponse` of a finalized run whose manifest and ``stats.json``
+    (``output``) the caller holds; the output files are opened here."""
     stats = RunStats.from_dict(output)
     config = manifest.get("config") or {}
     limits = output.get("limits") or {}

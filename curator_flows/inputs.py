@@ -47,7 +47,7 @@ from typing import Any
 import orjson
 
 from .errors import InputError
-from .store import MANIFEST, OUTPUT_STATS
+from .store import MANIFEST, OUTPUT_STATS, is_local
 
 #: rows converted to Python objects at a time from a columnar source
 CHUNK_ROWS = 1024
@@ -420,14 +420,15 @@ def _iter_run(uri: str, storage_options: dict[str, Any]) -> Iterator[dict[str, A
     from .store import RunStore
 
     store = RunStore(uri, storage_options)
-    if not store.exists(OUTPUT_STATS):
+    output = store.read_json_if_exists(OUTPUT_STATS)
+    if output is None:
         raise InputError(
             f"the run at {store.uri} is not finalized yet (no {OUTPUT_STATS}): finalize it "
             "before using it as a dataset"
         )
-    outputs = store.read_json(OUTPUT_STATS).get("outputs", [])
-    for rel in outputs:
-        yield from _read_file(store.fs, store.path(rel))
+    for rel in output.get("outputs", []):
+        with store.arrow_stream(rel) as batches:  # as finalize wrote them
+            yield from _iter_batches(batches)
 
 
 # ----------------------------------------------------------------------------- file formats
@@ -459,7 +460,7 @@ def _read_arrow(fs: Any, path: str) -> Iterator[dict[str, Any]]:
     """Arrow IPC: the file format (Feather v2) or the stream format (``datasets`` files)."""
     import pyarrow as pa
 
-    local = _is_local(fs)
+    local = is_local(fs)
     source = pa.memory_map(path) if local else fs.open(path, "rb")
     with source:
         head = source.read(6)
@@ -494,8 +495,3 @@ def _read_jsonl(fs: Any, path: str) -> Iterator[Any]:
                     f"{path} line {line_number}: expected a JSON object, a string or a "
                     f"conversation, got {type(value).__name__}"
                 ) from None
-
-
-def _is_local(fs: Any) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")

@@ -39,16 +39,12 @@ _BASE_STATE = frozenset({"config", "mode", "_init_args"})
 _TRUE = ("1", "true")
 
 
-def resolve_backend(model_name: str, backend: str | None, batch: bool) -> str:
-    """``backend`` if given (an OpenAI-compatible provider alias counts as ``openai``); OpenAI
-    model names → openai; Claude models → anthropic (as Curator picks them); anything else →
-    litellm."""
-    return resolve_provider(model_name, backend, batch)[0]
-
-
 def resolve_provider(model_name: str, backend: str | None, batch: bool) -> tuple[str, str]:
     """``(backend, provider)``: the wire format and whose endpoint and key it uses (the same
-    but for the aliases of :data:`~curator_flows.credentials.PROVIDER_ALIASES`)."""
+    but for the aliases of :data:`~curator_flows.credentials.PROVIDER_ALIASES`). ``backend``
+    if given (an OpenAI-compatible provider alias counts as ``openai``); else OpenAI model
+    names → openai, Claude models → anthropic (as Curator picks them), anything else →
+    litellm."""
     if backend is not None:
         if backend in PROVIDER_ALIASES:
             return PROVIDER_ALIASES[backend], backend

@@ -294,7 +294,7 @@ class _OfflineRunner:
         """The response line for ``item``, or None when it goes back for a retry."""
         item.attempts += 1
         if isinstance(out, str):  # rejected before generation: retrying cannot help
-            return self._failure(item, out)
+            return self._failure(item, out, retryable=False)
         used_in = out["usage"]["prompt_tokens"]
         used_out = out["usage"]["completion_tokens"]
         cost = self.prices.cost(used_in, used_out)
@@ -307,7 +307,9 @@ class _OfflineRunner:
             if item.attempts <= self.max_retries:
                 self.retries.append(item)
                 return None
-            return self._failure(item, f"{problem} (after {item.attempts} attempts)")
+            return self._failure(
+                item, f"{problem} (after {item.attempts} attempts)", retryable=False
+            )
         extra = None
         if self.keep_completions:
             usage = (used_in, used_out)
@@ -328,8 +330,8 @@ class _OfflineRunner:
         self.progress.counters.done += 1
         return record
 
-    def _failure(self, item: WorkItem, reason: str) -> dict[str, Any]:
-        record = item.failure_line(reason)
+    def _failure(self, item: WorkItem, reason: str, *, retryable: bool) -> dict[str, Any]:
+        record = item.failure_line(reason, retryable=retryable)
         self.counts["failed"] += 1
         self.progress.counters.failed += 1
         return record

@@ -13,7 +13,8 @@ Invariants:
   seen (``RequestIds``); reusing a sibling run's responses (only when one exists) adds 24 to
   40 bytes per request in numpy arrays (``curator_flows.reuse``);
 - the manifest is written last: a run directory with a manifest is fully prepared, and a
-  prepare that crashed is simply redone (shard files are replaced whole);
+  prepare that crashed is simply redone (shard files are replaced whole, the responses copied
+  from sibling runs are removed and copied again);
 - the LLM's ``system_prompt`` is rendered into every request (the first message); a row's
   ``generation_params`` (a dict or its JSON string) is validated and carried by its request
   line (``params``) and covered by its request id, since both change what is sent;
@@ -37,9 +38,11 @@ from .credentials import Credentials
 from .errors import ConfigError, InputError, PromptError
 from .fingerprint import RequestIds, digest
 from .inputs import iter_rows
+from .pending import run_pending
 from .results import PrepareResult, make
 from .reuse import SpooledIds, reuse_sibling_responses, sibling_runs
 from .rowcodec import encode_row
+from .runs import shard_sizes
 from .store import MANIFEST, RunStore, default_working_dir, join_uri, shard_name
 
 if TYPE_CHECKING:
@@ -73,11 +76,9 @@ def shard_limits(llm: LLM) -> tuple[int, int]:
         from .batch.sizing import BATCH_LIMITS
 
         max_requests, max_bytes = BATCH_LIMITS[llm.backend]
-        if getattr(params, "batch_size", None):
+        if params.batch_size:
             max_requests = min(max_requests, params.batch_size)
         return max_requests, max_bytes
-    if llm.mode == "offline":
-        return params.shard_size, 1 << 62
     return params.shard_size, 1 << 62
 
 
@@ -296,8 +297,10 @@ def prepare_run(
         shards, content_fp, rows = _render_shards(llm, dataset, family, spool_dir, storage_options)
         run_id = run_id_for(family, content_fp, llm.mode)
         store = RunStore(join_uri(working_dir, run_id), storage_options)
-        if store.exists(MANIFEST):
-            return store, store.read_json(MANIFEST), False
+        prepared = store.read_json_if_exists(MANIFEST)
+        if prepared is not None:
+            return store, prepared, False
+        store.remove("responses")  # copies a prepare that crashed before its manifest left
         siblings = [s for s in sibling_runs(working_dir, family, storage_options) if s != run_id]
         ids = SpooledIds(spool_dir, shards) if siblings and shards else None
         for shard in shards:
@@ -332,16 +335,6 @@ def prepare_run(
     return store, manifest, True
 
 
-def pending_count(store: RunStore, manifest: dict[str, Any]) -> int:
-    """Requests of the run without a successful response line (one shard's ids in memory)."""
-    from .pending import success_ids
-
-    return sum(
-        max(0, shard["requests"] - len(success_ids(store, shard["name"])))
-        for shard in manifest["shards"]
-    )
-
-
 def prepare(
     llm: LLM,
     dataset: Any = None,
@@ -367,10 +360,9 @@ def prepare(
         rows=manifest["rows"],
         requests=manifest["requests"],
         reused_responses=manifest.get("reused_responses", 0),
-        # a run created just now holds only the responses copied into it (a crashed earlier
-        # prepare may have left copies of the same ids, so this never counts too few)
+        # a run created just now holds only the responses copied into it
         pending=manifest["requests"] - manifest["reused_responses"]
         if created
-        else pending_count(store, manifest),
+        else run_pending(store, shard_sizes(manifest)),
         created=created,
     )

@@ -12,9 +12,10 @@ The contract (readers rely on it; see docs/architecture.md):
   there is either a publish in progress, a publish that crashed, or an older publish about to be
   removed. No ``_SUCCESS`` means no complete output yet.
 - The marker holds ``format`` (``"parquet"``), ``version`` (1), ``run_id``, ``run_uri``,
-  ``publish_id``, ``published_at`` (epoch seconds), ``rows``, ``files`` (``[{"path", "rows",
-  "bytes"}]``), ``columns`` (``{name: Arrow type}``) and ``statistics`` (the run's token, cost,
-  request and performance blocks). Every listed file has the same Arrow schema.
+  ``publish_id``, ``published_at`` (epoch seconds), ``output_fingerprint``, ``rows``,
+  ``files`` (``[{"path", "rows", "bytes"}]``), ``columns`` (``{name: Arrow type}``) and
+  ``statistics`` (the run's token, cost, request and performance blocks). Every listed file
+  has the same Arrow schema.
 - Object stores have no atomic directory rename, so a publish never overwrites a file: its parts
   get names of their own (``publish_id`` = time + random), each appears whole (one PUT or a
   completed multipart upload; locally a rename), and the marker, written last in one atomic
@@ -24,7 +25,9 @@ The contract (readers rely on it; see docs/architecture.md):
   touched). A reader that finds a listed file gone re-reads ``_SUCCESS``: a newer publish
   replaced it.
 - A kill at any point leaves the old output complete and readable; publishing again completes.
-  Publishing the same finalized output twice rewrites nothing.
+  Publishing a run whose output files hold the same bytes (``output_fingerprint``, recorded by
+  finalize and in the marker) and the same statistics again rewrites nothing, however often
+  the run was finalized in between.
 - Memory is bounded by one record batch of one shard: shards stream from the run's Arrow files
   into the Parquet writer.
 """
@@ -54,10 +57,7 @@ def read_marker(
     output_uri: str, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any] | None:
     """The ``_SUCCESS`` marker of ``output_uri``, or ``None`` when nothing was published."""
-    target = RunStore(output_uri, storage_options)
-    if not target.exists(MARKER):
-        return None
-    return target.read_json(MARKER)
+    return RunStore(output_uri, storage_options).read_json_if_exists(MARKER)
 
 
 def published_files(output_uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
@@ -82,12 +82,14 @@ def publish(
     return ``output_uri``."""
     target = RunStore(output_uri, storage_options)
     previous = read_marker(output_uri, storage_options)
+    statistics = {key: output[key] for key in _STAT_KEYS}
     if (
         previous is not None
         and previous.get("run_id") == manifest["run_id"]
-        and previous.get("finalized_at") == output.get("finalized_at")
+        and previous.get("output_fingerprint") == output["output_fingerprint"]
+        and previous.get("statistics") == statistics
     ):
-        return target.uri  # this very output is already published
+        return target.uri  # the same rows and statistics are published already
     started = time.time()
     publish_id = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
     try:
@@ -100,10 +102,11 @@ def publish(
             "publish_id": publish_id,
             "published_at": time.time(),
             "finalized_at": output.get("finalized_at"),
+            "output_fingerprint": output["output_fingerprint"],
             "rows": sum(entry["rows"] for entry in files),
             "files": files,
             "columns": columns,
-            "statistics": {key: output[key] for key in _STAT_KEYS},
+            "statistics": statistics,
         }
         target.write_bytes(MARKER, orjson.dumps(marker, option=orjson.OPT_INDENT_2))
     except OSError as exc:
@@ -124,15 +127,15 @@ def _write_parts(
     files: list[dict[str, Any]] = []
     schema = None
     for rel in outputs:
-        reader = _open_stream(store, rel)
-        schema = reader.schema
-        batches = (batch for batch in reader if batch.num_rows)
-        first = next(batches, None)
-        if first is None:
-            continue
-        shard = rel.rsplit("/", 1)[-1].removeprefix("data-").removesuffix(".arrow")
-        name = f"part-{publish_id}-{shard}.parquet"
-        rows, size = _write_parquet(target, name, schema, [first], batches)
+        with store.arrow_stream(rel) as reader:
+            schema = reader.schema
+            batches = (batch for batch in reader if batch.num_rows)
+            first = next(batches, None)
+            if first is None:
+                continue
+            shard = rel.rsplit("/", 1)[-1].removeprefix("data-").removesuffix(".arrow")
+            name = f"part-{publish_id}-{shard}.parquet"
+            rows, size = _write_parquet(target, name, schema, [first], batches)
         files.append({"path": name, "rows": rows, "bytes": size})
     if not files:  # an empty dataset still publishes its schema
         schema = schema if schema is not None else pa.schema([])
@@ -158,14 +161,6 @@ def _write_parquet(target: RunStore, name: str, schema, *batch_groups) -> tuple[
         writer.close()
         size = handle.tell()
     return rows, size
-
-
-def _open_stream(store: RunStore, rel: str):
-    import pyarrow as pa
-
-    if store.local:
-        return pa.ipc.open_stream(pa.memory_map(store.path(rel)))
-    return pa.ipc.open_stream(store.read_bytes(rel))
 
 
 def _remove_superseded(

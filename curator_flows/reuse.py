@@ -6,11 +6,14 @@ addressed, so a successful response a sibling holds for one of this run's ids is
 response this run would be sent; it is copied (marked ``reused_from``) instead.
 
 Invariants:
-- only successful responses are copied, each id at most once, into the shard that holds it;
+- only a sibling's *standing* successes are copied (the rule of :mod:`curator_flows.pending`: an
+  answer the sibling took back is not), each id at most once, into the shard that holds it;
+- the copies are written by ``prepare`` before the manifest, into an empty ``responses/`` (a
+  prepare that crashed is redone from scratch), so a run holds each copy once;
 - nothing is read when no sibling exists (the common first run);
 - memory is 24 bytes per request of this run (40 while sorting: its ids as two 64-bit halves
-  and their sort order, in numpy arrays) plus one chunk of a sibling's response lines, never a
-  Python object per request; the siblings' responses are streamed.
+  and their sort order, in numpy arrays) plus the standing lines of one sibling shard, never a
+  Python object per request of this run; the siblings are read shard by shard.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from .pending import SUCCESS, read_shard
 from .store import MANIFEST, RunStore, join_uri
 
 _CHUNK = 4096
@@ -142,17 +146,22 @@ def reuse_sibling_responses(
 
 
 def _success_chunks(run: RunStore) -> Iterator[list[dict[str, Any]]]:
-    """The run's successful response records with well-formed ids, a chunk at a time."""
-    chunk: list[dict[str, Any]] = []
-    for record in run.iter_records("responses/*.jsonl"):
-        request_id = record.get("id")
-        if "content" in record and type(request_id) is str and len(request_id) == 32:
-            chunk.append(record)  # claim() checks that it is hexadecimal
-        if len(chunk) >= _CHUNK:
+    """The run's standing successes (:mod:`curator_flows.pending`: none the run took back)
+    with well-formed ids, shard by shard, a chunk at a time."""
+    shards = sorted(
+        {rel.split("/", 1)[1].split(".", 1)[0] for rel in run.glob("responses/*.jsonl")}
+    )
+    for shard in shards:
+        lines = read_shard(run, shard, keep=True)
+        chunk: list[dict[str, Any]] = []
+        for request_id, kind in lines.kinds.items():
+            if kind == SUCCESS and type(request_id) is str and len(request_id) == 32:
+                chunk.append(lines.lines[request_id])  # claim() checks that it is hexadecimal
+            if len(chunk) >= _CHUNK:
+                yield chunk
+                chunk = []
+        if chunk:
             yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _is_request_id(value: str) -> bool:

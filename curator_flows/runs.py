@@ -31,9 +31,9 @@ def open_run(
 ) -> tuple[RunStore, dict[str, Any]]:
     """The store and manifest of a prepared run (of ``mode``, when given)."""
     store = RunStore(run_uri(run), storage_options)
-    if not store.exists(MANIFEST):
+    manifest = store.read_json_if_exists(MANIFEST)
+    if manifest is None:
         raise RunNotFoundError(f"no prepared run at {store.uri} (manifest.json missing)")
-    manifest = store.read_json(MANIFEST)
     if mode is not None and manifest["mode"] != mode:
         raise RunModeError(f"run {manifest['run_id']} is a {manifest['mode']} run, not {mode}")
     return store, manifest

@@ -11,19 +11,23 @@ Layout under ``<working_dir>/<run_id>/`` (see docs/architecture.md)::
     failed_requests.jsonl
 
 Invariants:
-- whole files appear atomically (temp name + rename locally; a single PUT on object stores);
+- whole files appear atomically (temp name + rename locally; on object stores one PUT, or a
+  multipart upload completed at once);
 - a response line is either fully present or ignored: readers skip a torn or undecodable line,
   and an appender first terminates a torn tail so the next line starts clean;
-- nothing here holds more than one line (or one flush buffer) in memory.
+- data files stream: lines are read one at a time, Arrow files a record batch at a time
+  (memory-mapped locally), and a file written with :meth:`RunStore.atomic_writer` is spooled to
+  local disk before an object-store upload; memory holds at most a line, an appender's flush
+  buffer, or a small JSON file (manifest, batch record, stats).
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -39,7 +43,8 @@ OUTPUT_STATS = "output/stats.json"
 FAILED = "failed_requests.jsonl"
 
 
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` is the local filesystem."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")
 
@@ -73,7 +78,7 @@ class RunStore:
         self.uri = uri.rstrip("/")
         self.storage_options = storage_options or {}
         self.fs, self.root = fsspec.core.url_to_fs(self.uri, **self.storage_options)
-        self.local = _is_local(self.fs)
+        self.local = is_local(self.fs)
         if self.local:
             self.root = os.path.abspath(os.path.expanduser(self.root))
 
@@ -95,15 +100,25 @@ class RunStore:
             os.makedirs(os.path.dirname(path), exist_ok=True)
 
     # ------------------------------------------------------------ whole files
+    @contextlib.contextmanager
+    def _replacing(self, path: str) -> Iterator[str]:
+        """A temporary name next to local ``path``; renamed over ``path`` if the block ends
+        without an error, removed otherwise."""
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write ``rel`` atomically."""
         path = self.path(rel)
         self._ensure_parent(path)
         if self.local:
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as handle:
+            with self._replacing(path) as tmp, open(tmp, "wb") as handle:
                 handle.write(data)
-            os.replace(tmp, path)
         else:
             self.fs.pipe_file(path, data)
 
@@ -112,9 +127,8 @@ class RunStore:
         path = self.path(rel)
         self._ensure_parent(path)
         if self.local:
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            shutil.move(local_path, tmp)
-            os.replace(tmp, path)
+            with self._replacing(path) as tmp:
+                shutil.move(local_path, tmp)
         else:
             self.fs.put_file(local_path, path)
 
@@ -157,24 +171,44 @@ class RunStore:
     def read_json(self, rel: str) -> Any:
         return orjson.loads(self.read_bytes(rel))
 
+    def read_json_if_exists(self, rel: str) -> Any | None:
+        """``rel``'s JSON, or ``None`` when there is no such file (one request, not two)."""
+        try:
+            return self.read_json(rel)
+        except FileNotFoundError:
+            return None
+
     @contextlib.contextmanager
     def atomic_writer(self, rel: str) -> Iterator[Any]:
-        """A binary handle whose file appears at ``rel`` whole on success, never on error."""
+        """A binary handle whose file appears at ``rel`` whole on success, never on error. On
+        object stores the bytes go to a local temporary file, uploaded when the block ends (one
+        PUT, or a multipart upload completed at once), so memory never holds the file."""
         path = self.path(rel)
         self._ensure_parent(path)
         if self.local:
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            try:
-                with open(tmp, "wb", buffering=1 << 20) as handle:
-                    yield handle
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-        else:
-            buffer = io.BytesIO()
-            yield buffer
-            self.fs.pipe_file(path, buffer.getvalue())
+            with self._replacing(path) as tmp, open(tmp, "wb", buffering=1 << 20) as handle:
+                yield handle
+            return
+        fd, tmp = tempfile.mkstemp(prefix="curator-flows-upload-")
+        try:
+            with os.fdopen(fd, "wb", buffering=1 << 20) as handle:
+                yield handle
+            self.fs.put_file(tmp, path)
+        finally:
+            os.remove(tmp)
+
+    @contextlib.contextmanager
+    def arrow_stream(self, rel: str) -> Iterator[Any]:
+        """A ``pyarrow`` reader of the Arrow IPC stream file ``rel``, a record batch at a time:
+        memory-mapped locally (tables read from it stay valid when the file is replaced later),
+        streamed from object stores (never read whole)."""
+        import pyarrow as pa
+
+        if self.local:
+            yield pa.ipc.open_stream(pa.memory_map(self.path(rel)))
+            return
+        with self.fs.open(self.path(rel), "rb") as handle:
+            yield pa.ipc.open_stream(handle)
 
     def write_lines(self, rel: str, records: Iterable[Any]) -> int:
         """Stream ``records`` as JSON lines into ``rel``; the file appears whole or not at all."""
@@ -293,7 +327,6 @@ class PartAppender:
         self.flush_seconds = flush_seconds
         self.buffer: list[bytes] = []
         self.first_at = time.monotonic()
-        self.last_flush = time.monotonic()
 
     def append(self, record: Any) -> None:
         if not self.buffer:
@@ -320,7 +353,6 @@ class PartAppender:
         return len(self.buffer)
 
     def flush(self) -> None:
-        self.last_flush = time.monotonic()
         if not self.buffer:
             return
         name = f"{self.rel_stem}.part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"

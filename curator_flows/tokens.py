@@ -12,10 +12,6 @@ _PER_MESSAGE = 4
 _PER_REQUEST = 3
 
 
-def estimate_text_tokens(text: str) -> int:
-    return (len(text) + 3) // 4
-
-
 def _content_chars(content: Any) -> int:
     if isinstance(content, str):
         return len(content)

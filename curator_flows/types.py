@@ -31,11 +31,6 @@ class TokenUsage:
         if self.total is None:
             self.total = (self.input or 0) + (self.output or 0)
 
-    def add(self, other: TokenUsage) -> None:
-        self.input += other.input
-        self.output += other.output
-        self.total = (self.total or 0) + (other.total or 0)
-
 
 @dataclass
 class CostInfo:
@@ -45,13 +40,8 @@ class CostInfo:
     #: what sending the requests still without an answer would cost (estimated)
     projected_remaining_cost: float = 0.0
     batch_discount: bool = False
-    #: cost of responses reused from the store rather than paid in this call
+    #: cost of the responses copied from earlier runs (in ``total_cost``; paid by those runs)
     cached_cost: float = 0.0
-
-    def add(self, other: CostInfo) -> None:
-        self.total_cost += other.total_cost
-        self.projected_remaining_cost += other.projected_remaining_cost
-        self.cached_cost += other.cached_cost
 
 
 @dataclass
@@ -61,16 +51,11 @@ class RequestStats:
     failed: int = 0
     #: requests being processed; 0 once a call returns
     in_progress: int = 0
-    #: responses already stored before this call (no request sent)
+    #: successful responses copied from earlier runs of the same family (not paid by this run)
     cached: int = 0
-    #: requests sent in this call, retries included
+    #: requests sent for this run so far, by every step and call, retries included
     attempts: int = 0
     rate_limited: int = 0
-
-    def add(self, other: RequestStats) -> None:
-        for name in ("total", "succeeded", "failed", "in_progress", "cached", "attempts"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.rate_limited += other.rate_limited
 
 
 @dataclass
@@ -81,16 +66,6 @@ class PerformanceStats:
     output_tokens_per_minute: float = 0.0
     max_concurrent_requests: int = 0
     mean_latency: float = 0.0
-
-    def add(self, other: PerformanceStats) -> None:
-        for name in (
-            "total_time",
-            "requests_per_minute",
-            "input_tokens_per_minute",
-            "output_tokens_per_minute",
-            "max_concurrent_requests",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 _STAT_TYPES = {

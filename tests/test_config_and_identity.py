@@ -85,3 +85,19 @@ def test_vllm_engine_arguments_that_change_outputs_change_the_run_id(run_id_for)
 
     assert run_id(dtype="float32") != run_id(dtype="bfloat16")
     assert run_id(dtype="float32", kv_cache_memory_bytes=1 << 28) == run_id(dtype="float32")
+
+
+def test_invalid_finish_reasons_judge_stored_answers_again_without_a_new_run(sim, params, wd):
+    class Echo(LLM):
+        def prompt(self, input):
+            return input["text"]
+
+    rows = [{"text": "one"}, {"text": "two"}, {"text": "[[sim:lengthx1]] cut off once"}]
+    lenient = Echo("gpt-4o-mini", backend_params=params(invalid_finish_reasons=[]))
+    first = lenient(rows, working_dir=wd)  # the cut-off answer is accepted and stored
+    assert first.request_stats.failed == 0 and sim.stats()["chat_completions"] == 3
+    strict = Echo("gpt-4o-mini", backend_params=params())  # "length" is refused again
+    second = strict(rows, working_dir=wd)
+    assert second.cache_dir == first.cache_dir  # the same run: what is sent did not change
+    assert second.request_stats.failed == 0
+    assert sim.stats()["chat_completions"] == 4  # only the refused answer is sent again

@@ -11,43 +11,12 @@ import json
 import uuid
 from zoneinfo import ZoneInfo
 
-import orjson
 import pytest
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from curator_flows import LLM, IncompleteRunError, steps
-from curator_flows.batch.responses import count_responses, scan_responses
 from curator_flows.errors import OutputError
-from curator_flows.finalize import latest_responses
-from curator_flows.pending import invalidation_line, success_ids
 from curator_flows.store import RunStore
-
-
-# ----------------------------------------------------------------------------- the rule
-def test_a_later_invalidation_supersedes_a_success_and_a_later_success_supersedes_it(tmp_path):
-    store = RunStore(str(tmp_path / "run"))
-    lines = [
-        {"id": "a", "content": "1", "usage": [1, 1], "cost": 1.0},
-        {"id": "b", "content": "1", "usage": [1, 1], "cost": 1.0},
-        {"id": "c", "error": "boom", "round": 0},
-        invalidation_line("a", "refused"),
-        invalidation_line("b", "refused"),
-        {"id": "b", "content": "2", "usage": [1, 1], "cost": 2.0},
-        {"id": "d", "content": "1", "usage": [1, 1], "cost": 1.0},
-        {"id": "d", "error": "late failure", "round": 0},  # never undoes a success
-    ]
-    store.write_bytes("responses/00000.jsonl", b"".join(orjson.dumps(x) + b"\n" for x in lines))
-    assert success_ids(store, "00000") == {"b", "d"}
-    latest, taken_back = latest_responses(store, "00000")
-    assert "invalidated" in latest["a"] and latest["b"]["content"] == "2"
-    assert latest["d"]["content"] == "1" and "error" in latest["c"]
-    assert {k: len(v) for k, v in taken_back.items()} == {"a": 1, "b": 1}
-    scan = scan_responses(store, "00000", campaign_start=0)
-    assert scan.succeeded == {"b", "d"} and scan.final_failed == {"c"}
-    assert not scan.settled("a")  # owed again: the next batch round sends it
-    counts = count_responses(store, "00000")
-    assert (counts.succeeded, counts.failed) == (2, 1)  # "a" is pending, not failed
-    assert counts.cost == pytest.approx(5.0)  # every paid success counts, taken back or not
 
 
 # ----------------------------------------------------------------------------- re-validation

@@ -13,8 +13,8 @@ import sys
 import pytest
 from pydantic import BaseModel
 
-from curator_flows import LLM, offline, steps
-from curator_flows.config import ConfigError
+from curator_flows import LLM, IncompleteRunError, offline, steps
+from curator_flows.errors import ConfigError
 from curator_flows.store import RunStore
 
 
@@ -282,6 +282,7 @@ def test_invalid_outputs_are_retried_then_fail(wd):
     assert by_n[1]["attempts"] == 2 and by_n[1]["wasted"] == [10, 4]
     assert by_n[2]["attempts"] == 3 and by_n[2]["wasted"] == [20, 8]
     assert "does not match Item" in by_n[3]["error"] and "after 3 attempts" in by_n[3]["error"]
+    assert by_n[3]["retryable"] is False  # the model keeps refusing: sending again won't help
     steps.finalize(run, llm=llm)
     final = steps.load_response(run)
     assert final.request_stats.failed == 1
@@ -300,12 +301,18 @@ def test_a_rejected_request_fails_alone(wd):
         def prompt(self, input):
             return f"reject number {input['n']}" if input["n"] == 5 else f"number {input['n']}"
 
-    llm = Rejecting("m", backend="vllm", backend_params={"progress": "off", "batch_size": 8})
+    llm = Rejecting(
+        "m",
+        backend="vllm",
+        backend_params={"progress": "off", "batch_size": 8, "require_all_responses": True},
+    )
     run = steps.prepare(llm, [{"n": i} for i in range(8)], wd, rebuild_check=False)
     gen = FakeGenerator(behaviour=behaviour)
     result = offline.run_offline(run, llm=llm, generator=gen)
     assert result["succeeded"] == 7 and result["failed"] == 1
-    steps.finalize(run, llm=llm)
+    with pytest.raises(IncompleteRunError) as error:
+        steps.finalize(run, llm=llm)
+    assert error.value.retryable is False  # a prompt longer than the context stays so
     final = steps.load_response(run)
     assert final.dataset["n"] == [0, 1, 2, 3, 4, 6, 7]
     failure = json.loads(open(f"{run['run_uri']}/failed_requests.jsonl").readline())

@@ -64,8 +64,10 @@ def test_publish_writes_parts_then_a_marker_with_rows_and_statistics(sim, params
     assert read_published(output_uri, options) == [{"n": i, "version": 1} for i in range(10)]
     assert MARKER in listing(output_uri, options)
 
+    names = listing(output_uri, options)
     again = steps.finalize(run, llm=llm, output_uri=output_uri, credentials=credentials)
-    assert again["rows"] == 10 and read_marker(output_uri, options)["rows"] == 10
+    assert again["rows"] == 10 and read_marker(output_uri, options) == marker  # rewrote nothing
+    assert listing(output_uri, options) == names
 
 
 def test_a_kill_during_publish_leaves_the_old_output_and_the_next_publish_completes(

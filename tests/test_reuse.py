@@ -1,8 +1,14 @@
-"""Reusing sibling runs' responses: the id index of a run being prepared."""
+"""Reusing sibling runs' responses: the id index of a run being prepared, and what is copied
+(over real HTTP against the simulator)."""
 
 from __future__ import annotations
 
+import pytest
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from curator_flows import LLM, steps
 from curator_flows.reuse import SpooledIds
+from curator_flows.store import MANIFEST, RunStore
 
 
 def spool(tmp_path, shards: dict[str, list[str]]) -> list[dict]:
@@ -36,3 +42,86 @@ def test_lookups_in_chunks_skip_ids_that_are_not_ours_or_not_ids(tmp_path):
     assert ids.remaining == 2997
     assert ids.claim(ours).count(None) == 3  # the three claimed before
     assert ids.remaining == 0 and ids.claim([ours[5]]) == [None]
+
+
+# ----------------------------------------------------------------------------- end to end
+class Dish(BaseModel):
+    model_config = ConfigDict(title="Dish")
+    name: str
+    calories: int
+
+
+#: names the tightened validator refuses
+REFUSED: set[str] = set()
+
+
+class StrictDish(BaseModel):  # the same JSON schema as Dish (the same family)
+    model_config = ConfigDict(title="Dish")
+    name: str
+    calories: int
+
+    @field_validator("name")
+    @classmethod
+    def not_refused(cls, value: str) -> str:
+        if value in REFUSED:
+            raise ValueError("a refused name")
+        return value
+
+
+class DishWriter(LLM):
+    response_format = Dish
+
+    def prompt(self, input: dict) -> str:
+        return f"a dish named after {input['n']}"
+
+    def parse(self, input: dict, response: Dish) -> dict:
+        return {"n": input["n"], "name": response.name}
+
+
+class StrictDishWriter(DishWriter):
+    response_format = StrictDish
+
+
+def test_answers_a_sibling_took_back_are_not_copied(sim, params, wd):
+    rows = [{"n": i} for i in range(6)]
+    first = DishWriter("gpt-4o-mini", backend_params=params())(rows, working_dir=wd)
+    REFUSED.clear()
+    REFUSED.update(first.dataset["name"][:3])
+    strict = StrictDishWriter("gpt-4o-mini", backend_params=params())
+    again = strict(rows, working_dir=wd)  # takes back 3 answers and sends them again
+    assert again.cache_dir == first.cache_dir and again.request_stats.failed == 0
+    sent = sim.stats()["chat_completions"]
+    assert sent >= 9
+
+    grown = strict([*rows, {"n": 6}], working_dir=wd)  # a new run of the same family
+    assert grown.cache_dir != first.cache_dir
+    assert sim.stats()["chat_completions"] == sent + 1  # only the new row: no stale copy
+    assert grown.request_stats.cached == 6 and grown.request_stats.failed == 0
+    assert grown.dataset["name"][:6] == again.dataset["name"]
+
+
+def test_a_prepare_that_crashed_before_its_manifest_copies_each_answer_once(
+    sim, params, wd, monkeypatch
+):
+    rows = [{"n": i} for i in range(5)]
+    DishWriter("gpt-4o-mini", backend_params=params())(rows, working_dir=wd)
+    llm = DishWriter("gpt-4o-mini", backend_params=params())
+    real_write_json = RunStore.write_json
+
+    def crash_at_the_manifest(store, rel, obj):
+        if rel == MANIFEST:
+            raise OSError("killed before the manifest")
+        return real_write_json(store, rel, obj)
+
+    monkeypatch.setattr(RunStore, "write_json", crash_at_the_manifest)
+    with pytest.raises(OSError, match="killed"):
+        steps.prepare(llm, [*rows, {"n": 5}], wd, rebuild_check=False)
+    monkeypatch.setattr(RunStore, "write_json", real_write_json)
+    run = steps.prepare(llm, [*rows, {"n": 5}], wd, rebuild_check=False)
+    assert run["reused_responses"] == 5 and run["pending"] == 1
+    lines = list(RunStore(run["run_uri"]).iter_records("responses/*.jsonl"))
+    assert len(lines) == 5 == len({line["id"] for line in lines})
+    steps.run_online(run, llm=llm)
+    result = steps.finalize(run, llm=llm)
+    assert result["statistics"]["request_stats"]["cached"] == 5
+    assert sim.stats()["chat_completions"] == 6

@@ -67,7 +67,7 @@ def output_estimate(llm: LLM) -> int:
     for key in ("max_tokens", "max_completion_tokens"):
         if isinstance(params.get(key), int):
             return params[key]
-    if getattr(llm.config.params, "max_tokens", None):
+    if llm.config.params.max_tokens:  # every mode's params have it
         return llm.config.params.max_tokens
     if llm.backend == "anthropic":  # always sent; Anthropic counts it against OTPM up front
         from .anthropic import DEFAULT_MAX_TOKENS

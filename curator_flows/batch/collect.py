@@ -9,7 +9,10 @@ Invariants:
   exactly once;
 - per-item errors worth retrying are logged in ``batches/<shard>.retries.jsonl`` (with the tokens
   they wasted) and the request goes into the next round; after ``max_retries + 1`` rounds, or
-  after a ``cancel()``, the still-pending requests get a final failure line with the last reason.
+  after a ``cancel()``, the still-pending requests get a final failure line with the last reason;
+- a request's line carries the waste of its retries since its previous line (rounds after it),
+  never that of an earlier campaign's retries, which that campaign's line already holds (the
+  cost rule of :mod:`curator_flows.pending`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ..acceptance import Acceptance
 from ..cost import Prices, resolve_prices
 from ..errors import BatchNotEnded, BatchStepError
 from ..ledger import StepLedger
+from ..pending import read_retry_log, retries_stem
 from ..results import BatchShardState
 from .base import BatchInfo, ItemResult
 from .context import Context, describe, info_of
@@ -32,10 +36,8 @@ from .records import (
     UNSENT,
     BatchRecord,
     cancelled,
-    retries_stem,
 )
 from .responses import (
-    load_retries,
     pending_ids,
     scan_responses,
 )
@@ -49,23 +51,24 @@ RESULT_STREAM_ATTEMPTS = 4
 SUCCESSFUL_STATUSES = ("completed",)
 
 
-def _reason(entry: dict[str, Any], was_cancelled: bool) -> str:
+def _reason(entry: dict[str, Any], was_cancelled: bool) -> tuple[str, bool]:
+    """Why a request of the round has no result, and whether sending it again may succeed."""
     batch = entry.get("batch_id") or "(none)"
     status = entry.get("status")
     errors = "; ".join(entry.get("errors") or [])
-    if was_cancelled:
-        return f"cancelled: batch {batch} was cancelled by cancel() before this request ran"
+    if was_cancelled:  # the user's decision: a retry_failed submit (or a new call) resumes
+        return f"cancelled: batch {batch} was cancelled by cancel() before this request ran", False
     if status == "rejected":
-        return f"the provider rejected the batch input: {errors}"
+        return f"the provider rejected the batch input: {errors}", False
     if status == "expired":
-        return f"batch {batch} expired before this request ran"
+        return f"batch {batch} expired before this request ran", True
     if status in ("cancelled", "canceled", "cancelling", "canceling"):
-        return f"batch {batch} was cancelled before this request ran"
-    if status == "failed":
-        return f"batch {batch} failed: {errors or 'no reason given'}"
+        return f"batch {batch} was cancelled before this request ran", True
+    if status == "failed":  # the provider refused the batch's input (its validation failed)
+        return f"batch {batch} failed: {errors or 'no reason given'}", False
     if entry.get("mismatch"):
-        return f"batch {batch} (re-attached after a crash) did not hold this request"
-    return f"batch {batch} ({status}) returned no result for this request"
+        return f"batch {batch} (re-attached after a crash) did not hold this request", True
+    return f"batch {batch} ({status}) returned no result for this request", True
 
 
 def collect_shard(ctx: Context, shard: str) -> BatchShardState:
@@ -150,8 +153,8 @@ def _write_results(
     batch_id = entry.get("batch_id")
     scan = scan_responses(store, shard, record.campaign_start)
     members = pending_ids(store, shard, scan)
-    retries = load_retries(store, shard)
-    reasons: dict[str, str] = {}
+    retries = read_retry_log(store, shard)
+    reasons: dict[str, tuple[str, bool]] = {}  # the last retried error: (text, retryable)
     counts = {
         "succeeded": scan.ok_by_round.get(round_index, 0),
         "failed": scan.failed_by_round.get(round_index, 0),
@@ -177,12 +180,13 @@ def _write_results(
             out.clear()
 
     def finish(request_id: str, line: dict[str, Any]) -> None:
-        wasted = retries.wasted.get(request_id)
-        if wasted:
-            line["wasted"] = [wasted[0], wasted[1]]
-            line["cost"] = line.get("cost", 0.0) + wasted[2]
-            counts["input_tokens"] += wasted[0]
-            counts["output_tokens"] += wasted[1]
+        # the retries no earlier line of this id holds (not those of a previous campaign)
+        wasted = retries.unfolded(request_id, scan.lines.rounds.get(request_id, -1))
+        if wasted.input_tokens or wasted.output_tokens or wasted.cost:
+            line["wasted"] = [wasted.input_tokens, wasted.output_tokens]
+            line["cost"] = line.get("cost", 0.0) + wasted.cost
+            counts["input_tokens"] += wasted.input_tokens
+            counts["output_tokens"] += wasted.output_tokens
         counts["cost"] += line.get("cost", 0.0)
         members.discard(request_id)
         out.append(line)
@@ -196,6 +200,7 @@ def _write_results(
             return
         now = time.time()
         kind, error, usage, cost = item.kind, item.error, [0, 0], 0.0
+        retryable = True  # a provider error worth another round
         if kind == "ok":
             attempt = item.attempt
             usage = [attempt.input_tokens, attempt.output_tokens]
@@ -221,7 +226,7 @@ def _write_results(
                     line["completion"] = attempt.raw
                 finish(item.id, line)
                 return
-            kind = "retry"
+            kind, retryable = "retry", False  # an answer the acceptance rule refuses
         if kind == "fatal":
             scan.final_failed.add(item.id)
             counts["failed"] += 1
@@ -230,6 +235,7 @@ def _write_results(
                 {
                     "id": item.id,
                     "error": error,
+                    "retryable": False,  # the provider refused the request for what it is
                     "attempts": attempts,
                     "ts": now,
                     "batch_id": batch_id,
@@ -237,7 +243,7 @@ def _write_results(
                 },
             )
             return
-        reasons[item.id] = error or "error"
+        reasons[item.id] = (error or "error", retryable)
         if retries.add(item.id, round_index, usage, cost):
             retry_log.append(
                 {"id": item.id, "round": round_index, "error": error, "usage": usage, "cost": cost}
@@ -254,13 +260,14 @@ def _write_results(
             default = _reason(entry, was_cancelled)
         if final_round:
             for request_id in sorted(members):
-                reason = reasons.get(request_id) or default
+                reason, retryable = reasons.get(request_id) or default
                 counts["failed"] += 1
                 finish(
                     request_id,
                     {
                         "id": request_id,
                         "error": f"{reason} (after {attempts} attempts)",
+                        "retryable": retryable,
                         "attempts": attempts,
                         "ts": time.time(),
                         "batch_id": batch_id,

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..credentials import Credentials, resolve_endpoint
-from ..errors import BatchNotEnded, BatchStepError, ConfigError, RunModeError, UnknownShardError
+from ..errors import ConfigError, RunModeError, UnknownShardError
 from ..lease import ShardLeases
 from ..rebuild import llm_from_spec
 from ..results import BatchShardState, make
@@ -26,7 +26,7 @@ from .records import (
 if TYPE_CHECKING:
     from ..llm import LLM
 
-__all__ = ["BatchNotEnded", "BatchStepError", "Context", "describe", "info_of", "open_context"]
+__all__ = ["Context", "describe", "info_of", "open_context"]
 
 
 class Context:

@@ -28,9 +28,11 @@ Invariants:
   asked (``retry_failed=True``), after the previous one concluded;
 - the record is written whole and atomically (``RunStore.write_json``).
 
-The cancel flag (``batches/_cancelled.json``, ``{"at": ts}``) is a separate file, so a
-``cancel`` in another process never races with a poller rewriting the record. It stops every
-campaign that started before it.
+The cancel flag (``batches/_cancelled.json``, ``{"at": ts}``) is a separate file: cancelling
+takes effect without rewriting any record, so a poller rewriting a record at the same time can
+never lose it. It stops every campaign that started before it. ``cancel_run`` does rewrite a
+record when it re-attaches an unsent round to the batch a crashed submit created (to save its
+batch id before cancelling it).
 """
 
 from __future__ import annotations
@@ -55,11 +57,6 @@ def record_path(shard: str) -> str:
     return f"batches/{shard}.json"
 
 
-def retries_stem(shard: str) -> str:
-    """Append-only side file of per-item errors that were retried (``<stem>.jsonl``)."""
-    return f"batches/{shard}.retries"
-
-
 class BatchRecord:
     """The record of one shard; mutate through the methods, then :meth:`save`."""
 
@@ -71,9 +68,9 @@ class BatchRecord:
 
     @classmethod
     def load(cls, store: RunStore, shard: str, run_id: str = "", provider: str = "") -> BatchRecord:
-        path = record_path(shard)
-        if store.exists(path):
-            return cls(store, shard, store.read_json(path))
+        data = store.read_json_if_exists(record_path(shard))
+        if data is not None:
+            return cls(store, shard, data)
         data = {
             "version": VERSION,
             "run_id": run_id,
@@ -84,10 +81,6 @@ class BatchRecord:
             "rounds": [],
         }
         return cls(store, shard, data)
-
-    @property
-    def exists(self) -> bool:
-        return bool(self.data["rounds"]) or self.store.exists(record_path(self.shard))
 
     def save(self) -> None:
         self.data["updated_at"] = time.time()
@@ -159,7 +152,7 @@ class BatchRecord:
 
 
 def read_cancel_flag(store: RunStore) -> dict[str, Any] | None:
-    return store.read_json(CANCEL_FLAG) if store.exists(CANCEL_FLAG) else None
+    return store.read_json_if_exists(CANCEL_FLAG)
 
 
 def cancelled(store: RunStore, record: BatchRecord) -> bool:
@@ -172,12 +165,3 @@ def write_cancel_flag(store: RunStore) -> dict[str, Any]:
     flag = {"at": time.time()}
     store.write_json(CANCEL_FLAG, flag)
     return flag
-
-
-def claimed_batch_ids(store: RunStore, shards: list[str], except_shard: str) -> set[str]:
-    """Batch ids recorded by the other shards of the run (reconciliation must not take them)."""
-    claimed: set[str] = set()
-    for shard in shards:
-        if shard != except_shard and store.exists(record_path(shard)):
-            claimed |= BatchRecord.load(store, shard).batch_ids()
-    return claimed

@@ -13,10 +13,7 @@ from .records import (
     cancelled,
     read_cancel_flag,
 )
-from .responses import (
-    count_responses,
-    load_retries,
-)
+from .responses import count_responses
 
 
 def shard_status(
@@ -24,7 +21,7 @@ def shard_status(
 ) -> dict[str, Any]:
     """Counts, cost so far and (batch runs) the batch state of one shard; reads only files."""
     name = shard["name"]
-    counts = count_responses(store, name)
+    counts = count_responses(store, name, batch=manifest["mode"] == "batch")
     pending = max(0, shard["requests"] - counts.succeeded - counts.failed)
     out: dict[str, Any] = {
         "shard": name,
@@ -44,8 +41,6 @@ def shard_status(
         record = BatchRecord.load(store, name)
         entry = record.current
         if entry is not None:
-            retries = load_retries(store, name)
-            out["cost"] += sum(w[2] for w in retries.wasted.values())
             out["batch"] = {
                 k: entry.get(k)
                 for k in (

@@ -42,10 +42,10 @@ from .records import (
     UPLOADED,
     BatchRecord,
     cancelled,
-    claimed_batch_ids,
     write_cancel_flag,
 )
 from .responses import (
+    ShardScan,
     pending_ids,
     pending_requests,
     scan_responses,
@@ -79,28 +79,27 @@ def _record_created(record: BatchRecord, entry: dict[str, Any], info: BatchInfo)
 
 
 # --------------------------------------------------------------------------- reconcile
-def _reconcile(ctx: Context, record: BatchRecord, entry: dict[str, Any]) -> BatchInfo | None:
-    """The batch an earlier (crashed) submit of ``entry`` created, if any; raises Ambiguous."""
+def _reconcile(
+    ctx: Context, record: BatchRecord, entry: dict[str, Any], scan: ShardScan | None = None
+) -> BatchInfo | None:
+    """The batch an earlier (crashed) submit of ``entry`` created, if any; raises Ambiguous.
+    ``scan``: the shard's responses when the caller read them already."""
     provider = ctx.provider()
-    claimed = claimed_batch_ids(ctx.store, ctx.shards, record.shard)
+    others = [BatchRecord.load(ctx.store, s) for s in ctx.shards if s != record.shard]
+    claimed = {batch_id for other in others for batch_id in other.batch_ids()}
     intent = ctx.intent(record, entry)
     if ctx.backend == "anthropic":
-        scan = scan_responses(ctx.store, record.shard, record.campaign_start)
+        if scan is None:
+            scan = scan_responses(ctx.store, record.shard, record.campaign_start)
         members = pending_ids(ctx.store, record.shard, scan)
-        rivals = _rivals(ctx, record.shard, entry["requests"])
+        rivals = sum(1 for other in others if _unsent_of_size(other.current, entry["requests"]))
         return provider.find(intent, claimed, members.__contains__, rivals)  # type: ignore[call-arg]
     return provider.find(intent, claimed, None)
 
 
-def _rivals(ctx: Context, shard: str, requests: int) -> int:
-    count = 0
-    for other in ctx.shards:
-        if other == shard:
-            continue
-        current = BatchRecord.load(ctx.store, other).current
-        if current and current["state"] in UNSENT and current["requests"] == requests:
-            count += 1
-    return count
+def _unsent_of_size(entry: dict[str, Any] | None, requests: int) -> bool:
+    """Whether another shard's current round may be a batch of ``requests`` created unseen."""
+    return entry is not None and entry["state"] in UNSENT and entry["requests"] == requests
 
 
 # --------------------------------------------------------------------------- submit
@@ -118,8 +117,11 @@ def _submit_shard(ctx: Context, shard: str, retry_failed: bool) -> BatchShardSta
     if entry is not None and entry["state"] in (SUBMITTED, ENDED):
         return describe(ctx, record, entry["state"], created=False)
     if entry is not None and entry["state"] in UNSENT:
+        scan = None
+        if ctx.backend == "anthropic":  # its reconciliation reads them too
+            scan = scan_responses(ctx.store, shard, record.campaign_start)
         try:
-            info = _reconcile(ctx, record, entry)
+            info = _reconcile(ctx, record, entry, scan)
         except Ambiguous as exc:
             return describe(ctx, record, "reconciling", created=False, candidates=exc.candidates)
         if info is not None:
@@ -132,7 +134,7 @@ def _submit_shard(ctx: Context, shard: str, retry_failed: bool) -> BatchShardSta
             if not retry_failed:
                 return describe(ctx, record, "cancelled", created=False)
             record.restart_campaign_with(entry, now)
-        return _send(ctx, record, entry, now)
+        return _send(ctx, record, entry, now, scan)
     # no round yet, or the last one is collected: is another one owed?
     scan = scan_responses(ctx.store, shard, record.campaign_start)
     owed = ctx.sizes[shard] - len(scan.succeeded) - len(scan.final_failed)
@@ -147,16 +149,25 @@ def _submit_shard(ctx: Context, shard: str, retry_failed: bool) -> BatchShardSta
                 ctx, record, "cancelled" if stopped else "done", created=False, pending=0
             )
         record.start_campaign(now)
-    return _send(ctx, record, None, now)
+    return _send(ctx, record, None, now, scan)
 
 
 def _send(
-    ctx: Context, record: BatchRecord, entry: dict[str, Any] | None, now: float
+    ctx: Context,
+    record: BatchRecord,
+    entry: dict[str, Any] | None,
+    now: float,
+    scan: ShardScan | None = None,
 ) -> dict[str, Any]:
-    """Write the input, save the intent (new round) or reuse it, upload, create, record."""
+    """Write the input, save the intent (new round) or reuse it, upload, create, record.
+    ``scan``: the shard's responses, when the caller read them already (no line was written
+    since: this step holds the shard's lease)."""
     shard = record.shard
     provider = ctx.provider(for_input=True)
-    scan = scan_responses(ctx.store, shard, record.campaign_start)
+    if scan is None:
+        scan = scan_responses(ctx.store, shard, record.campaign_start)
+    else:  # judged for the campaign this round belongs to (it may have started just now)
+        scan = scan.for_campaign(record.campaign_start)
     max_requests, max_bytes = BATCH_LIMITS[ctx.backend]
     fd, path = tempfile.mkstemp(prefix=f"curator-batch-{shard}-", suffix=".jsonl")
     try:

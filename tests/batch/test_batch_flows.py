@@ -132,6 +132,22 @@ def test_per_item_errors_retry_in_new_rounds_then_fail_with_the_reason(bsim, wd,
     assert failure["row"] == 5 and failure["attempts"] == 3
     assert "after 3 attempts" in failure["error"]
     assert "500" in failure["error"] or "api_error" in failure["error"]
+    (line,) = [line for line in response_lines(result.cache_dir) if "error" in line]
+    assert line["retryable"] is True  # a server error: another campaign may succeed
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_requests_refused_for_what_they_are_fail_as_not_retryable(bsim, wd, backend):
+    rows = [{"n": i} for i in range(4)]
+    rows[1]["generation_params"] = {"max_tokens": 0}  # the provider refuses the item (4xx)
+    rows[2]["marker"] = " [[sim:length]]"  # every answer cut off: refused by the model's rule
+    llm = make_llm(Numbered, backend, bsim, max_retries=1, require_all_responses=True)
+    with pytest.raises(IncompleteRunError) as error:
+        llm(rows, working_dir=wd)
+    assert error.value.failed == 2 and error.value.retryable is False
+    run_uri = error.value.failed_requests_uri.rsplit("/", 1)[0]
+    failures = [line for line in response_lines(run_uri) if "error" in line]
+    assert len(failures) == 2 and not any(line["retryable"] for line in failures)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -24,7 +24,7 @@ from offline_llms import Record, Records, StructuredRecords, offline_params, res
 from pydantic import ValidationError  # noqa: E402
 
 from curator_flows.backends import vllm as vllm_backend  # noqa: E402
-from curator_flows.config import ConfigError  # noqa: E402
+from curator_flows.errors import ConfigError  # noqa: E402
 from curator_flows.store import RunStore  # noqa: E402
 
 SUPPORT = Path(__file__).parent / "support"
@@ -237,7 +237,7 @@ def test_bad_params_fail_at_construction_without_importing_vllm(tiny_model, subp
     code = f"""
 import sys
 from curator_flows import LLM
-from curator_flows.config import ConfigError
+from curator_flows.errors import ConfigError
 cases = [
     ({{"batchsize": 8}}, {{}}, "allowed keys"),
     ({{"min_tokens": 9, "max_tokens": 4}}, {{}}, "min_tokens"),
