@@ -34,15 +34,11 @@ _UNSAFE = re.compile(r"[^a-z0-9]+")
 
 
 def failure_of(state: Any) -> BaseException | None:
-    """The exception a failed Prefect state carries, if any."""
+    """The exception a failed task raised: Prefect hands ``retry_condition_fn`` a ``Failed``
+    state whose ``data`` is that exception (or the failed state a task returned, which is never
+    retried here: the step tasks never return states)."""
     data = getattr(state, "data", None)
-    if isinstance(data, BaseException):
-        return data
-    try:
-        value = state.result(raise_on_failure=False)
-    except Exception:  # a state whose result cannot be read is not worth retrying
-        return None
-    return value if isinstance(value, BaseException) else None
+    return data if isinstance(data, BaseException) else None
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
