@@ -178,8 +178,9 @@ def curate_batch(
     → collect → resubmit what expired or errored → finalize.
 
     ``poll_interval``: seconds between status checks (default: the LLM's
-    ``batch_check_interval``); ``deadline_hours``: a batch still running this long after its
-    first submit fails the flow run (the time is stored in the run, so it survives re-runs)."""
+    ``batch_check_interval``); ``deadline_hours``: a batch still running this long after it
+    was submitted fails the flow run (each resubmitted batch counts from its own submit; the
+    time is stored in the run, so it survives re-runs)."""
     dataset, output_uri, run_key = _dated(dataset), _dated(output_uri), _dated(run_key)
     llm = resolve_llm(llm, llm_kwargs)
     if llm.mode != "batch":
