@@ -211,3 +211,25 @@ def test_the_progress_artifact_moves_while_a_shard_runs(prefect_server, wd):
     assert seen == [120]
     assert any(0 < v < 100 for v in values), values
     assert [float(a.data) for a in api.artifacts_by_key(key)][-1] == 100.0
+
+
+def test_each_shards_progress_reads_only_that_shard(prefect_server, wd, monkeypatch):
+    """The progress thread of a shard task reads the status of its own shard, never every
+    shard's files (four shard tasks each re-reading the whole run every few seconds)."""
+    from prefect_tasks import curate
+
+    read: list[list[str]] = []
+    real_status = steps.status
+
+    def recording_status(*args, **kwargs):
+        status = real_status(*args, **kwargs)
+        read.append([entry["shard"] for entry in status["shards"]])
+        return status
+
+    monkeypatch.setattr(steps, "status", recording_status)
+    with Simulator(latency=0.02) as sim:
+        llm = online_llm(sim, shard_size=10, max_concurrent_requests=2)
+        summary = curate(llm, [{"n": i} for i in range(40)], wd, progress_interval=0.1)
+    assert summary["rows"] == 40
+    assert read and all(len(shards) == 1 for shards in read), read
+    assert {shards[0] for shards in read} == {f"0000{i}" for i in range(4)}
