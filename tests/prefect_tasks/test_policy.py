@@ -85,10 +85,24 @@ def test_every_step_task_retries_only_transient_failures_with_backoff_and_jitter
     ]  # fmt: skip
     for step in step_tasks:
         assert step.retries == policy.RETRIES and step.retry_jitter_factor == policy.JITTER_FACTOR
-        assert step.retry_delay_seconds == [10.0, 20.0, 40.0]
+        assert step.retry_delay_seconds == [10.0, 20.0, 40.0, 80.0]
         assert step.retry_condition_fn in (policy.retry_transient, policy.retry_transient_finalize)
         assert step.result_serializer == "json"
     assert tasks.run_offline_shard.tags == {"gpu"}
+
+
+def test_the_retries_outlast_a_dead_workers_lease():
+    """A worker that died on another host leaves its shard's lease for up to ``lease_seconds``;
+    a new flow run's task meets ``LeaseHeldError`` (transient) until then. Its retries' delays,
+    each at the shortest Prefect's jitter draws, must add up to more than that."""
+    from prefect.utilities.math import lower_clamp_multiple
+
+    from curator_flows.config import CommonParams
+    from prefect_tasks import tasks
+
+    delays = tasks.run_online_shard.retry_delay_seconds
+    shortest = lower_clamp_multiple(1 + tasks.run_online_shard.retry_jitter_factor)
+    assert sum(delays) * shortest > CommonParams().lease_seconds
 
 
 def test_cache_keys_are_run_shard_and_step_never_the_flow_run(prefect_server, tmp_path):
