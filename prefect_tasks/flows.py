@@ -33,7 +33,7 @@ from curator_flows.results import FinalizeResult, ShardResult
 
 from . import tasks
 from .artifacts import PROGRESS_INTERVAL, report, summary_key
-from .parameters import curator_flow
+from .parameters import curator_flow, refuse_secrets
 from .resolve import load_block, resolve_credentials, resolve_llm
 
 #: shards one flow run sends at once (the default task runner's threads)
@@ -265,7 +265,10 @@ def curate_offline(
     concurrency limit). With ``shard_deployment`` (``"curate-offline-shard/<deployment>"``, a
     deployment of :data:`curate_offline_shard` on a GPU work pool) each shard runs as a flow
     run of its own there, all at once, and this flow waits for them; then ``working_dir`` must
-    be storage both pools see and ``credentials`` a saved block's name."""
+    be storage both pools see, ``credentials`` a saved block's name and ``llm_kwargs`` (sent to
+    those flow runs as parameters) free of keys."""
+    if shard_deployment and isinstance(llm, str):  # llm_kwargs travel to the shard flow runs
+        refuse_secrets(llm_kwargs)
     dataset, output_uri, run_key = _dated(dataset), _dated(output_uri), _dated(run_key)
     llm_arg, llm = llm, resolve_llm(llm, llm_kwargs)
     if llm.mode != "offline":

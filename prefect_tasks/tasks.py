@@ -28,6 +28,7 @@ from curator_flows.results import BatchShardState, FinalizeResult, PrepareResult
 
 from .artifacts import PROGRESS_INTERVAL, BatchProgress, ShardProgress, asset_key
 from .logs import forward_engine_logs
+from .parameters import refuse_secrets
 from .policy import cache_key_for, retry_options, retry_transient_finalize
 from .resolve import CredentialsLike, load_block, resolve_credentials, resolve_llm
 
@@ -253,9 +254,12 @@ def launch_offline_shard(
     llm_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``shard`` as a flow run of ``deployment`` (a ``curate-offline-shard`` deployment on
-    a GPU work pool) and wait for it; ``credentials`` is a saved block's name."""
+    a GPU work pool) and wait for it; ``credentials`` is a saved block's name. The flow run's
+    parameters are stored on the server as given, so ``llm_kwargs`` holding a secret (an
+    ``api_key`` in ``backend_params``) are refused: keys go in the block."""
     from prefect.deployments import run_deployment
 
+    refuse_secrets(llm_kwargs, shard)
     flow_run = run_deployment(
         deployment,
         parameters={
