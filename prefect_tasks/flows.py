@@ -23,13 +23,15 @@ Invariants:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from curator_flows.errors import BatchStepError, ConfigError
-from curator_flows.results import FinalizeResult, ShardResult
+from curator_flows.llm import LLM
+from curator_flows.results import FinalizeResult, PrepareResult, ShardResult
 
 from . import tasks
 from .artifacts import PROGRESS_INTERVAL, report, summary_key
@@ -84,25 +86,69 @@ def _parallelism(explicit: int | None, shards: int, concurrency_limit: str | Non
     return max(1, min(shards, workers) if isinstance(workers, int) else shards)
 
 
+#: the flow that runs each LLM mode, and what it runs (for a mode mismatch's message)
+_FLOW_OF_MODE = {"online": "curate", "batch": "curate_batch", "offline": "curate_offline"}
+_LLMS_OF_MODE = {
+    "online": "online LLMs",
+    "batch": "batch LLMs (batch=True)",
+    "offline": "vLLM LLMs (backend='vllm')",
+}
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """What every flow starts from: its arguments resolved and the run prepared."""
+
+    llm: LLM
+    dataset: Any
+    output_uri: str | None
+    credentials: Any
+    run: PrepareResult
+
+
+def _open(
+    mode: str,
+    llm: Any,
+    llm_kwargs: dict[str, Any] | None,
+    dataset: Any,
+    working_dir: str | None,
+    output_uri: str | None,
+    run_key: str | None,
+    credentials: Any,
+    *,
+    rebuild_check: bool = False,
+) -> _Opened:
+    """The opening every flow shares: the scheduled date put into ``dataset``, ``output_uri``
+    and ``run_key``, the ``LLM`` built and checked against the flow's ``mode``, a block name
+    loaded once, and ``prepare`` (which re-opens the run when it exists)."""
+    dataset, output_uri, run_key = _dated(dataset), _dated(output_uri), _dated(run_key)
+    built = resolve_llm(llm, llm_kwargs)
+    if built.mode != mode:
+        raise ConfigError(
+            f"{_FLOW_OF_MODE[mode]} runs {_LLMS_OF_MODE[mode]}; this one is {built.mode}: use "
+            f"{_FLOW_OF_MODE.get(built.mode, 'another flow')}"
+        )
+    creds = _credentials(credentials)
+    run = tasks.prepare(
+        built, dataset, working_dir, run_key=run_key, credentials=creds,
+        rebuild_check=rebuild_check,
+    )  # fmt: skip
+    return _Opened(built, dataset, output_uri, creds, run)
+
+
 def _with_refresh(task: Any, refresh: bool) -> Any:
     return task.with_options(refresh_cache=True) if refresh else task
 
 
-def _finish(
-    run: dict[str, Any],
-    llm: Any,
-    creds: Any,
-    dataset: Any,
-    output_uri: str | None,
-    artifact_key: str | None,
-) -> FinalizeResult:
+def _finish(opened: _Opened, artifact_key: str | None) -> FinalizeResult:
+    dataset, output_uri = opened.dataset, opened.output_uri
     upstream = dataset if isinstance(dataset, str) else None
     if isinstance(dataset, dict):  # an upstream step's result: its published output
         upstream = dataset.get("output_uri")
     summary = tasks.finalize_task(output_uri, upstream)(
-        run, llm=llm, credentials=creds, output_uri=output_uri
+        opened.run, llm=opened.llm, credentials=opened.credentials, output_uri=output_uri
     )
-    report(summary, artifact_key or summary_key(type(llm).__name__))
+    report(summary, artifact_key or summary_key(type(opened.llm).__name__))
     return summary
 
 
@@ -132,14 +178,10 @@ def curate(
     runner's workers). ``concurrency_limit``: the name of a Prefect global concurrency limit;
     each shard holds one slot while it sends and takes ``1/slots`` of the limits, so every flow
     run on every worker using that limit together stays within the provider's limits."""
-    dataset, output_uri, run_key = _dated(dataset), _dated(output_uri), _dated(run_key)
-    llm = resolve_llm(llm, llm_kwargs)
-    if llm.mode != "online":
-        raise ConfigError(f"curate runs online LLMs; this one is {llm.mode}: use curate_{llm.mode}")
-    creds = _credentials(credentials)
-    run = tasks.prepare(
-        llm, dataset, working_dir, run_key=run_key, credentials=creds, rebuild_check=False
+    opened = _open(
+        "online", llm, llm_kwargs, dataset, working_dir, output_uri, run_key, credentials
     )
+    llm, creds, run = opened.llm, opened.credentials, opened.run
     shards = run["shards"]
     parts = _parallelism(parallel_shards, len(shards), concurrency_limit)
     if shards:
@@ -152,7 +194,7 @@ def curate(
             concurrency_limit=unmapped(concurrency_limit),
             progress_interval=unmapped(progress_interval),
         ).result()
-    return _finish(run, llm, creds, dataset, output_uri, artifact_key)
+    return _finish(opened, artifact_key)
 
 
 @curator_flow(
@@ -181,14 +223,8 @@ def curate_batch(
     ``batch_check_interval``); ``deadline_hours``: a batch still running this long after it
     was submitted fails the flow run (each resubmitted batch counts from its own submit; the
     time is stored in the run, so it survives re-runs)."""
-    dataset, output_uri, run_key = _dated(dataset), _dated(output_uri), _dated(run_key)
-    llm = resolve_llm(llm, llm_kwargs)
-    if llm.mode != "batch":
-        raise ConfigError(f"curate_batch runs batch LLMs (batch=True); this one is {llm.mode}")
-    creds = _credentials(credentials)
-    run = tasks.prepare(
-        llm, dataset, working_dir, run_key=run_key, credentials=creds, rebuild_check=False
-    )
+    opened = _open("batch", llm, llm_kwargs, dataset, working_dir, output_uri, run_key, credentials)
+    llm, creds, run = opened.llm, opened.credentials, opened.run
     refresh = run["created"] or retry_failed
     submit = _with_refresh(tasks.submit_batch, refresh)
     wait = _with_refresh(tasks.wait_for_batch, refresh)
@@ -234,7 +270,7 @@ def curate_batch(
                 f"shards {pending} still owe requests after {MAX_BATCH_CYCLES} submit cycles; "
                 f"check `curator-flows status {run['run_uri']}`"
             )
-    return _finish(run, llm, creds, dataset, output_uri, artifact_key)
+    return _finish(opened, artifact_key)
 
 
 @curator_flow(
@@ -269,21 +305,16 @@ def curate_offline(
     those flow runs as parameters) free of keys."""
     if shard_deployment and isinstance(llm, str):  # llm_kwargs travel to the shard flow runs
         refuse_secrets(llm_kwargs)
-    dataset, output_uri, run_key = _dated(dataset), _dated(output_uri), _dated(run_key)
-    llm_arg, llm = llm, resolve_llm(llm, llm_kwargs)
-    if llm.mode != "offline":
-        raise ConfigError(f"curate_offline runs vLLM LLMs; this one is {llm.mode}")
-    creds = _credentials(credentials)
-    remote = bool(shard_deployment)
-    run = tasks.prepare(
-        llm, dataset, working_dir, run_key=run_key, credentials=creds,
-        rebuild_check=remote and not isinstance(llm_arg, str),
+    remote, llm_path = bool(shard_deployment), isinstance(llm, str)
+    opened = _open(
+        "offline", llm, llm_kwargs, dataset, working_dir, output_uri, run_key, credentials,
+        rebuild_check=remote and not llm_path,  # the shard flow runs rebuild it from the run
     )  # fmt: skip
+    llm_arg, llm, creds, run = llm, opened.llm, opened.credentials, opened.run
     refresh = run["created"] or retry_failed
     if remote:
         block_name = _block_name(credentials)
         launch = _with_refresh(tasks.launch_offline_shard, refresh)
-        llm_path = isinstance(llm_arg, str)
         launch.map(
             unmapped(run),
             run["shards"],
@@ -296,7 +327,7 @@ def curate_offline(
         shard_task = _with_refresh(tasks.run_offline_shard, refresh)
         for shard in run["shards"]:
             shard_task(run, shard, llm=llm, credentials=creds, progress_interval=progress_interval)
-    return _finish(run, llm, creds, dataset, output_uri, artifact_key)
+    return _finish(opened, artifact_key)
 
 
 def _block_name(credentials: Any) -> str | None:
