@@ -13,9 +13,10 @@ Invariants:
 - a flow holds no state: it re-derives everything from ``prepare``'s result and the tasks'
   results, so a new flow run with the same arguments re-opens the run and continues it;
 - online shards are mapped one task per shard (never one per prompt) on a bounded task runner,
-  and each takes ``1/N`` of the provider's limits, ``N`` = the shards that can run at once (the
-  task runner's workers, or the slots of a Prefect global concurrency limit shared across
-  workers and flow runs), so N shards together hold the provider's aggregate limit;
+  and each takes ``1/N`` of the provider's limits, ``N`` = the shards that can run at once
+  (``parallel_shards``, else the slots of a Prefect global concurrency limit shared across
+  workers and flow runs, else the workers of ``curate``'s own task runner, else the number of
+  shards), so N shards together never exceed the provider's aggregate limit;
 - a run this flow run created refreshes the tasks' caches (a stale cache of a deleted run
   directory never answers for a new one); ``retry_failed=True`` does too, and retries the
   requests that failed finally.
@@ -40,6 +41,9 @@ from .resolve import load_block, resolve_credentials, resolve_llm
 
 #: shards one flow run sends at once (the default task runner's threads)
 ONLINE_WORKERS = 4
+#: ``curate``'s own task runner: with it each shard takes ``1/ONLINE_WORKERS`` of the limits;
+#: with another one (``with_options(task_runner=...)``) pass ``parallel_shards``
+ONLINE_TASK_RUNNER = ThreadPoolTaskRunner(max_workers=ONLINE_WORKERS)
 #: batch shards one flow run submits, polls and collects at once
 BATCH_WORKERS = 8
 #: a guard on submit → wait → collect cycles (the engine stops resubmitting after max_retries)
@@ -79,11 +83,20 @@ def _parallelism(explicit: int | None, shards: int, concurrency_limit: str | Non
             return max(
                 1, int(client.read_global_concurrency_limit_by_name(concurrency_limit).limit)
             )
+    from prefect import get_run_logger
     from prefect.context import FlowRunContext
 
     context = FlowRunContext.get()
-    workers = getattr(context.task_runner if context else None, "_max_workers", None)
-    return max(1, min(shards, workers) if isinstance(workers, int) else shards)
+    if context is not None and context.flow is not None:
+        if context.flow.task_runner is ONLINE_TASK_RUNNER:  # ours: its width is known
+            return max(1, min(shards, ONLINE_WORKERS))
+    get_run_logger().warning(
+        "this flow runs on a task runner of its own, whose width it cannot read: each shard "
+        "takes 1/%d of the provider's limits, one part per shard (safe, maybe slower); pass "
+        "parallel_shards=<shards that run at once> to use the whole limit",
+        max(1, shards),
+    )
+    return max(1, shards)
 
 
 #: the flow that runs each LLM mode, and what it runs (for a mode mismatch's message)
@@ -154,7 +167,7 @@ def _finish(opened: _Opened, artifact_key: str | None) -> FinalizeResult:
 
 @curator_flow(
     name="curate",
-    task_runner=ThreadPoolTaskRunner(max_workers=ONLINE_WORKERS),
+    task_runner=ONLINE_TASK_RUNNER,
     result_serializer="json",
     persist_result=True,
 )
@@ -174,8 +187,10 @@ def curate(
 ) -> FinalizeResult:
     """Build a dataset with the provider's online API: prepare, one task per shard, finalize.
 
-    ``parallel_shards``: how many shards share the provider's limits (default: the task
-    runner's workers). ``concurrency_limit``: the name of a Prefect global concurrency limit;
+    ``parallel_shards``: how many shards share the provider's limits (default: the 4 workers
+    of this flow's own task runner; with a task runner of your own, pass it, else each shard
+    takes ``1/<shards>`` and a warning says so). ``concurrency_limit``: the name of a Prefect
+    global concurrency limit;
     each shard holds one slot while it sends and takes ``1/slots`` of the limits, so every flow
     run on every worker using that limit together stays within the provider's limits."""
     opened = _open(

@@ -233,3 +233,28 @@ def test_each_shards_progress_reads_only_that_shard(prefect_server, wd, monkeypa
     assert summary["rows"] == 40
     assert read and all(len(shards) == 1 for shards in read), read
     assert {shards[0] for shards in read} == {f"0000{i}" for i in range(4)}
+
+
+def test_on_a_task_runner_of_its_own_each_shard_takes_one_part_unless_told(prefect_server, wd):
+    """``curate`` knows the width of its own task runner only; on another one each shard takes
+    ``1/<shards>`` of the limits (never more than the provider allows) and a warning asks for
+    ``parallel_shards``, which then decides."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from prefect_tasks import curate
+
+    two_threads = curate.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    rows = [{"n": i} for i in range(30)]
+    with Simulator(rpm=3000) as sim:
+        untold = two_threads(online_llm(sim, shard_size=10), rows, wd, return_state=True)
+        told = two_threads(
+            online_llm(sim, shard_size=10), rows, wd, run_key="told", parallel_shards=2,
+            return_state=True,
+        )  # fmt: skip
+    for state, rpm in ((untold, 1000), (told, 1500)):
+        assert state.result()["rows"] == 30
+        shard_runs = [t for t in api.task_runs(api.flow_run_id(state)) if "shard" in t.name]
+        assert len(shard_runs) == 3
+        assert {t.state.result()["limits"]["max_requests_per_minute"] for t in shard_runs} == {rpm}
+    warnings = [line.message for line in api.logs(api.flow_run_id(untold)) if line.level >= 30]
+    assert any("parallel_shards=" in message for message in warnings), warnings
