@@ -19,18 +19,24 @@ Invariants:
   shards), so N shards together never exceed the provider's aggregate limit;
 - a run this flow run created refreshes the tasks' caches (a stale cache of a deleted run
   directory never answers for a new one); ``retry_failed=True`` does too, and retries the
-  requests that failed finally.
+  requests that failed finally;
+- when ``finalize`` finds shards that still owe answers (``IncompleteRunError.pending_shards``:
+  stored answers a tightened ``response_format`` refuses are taken back, or requests were
+  never answered), the flow sends exactly those shards again with their caches refreshed and
+  finalizes once more; so a new flow run over a run whose shard results are cached still
+  re-sends what was taken back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from prefect import unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from curator_flows.errors import BatchStepError, ConfigError
+from curator_flows.errors import BatchStepError, ConfigError, IncompleteRunError
 from curator_flows.llm import LLM
 from curator_flows.results import FinalizeResult, PrepareResult, ShardResult
 
@@ -153,14 +159,41 @@ def _with_refresh(task: Any, refresh: bool) -> Any:
     return task.with_options(refresh_cache=True) if refresh else task
 
 
-def _finish(opened: _Opened, artifact_key: str | None) -> FinalizeResult:
+def _pending_shards(state: Any) -> list[str]:
+    """The shards a failed ``finalize`` says still owe answers (stored answers the current
+    ``response_format`` refused were taken back, or requests were never answered)."""
+    if not state.is_failed():
+        return []
+    failure = state.result(raise_on_failure=False)
+    return list(failure.pending_shards) if isinstance(failure, IncompleteRunError) else []
+
+
+def _finish(
+    opened: _Opened, artifact_key: str | None, resend: Callable[[list[str]], None]
+) -> FinalizeResult:
+    """``finalize``; when it finds shards that still owe answers, ``resend`` them (their tasks'
+    caches refreshed: a cached result of an earlier pass would answer for them) and finalize
+    once more. Then the table artifact."""
     dataset, output_uri = opened.dataset, opened.output_uri
     upstream = dataset if isinstance(dataset, str) else None
     if isinstance(dataset, dict):  # an upstream step's result: its published output
         upstream = dataset.get("output_uri")
-    summary = tasks.finalize_task(output_uri, upstream)(
-        opened.run, llm=opened.llm, credentials=opened.credentials, output_uri=output_uri
-    )
+    finalize = tasks.finalize_task(output_uri, upstream)
+    arguments = {"llm": opened.llm, "credentials": opened.credentials, "output_uri": output_uri}
+    state = finalize(opened.run, **arguments, return_state=True)
+    pending = _pending_shards(state)
+    if pending:
+        from prefect import get_run_logger
+
+        get_run_logger().warning(
+            "finalize found requests without an accepted answer in shards %s (answers the "
+            "current response_format refuses are taken back): sending those shards again, "
+            "then finalizing once more",
+            pending,
+        )
+        resend(pending)
+        state = finalize(opened.run, **arguments, return_state=True)
+    summary = state.result()
     report(summary, artifact_key or summary_key(type(opened.llm).__name__))
     return summary
 
@@ -190,26 +223,29 @@ def curate(
     ``parallel_shards``: how many shards share the provider's limits (default: the 4 workers
     of this flow's own task runner; with a task runner of your own, pass it, else each shard
     takes ``1/<shards>`` and a warning says so). ``concurrency_limit``: the name of a Prefect
-    global concurrency limit;
-    each shard holds one slot while it sends and takes ``1/slots`` of the limits, so every flow
-    run on every worker using that limit together stays within the provider's limits."""
+    global concurrency limit; each shard holds one slot while it sends and takes ``1/slots`` of
+    the limits, so every flow run on every worker using that limit together stays within the
+    provider's limits."""
     opened = _open(
         "online", llm, llm_kwargs, dataset, working_dir, output_uri, run_key, credentials
     )
     llm, creds, run = opened.llm, opened.credentials, opened.run
-    shards = run["shards"]
-    parts = _parallelism(parallel_shards, len(shards), concurrency_limit)
-    if shards:
-        _with_refresh(tasks.run_online_shard, run["created"] or retry_failed).map(
-            unmapped(run),
-            shards,
-            llm=unmapped(llm),
-            credentials=unmapped(creds),
-            parallel_shards=unmapped(parts),
-            concurrency_limit=unmapped(concurrency_limit),
-            progress_interval=unmapped(progress_interval),
-        ).result()
-    return _finish(opened, artifact_key)
+    parts = _parallelism(parallel_shards, len(run["shards"]), concurrency_limit)
+
+    def send(shards: list[str], refresh: bool) -> None:
+        if shards:
+            _with_refresh(tasks.run_online_shard, refresh).map(
+                unmapped(run),
+                shards,
+                llm=unmapped(llm),
+                credentials=unmapped(creds),
+                parallel_shards=unmapped(parts),
+                concurrency_limit=unmapped(concurrency_limit),
+                progress_interval=unmapped(progress_interval),
+            ).result()
+
+    send(run["shards"], run["created"] or retry_failed)
+    return _finish(opened, artifact_key, lambda shards: send(shards, True))
 
 
 @curator_flow(
@@ -240,52 +276,60 @@ def curate_batch(
     time is stored in the run, so it survives re-runs)."""
     opened = _open("batch", llm, llm_kwargs, dataset, working_dir, output_uri, run_key, credentials)
     llm, creds, run = opened.llm, opened.credentials, opened.run
-    refresh = run["created"] or retry_failed
-    submit = _with_refresh(tasks.submit_batch, refresh)
-    wait = _with_refresh(tasks.wait_for_batch, refresh)
-    collect = _with_refresh(tasks.collect_batch, refresh)
     interval = float(poll_interval or llm.config.params.batch_check_interval)
-    pending = list(run["shards"])
-    for cycle in range(MAX_BATCH_CYCLES):
-        if not pending:
-            break
-        submitted = {
-            shard: submit.submit(
-                run,
-                shard,
-                cycle=cycle,
-                llm=llm,
-                credentials=creds,
-                retry_failed=retry_failed and cycle == 0,
-            )  # fmt: skip
-            for shard in pending
-        }
-        live = [s for s, f in submitted.items() if f.result()["state"] in ("submitted", "ended")]
-        waited = {
-            shard: wait.submit(
-                run,
-                shard,
-                cycle=cycle,
-                poll_interval=interval,
-                deadline_seconds=deadline_hours * 3600,
-                credentials=creds,
-            )  # fmt: skip
-            for shard in live
-        }
-        collected = {
-            shard: collect.submit(
-                run, shard, cycle=cycle, llm=llm, credentials=creds, wait_for=[waited[shard]]
-            )
-            for shard in live
-        }
-        pending = [s for s, f in collected.items() if f.result()["resubmit"]]
-    else:
+    next_cycle = 0
+
+    def cycles(pending: list[str], refresh: bool) -> None:
+        """Submit → wait → collect ``pending`` until no shard owes requests (the cycles
+        numbered on from the last one, so each cycle has cache keys of its own)."""
+        nonlocal next_cycle
+        submit = _with_refresh(tasks.submit_batch, refresh)
+        wait = _with_refresh(tasks.wait_for_batch, refresh)
+        collect = _with_refresh(tasks.collect_batch, refresh)
+        for cycle in range(next_cycle, next_cycle + MAX_BATCH_CYCLES):
+            if not pending:
+                return
+            next_cycle = cycle + 1
+            submitted = {
+                shard: submit.submit(
+                    run,
+                    shard,
+                    cycle=cycle,
+                    llm=llm,
+                    credentials=creds,
+                    retry_failed=retry_failed and cycle == 0,
+                )
+                for shard in pending
+            }
+            live = [
+                s for s, f in submitted.items() if f.result()["state"] in ("submitted", "ended")
+            ]
+            waited = {
+                shard: wait.submit(
+                    run,
+                    shard,
+                    cycle=cycle,
+                    poll_interval=interval,
+                    deadline_seconds=deadline_hours * 3600,
+                    credentials=creds,
+                )
+                for shard in live
+            }
+            collected = {
+                shard: collect.submit(
+                    run, shard, cycle=cycle, llm=llm, credentials=creds, wait_for=[waited[shard]]
+                )
+                for shard in live
+            }
+            pending = [s for s, f in collected.items() if f.result()["resubmit"]]
         if pending:
             raise BatchStepError(
                 f"shards {pending} still owe requests after {MAX_BATCH_CYCLES} submit cycles; "
                 f"check `curator-flows status {run['run_uri']}`"
             )
-    return _finish(opened, artifact_key)
+
+    cycles(list(run["shards"]), run["created"] or retry_failed)
+    return _finish(opened, artifact_key, lambda shards: cycles(shards, True))
 
 
 @curator_flow(
@@ -326,23 +370,25 @@ def curate_offline(
         rebuild_check=remote and not llm_path,  # the shard flow runs rebuild it from the run
     )  # fmt: skip
     llm_arg, llm, creds, run = llm, opened.llm, opened.credentials, opened.run
-    refresh = run["created"] or retry_failed
-    if remote:
-        block_name = _block_name(credentials)
-        launch = _with_refresh(tasks.launch_offline_shard, refresh)
-        launch.map(
-            unmapped(run),
-            run["shards"],
-            deployment=unmapped(shard_deployment),
-            credentials=unmapped(block_name),
-            llm=unmapped(llm_arg if llm_path else None),
-            llm_kwargs=unmapped(llm_kwargs if llm_path else None),
-        ).result()
-    else:  # called in this thread, one after the other: one vLLM engine at a time
+    block_name = _block_name(credentials) if remote else None
+
+    def generate(shards: list[str], refresh: bool) -> None:
+        if remote:
+            _with_refresh(tasks.launch_offline_shard, refresh).map(
+                unmapped(run),
+                shards,
+                deployment=unmapped(shard_deployment),
+                credentials=unmapped(block_name),
+                llm=unmapped(llm_arg if llm_path else None),
+                llm_kwargs=unmapped(llm_kwargs if llm_path else None),
+            ).result()
+            return
         shard_task = _with_refresh(tasks.run_offline_shard, refresh)
-        for shard in run["shards"]:
+        for shard in shards:  # in this thread, one after the other: one vLLM engine at a time
             shard_task(run, shard, llm=llm, credentials=creds, progress_interval=progress_interval)
-    return _finish(opened, artifact_key)
+
+    generate(run["shards"], run["created"] or retry_failed)
+    return _finish(opened, artifact_key, lambda shards: generate(shards, True))
 
 
 def _block_name(credentials: Any) -> str | None:
