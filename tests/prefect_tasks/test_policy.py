@@ -4,7 +4,9 @@ the run id, shard and step, the same in every flow run."""
 
 from __future__ import annotations
 
+import inspect
 import socket
+from pathlib import Path
 
 import prefect_api as api
 import pytest
@@ -166,6 +168,67 @@ def test_cache_keys_are_run_shard_and_step_never_the_flow_run(prefect_server, tm
         return step_cache_key("submit", run, "00001", 0)
 
     assert keyed() == keyed() == key  # two flow runs, one key
+
+
+def test_each_tasks_cache_key_fn_is_deterministic_in_run_shard_and_cycle(tmp_path):
+    """The ``cache_key_fn`` the tasks carry: the same parameters give the same key; the LLM,
+    the credentials and the other parameters do not enter it; another run URI, shard or cycle
+    gives another key."""
+    from prefect_tasks import tasks
+
+    run = {"run_id": "abc123def456-0f0f", "run_uri": str(tmp_path / "abc123def456-0f0f")}
+    elsewhere = {**run, "run_uri": str(tmp_path / "elsewhere" / run["run_id"])}
+    keyed_tasks = [
+        tasks.run_online_shard, tasks.run_offline_shard, tasks.submit_batch,
+        tasks.wait_for_batch, tasks.collect_batch, tasks.launch_offline_shard,
+    ]  # fmt: skip
+    keys = set()
+    for step in keyed_tasks:
+        cycled = "cycle" in inspect.signature(step.fn).parameters
+
+        def keyed(run=run, shard="00001", cycle=0, **other):
+            parameters = {"run": run, "shard": shard, **other}
+            if cycled:  # noqa: B023 (called in this iteration)
+                parameters["cycle"] = cycle
+            return step.cache_key_fn(None, parameters)  # noqa: B023
+
+        key = keyed()
+        assert keyed() == key == keyed(run=dict(run))
+        assert keyed(credentials={"api_key": "sk-a"}, llm="m:L", parallel_shards=3) == key
+        others = {keyed(run=elsewhere), keyed(shard="00002")} | (
+            {keyed(cycle=1)} if cycled else set()
+        )
+        assert key not in others and len(others) == (3 if cycled else 2)
+        keys.add(key)
+    assert len(keys) == len(keyed_tasks)  # one key space per step
+
+
+def test_a_second_flow_run_finds_the_results_under_the_same_cache_keys(prefect_server, sim, wd):
+    from prefect_tasks import curate
+    from prefect_tasks.policy import step_cache_key
+
+    llm = Numbered(
+        "gpt-4o-mini",
+        backend_params={"base_url": sim.base_url, "progress": "off", "shard_size": 5},
+    )
+
+    def shard_keys(state) -> dict[str, str]:
+        runs = api.task_runs(api.flow_run_id(state))
+        shards = [t for t in runs if t.name.startswith("run_online_shard")]
+        return {t.name: Path(t.state.data.storage_key).name for t in shards}  # the stored result
+
+    rows = [{"n": i} for i in range(10)]
+    first = curate(llm, rows, wd, run_key="k", return_state=True)
+    second = curate(llm, rows, wd, run_key="k", return_state=True)
+    run = first.result()
+    assert (
+        shard_keys(first)
+        == shard_keys(second)
+        == {
+            f"run_online_shard-{shard}": step_cache_key("run_online", run, shard)
+            for shard in ("00000", "00001")
+        }
+    )
 
 
 def test_a_wrong_key_fails_the_flow_without_a_retry(prefect_server, wd):
