@@ -4,9 +4,10 @@ dataset itself is declared as a Prefect asset.
 
 Invariants:
 - artifacts hold counts, tokens, cost, times and URIs: never rows, prompts or keys;
-- progress is read from the run directory (``steps.status``) on a background thread at most
-  every ``interval`` seconds, so it costs the step nothing per request; a failure to read or to
-  write an artifact is logged and never fails a step.
+- progress is read from the run directory (``steps.status`` of the shard alone: its own files,
+  never the other shards') on a background thread at most every ``interval`` seconds, so it
+  costs the step nothing per request; a failure to read or to write an artifact is logged and
+  never fails a step.
 """
 
 from __future__ import annotations
@@ -94,7 +95,11 @@ class ShardProgress:
 
     def _read(self) -> tuple[float, str] | None:
         status = _safely(
-            "read the run's status", steps.status, self.run, credentials=self.credentials
+            "read the shard's status",
+            steps.status,
+            self.run,
+            self.shard,
+            credentials=self.credentials,
         )
         if status is None:
             return None

@@ -14,7 +14,7 @@ Register the block type with ``prefect block register -m prefect_tasks``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from prefect.blocks.core import Block
 from prefect.types import SecretDict
@@ -28,6 +28,8 @@ Provider = Literal["openai", "anthropic", "litellm"]
 
 class CuratorCredentials(Block):
     """The API key, base URL and storage options curator-flows steps use; never stored by them.
+    Pass it, or its saved name, as ``credentials=`` to a flow or task: the only way its key
+    leaves the block is the :class:`~curator_flows.credentials.Credentials` handed to a step.
 
     Example:
         ```python
@@ -73,16 +75,6 @@ credentials = CuratorCredentials.load("BLOCK_NAME")
             base_url=self.base_url,
             storage_options=dict(self.storage_options.get_secret_value() or {}),
         )
-
-    def backend_params(self) -> dict[str, Any]:
-        """``backend_params`` entries for an ``LLM`` built with this block (``api_key`` is kept
-        out of every run directory and fingerprint by the library)."""
-        params: dict[str, Any] = {}
-        if self.api_key is not None:
-            params["api_key"] = self.api_key.get_secret_value()
-        if self.base_url:
-            params["base_url"] = self.base_url
-        return params
 
     def check_backend(self, backend: str) -> None:
         """Raise :class:`~curator_flows.errors.ConfigError` when this block's provider is not

@@ -13,31 +13,43 @@ Invariants:
 - a flow holds no state: it re-derives everything from ``prepare``'s result and the tasks'
   results, so a new flow run with the same arguments re-opens the run and continues it;
 - online shards are mapped one task per shard (never one per prompt) on a bounded task runner,
-  and each takes ``1/N`` of the provider's limits, ``N`` = the shards that can run at once (the
-  task runner's workers, or the slots of a Prefect global concurrency limit shared across
-  workers and flow runs), so N shards together hold the provider's aggregate limit;
+  and each takes ``1/N`` of the provider's limits, ``N`` = the shards that can run at once
+  (``parallel_shards``, else the slots of a Prefect global concurrency limit shared across
+  workers and flow runs, else the workers of ``curate``'s own task runner, else the number of
+  shards), so N shards together never exceed the provider's aggregate limit;
 - a run this flow run created refreshes the tasks' caches (a stale cache of a deleted run
   directory never answers for a new one); ``retry_failed=True`` does too, and retries the
-  requests that failed finally.
+  requests that failed finally;
+- when ``finalize`` finds shards that still owe answers (``IncompleteRunError.pending_shards``:
+  stored answers a tightened ``response_format`` refuses are taken back, or requests were
+  never answered), the flow sends exactly those shards again with their caches refreshed and
+  finalizes once more; so a new flow run over a run whose shard results are cached still
+  re-sends what was taken back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from curator_flows.errors import BatchStepError, ConfigError
-from curator_flows.results import FinalizeResult, ShardResult
+from curator_flows.errors import BatchStepError, ConfigError, IncompleteRunError
+from curator_flows.llm import LLM
+from curator_flows.results import FinalizeResult, PrepareResult, ShardResult
 
 from . import tasks
 from .artifacts import PROGRESS_INTERVAL, report, summary_key
-from .parameters import curator_flow
+from .parameters import curator_flow, refuse_secrets
 from .resolve import load_block, resolve_credentials, resolve_llm
 
 #: shards one flow run sends at once (the default task runner's threads)
 ONLINE_WORKERS = 4
+#: ``curate``'s own task runner: with it each shard takes ``1/ONLINE_WORKERS`` of the limits;
+#: with another one (``with_options(task_runner=...)``) pass ``parallel_shards``
+ONLINE_TASK_RUNNER = ThreadPoolTaskRunner(max_workers=ONLINE_WORKERS)
 #: batch shards one flow run submits, polls and collects at once
 BATCH_WORKERS = 8
 #: a guard on submit → wait → collect cycles (the engine stops resubmitting after max_retries)
@@ -77,38 +89,118 @@ def _parallelism(explicit: int | None, shards: int, concurrency_limit: str | Non
             return max(
                 1, int(client.read_global_concurrency_limit_by_name(concurrency_limit).limit)
             )
+    from prefect import get_run_logger
     from prefect.context import FlowRunContext
 
     context = FlowRunContext.get()
-    workers = getattr(context.task_runner if context else None, "_max_workers", None)
-    return max(1, min(shards, workers) if isinstance(workers, int) else shards)
+    if context is not None and context.flow is not None:
+        if context.flow.task_runner is ONLINE_TASK_RUNNER:  # ours: its width is known
+            return max(1, min(shards, ONLINE_WORKERS))
+    get_run_logger().warning(
+        "this flow runs on a task runner of its own, whose width it cannot read: each shard "
+        "takes 1/%d of the provider's limits, one part per shard (safe, maybe slower); pass "
+        "parallel_shards=<shards that run at once> to use the whole limit",
+        max(1, shards),
+    )
+    return max(1, shards)
+
+
+#: the flow that runs each LLM mode, and what it runs (for a mode mismatch's message)
+_FLOW_OF_MODE = {"online": "curate", "batch": "curate_batch", "offline": "curate_offline"}
+_LLMS_OF_MODE = {
+    "online": "online LLMs",
+    "batch": "batch LLMs (batch=True)",
+    "offline": "vLLM LLMs (backend='vllm')",
+}
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """What every flow starts from: its arguments resolved and the run prepared."""
+
+    llm: LLM
+    dataset: Any
+    output_uri: str | None
+    credentials: Any
+    run: PrepareResult
+
+
+def _open(
+    mode: str,
+    llm: Any,
+    llm_kwargs: dict[str, Any] | None,
+    dataset: Any,
+    working_dir: str | None,
+    output_uri: str | None,
+    run_key: str | None,
+    credentials: Any,
+    *,
+    rebuild_check: bool = False,
+) -> _Opened:
+    """The opening every flow shares: the scheduled date put into ``dataset``, ``output_uri``
+    and ``run_key``, the ``LLM`` built and checked against the flow's ``mode``, a block name
+    loaded once, and ``prepare`` (which re-opens the run when it exists)."""
+    dataset, output_uri, run_key = _dated(dataset), _dated(output_uri), _dated(run_key)
+    built = resolve_llm(llm, llm_kwargs)
+    if built.mode != mode:
+        raise ConfigError(
+            f"{_FLOW_OF_MODE[mode]} runs {_LLMS_OF_MODE[mode]}; this one is {built.mode}: use "
+            f"{_FLOW_OF_MODE.get(built.mode, 'another flow')}"
+        )
+    creds = _credentials(credentials)
+    run = tasks.prepare(
+        built, dataset, working_dir, run_key=run_key, credentials=creds,
+        rebuild_check=rebuild_check,
+    )  # fmt: skip
+    return _Opened(built, dataset, output_uri, creds, run)
 
 
 def _with_refresh(task: Any, refresh: bool) -> Any:
     return task.with_options(refresh_cache=True) if refresh else task
 
 
+def _pending_shards(state: Any) -> list[str]:
+    """The shards a failed ``finalize`` says still owe answers (stored answers the current
+    ``response_format`` refused were taken back, or requests were never answered)."""
+    if not state.is_failed():
+        return []
+    failure = state.result(raise_on_failure=False)
+    return list(failure.pending_shards) if isinstance(failure, IncompleteRunError) else []
+
+
 def _finish(
-    run: dict[str, Any],
-    llm: Any,
-    creds: Any,
-    dataset: Any,
-    output_uri: str | None,
-    artifact_key: str | None,
+    opened: _Opened, artifact_key: str | None, resend: Callable[[list[str]], None]
 ) -> FinalizeResult:
+    """``finalize``; when it finds shards that still owe answers, ``resend`` them (their tasks'
+    caches refreshed: a cached result of an earlier pass would answer for them) and finalize
+    once more. Then the table artifact."""
+    dataset, output_uri = opened.dataset, opened.output_uri
     upstream = dataset if isinstance(dataset, str) else None
     if isinstance(dataset, dict):  # an upstream step's result: its published output
         upstream = dataset.get("output_uri")
-    summary = tasks.finalize_task(output_uri, upstream)(
-        run, llm=llm, credentials=creds, output_uri=output_uri
-    )
-    report(summary, artifact_key or summary_key(type(llm).__name__))
+    finalize = tasks.finalize_task(output_uri, upstream)
+    arguments = {"llm": opened.llm, "credentials": opened.credentials, "output_uri": output_uri}
+    state = finalize(opened.run, **arguments, return_state=True)
+    pending = _pending_shards(state)
+    if pending:
+        from prefect import get_run_logger
+
+        get_run_logger().warning(
+            "finalize found requests without an accepted answer in shards %s (answers the "
+            "current response_format refuses are taken back): sending those shards again, "
+            "then finalizing once more",
+            pending,
+        )
+        resend(pending)
+        state = finalize(opened.run, **arguments, return_state=True)
+    summary = state.result()
+    report(summary, artifact_key or summary_key(type(opened.llm).__name__))
     return summary
 
 
 @curator_flow(
     name="curate",
-    task_runner=ThreadPoolTaskRunner(max_workers=ONLINE_WORKERS),
+    task_runner=ONLINE_TASK_RUNNER,
     result_serializer="json",
     persist_result=True,
 )
@@ -128,31 +220,32 @@ def curate(
 ) -> FinalizeResult:
     """Build a dataset with the provider's online API: prepare, one task per shard, finalize.
 
-    ``parallel_shards``: how many shards share the provider's limits (default: the task
-    runner's workers). ``concurrency_limit``: the name of a Prefect global concurrency limit;
-    each shard holds one slot while it sends and takes ``1/slots`` of the limits, so every flow
-    run on every worker using that limit together stays within the provider's limits."""
-    dataset, output_uri, run_key = _dated(dataset), _dated(output_uri), _dated(run_key)
-    llm = resolve_llm(llm, llm_kwargs)
-    if llm.mode != "online":
-        raise ConfigError(f"curate runs online LLMs; this one is {llm.mode}: use curate_{llm.mode}")
-    creds = _credentials(credentials)
-    run = tasks.prepare(
-        llm, dataset, working_dir, run_key=run_key, credentials=creds, rebuild_check=False
+    ``parallel_shards``: how many shards share the provider's limits (default: the 4 workers
+    of this flow's own task runner; with a task runner of your own, pass it, else each shard
+    takes ``1/<shards>`` and a warning says so). ``concurrency_limit``: the name of a Prefect
+    global concurrency limit; each shard holds one slot while it sends and takes ``1/slots`` of
+    the limits, so every flow run on every worker using that limit together stays within the
+    provider's limits."""
+    opened = _open(
+        "online", llm, llm_kwargs, dataset, working_dir, output_uri, run_key, credentials
     )
-    shards = run["shards"]
-    parts = _parallelism(parallel_shards, len(shards), concurrency_limit)
-    if shards:
-        _with_refresh(tasks.run_online_shard, run["created"] or retry_failed).map(
-            unmapped(run),
-            shards,
-            llm=unmapped(llm),
-            credentials=unmapped(creds),
-            parallel_shards=unmapped(parts),
-            concurrency_limit=unmapped(concurrency_limit),
-            progress_interval=unmapped(progress_interval),
-        ).result()
-    return _finish(run, llm, creds, dataset, output_uri, artifact_key)
+    llm, creds, run = opened.llm, opened.credentials, opened.run
+    parts = _parallelism(parallel_shards, len(run["shards"]), concurrency_limit)
+
+    def send(shards: list[str], refresh: bool) -> None:
+        if shards:
+            _with_refresh(tasks.run_online_shard, refresh).map(
+                unmapped(run),
+                shards,
+                llm=unmapped(llm),
+                credentials=unmapped(creds),
+                parallel_shards=unmapped(parts),
+                concurrency_limit=unmapped(concurrency_limit),
+                progress_interval=unmapped(progress_interval),
+            ).result()
+
+    send(run["shards"], run["created"] or retry_failed)
+    return _finish(opened, artifact_key, lambda shards: send(shards, True))
 
 
 @curator_flow(
@@ -178,62 +271,65 @@ def curate_batch(
     → collect → resubmit what expired or errored → finalize.
 
     ``poll_interval``: seconds between status checks (default: the LLM's
-    ``batch_check_interval``); ``deadline_hours``: a batch still running this long after its
-    first submit fails the flow run (the time is stored in the run, so it survives re-runs)."""
-    dataset, output_uri, run_key = _dated(dataset), _dated(output_uri), _dated(run_key)
-    llm = resolve_llm(llm, llm_kwargs)
-    if llm.mode != "batch":
-        raise ConfigError(f"curate_batch runs batch LLMs (batch=True); this one is {llm.mode}")
-    creds = _credentials(credentials)
-    run = tasks.prepare(
-        llm, dataset, working_dir, run_key=run_key, credentials=creds, rebuild_check=False
-    )
-    refresh = run["created"] or retry_failed
-    submit = _with_refresh(tasks.submit_batch, refresh)
-    wait = _with_refresh(tasks.wait_for_batch, refresh)
-    collect = _with_refresh(tasks.collect_batch, refresh)
+    ``batch_check_interval``); ``deadline_hours``: a batch still running this long after it
+    was submitted fails the flow run (each resubmitted batch counts from its own submit; the
+    time is stored in the run, so it survives re-runs)."""
+    opened = _open("batch", llm, llm_kwargs, dataset, working_dir, output_uri, run_key, credentials)
+    llm, creds, run = opened.llm, opened.credentials, opened.run
     interval = float(poll_interval or llm.config.params.batch_check_interval)
-    pending = list(run["shards"])
-    for cycle in range(MAX_BATCH_CYCLES):
-        if not pending:
-            break
-        submitted = {
-            shard: submit.submit(
-                run,
-                shard,
-                cycle=cycle,
-                llm=llm,
-                credentials=creds,
-                retry_failed=retry_failed and cycle == 0,
-            )  # fmt: skip
-            for shard in pending
-        }
-        live = [s for s, f in submitted.items() if f.result()["state"] in ("submitted", "ended")]
-        waited = {
-            shard: wait.submit(
-                run,
-                shard,
-                cycle=cycle,
-                poll_interval=interval,
-                deadline_seconds=deadline_hours * 3600,
-                credentials=creds,
-            )  # fmt: skip
-            for shard in live
-        }
-        collected = {
-            shard: collect.submit(
-                run, shard, cycle=cycle, llm=llm, credentials=creds, wait_for=[waited[shard]]
-            )
-            for shard in live
-        }
-        pending = [s for s, f in collected.items() if f.result()["resubmit"]]
-    else:
+    next_cycle = 0
+
+    def cycles(pending: list[str], refresh: bool) -> None:
+        """Submit → wait → collect ``pending`` until no shard owes requests (the cycles
+        numbered on from the last one, so each cycle has cache keys of its own)."""
+        nonlocal next_cycle
+        submit = _with_refresh(tasks.submit_batch, refresh)
+        wait = _with_refresh(tasks.wait_for_batch, refresh)
+        collect = _with_refresh(tasks.collect_batch, refresh)
+        for cycle in range(next_cycle, next_cycle + MAX_BATCH_CYCLES):
+            if not pending:
+                return
+            next_cycle = cycle + 1
+            submitted = {
+                shard: submit.submit(
+                    run,
+                    shard,
+                    cycle=cycle,
+                    llm=llm,
+                    credentials=creds,
+                    retry_failed=retry_failed and cycle == 0,
+                )
+                for shard in pending
+            }
+            live = [
+                s for s, f in submitted.items() if f.result()["state"] in ("submitted", "ended")
+            ]
+            waited = {
+                shard: wait.submit(
+                    run,
+                    shard,
+                    cycle=cycle,
+                    poll_interval=interval,
+                    deadline_seconds=deadline_hours * 3600,
+                    credentials=creds,
+                )
+                for shard in live
+            }
+            collected = {
+                shard: collect.submit(
+                    run, shard, cycle=cycle, llm=llm, credentials=creds, wait_for=[waited[shard]]
+                )
+                for shard in live
+            }
+            pending = [s for s, f in collected.items() if f.result()["resubmit"]]
         if pending:
             raise BatchStepError(
                 f"shards {pending} still owe requests after {MAX_BATCH_CYCLES} submit cycles; "
                 f"check `curator-flows status {run['run_uri']}`"
             )
-    return _finish(run, llm, creds, dataset, output_uri, artifact_key)
+
+    cycles(list(run["shards"]), run["created"] or retry_failed)
+    return _finish(opened, artifact_key, lambda shards: cycles(shards, True))
 
 
 @curator_flow(
@@ -264,35 +360,35 @@ def curate_offline(
     concurrency limit). With ``shard_deployment`` (``"curate-offline-shard/<deployment>"``, a
     deployment of :data:`curate_offline_shard` on a GPU work pool) each shard runs as a flow
     run of its own there, all at once, and this flow waits for them; then ``working_dir`` must
-    be storage both pools see and ``credentials`` a saved block's name."""
-    dataset, output_uri, run_key = _dated(dataset), _dated(output_uri), _dated(run_key)
-    llm_arg, llm = llm, resolve_llm(llm, llm_kwargs)
-    if llm.mode != "offline":
-        raise ConfigError(f"curate_offline runs vLLM LLMs; this one is {llm.mode}")
-    creds = _credentials(credentials)
-    remote = bool(shard_deployment)
-    run = tasks.prepare(
-        llm, dataset, working_dir, run_key=run_key, credentials=creds,
-        rebuild_check=remote and not isinstance(llm_arg, str),
+    be storage both pools see, ``credentials`` a saved block's name and ``llm_kwargs`` (sent to
+    those flow runs as parameters) free of keys."""
+    if shard_deployment and isinstance(llm, str):  # llm_kwargs travel to the shard flow runs
+        refuse_secrets(llm_kwargs)
+    remote, llm_path = bool(shard_deployment), isinstance(llm, str)
+    opened = _open(
+        "offline", llm, llm_kwargs, dataset, working_dir, output_uri, run_key, credentials,
+        rebuild_check=remote and not llm_path,  # the shard flow runs rebuild it from the run
     )  # fmt: skip
-    refresh = run["created"] or retry_failed
-    if remote:
-        block_name = _block_name(credentials)
-        launch = _with_refresh(tasks.launch_offline_shard, refresh)
-        llm_path = isinstance(llm_arg, str)
-        launch.map(
-            unmapped(run),
-            run["shards"],
-            deployment=unmapped(shard_deployment),
-            credentials=unmapped(block_name),
-            llm=unmapped(llm_arg if llm_path else None),
-            llm_kwargs=unmapped(llm_kwargs if llm_path else None),
-        ).result()
-    else:  # called in this thread, one after the other: one vLLM engine at a time
+    llm_arg, llm, creds, run = llm, opened.llm, opened.credentials, opened.run
+    block_name = _block_name(credentials) if remote else None
+
+    def generate(shards: list[str], refresh: bool) -> None:
+        if remote:
+            _with_refresh(tasks.launch_offline_shard, refresh).map(
+                unmapped(run),
+                shards,
+                deployment=unmapped(shard_deployment),
+                credentials=unmapped(block_name),
+                llm=unmapped(llm_arg if llm_path else None),
+                llm_kwargs=unmapped(llm_kwargs if llm_path else None),
+            ).result()
+            return
         shard_task = _with_refresh(tasks.run_offline_shard, refresh)
-        for shard in run["shards"]:
+        for shard in shards:  # in this thread, one after the other: one vLLM engine at a time
             shard_task(run, shard, llm=llm, credentials=creds, progress_interval=progress_interval)
-    return _finish(run, llm, creds, dataset, output_uri, artifact_key)
+
+    generate(run["shards"], run["created"] or retry_failed)
+    return _finish(opened, artifact_key, lambda shards: generate(shards, True))
 
 
 def _block_name(credentials: Any) -> str | None:

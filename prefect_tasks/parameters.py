@@ -11,7 +11,9 @@ Invariants:
   entry named like a secret (``api_key``, ``*secret``, ``*access_key``, ``*_token``,
   ``password``) is masked;
 - a dataset of more than :data:`MAX_STORED_ROWS` rows is stored as a one-line description
-  (a URI is stored as is: it is what a deployment passes; an upstream run as its URIs).
+  (a URI is stored as is: it is what a deployment passes; an upstream run as its URIs);
+- parameters sent to a deployment's flow run (``run_deployment``) bypass this view: they never
+  carry a secret (:func:`refuse_secrets`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from prefect import Flow
 
 from curator_flows.credentials import Credentials
+from curator_flows.errors import ConfigError
 from curator_flows.llm import LLM
 from curator_flows.rebuild import import_path
 
@@ -41,6 +44,36 @@ def _masked(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_masked(v) for v in value]
     return value
+
+
+def secret_names(value: Any, where: str = "") -> list[str]:
+    """The paths of the entries of ``value`` named like secrets (``backend_params.api_key``)."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            if _is_secret_name(key) and item is not None:
+                found.append(path)
+            else:
+                found.extend(secret_names(item, path))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found.extend(secret_names(item, f"{where}[{i}]"))
+    return found
+
+
+def refuse_secrets(llm_kwargs: dict[str, Any] | None, shard: str | None = None) -> None:
+    """Raise :class:`~curator_flows.errors.ConfigError` when ``llm_kwargs`` bound for a shard
+    flow run hold a secret: ``run_deployment`` stores a flow run's parameters on the Prefect
+    server as given (no public view applies), so a key there would be stored and shown."""
+    names = secret_names(llm_kwargs or {})
+    if names:
+        where = f"shard {shard}: " if shard else ""
+        raise ConfigError(
+            f"{where}llm_kwargs hold {', '.join(names)}: a shard flow run's parameters are "
+            "stored on the Prefect server as given, so keys must not travel in them; save the "
+            "key in a CuratorCredentials block and pass its name as credentials="
+        )
 
 
 def public_llm(llm: LLM) -> dict[str, Any]:

@@ -23,8 +23,12 @@ from curator_flows.steps import run_uri
 if TYPE_CHECKING:
     from prefect.context import TaskRunContext
 
-#: how many times a task is retried after a transient failure
-RETRIES = 3
+#: how many times a task is retried after a transient failure. The retries' delays together
+#: (10 + 20 + 40 + 80 s, each drawn by Prefect between 0.63x and 1.5x of that under the jitter:
+#: at least 94 s) outlast the lease a dead worker on another host leaves on its shard
+#: (``lease_seconds``, 60 s by default), so a new flow run retrying on ``LeaseHeldError``
+#: takes the shard over before its retries run out; raise ``retries`` with a longer lease
+RETRIES = 4
 #: the first retry's delay in seconds; each further retry waits twice as long
 BACKOFF_SECONDS = 10.0
 #: a retry's delay is stretched by up to this fraction at random (no thundering herd)
@@ -34,15 +38,11 @@ _UNSAFE = re.compile(r"[^a-z0-9]+")
 
 
 def failure_of(state: Any) -> BaseException | None:
-    """The exception a failed Prefect state carries, if any."""
+    """The exception a failed task raised: Prefect hands ``retry_condition_fn`` a ``Failed``
+    state whose ``data`` is that exception (or the failed state a task returned, which is never
+    retried here: the step tasks never return states)."""
     data = getattr(state, "data", None)
-    if isinstance(data, BaseException):
-        return data
-    try:
-        value = state.result(raise_on_failure=False)
-    except Exception:  # a state whose result cannot be read is not worth retrying
-        return None
-    return value if isinstance(value, BaseException) else None
+    return data if isinstance(data, BaseException) else None
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:

@@ -28,6 +28,7 @@ from curator_flows.results import BatchShardState, FinalizeResult, PrepareResult
 
 from .artifacts import PROGRESS_INTERVAL, BatchProgress, ShardProgress, asset_key
 from .logs import forward_engine_logs
+from .parameters import refuse_secrets
 from .policy import cache_key_for, retry_options, retry_transient_finalize
 from .resolve import CredentialsLike, load_block, resolve_credentials, resolve_llm
 
@@ -43,8 +44,10 @@ __all__ = [
     "wait_for_batch",
 ]
 
-#: a batch not ended this long after its campaign's first submit fails the wait (the provider
-#: expires a 24 h batch by itself; its partial results are then collected and resubmitted)
+#: a batch not ended this long after it was submitted fails the wait: the provider expires a
+#: batch by itself after its 24 h completion window (its partial results are then collected and
+#: what is still owed goes out as a new batch, with a window of its own), so this only catches a
+#: batch the provider forgot
 BATCH_DEADLINE_SECONDS = 25 * 3600.0
 
 _JSON = {"result_serializer": "json", "persist_result": True}
@@ -194,8 +197,9 @@ def wait_for_batch(
     credentials: CredentialsLike = None,
 ) -> BatchShardState:
     """Poll ``shard``'s batch every ``poll_interval`` seconds until it ends; fail with
-    :class:`~curator_flows.errors.BatchDeadlineError` ``deadline_seconds`` after the campaign's
-    first submit (the time stored in the run, so a re-attached flow run keeps the deadline)."""
+    :class:`~curator_flows.errors.BatchDeadlineError` ``deadline_seconds`` after this batch was
+    submitted (``round_submitted_at``, stored in the run: a re-attached flow run keeps the
+    deadline, a resubmitted batch gets a deadline of its own)."""
     creds = resolve_credentials(credentials)
     progress = BatchProgress(run, shard)
     started = time.time()
@@ -204,7 +208,7 @@ def wait_for_batch(
         progress.update(state)
         if state["done"]:
             return state
-        left = (state["submitted_at"] or started) + deadline_seconds - time.time()
+        left = (state["round_submitted_at"] or started) + deadline_seconds - time.time()
         if left <= 0:
             raise BatchDeadlineError(
                 f"shard {shard}: batch {state['batch_id']} ({state['status']}) has not ended "
@@ -250,9 +254,12 @@ def launch_offline_shard(
     llm_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``shard`` as a flow run of ``deployment`` (a ``curate-offline-shard`` deployment on
-    a GPU work pool) and wait for it; ``credentials`` is a saved block's name."""
+    a GPU work pool) and wait for it; ``credentials`` is a saved block's name. The flow run's
+    parameters are stored on the server as given, so ``llm_kwargs`` holding a secret (an
+    ``api_key`` in ``backend_params``) are refused: keys go in the block."""
     from prefect.deployments import run_deployment
 
+    refuse_secrets(llm_kwargs, shard)
     flow_run = run_deployment(
         deployment,
         parameters={

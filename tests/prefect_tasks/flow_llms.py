@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
 from curator_flows import LLM
 
 
@@ -17,6 +19,85 @@ class Numbered(LLM):
 
     def parse(self, input: dict, response: str) -> dict:
         return {"n": input["n"], "response": response}
+
+
+class Dish(BaseModel):
+    model_config = ConfigDict(title="Dish")
+    name: str
+    calories: int
+
+
+#: dish names :class:`StrictDish` refuses (set by a test after a lenient run stored them)
+REFUSED: set[str] = set()
+
+
+# Dish's JSON schema (the same requests, the same run: no docstring, it would enter the
+# schema), with a validator that refuses the names in REFUSED: a tightened response_format.
+class StrictDish(BaseModel):
+    model_config = ConfigDict(title="Dish")
+    name: str
+    calories: int
+
+    @field_validator("name")
+    @classmethod
+    def not_refused(cls, value: str) -> str:
+        if value in REFUSED:
+            raise ValueError(f"{value!r} is refused")
+        return value
+
+
+class DishWriter(LLM):
+    response_format = Dish
+
+    def prompt(self, input: dict) -> str:
+        return f"a dish named after {input['n']}"
+
+    def parse(self, input: dict, response: Dish) -> dict:
+        return {"n": input["n"], "name": response.name}
+
+
+class StrictDishWriter(DishWriter):
+    response_format = StrictDish
+
+
+class Take(BaseModel):
+    model_config = ConfigDict(title="Take")
+    n: int
+    take: int
+
+
+#: numbers whose first take :class:`StrictTake` refuses (set by a test after a lenient run)
+REFUSED_FIRST_TAKES: set[int] = set()
+
+
+# Take's JSON schema (no docstring: it would enter the schema), refusing the first take of
+# the numbers in REFUSED_FIRST_TAKES: a tightened response_format for the offline shape.
+class StrictTake(BaseModel):
+    model_config = ConfigDict(title="Take")
+    n: int
+    take: int
+
+    @model_validator(mode="after")
+    def not_refused(self) -> StrictTake:
+        if self.take == 1 and self.n in REFUSED_FIRST_TAKES:
+            raise ValueError(f"the first take of {self.n} is refused")
+        return self
+
+
+class OfflineTakes(LLM):
+    """Offline shape with a ``response_format``: :class:`TakeCountingGenerator` answers."""
+
+    response_format = Take
+
+    def prompt(self, input: dict) -> str:
+        return f"number {input['n']}"
+
+    def parse(self, input: dict, response: Take) -> dict:
+        return {"n": response.n, "take": response.take}
+
+
+class StrictOfflineTakes(OfflineTakes):
+    response_format = StrictTake
 
 
 class OfflineNumbers(LLM):
@@ -52,6 +133,17 @@ class StandInGenerator:
 
     def close(self) -> None:
         pass
+
+
+class TakeCountingGenerator(StandInGenerator):
+    """Answers ``{"n": <n>, "take": <how often it saw this request>}``."""
+
+    def generate(self, requests: list[dict]) -> list[dict]:
+        out = super().generate(requests)
+        for answer in out:
+            take = self.seen.count(answer["custom_id"])
+            answer["content"] = json.dumps({**json.loads(answer["content"]), "take": take})
+        return out
 
 
 def install_stand_in_generator() -> None:

@@ -31,6 +31,7 @@ def test_the_block_saves_and_loads_without_exposing_the_key(prefect_server):
     creds = loaded.to_credentials()
     assert creds.secret() == KEY and creds.storage_options == {"key": "s3-secret"}
     assert creds.base_url == "http://127.0.0.1:1/v1"
+    assert not hasattr(loaded, "backend_params")  # no way to the raw key but credentials=
     for shown in (repr(loaded), str(loaded), loaded.model_dump_json(), repr(creds)):
         assert KEY not in shown and "s3-secret" not in shown
     with api.client() as client:  # what the API hands out without include_secrets

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import prefect_api as api
 import pytest
@@ -112,25 +113,61 @@ def test_four_shards_at_once_hold_a_3000_rpm_limit(prefect_server, wd):
     assert all(r["limits"]["max_requests_per_minute"] == 750 for r in results)
 
 
-def test_a_global_concurrency_limit_splits_the_provider_limit_by_its_slots(prefect_server, wd):
+def sending_intervals(summary) -> dict[str, tuple[float, float]]:
+    """Each shard's sending time from its own response lines: from the earliest request's
+    start (``ts - latency``) to the latest answer (``ts``)."""
+    out = {}
+    for path in sorted((Path(summary["run_uri"]) / "responses").glob("*.jsonl")):
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        out[path.stem] = (min(r["ts"] - r["latency"] for r in lines), max(r["ts"] for r in lines))
+    return out
+
+
+def most_at_once(intervals) -> int:
+    """The most intervals that overlap at one instant."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    at_once = most = 0
+    for _, step in edges:  # at a tie an end (-1) sorts before a start (+1)
+        at_once += step
+        most = max(most, at_once)
+    return most
+
+
+@pytest.mark.parametrize("slots", [None, 2], ids=["no-limit", "limit-2"])
+def test_a_global_concurrency_limit_lets_only_its_slots_send_at_once(prefect_server, wd, slots):
+    """Four shards on four workers: with a limit of 2 slots, at most two send at any instant
+    (measured from the shards' own response times) and each takes half the provider's limits;
+    without one, all four send together (what the limit prevents)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
     from prefect_tasks import curate
 
-    with get_client(sync_client=True) as client:
-        client.create_global_concurrency_limit(
-            GlobalConcurrencyLimitCreate(name="curator-openai", limit=2)
-        )
-    with Simulator(rpm=6000) as sim:
+    name = None
+    if slots:
+        name = "curator-openai"
+        with get_client(sync_client=True) as client:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=name, limit=slots)
+            )
+    with Simulator(rpm=6000, latency=0.2) as sim:
+        llm = online_llm(sim, shard_size=20, max_concurrent_requests=4)
         state = curate(
-            online_llm(sim, shard_size=20), [{"n": i} for i in range(80)], wd,
-            concurrency_limit="curator-openai", return_state=True,
-        )  # fmt: skip
-    assert state.result()["rows"] == 80
-    results = [t.state.result() for t in api.task_runs(api.flow_run_id(state)) if "shard" in t.name]
-    assert len(results) == 4
-    assert all(r["limits"]["max_requests_per_minute"] == 3000 for r in results)
+            llm, [{"n": i} for i in range(80)], wd, concurrency_limit=name, return_state=True
+        )
+    summary = state.result()
+    assert summary["rows"] == 80
+    intervals = sending_intervals(summary)
+    assert len(intervals) == 4
+    if slots:
+        assert most_at_once(intervals.values()) <= slots
+        results = [
+            t.state.result() for t in api.task_runs(api.flow_run_id(state)) if "shard" in t.name
+        ]
+        assert len(results) == 4
+        assert all(r["limits"]["max_requests_per_minute"] == 6000 // slots for r in results)
+    else:
+        assert most_at_once(intervals.values()) > 2
 
 
 def test_curate_batch_resubmits_what_expired_until_max_retries(prefect_server, wd):
@@ -211,3 +248,50 @@ def test_the_progress_artifact_moves_while_a_shard_runs(prefect_server, wd):
     assert seen == [120]
     assert any(0 < v < 100 for v in values), values
     assert [float(a.data) for a in api.artifacts_by_key(key)][-1] == 100.0
+
+
+def test_each_shards_progress_reads_only_that_shard(prefect_server, wd, monkeypatch):
+    """The progress thread of a shard task reads the status of its own shard, never every
+    shard's files (four shard tasks each re-reading the whole run every few seconds)."""
+    from prefect_tasks import curate
+
+    read: list[list[str]] = []
+    real_status = steps.status
+
+    def recording_status(*args, **kwargs):
+        status = real_status(*args, **kwargs)
+        read.append([entry["shard"] for entry in status["shards"]])
+        return status
+
+    monkeypatch.setattr(steps, "status", recording_status)
+    with Simulator(latency=0.02) as sim:
+        llm = online_llm(sim, shard_size=10, max_concurrent_requests=2)
+        summary = curate(llm, [{"n": i} for i in range(40)], wd, progress_interval=0.1)
+    assert summary["rows"] == 40
+    assert read and all(len(shards) == 1 for shards in read), read
+    assert {shards[0] for shards in read} == {f"0000{i}" for i in range(4)}
+
+
+def test_on_a_task_runner_of_its_own_each_shard_takes_one_part_unless_told(prefect_server, wd):
+    """``curate`` knows the width of its own task runner only; on another one each shard takes
+    ``1/<shards>`` of the limits (never more than the provider allows) and a warning asks for
+    ``parallel_shards``, which then decides."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from prefect_tasks import curate
+
+    two_threads = curate.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    rows = [{"n": i} for i in range(30)]
+    with Simulator(rpm=3000) as sim:
+        untold = two_threads(online_llm(sim, shard_size=10), rows, wd, return_state=True)
+        told = two_threads(
+            online_llm(sim, shard_size=10), rows, wd, run_key="told", parallel_shards=2,
+            return_state=True,
+        )  # fmt: skip
+    for state, rpm in ((untold, 1000), (told, 1500)):
+        assert state.result()["rows"] == 30
+        shard_runs = [t for t in api.task_runs(api.flow_run_id(state)) if "shard" in t.name]
+        assert len(shard_runs) == 3
+        assert {t.state.result()["limits"]["max_requests_per_minute"] for t in shard_runs} == {rpm}
+    warnings = [line.message for line in api.logs(api.flow_run_id(untold)) if line.level >= 30]
+    assert any("parallel_shards=" in message for message in warnings), warnings
