@@ -102,9 +102,10 @@ def resolve_dataset(dataset: Any, dataset_callable: Any, context: Mapping[str, A
     ``CuratorResponse``) as is."""
     if dataset_callable is not None:
         return call_with_context(dataset_callable, context)
-    from airflow.sdk.definitions._internal.templater import LiteralValue
+    from airflow.sdk import literal
 
-    if isinstance(dataset, LiteralValue):  # not rendered (execute called directly)
+    # The wrapper's class is not public; its type is taken from the public ``literal()``.
+    if isinstance(dataset, type(literal(None))):  # not rendered (execute called directly)
         return dataset.value
     return dataset
 

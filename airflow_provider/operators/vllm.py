@@ -121,16 +121,13 @@ class CuratorVLLMOperator(CuratorBaseOperator):
     @classmethod
     def partial(cls, **kwargs: Any) -> Any:
         """``.partial()`` with the GPU pool as default too: the scheduler routes a mapped task
-        by its partial arguments (Airflow fills in ``queue`` from ``__init__`` itself, not
-        ``pool``); a ``pool`` in the DAG's ``default_args`` still wins, as for a plain task."""
-        from airflow.sdk.bases import operator as base
-        from airflow.sdk.definitions._internal.contextmanager import DagContext
-
-        dag = kwargs.get("dag") or DagContext.get_current()
-        defaults = {**(dag.default_args if dag else {}), **(kwargs.get("default_args") or {})}
-        if "pool" not in kwargs and "pool" not in defaults:
-            kwargs["pool"] = GPU_POOL
-        return base.partial(cls, **kwargs)
+        by its partial arguments, and Airflow fills in ``queue`` from ``__init__``'s defaults
+        but not ``pool``; an explicit ``pool`` or one in the DAG's ``default_args`` (merged by
+        Airflow's ``partial``) still wins, as for a plain task."""
+        partial = super().partial(**kwargs)
+        if partial.kwargs.get("pool") is None:
+            partial.kwargs["pool"] = GPU_POOL
+        return partial
 
     def execute(self, context: Context) -> dict[str, Any]:
         from curator_flows import steps

@@ -26,6 +26,23 @@ def test_gpu_routing_defaults():
     assert (custom.queue, custom.pool) == ("a100", "a100s")
 
 
+def test_mapped_gpu_routing_defaults():
+    import pendulum
+    from airflow.sdk import DAG
+
+    start = pendulum.datetime(2025, 1, 1, tz="UTC")
+    with DAG("gpu_default", schedule=None, start_date=start):
+        default = CuratorVLLMOperator.partial(task_id="g", run="/r").expand(shard=["0", "1"])
+        explicit = CuratorVLLMOperator.partial(task_id="h", run="/r", pool="a100s").expand(
+            shard=["0"]
+        )
+    with DAG("gpu_dag_default", schedule=None, start_date=start, default_args={"pool": "mine"}):
+        from_dag = CuratorVLLMOperator.partial(task_id="g", run="/r").expand(shard=["0"])
+    assert default.partial_kwargs["pool"] == "gpu" and default.partial_kwargs["queue"] == "gpu"
+    assert explicit.partial_kwargs["pool"] == "a100s"
+    assert from_dag.partial_kwargs["pool"] == "mine"
+
+
 @pytest.fixture(scope="module")
 def vllm_env(tmp_path_factory):
     if not VLLM_PYTHON.exists():
