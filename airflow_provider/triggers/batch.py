@@ -4,8 +4,10 @@ Invariants:
 - the event loop is never blocked: the connection is fetched with the async API, and every
   ``steps.poll`` (a status request plus small run-directory reads) and ``steps.cancel`` runs in
   a thread (``asyncio.to_thread``);
-- the trigger never downloads results (the resumed task collects them) and never writes to the
-  run directory, except the cancel flag of ``steps.cancel``;
+- the trigger never downloads results (the resumed task collects them); it writes to the run
+  directory only through the steps it calls: each ``steps.poll`` saves the shard's batch record
+  (status, request counts, end and poll times, as any poll does) and ``steps.cancel`` writes the
+  run's cancel flag;
 - it yields exactly one event, then returns (:mod:`airflow_provider.batch_watch` decides which);
 - its deadline is wall-clock, ``timeout`` seconds after the current campaign's first batch was
   submitted (a time stored in the run), so a triggerer restart does not move it;
