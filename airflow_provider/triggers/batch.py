@@ -29,8 +29,21 @@ from curator_flows import steps
 from ..batch_watch import BatchWatch
 from ..hooks.curator import CuratorHook
 
-#: seconds ``on_kill`` / a deadline cancel may take before the trigger gives up on it
+#: seconds a deadline's cancel may take before the trigger gives up on it
 CANCEL_TIMEOUT = 60.0
+#: seconds kept free under the triggerer's ``[triggerer] on_kill_timeout`` for the rest of
+#: ``on_kill`` (the state lookup, the log lines)
+KILL_MARGIN = 5.0
+
+
+def kill_cancel_timeout() -> float:
+    """Seconds ``on_kill``'s cancel may take: the triggerer's ``[triggerer] on_kill_timeout``
+    (30 s by default; Airflow abandons ``on_kill`` after it) less :data:`KILL_MARGIN`, so the
+    trigger logs the outcome itself instead of being cut off (25 s by default)."""
+    from airflow.sdk.configuration import conf
+
+    bound = conf.getfloat("triggerer", "on_kill_timeout", fallback=30.0)
+    return max(1.0, bound - KILL_MARGIN)
 
 
 class CuratorBatchTrigger(BaseTrigger):
@@ -123,7 +136,9 @@ class CuratorBatchTrigger(BaseTrigger):
             event = watch.outcome()
             if event is not None:
                 if event["kind"] == "timeout":
-                    event["cancelled"] = self.cancel_on_timeout and await self._cancel(credentials)
+                    event["cancelled"] = self.cancel_on_timeout and await self._cancel(
+                        credentials, CANCEL_TIMEOUT
+                    )
                 yield TriggerEvent(event)
                 return
             await asyncio.sleep(watch.sleep_seconds(self.poll_interval))
@@ -132,15 +147,27 @@ class CuratorBatchTrigger(BaseTrigger):
         """One ``steps.poll`` (a status request and small reads), in a thread."""
         return await asyncio.to_thread(steps.poll, self.run_uri, shard, credentials=credentials)
 
-    async def _cancel(self, credentials: Any = None) -> bool:
-        """Cancel every live batch of the run (in a thread, bounded); ``True`` when it worked."""
-        try:
+    async def _cancel(self, credentials: Any, timeout: float) -> bool:
+        """Cancel every live batch of the run (in a thread, given up after ``timeout`` seconds,
+        the connection lookup included); ``True`` when it worked."""
+
+        async def cancel() -> Any:
+            nonlocal credentials
             if credentials is None:
                 credentials = await self._hook().acredentials()
-            result = await asyncio.wait_for(
-                asyncio.to_thread(steps.cancel, self.run_uri, credentials=credentials),
-                CANCEL_TIMEOUT,
+            return await asyncio.to_thread(steps.cancel, self.run_uri, credentials=credentials)
+
+        try:
+            result = await asyncio.wait_for(cancel(), timeout)
+        except TimeoutError:
+            self.log.error(
+                "cancelling the batches of %s did not finish within %.0fs: check them with "
+                "`curator-flows status %s`",
+                self.run_uri,
+                timeout,
+                self.run_uri,
             )
+            return False
         except Exception as exc:  # noqa: BLE001 - reported, never raised from a kill
             self.log.error("cancelling the batches of %s failed: %s", self.run_uri, exc)
             return False
@@ -155,4 +182,4 @@ class CuratorBatchTrigger(BaseTrigger):
     async def on_kill(self) -> None:
         """The task was killed or marked failed while deferred: stop the billing."""
         if self.cancel_on_kill:
-            await self._cancel()
+            await self._cancel(None, kill_cancel_timeout())

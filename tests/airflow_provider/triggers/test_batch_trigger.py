@@ -10,8 +10,9 @@ import time
 
 import pytest
 from airflow.triggers.base import TriggerEvent
+from airflow_env import TEST_KEY
 
-from airflow_provider.triggers.batch import CuratorBatchTrigger
+from airflow_provider.triggers.batch import CuratorBatchTrigger, kill_cancel_timeout
 from curator_flows import steps
 from curator_flows.errors import EndpointUnreachableError
 
@@ -163,3 +164,30 @@ def test_missing_connection(batch_run, monkeypatch, missing_ok):
         assert event.payload["kind"] == "resume"
     else:
         assert event.payload["kind"] == "error" and not event.payload["error"]["retryable"]
+
+
+def test_a_kill_cancel_gives_up_within_the_triggerers_on_kill_timeout(fsim, batch_run, monkeypatch):
+    from held_proxy import HeldProxy
+
+    assert kill_cancel_timeout() == 25.0  # [triggerer] on_kill_timeout is 30 s by default
+    monkeypatch.setenv("AIRFLOW__TRIGGERER__ON_KILL_TIMEOUT", "7")
+    assert kill_cancel_timeout() == 2.0
+    fsim.configure(batch_timings={"validating": 0.1, "in_progress": 60.0})
+    run, _, _ = batch_run(rows=4, batch_size=4)
+    with HeldProxy(fsim) as provider:  # the provider does not answer the cancel request
+        monkeypatch.setenv("AIRFLOW_CONN_CURATOR_TEST", json.dumps(
+            {"conn_type": "curator", "host": provider.base_url, "password": TEST_KEY}
+        ))  # fmt: skip
+        loop = asyncio.new_event_loop()
+        try:
+            started = time.monotonic()
+            cancelled = loop.run_until_complete(
+                trigger_for(run)._cancel(None, kill_cancel_timeout())
+            )
+            elapsed = time.monotonic() - started
+            assert provider.held.is_set()
+            provider.release()  # the abandoned cancel thread finishes
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+    assert cancelled is False and 2.0 <= elapsed < 6.0
