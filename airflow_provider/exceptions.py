@@ -33,6 +33,7 @@ __all__ = [
     "CuratorPollError",
     "call_step",
     "raise_for",
+    "wait_error",
 ]
 
 T = TypeVar("T")
@@ -78,6 +79,25 @@ class CuratorPollError(BatchStepError, AirflowException):
 
     def __init__(self, message: str) -> None:
         BatchStepError.__init__(self, message, retryable=True)
+
+
+def wait_error(event: dict[str, Any], *, cancelled: bool = False) -> Exception | None:
+    """The exception that ends a batch wait with ``event`` (a terminal event of
+    :mod:`airflow_provider.batch_watch`), or ``None`` when the wait went well (``ended``,
+    ``expired``, ``resume``). ``cancelled``: a ``timeout``'s batches were cancelled."""
+    kind, message = event["kind"], event["message"]
+    if kind == "error":
+        if event["error"].get("retryable"):
+            return CuratorPollError(message)
+        return CuratorPermanentError(message)
+    if kind == "failed":
+        return CuratorBatchFailed(message)
+    if kind == "cancelled":
+        return CuratorBatchCancelled(message)
+    if kind == "timeout":
+        left = "the live batches were cancelled" if cancelled else "batches left running"
+        return CuratorBatchTimeout(f"{message}; {left}", cancelled=cancelled)
+    return None
 
 
 def raise_for(exc: BaseException) -> NoReturn:

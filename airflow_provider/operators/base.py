@@ -185,7 +185,15 @@ class CuratorBaseOperator(BaseOperator):
             self.connection_error(exc)
         try:
             built = build_llm(llm, llm_kwargs, defaults)
-            check_provider(built, provider, self.conn_id)
+            if built is not None:
+                from curator_flows.credentials import check_provider
+
+                check_provider(
+                    built.backend,
+                    provider,
+                    source=f"connection {self.conn_id!r}",
+                    remedy=f"use a {built.backend} connection (conn_id=...)",
+                )
         except Exception as exc:  # noqa: BLE001 - classified
             if not hasattr(exc, "retryable"):
                 from curator_flows.errors import ConfigError
@@ -206,21 +214,6 @@ class CuratorBaseOperator(BaseOperator):
     def step(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         """Call one step with its errors mapped onto Airflow's retry rules."""
         return call_step(function, *args, **kwargs)
-
-
-def check_provider(llm: Any, provider: str | None, conn_id: str) -> None:
-    """Refuse an LLM whose backend is another provider than the connection's (its key would be
-    sent to the wrong API)."""
-    if llm is None or provider is None:
-        return
-    direct = ("openai", "anthropic")
-    if llm.backend in direct and provider in direct and llm.backend != provider:
-        from curator_flows.errors import ConfigError
-
-        raise ConfigError(
-            f"connection {conn_id!r} is for provider {provider!r} but the LLM uses backend "
-            f"{llm.backend!r}: use a {llm.backend} connection (conn_id=...)"
-        )
 
 
 def finalize_manifest(result: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict:
@@ -245,10 +238,11 @@ def finalize_manifest(result: Mapping[str, Any], extra: Mapping[str, Any] | None
 
 
 class PublishMixin:
-    """Outlet asset event and OpenLineage facets of an operator that finalizes a run.
+    """Finalize, publish, outlet asset event and OpenLineage facets of an operator that ends a
+    run.
 
-    The operator sets ``output_uri`` and ``output_asset`` (see :func:`default_asset`) and calls
-    :meth:`record_publication` with the finalize result."""
+    The operator sets ``output_uri`` and ``output_asset`` (see :func:`default_asset`, attached
+    with :meth:`attach_asset`) and calls :meth:`finalize_and_publish`."""
 
     output_uri: Any
     output_asset: Asset | None
@@ -267,6 +261,42 @@ class PublishMixin:
                 outlets.append(asset)
             kwargs["outlets"] = outlets
 
+    def finalize_and_publish(
+        self,
+        context: Context,
+        run_uri: str,
+        *,
+        llm: Any,
+        credentials: Any,
+        input_uri: Any = None,
+        lineage_llm: Any = None,
+    ) -> dict[str, Any]:
+        """``steps.finalize`` (publishing to ``output_uri``), then the manifest for XCom, its
+        figures on the outlet asset's event and what lineage reports. ``lineage_llm``: what
+        lineage names as model and backend when ``llm`` is ``None``."""
+        from curator_flows import steps
+
+        result = self.step(  # type: ignore[attr-defined]
+            steps.finalize,
+            run_uri,
+            llm=llm,
+            credentials=credentials,
+            output_uri=self.output_uri or None,
+        )
+        manifest = finalize_manifest(result)
+        self.log.info(  # type: ignore[attr-defined]
+            "finalized %s: %d rows, %d failed, %d+%d tokens, $%.4f%s",
+            run_uri,
+            manifest["rows"],
+            manifest["failed"],
+            manifest["input_tokens"],
+            manifest["output_tokens"],
+            manifest["cost"],
+            f"; published to {manifest['output_uri']}" if manifest["output_uri"] else "",
+        )
+        self.record_publication(context, manifest, llm=llm or lineage_llm, input_uri=input_uri)
+        return manifest
+
     def record_publication(
         self,
         context: Context,
@@ -274,7 +304,6 @@ class PublishMixin:
         *,
         llm: Any = None,
         input_uri: Any = None,
-        mode: str | None = None,
     ) -> None:
         """Put rows, tokens and cost on the outlet asset's event; keep what lineage reports."""
         if self.output_asset is not None:
@@ -297,7 +326,7 @@ class PublishMixin:
             "input_uri": input_uri if isinstance(input_uri, str) else None,
             "model": getattr(llm, "model_name", None),
             "backend": getattr(llm, "backend", None),
-            "mode": mode or getattr(llm, "mode", None),
+            "mode": getattr(llm, "mode", None),
             "response_format": getattr(llm, "response_format", None),
         }
 

@@ -18,7 +18,6 @@ from .base import (
     CuratorBaseOperator,
     PublishMixin,
     check_llm_argument,
-    finalize_manifest,
     resolve_dataset,
     split_dataset,
 )
@@ -155,25 +154,6 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
         self, context: Context, run_uri: str, llm: Any, credentials: Any
     ) -> dict[str, Any]:
         """Finalize (and publish); the manifest goes to XCom and the asset event."""
-        from curator_flows import steps
-
-        result = self.step(
-            steps.finalize,
-            run_uri,
-            llm=llm,
-            credentials=credentials,
-            output_uri=self.output_uri or None,
+        return self.finalize_and_publish(
+            context, run_uri, llm=llm, credentials=credentials, input_uri=self.dataset
         )
-        manifest = finalize_manifest(result)
-        self.log.info(
-            "finalized %s: %d rows, %d failed, %d+%d tokens, $%.4f%s",
-            run_uri,
-            manifest["rows"],
-            manifest["failed"],
-            manifest["input_tokens"],
-            manifest["output_tokens"],
-            manifest["cost"],
-            f"; published to {manifest['output_uri']}" if manifest["output_uri"] else "",
-        )
-        self.record_publication(context, manifest, llm=llm, input_uri=self.dataset)
-        return manifest

@@ -14,7 +14,6 @@ from .base import (
     CuratorBaseOperator,
     PublishMixin,
     check_llm_argument,
-    finalize_manifest,
     resolve_dataset,
     run_uri_of,
     split_dataset,
@@ -193,35 +192,18 @@ class CuratorFinalizeOperator(PublishMixin, CuratorBaseOperator):
         self.input_uri = input_uri
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from curator_flows import steps
-
-        llm = self.make_llm(self.llm, self.llm_kwargs)
-        run_uri = run_uri_of(self.run)
-        result = self.step(
-            steps.finalize,
-            run_uri,
-            llm=llm,
+        return self.finalize_and_publish(
+            context,
+            run_uri_of(self.run),
+            llm=self.make_llm(self.llm, self.llm_kwargs),
             credentials=self.credentials(),
-            output_uri=self.output_uri or None,
+            input_uri=self.input_uri,
+            lineage_llm=_RunSummary(self.run),
         )
-        manifest = finalize_manifest(result)
-        self.log.info(
-            "finalized %s: %d rows, %d failed, $%.4f%s",
-            run_uri,
-            manifest["rows"],
-            manifest["failed"],
-            manifest["cost"],
-            f"; published to {manifest['output_uri']}" if manifest["output_uri"] else "",
-        )
-        mode = self.run.get("mode") if isinstance(self.run, Mapping) else None
-        self.record_publication(
-            context, manifest, llm=llm or _RunSummary(self.run), input_uri=self.input_uri, mode=mode
-        )
-        return manifest
 
 
 class _RunSummary:
-    """What lineage needs of an LLM the task did not build (model and backend from a
+    """What lineage needs of an LLM the task did not build (model, backend and mode from a
     ``PrepareResult``)."""
 
     def __init__(self, run: Any) -> None:

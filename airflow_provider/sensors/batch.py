@@ -14,15 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
-from ..exceptions import (
-    CuratorBatchCancelled,
-    CuratorBatchFailed,
-    CuratorBatchTimeout,
-    CuratorPermanentError,
-    CuratorPollError,
-)
 from ..operators.base import CuratorBaseOperator, run_uri_of
-from ..operators.batch import BatchWaitMixin, seconds
+from ..operators.batch import batch_trigger, cancel_batches, end_of_wait, watch_once
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -72,26 +65,14 @@ class CuratorBatchSensor(BaseSensorOperator, CuratorBaseOperator):
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
             return super().execute(context)
-        from ..triggers.batch import CuratorBatchTrigger
-
         self.defer(
-            trigger=CuratorBatchTrigger(
-                run_uri_of(self.run),
-                [self.shard],
-                conn_id=self.conn_id,
-                simulator_fallback=self.simulator_fallback,
-                poll_interval=self.poke_interval,
-                timeout=seconds(self.batch_timeout),
-                max_poll_errors=self.max_poll_errors,
-                cancel_on_kill=self.cancel_on_kill,
-                cancel_on_timeout=self.cancel_on_timeout,
-            ),
+            trigger=batch_trigger(self, run_uri_of(self.run), [self.shard], self.poke_interval),
             method_name="execute_complete",
         )
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
         run_uri = run_uri_of(self.run)
-        event = BatchWaitMixin.watch_once(self, run_uri, [self.shard], self.credentials())
+        event = watch_once(self, run_uri, [self.shard], self.credentials())
         if event is None:
             return False
         return PokeReturnValue(True, self.outcome(event))
@@ -101,29 +82,14 @@ class CuratorBatchSensor(BaseSensorOperator, CuratorBaseOperator):
 
     def outcome(self, event: dict[str, Any]) -> dict[str, Any]:
         """The shard's small state for ``ended`` / ``expired`` / ``resume``; else raise."""
-        kind = event["kind"]
-        self.log.info("shard %s: %s (%s)", self.shard, kind, event.get("message"))
-        if kind == "error":
-            if event["error"].get("retryable"):
-                raise CuratorPollError(event["message"])
-            raise CuratorPermanentError(event["message"])
-        if kind == "failed":
-            raise CuratorBatchFailed(event["message"])
-        if kind == "cancelled":
-            raise CuratorBatchCancelled(event["message"])
-        if kind == "timeout":
-            cancelled = event.get("cancelled")
-            if cancelled is None and self.cancel_on_timeout:
-                cancelled = BatchWaitMixin.cancel_batches(self, event["run_uri"])
-            raise CuratorBatchTimeout(
-                f"{event['message']}; "
-                + ("the live batches were cancelled" if cancelled else "batches left running"),
-                cancelled=bool(cancelled),
-            )
+        self.log.info("shard %s: %s (%s)", self.shard, event["kind"], event.get("message"))
+        error = end_of_wait(self, event)
+        if error is not None:
+            raise error
         state = event["shards"].get(self.shard, {})
-        return {"run_uri": event["run_uri"], "shard": self.shard, "outcome": kind, **state}
+        return {"run_uri": event["run_uri"], "shard": self.shard, "outcome": event["kind"], **state}
 
     def on_kill(self) -> None:
         """Killed while poking: cancel the run's live batches (``cancel_on_kill``)."""
         if self.cancel_on_kill:
-            BatchWaitMixin.cancel_batches(self, run_uri_of(self.run))
+            cancel_batches(self, run_uri_of(self.run))
