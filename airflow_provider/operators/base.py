@@ -161,18 +161,31 @@ class CuratorBaseOperator(BaseOperator):
         return CuratorHook(self.conn_id, simulator_fallback=self.simulator_fallback)
 
     def credentials(self) -> Credentials:
-        """The connection as ``Credentials`` (a missing or broken connection is permanent)."""
+        """The connection as ``Credentials`` (see :meth:`connection_error` for failures)."""
         try:
             return self.hook.credentials()
         except Exception as exc:  # noqa: BLE001 - classified
             self.connection_error(exc)
 
     def connection_error(self, exc: BaseException) -> NoReturn:
-        """Raise a connection problem the Airflow way (a missing connection is permanent)."""
-        if not hasattr(exc, "retryable"):
+        """Raise a connection problem the Airflow way: a connection that does not exist, or
+        whose extras cannot be used (a ``ConfigError``), is permanent; any other lookup error
+        (a secrets backend, the Execution API) is raised as is, so Airflow retries the task.
+
+        Airflow 3.3's secrets-backend chain reports an Execution API failure during the lookup
+        as the same ``AirflowNotFoundException`` as a missing connection (its backend returns
+        nothing on any error), so that case is permanent too; the message says so."""
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        if isinstance(exc, AirflowNotFoundException):
             from curator_flows.errors import ConfigError
 
-            exc = ConfigError(f"connection {self.conn_id!r}: {type(exc).__name__}: {exc}")
+            error = ConfigError(
+                f"connection {self.conn_id!r} does not exist ({exc}): create a 'curator' "
+                "connection with that id, or pass conn_id=... (if it does exist, Airflow could "
+                "not reach its API server to read it: clear the task once it is back)"
+            )
+            raise_for(error)
         raise_for(exc)
 
     def make_llm(self, llm: LLMLike, llm_kwargs: dict[str, Any] | None = None) -> LLM | None:

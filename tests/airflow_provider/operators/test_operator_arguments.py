@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import TaskDeferred
@@ -17,6 +18,7 @@ from airflow_provider import (
     CuratorPermanentError,
     CuratorVLLMOperator,
 )
+from airflow_provider.hooks.curator import CuratorHook
 from airflow_provider.operators.base import call_with_context, default_asset, split_dataset
 from airflow_provider.operators.steps import parallelism
 
@@ -91,6 +93,31 @@ def test_connection_defaults_and_provider(fsim, monkeypatch, tmp_path):
     assert llm.backend_params == {"max_requests_per_minute": 123, "shard_size": 2}
     with pytest.raises(CuratorPermanentError, match="cannot be imported"):
         op.make_llm("airflow_llms:Missing", {})
+
+
+def test_connection_lookup_errors(fsim, monkeypatch, tmp_path):
+    def operator(conn_id: str) -> CuratorOperator:
+        rows = [{"n": 1}]
+        llm = Numbered("gpt-4o-mini")
+        return CuratorOperator(
+            task_id="t", llm=llm, dataset=rows, working_dir=str(tmp_path), conn_id=conn_id
+        )
+
+    def timing_out(cls, conn_id):  # e.g. the Execution API or a secrets backend not answering
+        raise httpx.ReadTimeout("the secrets backend did not answer")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(CuratorHook, "get_connection", classmethod(timing_out))
+        with pytest.raises(httpx.ReadTimeout):  # raised as is: Airflow retries the task
+            operator("curator_test").execute({})
+    with pytest.raises(CuratorPermanentError, match="'curator_nowhere' does not exist"):
+        operator("curator_nowhere").execute({})
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CURATOR_BAD", connection_json(fsim, storage_options="{not json")
+    )
+    with pytest.raises(CuratorPermanentError, match="storage_options extra is not valid JSON"):
+        operator("curator_bad").execute({})
+    assert fsim.stats()["requests"] == 0
 
 
 def test_on_kill_cancels_the_live_batches(fsim, curator_conn, tmp_path):
