@@ -3,8 +3,13 @@
 
 Outcomes, the same as the trigger's (:mod:`airflow_provider.batch_watch`): ended or expired →
 success (returns the batch's small state); failed, cancelled, the ``batch_timeout`` deadline →
-their own exception types; a poll error → tolerated in poke/reschedule mode until the deadline
-when transient, raised at once when permanent.
+their own exception types; a shard without a batch at the provider (``resume``) →
+:class:`~airflow_provider.exceptions.CuratorPermanentError` (a sensor never submits, so waiting
+cannot end it); a poll error → tolerated in poke/reschedule mode until the deadline when
+transient, raised at once when permanent.
+
+Invariant: the sensor's own ``timeout`` bounds a deferral as it bounds pokes (the deferral's
+``timeout``), next to ``batch_timeout``, which counts from the batch's submission.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
+from ..exceptions import CuratorPermanentError
 from ..operators.base import CuratorBaseOperator, run_uri_of
 from ..operators.batch import batch_trigger, cancel_batches, end_of_wait, watch_once
 
@@ -68,6 +74,7 @@ class CuratorBatchSensor(BaseSensorOperator, CuratorBaseOperator):
         self.defer(
             trigger=batch_trigger(self, run_uri_of(self.run), [self.shard], self.poke_interval),
             method_name="execute_complete",
+            timeout=timedelta(seconds=self.timeout),
         )
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
@@ -86,6 +93,11 @@ class CuratorBatchSensor(BaseSensorOperator, CuratorBaseOperator):
         error = end_of_wait(self, event)
         if error is not None:
             raise error
+        if event["kind"] == "resume":
+            raise CuratorPermanentError(
+                f"shard {self.shard} of {event['run_uri']} has no batch at the provider: the "
+                "sensor only waits; submit it first (CuratorSubmitBatchOperator upstream)"
+            )
         state = event["shards"].get(self.shard, {})
         return {"run_uri": event["run_uri"], "shard": self.shard, "outcome": event["kind"], **state}
 

@@ -4,6 +4,7 @@ exceptions; deferrable mode hands the wait to the trigger."""
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 from airflow.sdk import PokeReturnValue
@@ -14,6 +15,7 @@ from airflow_provider import (
     CuratorBatchSensor,
     CuratorBatchTimeout,
     CuratorBatchTrigger,
+    CuratorPermanentError,
 )
 
 
@@ -57,11 +59,19 @@ def test_the_deadline_cancels_and_raises(fsim, batch_run):
     assert caught.value.cancelled and fsim.stats()["batches_cancelled"] == 1
 
 
+def test_a_shard_without_a_batch_is_not_a_success(fsim, batch_run):
+    run, _, _ = batch_run(rows=3, batch_size=4, submit=False)
+    with pytest.raises(CuratorPermanentError, match="has no batch at the provider"):
+        sensor(run).poke({})
+    assert fsim.stats()["batches_created"] == 0  # the sensor never submits
+
+
 def test_deferrable_hands_the_wait_to_the_trigger(batch_run):
     run, _, _ = batch_run(rows=6, batch_size=4)
     with pytest.raises(TaskDeferred) as caught:
-        sensor(run, shard="00001", deferrable=True, poke_interval=7).execute({})
+        sensor(run, shard="00001", deferrable=True, poke_interval=7, timeout=600).execute({})
     trigger = caught.value.trigger
     assert isinstance(trigger, CuratorBatchTrigger)
     assert (trigger.shards, trigger.poll_interval) == (["00001"], 7.0)
     assert caught.value.method_name == "execute_complete"
+    assert caught.value.timeout == timedelta(seconds=600)  # the sensor's timeout bounds it
