@@ -11,8 +11,14 @@ Invariants:
   never submitted again, a stored response is never requested again, whatever XCom holds;
 - failed / cancelled / timed-out batches end the task with their own exception type after the
   batches that ended are collected (every paid result is stored);
-- ``cancel_on_kill``: killing the task (or marking it failed) while it runs cancels the run's
-  live batches (the trigger does the same while the task is deferred).
+- ``cancel_on_kill``: a kill cancels the run's live batches; a restart of the triggerer does
+  not. What counts as a kill in Airflow 3.3: on a worker, the task process's ``SIGTERM`` (a user
+  marks the running task failed or succeeded, or clears it; ``execution_timeout``; a worker's
+  graceful shutdown forwards its ``SIGTERM`` too) calls the operator's ``on_kill``; while
+  deferred, the trigger's ``on_kill`` decides (it cancels only when the task is no longer
+  deferred: see :mod:`airflow_provider.triggers.batch`). A task waiting between two
+  reschedule-mode pokes runs no process, so marking it failed then cancels nothing (use
+  ``curator-flows cancel``).
 """
 
 from __future__ import annotations
@@ -252,7 +258,9 @@ class BatchWaitMixin:
                 self.log.warning("collecting shard %s failed: %s", shard, exc)
 
     def on_kill(self) -> None:
-        """The task is being killed: cancel the live batches it started (``cancel_on_kill``)."""
+        """Airflow is killing the running task (its process got ``SIGTERM``, or
+        ``execution_timeout`` passed): cancel the live batches of its run
+        (``cancel_on_kill``)."""
         if self.cancel_on_kill and self._run_uri:
             cancel_batches(self, self._run_uri)
 

@@ -36,7 +36,12 @@ class CuratorBatchSensor(BaseSensorOperator, CuratorBaseOperator):
     :param batch_timeout: seconds (or a ``timedelta``) after the campaign's first submit before
         :class:`~airflow_provider.exceptions.CuratorBatchTimeout`.
     :param cancel_on_timeout: cancel the run's live batches at the deadline.
-    :param cancel_on_kill: (deferrable) cancel them when the task is killed or marked failed.
+    :param cancel_on_kill: cancel them when the task is killed: a poking task's process gets
+        ``SIGTERM`` (marked failed, cleared, ``execution_timeout``), or a deferred task is no
+        longer deferred when Airflow calls the trigger's ``on_kill`` (a triggerer restart or a
+        move to another triggerer leaves them running; see
+        :mod:`airflow_provider.triggers.batch`). Between reschedule-mode pokes no process runs:
+        nothing is cancelled then.
     :param max_poll_errors: (deferrable) consecutive transient poll errors tolerated.
 
     ``poke_interval``, ``mode`` (``poke`` | ``reschedule``) and ``timeout`` are the usual sensor
@@ -102,6 +107,7 @@ class CuratorBatchSensor(BaseSensorOperator, CuratorBaseOperator):
         return {"run_uri": event["run_uri"], "shard": self.shard, "outcome": event["kind"], **state}
 
     def on_kill(self) -> None:
-        """Killed while poking: cancel the run's live batches (``cancel_on_kill``)."""
+        """Airflow is killing the poking task (``SIGTERM``, ``execution_timeout``): cancel the
+        run's live batches (``cancel_on_kill``)."""
         if self.cancel_on_kill:
             cancel_batches(self, run_uri_of(self.run))

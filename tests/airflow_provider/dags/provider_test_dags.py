@@ -152,3 +152,62 @@ def batch_steps() -> None:
 
 
 batch_steps_dag = batch_steps()
+
+
+@dag(
+    dag_id="curator_test_trigger_kill",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    params={"run_uri": ""},
+)
+def trigger_kill() -> None:
+    """``probe`` runs ``CuratorBatchTrigger.on_kill`` for the task ``watched`` (its real task
+    instance, its state read through Airflow's task-states API) while ``watched`` is deferred
+    (a trigger moved to another triggerer), then failed (a user marked it failed); it returns
+    whether the run was cancelled after each."""
+    import asyncio
+
+    from airflow.sdk import task
+
+    @task
+    def probe(params: dict[str, Any], run_id: str) -> list[bool]:
+        from airflow.models import TaskInstance
+        from airflow.utils.session import create_session
+        from airflow.utils.state import TaskInstanceState
+        from sqlalchemy import select
+
+        from airflow_provider import CuratorBatchTrigger
+        from curator_flows import steps
+
+        def set_watched(state: TaskInstanceState | None) -> TaskInstance:
+            with create_session() as session:
+                ti = session.scalars(
+                    select(TaskInstance).where(
+                        TaskInstance.dag_id == "curator_test_trigger_kill",
+                        TaskInstance.run_id == run_id,
+                        TaskInstance.task_id == "watched",
+                    )
+                ).one()
+                ti.state = state
+                session.flush()
+                session.expunge(ti)
+                return ti
+
+        cancelled = []
+        for state in (TaskInstanceState.DEFERRED, TaskInstanceState.FAILED):
+            trigger = CuratorBatchTrigger(params["run_uri"], ["00000"], conn_id=CONN)
+            trigger.task_instance = set_watched(state)
+            asyncio.run(trigger.on_kill())
+            cancelled.append(bool(steps.status(params["run_uri"])["cancelled"]))
+        set_watched(None)
+        return cancelled
+
+    @task
+    def watched() -> None:
+        pass
+
+    probe() >> watched()
+
+
+trigger_kill_dag = trigger_kill()

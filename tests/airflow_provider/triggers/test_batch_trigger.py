@@ -191,3 +191,22 @@ def test_a_kill_cancel_gives_up_within_the_triggerers_on_kill_timeout(fsim, batc
         finally:
             loop.close()
     assert cancelled is False and 2.0 <= elapsed < 6.0
+
+
+def test_on_kill_cancels_only_a_task_that_is_no_longer_deferred(fsim, batch_run):
+    """Airflow calls ``on_kill`` for a user action and for a trigger reassigned to another
+    triggerer alike; the task's real state (read through Airflow's task-states API inside a
+    ``dag.test()`` task) tells them apart."""
+    from airflow_env import DAGS
+    from airflow_runs import load_dag, run_dag, states, xcom
+
+    fsim.configure(batch_timings={"validating": 0.1, "in_progress": 60.0})
+    run, _, _ = batch_run(rows=3, batch_size=4)
+    dag_run = run_dag(
+        load_dag(DAGS / "provider_test_dags.py", "curator_test_trigger_kill"),
+        run_uri=run["run_uri"],
+    )
+    assert states(dag_run)[("probe", -1)] == "success"
+    # deferred (moved to another triggerer): left running; failed (a user's kill): cancelled
+    assert xcom(dag_run, "probe") == [False, True]
+    assert fsim.stats()["batches_cancelled"] == 1
