@@ -27,6 +27,11 @@ CONN = "curator_test"
 
 
 def numbered_rows(params: dict[str, Any]) -> list[dict[str, int]]:
+    """The rows; each call (a ``prepare`` reading its input) adds a line to
+    ``<working_dir>.reads``."""
+    if params["working_dir"]:
+        with open(f"{params['working_dir'].rstrip('/')}.reads", "a") as reads:
+            reads.write("read\n")
     return [{"n": i} for i in range(int(params["rows"]))]
 
 

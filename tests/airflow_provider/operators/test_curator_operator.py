@@ -82,6 +82,9 @@ def test_reschedule_mode_without_a_triggerer(fsim, curator_conn, tmp_path):
         )
     assert reschedules >= 1
     assert fsim.stats()["batches_created"] == 2
+    # only the first poke prepared the run (read the inputs); the later ones only polled it
+    assert Path(f"{tmp_path}.reads").read_text().count("read") == 1
+    assert not list(tmp_path.glob("_airflow/**/*.json"))  # the try's pointer is gone
 
 
 def test_a_permanent_error_is_not_retried(fsim, curator_conn, tmp_path):
