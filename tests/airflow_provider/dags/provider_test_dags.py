@@ -72,6 +72,9 @@ def batch_dag(dag_id: str, operator: type = CuratorOperator, retries: int = 0, *
 batch = batch_dag("curator_test_batch")
 batch_retry = batch_dag("curator_test_batch_retry", operator=FailOnceAfterSubmit, retries=1)
 batch_reschedule = batch_dag("curator_test_batch_reschedule", deferrable=False)
+batch_reschedule_deadline = batch_dag(
+    "curator_test_batch_reschedule_deadline", retries=1, deferrable=False, batch_timeout=1.0
+)
 
 
 @dag(

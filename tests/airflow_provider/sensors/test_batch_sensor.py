@@ -59,6 +59,17 @@ def test_the_deadline_cancels_and_raises(fsim, batch_run):
     assert caught.value.cancelled and fsim.stats()["batches_cancelled"] == 1
 
 
+def test_the_deadline_counts_from_the_stored_submit_time(fsim, batch_run):
+    fsim.configure(batch_timings={"validating": 0.1, "in_progress": 60.0, "cancelling": 0.1})
+    run, _, _ = batch_run(rows=3, batch_size=4)
+    time.sleep(1.0)
+    # a sensor started now (a retry, a restarted worker) does not get a new window
+    assert sensor(run, batch_timeout=30).poke({}) is False
+    with pytest.raises(CuratorBatchTimeout):
+        sensor(run, batch_timeout=0.5).poke({})
+    assert fsim.stats()["batches_cancelled"] == 1
+
+
 def test_a_shard_without_a_batch_is_not_a_success(fsim, batch_run):
     run, _, _ = batch_run(rows=3, batch_size=4, submit=False)
     with pytest.raises(CuratorPermanentError, match="has no batch at the provider"):
