@@ -60,12 +60,16 @@ def test_outlet_asset_of_the_output_uri():
     assert op.outlets == [Asset("s3://b/out")]
 
 
-def test_parallel_shards_follow_the_mapping():
-    run = {"run_uri": "/r", "shards": ["0", "1", "2", "3", "4", "5"]}
-    assert parallelism(run, None, None) == 6
-    assert parallelism(run, 4, None) == 4  # max_active_tis_per_dag caps it
-    assert parallelism("/r", None, None) == 1  # only a URI: no shard count
-    assert parallelism(run, 4, "2") == 2  # explicit (a rendered template) wins
+def test_parallel_shards_follow_the_prepared_run(tmp_path):
+    from curator_flows import steps
+
+    llm = Numbered("gpt-4o-mini", backend_params={"shard_size": 4})
+    run = steps.prepare(llm, [{"n": i} for i in range(22)], str(tmp_path))
+    run_uri = run["run_uri"]
+    assert len(run["shards"]) == 6
+    assert parallelism(run_uri, None, None) == 6  # from the run directory, given only a URI
+    assert parallelism(run_uri, 4, None) == 4  # max_active_tis_per_dag caps it
+    assert parallelism(run_uri, 4, "2") == 2  # explicit (a rendered template) wins
     op = CuratorOnlineShardOperator(task_id="s", run=run, shard="0")
     assert op.map_index_template == "{{ task.shard }}"
 
