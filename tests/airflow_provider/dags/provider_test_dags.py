@@ -219,3 +219,27 @@ def trigger_kill() -> None:
 
 
 trigger_kill_dag = trigger_kill()
+
+
+@dag(
+    dag_id="curator_test_poke_kill",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    params={"run_uri": ""},
+)
+def poke_kill() -> None:
+    """A poke-mode sensor that Airflow kills (``execution_timeout``: the task runner calls
+    ``on_kill``) while its batch still runs."""
+    CuratorBatchSensor(
+        task_id="wait",
+        run="{{ params.run_uri }}",
+        shard="00000",
+        mode="poke",
+        poke_interval=0.2,
+        execution_timeout=timedelta(seconds=2),
+        conn_id=CONN,
+    )
+
+
+poke_kill_dag = poke_kill()

@@ -8,9 +8,8 @@ import json
 import httpx
 import pytest
 from airflow.sdk import Asset
-from airflow.sdk.exceptions import TaskDeferred
 from airflow_env import connection_json
-from airflow_llms import FactWriter, Numbered
+from airflow_llms import Numbered
 
 from airflow_provider import (
     CuratorOnlineShardOperator,
@@ -122,18 +121,3 @@ def test_connection_lookup_errors(fsim, monkeypatch, tmp_path):
     with pytest.raises(CuratorPermanentError, match="storage_options extra is not valid JSON"):
         operator("curator_bad").execute({})
     assert fsim.stats()["requests"] == 0
-
-
-def test_on_kill_cancels_the_live_batches(fsim, curator_conn, tmp_path):
-    fsim.configure(batch_timings={"validating": 0.1, "in_progress": 60.0, "cancelling": 0.1})
-    op = CuratorOperator(
-        task_id="facts",
-        llm=FactWriter("gpt-4o-mini", batch=True, backend_params={"batch_size": 2}),
-        dataset=[{"n": i} for i in range(4)],
-        working_dir=str(tmp_path),
-        conn_id="curator_test",
-    )
-    with pytest.raises(TaskDeferred):
-        op.execute({})
-    op.on_kill()  # SIGTERM while the task runs (Airflow's task runner calls it)
-    assert fsim.stats()["batches_cancelled"] == 2

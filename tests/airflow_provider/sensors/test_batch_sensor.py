@@ -86,3 +86,17 @@ def test_deferrable_hands_the_wait_to_the_trigger(batch_run):
     assert (trigger.shards, trigger.poll_interval) == (["00001"], 7.0)
     assert caught.value.method_name == "execute_complete"
     assert caught.value.timeout == timedelta(seconds=600)  # the sensor's timeout bounds it
+
+
+def test_a_killed_poking_sensor_cancels_its_batch(fsim, batch_run):
+    """Airflow kills the poking task (its ``execution_timeout``; a ``SIGTERM`` takes the same
+    ``on_kill`` path in the task runner): the batch is cancelled at the provider."""
+    from airflow_env import DAGS
+    from airflow_runs import load_dag, run_dag, states
+
+    fsim.configure(batch_timings={"validating": 0.1, "in_progress": 600.0, "cancelling": 0.1})
+    run, _, _ = batch_run(rows=3, batch_size=4)
+    dag = load_dag(DAGS / "provider_test_dags.py", "curator_test_poke_kill")
+    dag_run = run_dag(dag, run_uri=run["run_uri"])
+    assert states(dag_run) == {("wait", -1): "failed"}
+    assert fsim.stats()["batches_cancelled"] == 1
