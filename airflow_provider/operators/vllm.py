@@ -215,8 +215,11 @@ class CuratorVLLMOperator(CuratorBaseOperator):
         outcome: dict[str, Any] | None = None
         try:
             assert child.stdin is not None and child.stdout is not None
-            child.stdin.write(json.dumps(job))
-            child.stdin.close()
+            try:
+                child.stdin.write(json.dumps(job))
+                child.stdin.close()
+            except BrokenPipeError:  # it ended before reading the job: no result below
+                pass
             for line in child.stdout:
                 if line.startswith(RESULT_PREFIX):
                     outcome = json.loads(line[len(RESULT_PREFIX) :])
