@@ -110,6 +110,12 @@ class CuratorHook(BaseHook):
             return await asyncio.to_thread(credentials_of, None)
         return credentials_of(conn)
 
+    @property
+    def simulated(self) -> bool:
+        """Whether the embedded simulator stands in for the missing connection (its results
+        and costs are simulated)."""
+        return self.connection is None
+
     def provider(self) -> str | None:
         """The connection's ``provider`` extra (``None`` when unset or simulated)."""
         return provider_of(self.connection)

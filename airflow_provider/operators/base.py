@@ -230,7 +230,8 @@ class CuratorBaseOperator(BaseOperator):
 
 
 def finalize_manifest(result: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict:
-    """The small XCom manifest of a finalized run: where it is, counts, tokens, cost."""
+    """The small XCom manifest of a finalized run: where it is, counts, tokens, cost (and, from
+    the operator, ``simulated``: the embedded simulator produced these rows and costs)."""
     statistics = result.get("statistics") or {}
     tokens = statistics.get("token_usage") or {}
     cost = statistics.get("cost_info") or {}
@@ -296,7 +297,7 @@ class PublishMixin:
             credentials=credentials,
             output_uri=self.output_uri or None,
         )
-        manifest = finalize_manifest(result)
+        manifest = finalize_manifest(result, {"simulated": self.hook.simulated})  # type: ignore[attr-defined]
         self.log.info(  # type: ignore[attr-defined]
             "finalized %s: %d rows, %d failed, %d+%d tokens, $%.4f%s",
             run_uri,
@@ -331,6 +332,7 @@ class PublishMixin:
                     "input_tokens",
                     "output_tokens",
                     "cost",
+                    "simulated",
                 )
             }
             context["outlet_events"][self.output_asset].extra.update(extra)

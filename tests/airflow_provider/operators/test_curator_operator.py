@@ -34,6 +34,7 @@ def test_batch_job_defers_then_collects_and_finalizes(fsim, curator_conn, tmp_pa
     manifest = xcom(dr, "facts")
     assert manifest["rows"] == 10 and manifest["failed"] == 0
     assert manifest["input_tokens"] > 0 and manifest["cost"] > 0
+    assert manifest["simulated"] is False  # a real connection (here to a simulator's URL)
     stats = fsim.stats()
     assert stats["batches_created"] == 3  # 10 requests in batches of 4
     assert all(count == 1 for count in stats["batch_items_by_prompt"].values())
