@@ -173,6 +173,5 @@ def check_provider(backend: str, provider: str | None, *, source: str, remedy: s
         return
     if backend in DIRECT_PROVIDERS and provider in DIRECT_PROVIDERS:
         raise ConfigError(
-            f"{source} is for provider {provider!r} but the LLM's backend is {backend!r}: "
-            f"{remedy}"
+            f"{source} is for provider {provider!r} but the LLM's backend is {backend!r}: {remedy}"
         )
