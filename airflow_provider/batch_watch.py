@@ -12,8 +12,10 @@ Outcomes (``kind`` of the one terminal event):
   must submit it;
 - ``timeout``: the deadline passed first (``timeout`` seconds after the current campaign's first
   batch was submitted: the anchor is stored in the run, so a restart does not move it);
-- ``error``: polling failed: at once for a permanent error, after more than
-  ``max_poll_errors`` consecutive transient ones.
+- ``error``: polling failed: at once for a permanent error (a library error whose
+  ``retryable`` is ``False``, a missing connection: :func:`~airflow_provider.exceptions.
+  is_permanent`), after more than ``max_poll_errors`` consecutive transient ones (anything
+  else: storage, HTTP-client or Airflow API errors included).
 
 Invariants: a watch waits for every watched batch to end before reporting failed / cancelled /
 expired, so every paid result can be collected; the event payload is small JSON (no rows, no
@@ -25,7 +27,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from curator_flows.errors import BatchStepError, is_retryable
+from curator_flows.errors import BatchStepError
+
+from .exceptions import is_permanent
 
 #: the terminal kinds of ended batches, worst first
 _SEVERITY = ("failed", "cancelled", "expired", "ended")
@@ -88,11 +92,11 @@ class BatchWatch:
 
     def poll_failed(self, shard: str, exc: BaseException) -> None:
         """One ``steps.poll`` that raised."""
-        if isinstance(exc, BatchStepError) and not is_retryable(exc):
+        if isinstance(exc, BatchStepError) and not exc.retryable:
             self.resume.append(shard)  # no live batch: the worker's submit creates it
             return
         self.errors += 1
-        if not is_retryable(exc) or self.errors > self.max_poll_errors:
+        if is_permanent(exc) or self.errors > self.max_poll_errors:
             self.fail(exc, shard)
 
     def fail(self, exc: BaseException, shard: str | None = None) -> None:
@@ -101,7 +105,7 @@ class BatchWatch:
             "shard": shard,
             "type": type(exc).__name__,
             "message": str(exc)[:2000],
-            "retryable": is_retryable(exc),
+            "retryable": not is_permanent(exc),
             "consecutive_errors": max(1, self.errors),
         }
 

@@ -2,6 +2,9 @@
 Airflow's retry behaviour.
 
 Invariants:
+- permanent means :func:`is_permanent`: a library error whose ``retryable`` is ``False``, or a
+  connection that does not exist; any other exception (an fsspec/botocore error, an HTTP client
+  error, an Airflow API error) is transient;
 - a permanent library error (``retryable`` is ``False``: bad config or input, 401/403/404, a
   schema never satisfied, the budget) becomes a :class:`CuratorPermanentError`, an
   ``AirflowFailException``: Airflow fails the task without retrying it;
@@ -21,9 +24,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import (
+    AirflowException,
+    AirflowFailException,
+    AirflowNotFoundException,
+)
 
-from curator_flows.errors import BatchDeadlineError, BatchStepError, CuratorFlowsError, is_retryable
+from curator_flows.errors import BatchDeadlineError, BatchStepError, CuratorFlowsError
 
 __all__ = [
     "CuratorBatchCancelled",
@@ -32,7 +39,9 @@ __all__ = [
     "CuratorPermanentError",
     "CuratorPollError",
     "call_step",
+    "is_permanent",
     "raise_for",
+    "wait_error",
 ]
 
 T = TypeVar("T")
@@ -80,12 +89,41 @@ class CuratorPollError(BatchStepError, AirflowException):
         BatchStepError.__init__(self, message, retryable=True)
 
 
+def is_permanent(exc: BaseException) -> bool:
+    """Whether a retry cannot fix ``exc``: a :mod:`curator_flows.errors` error whose
+    ``retryable`` is ``False``, or a missing Airflow connection. Everything else (storage,
+    HTTP-client and Airflow API errors, bugs) counts as transient: a retry is cheap, and the
+    run directory makes it resume."""
+    if isinstance(exc, AirflowNotFoundException):
+        return True
+    return isinstance(exc, CuratorFlowsError) and not exc.retryable
+
+
+def wait_error(event: dict[str, Any], *, cancelled: bool = False) -> Exception | None:
+    """The exception that ends a batch wait with ``event`` (a terminal event of
+    :mod:`airflow_provider.batch_watch`), or ``None`` when the wait went well (``ended``,
+    ``expired``, ``resume``). ``cancelled``: a ``timeout``'s batches were cancelled."""
+    kind, message = event["kind"], event["message"]
+    if kind == "error":
+        if event["error"].get("retryable"):
+            return CuratorPollError(message)
+        return CuratorPermanentError(message)
+    if kind == "failed":
+        return CuratorBatchFailed(message)
+    if kind == "cancelled":
+        return CuratorBatchCancelled(message)
+    if kind == "timeout":
+        left = "the live batches were cancelled" if cancelled else "batches left running"
+        return CuratorBatchTimeout(f"{message}; {left}", cancelled=cancelled)
+    return None
+
+
 def raise_for(exc: BaseException) -> NoReturn:
     """Re-raise ``exc`` the way Airflow should see it: permanent library errors as
     :class:`CuratorPermanentError` (no retry), everything else unchanged."""
     if isinstance(exc, AirflowException):
         raise exc
-    if isinstance(exc, CuratorFlowsError) and not is_retryable(exc):
+    if isinstance(exc, CuratorFlowsError) and not exc.retryable:
         raise CuratorPermanentError(
             f"{type(exc).__name__}: {exc} (permanent: Airflow will not retry this task)", exc
         ) from exc

@@ -158,3 +158,20 @@ def _param_key(value: Any) -> str | None:
     if isinstance(value, SecretStr):
         return value.get_secret_value() or None
     return str(value) or None
+
+
+#: providers whose keys only their own API accepts (litellm and compatible servers take any)
+DIRECT_PROVIDERS = ("openai", "anthropic")
+
+
+def check_provider(backend: str, provider: str | None, *, source: str, remedy: str) -> None:
+    """Refuse credentials meant for one direct provider (:data:`DIRECT_PROVIDERS`) used with an
+    LLM whose backend is the other one: its key would be sent to the wrong API. Any other
+    pairing (``litellm``, ``vllm``, an unset ``provider``) passes. ``source`` names the
+    credentials in the message (``"connection 'x'"``), ``remedy`` says what to use instead."""
+    if provider is None or backend == provider:
+        return
+    if backend in DIRECT_PROVIDERS and provider in DIRECT_PROVIDERS:
+        raise ConfigError(
+            f"{source} is for provider {provider!r} but the LLM's backend is {backend!r}: {remedy}"
+        )

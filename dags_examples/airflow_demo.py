@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Recipes:  {recipes['rows']} rows, {recipes['input_tokens']}+"
             f"{recipes['output_tokens']} tokens, ${recipes['cost']:.5f}"
         )
+        print(f"simulated: {str(bool(recipes.get('simulated'))).lower()}")
         print(f"\nThe dataset landed in {recipes['output_uri']}")
         print(f"  (Parquet; _SUCCESS lists its files; run directory {recipes['run_uri']})")
     if args.keep_home:

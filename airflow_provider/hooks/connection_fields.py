@@ -1,5 +1,5 @@
-"""The ``curator`` connection form: one definition for the provider info (what Airflow 3's UI
-reads, without importing the hook) and for the hook's ``get_connection_form_widgets`` /
+"""The ``curator`` connection form: one definition for the provider info (the ``conn-fields`` and
+``ui-field-behaviour`` Airflow 3's UI reads, without importing the hook) and for the hook's
 ``get_ui_field_behaviour``.
 
 Invariants:

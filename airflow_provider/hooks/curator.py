@@ -60,26 +60,6 @@ class CuratorHook(BaseHook):
 
     # ------------------------------------------------------------------ the connection form
     @classmethod
-    def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """The extras fields as WTForms widgets (the Flask UI of older Airflow versions; Airflow 3
-        reads the same fields from the provider info)."""
-        from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
-        from flask_babel import lazy_gettext
-        from wtforms import PasswordField, StringField
-
-        from .connection_fields import CONN_FIELDS
-
-        widgets: dict[str, Any] = {}
-        for name, field in CONN_FIELDS.items():
-            sensitive = field["schema"].get("format") == "password"
-            kind = PasswordField if sensitive else StringField
-            widget = BS3PasswordFieldWidget if sensitive else BS3TextFieldWidget
-            widgets[name] = kind(
-                lazy_gettext(field["label"]), description=field["description"], widget=widget()
-            )
-        return widgets
-
-    @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         return ui_field_behaviour()
 
@@ -129,6 +109,12 @@ class CuratorHook(BaseHook):
         if conn is None:
             return await asyncio.to_thread(credentials_of, None)
         return credentials_of(conn)
+
+    @property
+    def simulated(self) -> bool:
+        """Whether the embedded simulator stands in for the missing connection (its results
+        and costs are simulated)."""
+        return self.connection is None
 
     def provider(self) -> str | None:
         """The connection's ``provider`` extra (``None`` when unset or simulated)."""

@@ -102,9 +102,10 @@ def resolve_dataset(dataset: Any, dataset_callable: Any, context: Mapping[str, A
     ``CuratorResponse``) as is."""
     if dataset_callable is not None:
         return call_with_context(dataset_callable, context)
-    from airflow.sdk.definitions._internal.templater import LiteralValue
+    from airflow.sdk import literal
 
-    if isinstance(dataset, LiteralValue):  # not rendered (execute called directly)
+    # The wrapper's class is not public; its type is taken from the public ``literal()``.
+    if isinstance(dataset, type(literal(None))):  # not rendered (execute called directly)
         return dataset.value
     return dataset
 
@@ -160,18 +161,31 @@ class CuratorBaseOperator(BaseOperator):
         return CuratorHook(self.conn_id, simulator_fallback=self.simulator_fallback)
 
     def credentials(self) -> Credentials:
-        """The connection as ``Credentials`` (a missing or broken connection is permanent)."""
+        """The connection as ``Credentials`` (see :meth:`connection_error` for failures)."""
         try:
             return self.hook.credentials()
         except Exception as exc:  # noqa: BLE001 - classified
             self.connection_error(exc)
 
     def connection_error(self, exc: BaseException) -> NoReturn:
-        """Raise a connection problem the Airflow way (a missing connection is permanent)."""
-        if not hasattr(exc, "retryable"):
+        """Raise a connection problem the Airflow way: a connection that does not exist, or
+        whose extras cannot be used (a ``ConfigError``), is permanent; any other lookup error
+        (a secrets backend, the Execution API) is raised as is, so Airflow retries the task.
+
+        Airflow 3.3's secrets-backend chain reports an Execution API failure during the lookup
+        as the same ``AirflowNotFoundException`` as a missing connection (its backend returns
+        nothing on any error), so that case is permanent too; the message says so."""
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        if isinstance(exc, AirflowNotFoundException):
             from curator_flows.errors import ConfigError
 
-            exc = ConfigError(f"connection {self.conn_id!r}: {type(exc).__name__}: {exc}")
+            error = ConfigError(
+                f"connection {self.conn_id!r} does not exist ({exc}): create a 'curator' "
+                "connection with that id, or pass conn_id=... (if it does exist, Airflow could "
+                "not reach its API server to read it: clear the task once it is back)"
+            )
+            raise_for(error)
         raise_for(exc)
 
     def make_llm(self, llm: LLMLike, llm_kwargs: dict[str, Any] | None = None) -> LLM | None:
@@ -184,7 +198,15 @@ class CuratorBaseOperator(BaseOperator):
             self.connection_error(exc)
         try:
             built = build_llm(llm, llm_kwargs, defaults)
-            check_provider(built, provider, self.conn_id)
+            if built is not None:
+                from curator_flows.credentials import check_provider
+
+                check_provider(
+                    built.backend,
+                    provider,
+                    source=f"connection {self.conn_id!r}",
+                    remedy=f"use a {built.backend} connection (conn_id=...)",
+                )
         except Exception as exc:  # noqa: BLE001 - classified
             if not hasattr(exc, "retryable"):
                 from curator_flows.errors import ConfigError
@@ -207,23 +229,9 @@ class CuratorBaseOperator(BaseOperator):
         return call_step(function, *args, **kwargs)
 
 
-def check_provider(llm: Any, provider: str | None, conn_id: str) -> None:
-    """Refuse an LLM whose backend is another provider than the connection's (its key would be
-    sent to the wrong API)."""
-    if llm is None or provider is None:
-        return
-    direct = ("openai", "anthropic")
-    if llm.backend in direct and provider in direct and llm.backend != provider:
-        from curator_flows.errors import ConfigError
-
-        raise ConfigError(
-            f"connection {conn_id!r} is for provider {provider!r} but the LLM uses backend "
-            f"{llm.backend!r}: use a {llm.backend} connection (conn_id=...)"
-        )
-
-
 def finalize_manifest(result: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict:
-    """The small XCom manifest of a finalized run: where it is, counts, tokens, cost."""
+    """The small XCom manifest of a finalized run: where it is, counts, tokens, cost (and, from
+    the operator, ``simulated``: the embedded simulator produced these rows and costs)."""
     statistics = result.get("statistics") or {}
     tokens = statistics.get("token_usage") or {}
     cost = statistics.get("cost_info") or {}
@@ -244,10 +252,11 @@ def finalize_manifest(result: Mapping[str, Any], extra: Mapping[str, Any] | None
 
 
 class PublishMixin:
-    """Outlet asset event and OpenLineage facets of an operator that finalizes a run.
+    """Finalize, publish, outlet asset event and OpenLineage facets of an operator that ends a
+    run.
 
-    The operator sets ``output_uri`` and ``output_asset`` (see :func:`default_asset`) and calls
-    :meth:`record_publication` with the finalize result."""
+    The operator sets ``output_uri`` and ``output_asset`` (see :func:`default_asset`, attached
+    with :meth:`attach_asset`) and calls :meth:`finalize_and_publish`."""
 
     output_uri: Any
     output_asset: Asset | None
@@ -266,6 +275,42 @@ class PublishMixin:
                 outlets.append(asset)
             kwargs["outlets"] = outlets
 
+    def finalize_and_publish(
+        self,
+        context: Context,
+        run_uri: str,
+        *,
+        llm: Any,
+        credentials: Any,
+        input_uri: Any = None,
+        lineage_llm: Any = None,
+    ) -> dict[str, Any]:
+        """``steps.finalize`` (publishing to ``output_uri``), then the manifest for XCom, its
+        figures on the outlet asset's event and what lineage reports. ``lineage_llm``: what
+        lineage names as model and backend when ``llm`` is ``None``."""
+        from curator_flows import steps
+
+        result = self.step(  # type: ignore[attr-defined]
+            steps.finalize,
+            run_uri,
+            llm=llm,
+            credentials=credentials,
+            output_uri=self.output_uri or None,
+        )
+        manifest = finalize_manifest(result, {"simulated": self.hook.simulated})  # type: ignore[attr-defined]
+        self.log.info(  # type: ignore[attr-defined]
+            "finalized %s: %d rows, %d failed, %d+%d tokens, $%.4f%s",
+            run_uri,
+            manifest["rows"],
+            manifest["failed"],
+            manifest["input_tokens"],
+            manifest["output_tokens"],
+            manifest["cost"],
+            f"; published to {manifest['output_uri']}" if manifest["output_uri"] else "",
+        )
+        self.record_publication(context, manifest, llm=llm or lineage_llm, input_uri=input_uri)
+        return manifest
+
     def record_publication(
         self,
         context: Context,
@@ -273,7 +318,6 @@ class PublishMixin:
         *,
         llm: Any = None,
         input_uri: Any = None,
-        mode: str | None = None,
     ) -> None:
         """Put rows, tokens and cost on the outlet asset's event; keep what lineage reports."""
         if self.output_asset is not None:
@@ -288,6 +332,7 @@ class PublishMixin:
                     "input_tokens",
                     "output_tokens",
                     "cost",
+                    "simulated",
                 )
             }
             context["outlet_events"][self.output_asset].extra.update(extra)
@@ -296,7 +341,7 @@ class PublishMixin:
             "input_uri": input_uri if isinstance(input_uri, str) else None,
             "model": getattr(llm, "model_name", None),
             "backend": getattr(llm, "backend", None),
-            "mode": mode or getattr(llm, "mode", None),
+            "mode": getattr(llm, "mode", None),
             "response_format": getattr(llm, "response_format", None),
         }
 

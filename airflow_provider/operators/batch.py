@@ -11,8 +11,14 @@ Invariants:
   never submitted again, a stored response is never requested again, whatever XCom holds;
 - failed / cancelled / timed-out batches end the task with their own exception type after the
   batches that ended are collected (every paid result is stored);
-- ``cancel_on_kill``: killing the task (or marking it failed) while it runs cancels the run's
-  live batches (the trigger does the same while the task is deferred).
+- ``cancel_on_kill``: a kill cancels the run's live batches; a restart of the triggerer does
+  not. What counts as a kill in Airflow 3.3: on a worker, the task process's ``SIGTERM`` (a user
+  marks the running task failed or succeeded, or clears it; ``execution_timeout``; a worker's
+  graceful shutdown forwards its ``SIGTERM`` too) calls the operator's ``on_kill``; while
+  deferred, the trigger's ``on_kill`` decides (it cancels only when the task is no longer
+  deferred: see :mod:`airflow_provider.triggers.batch`). A task waiting between two
+  reschedule-mode pokes runs no process, so marking it failed then cancels nothing (use
+  ``curator-flows cancel``).
 """
 
 from __future__ import annotations
@@ -21,17 +27,13 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..batch_watch import BatchWatch
-from ..exceptions import (
-    CuratorBatchCancelled,
-    CuratorBatchFailed,
-    CuratorBatchTimeout,
-    CuratorPermanentError,
-    CuratorPollError,
-)
+from ..exceptions import CuratorBatchCancelled, wait_error
 from .base import CuratorBaseOperator, run_uri_of
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from ..triggers.batch import CuratorBatchTrigger
 
 DEFAULT_POLL_INTERVAL = 60.0
 
@@ -43,6 +45,74 @@ def seconds(value: Any) -> float | None:
     if isinstance(value, timedelta):
         return value.total_seconds()
     return float(value)
+
+
+# -------------------------------------------------------------------------- shared by every wait
+# ``task`` is a CuratorBaseOperator with the wait options ``batch_timeout``, ``max_poll_errors``,
+# ``cancel_on_kill`` and ``cancel_on_timeout`` (the batch operators and CuratorBatchSensor).
+
+
+def batch_trigger(
+    task: Any, run_uri: str, shards: list[str], poll_interval: float
+) -> CuratorBatchTrigger:
+    """The trigger a task defers to while ``shards``' batches run."""
+    from ..triggers.batch import CuratorBatchTrigger
+
+    return CuratorBatchTrigger(
+        run_uri,
+        shards,
+        conn_id=task.conn_id,
+        simulator_fallback=task.simulator_fallback,
+        poll_interval=poll_interval,
+        timeout=seconds(task.batch_timeout),
+        max_poll_errors=task.max_poll_errors,
+        cancel_on_kill=task.cancel_on_kill,
+        cancel_on_timeout=task.cancel_on_timeout,
+    )
+
+
+def watch_once(task: Any, run_uri: str, shards: list[str], credentials: Any) -> dict | None:
+    """One round of status requests (a poke): the terminal event, or ``None`` to wait on."""
+    from curator_flows import steps
+
+    watch = BatchWatch(
+        run_uri,
+        shards,
+        timeout=seconds(task.batch_timeout),
+        max_poll_errors=task.max_poll_errors,
+    )
+    for shard in shards:
+        try:
+            watch.observe(steps.poll(run_uri, shard, credentials=credentials))
+        except Exception as exc:  # noqa: BLE001 - the watch classifies it
+            task.log.warning("polling shard %s failed: %s", shard, exc)
+            watch.poll_failed(shard, exc)
+            if watch.failure is not None:
+                break
+    return watch.outcome()
+
+
+def cancel_batches(task: Any, run_uri: str, credentials: Any = None) -> bool:
+    """Cancel the run's live batches; ``True`` when every cancel request worked (never
+    raises: it runs from kills and deadlines)."""
+    from curator_flows import steps
+
+    try:
+        result = steps.cancel(run_uri, credentials=credentials or task.credentials())
+    except Exception as exc:  # noqa: BLE001 - never raised from a kill
+        task.log.error("cancelling the batches of %s failed: %s", run_uri, exc)
+        return False
+    task.log.warning("cancelled the live batches of %s: %s", run_uri, result["batches"])
+    return not result["errors"]
+
+
+def end_of_wait(task: Any, event: dict[str, Any], credentials: Any = None) -> Exception | None:
+    """The exception a terminal event ends the task with (``None``: go on); a ``timeout``
+    the trigger did not settle cancels the batches first when ``cancel_on_timeout``."""
+    cancelled = event.get("cancelled")
+    if event["kind"] == "timeout" and cancelled is None and task.cancel_on_timeout:
+        cancelled = cancel_batches(task, event["run_uri"], credentials)
+    return wait_error(event, cancelled=bool(cancelled))
 
 
 class BatchWaitMixin:
@@ -88,7 +158,7 @@ class BatchWaitMixin:
             if live:
                 self.wait_for(run_uri, live)
             return self.batches_done(context, run_uri, llm, credentials)
-        event = self.watch_once(run_uri, shards, credentials)
+        event = watch_once(self, run_uri, shards, credentials)
         if event is None:
             self.reschedule()
         return self.on_batch_event(context, event, llm, credentials)
@@ -137,21 +207,9 @@ class BatchWaitMixin:
         """Defer to the trigger (or reschedule) until the live batches end."""
         if not self.deferrable:
             self.reschedule()
-        from ..triggers.batch import CuratorBatchTrigger
-
         self.log.info("deferring until the batches of shard(s) %s end", ", ".join(live))
         self.defer(
-            trigger=CuratorBatchTrigger(
-                run_uri,
-                live,
-                conn_id=self.conn_id,
-                simulator_fallback=self.simulator_fallback,
-                poll_interval=self.interval(),
-                timeout=seconds(self.batch_timeout),
-                max_poll_errors=self.max_poll_errors,
-                cancel_on_kill=self.cancel_on_kill,
-                cancel_on_timeout=self.cancel_on_timeout,
-            ),
+            trigger=batch_trigger(self, run_uri, live, self.interval()),
             method_name="execute_complete",
         )
 
@@ -160,26 +218,6 @@ class BatchWaitMixin:
         from airflow.sdk.exceptions import AirflowRescheduleException
 
         raise AirflowRescheduleException(timezone.utcnow() + timedelta(seconds=self.interval()))
-
-    def watch_once(self, run_uri: str, shards: list[str], credentials: Any) -> dict | None:
-        """One round of status requests (reschedule mode): the outcome, or ``None``."""
-        from curator_flows import steps
-
-        watch = BatchWatch(
-            run_uri,
-            shards,
-            timeout=seconds(self.batch_timeout),
-            max_poll_errors=self.max_poll_errors,
-        )
-        for shard in shards:
-            try:
-                watch.observe(steps.poll(run_uri, shard, credentials=credentials))
-            except Exception as exc:  # noqa: BLE001 - the watch classifies it
-                self.log.warning("polling shard %s failed: %s", shard, exc)
-                watch.poll_failed(shard, exc)
-                if watch.failure is not None:
-                    break
-        return watch.outcome()
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         """Resume after the trigger's one event."""
@@ -193,26 +231,13 @@ class BatchWaitMixin:
         self._run_uri = run_uri
         self.log.info("batches of %s: %s (%s)", run_uri, kind, event.get("message"))
         if kind == "error":
-            error = event["error"]
-            if error.get("retryable"):
-                raise CuratorPollError(event["message"])
-            raise CuratorPermanentError(event["message"])
+            raise wait_error(event)
         credentials = credentials if credentials is not None else self.credentials()
         llm = llm if llm is not None else self.batch_llm()
-        if kind in ("failed", "cancelled", "timeout"):
-            cancelled = event.get("cancelled")
-            if kind == "timeout" and cancelled is None and self.cancel_on_timeout:
-                cancelled = self.cancel_batches(run_uri, credentials)
+        error = end_of_wait(self, event, credentials)
+        if error is not None:
             self.collect_ended(run_uri, event, llm, credentials)
-            if kind == "failed":
-                raise CuratorBatchFailed(event["message"])
-            if kind == "cancelled":
-                raise CuratorBatchCancelled(event["message"])
-            raise CuratorBatchTimeout(
-                f"{event['message']}; "
-                + ("the live batches were cancelled" if cancelled else "batches left running"),
-                cancelled=bool(cancelled),
-            )
+            raise error
         live = self.advance_shards(run_uri, list(event["shards"]), llm, credentials)
         if live:
             self.wait_for(run_uri, live)
@@ -232,23 +257,12 @@ class BatchWaitMixin:
             except Exception as exc:  # noqa: BLE001 - logged; the outcome's error follows
                 self.log.warning("collecting shard %s failed: %s", shard, exc)
 
-    def cancel_batches(self, run_uri: str, credentials: Any = None) -> bool:
-        from curator_flows import steps
-
-        try:
-            result = steps.cancel(
-                run_uri, credentials=credentials if credentials else self.credentials()
-            )
-        except Exception as exc:  # noqa: BLE001 - never raised from a kill
-            self.log.error("cancelling the batches of %s failed: %s", run_uri, exc)
-            return False
-        self.log.warning("cancelled the live batches of %s: %s", run_uri, result["batches"])
-        return not result["errors"]
-
     def on_kill(self) -> None:
-        """The task is being killed: cancel the live batches it started (``cancel_on_kill``)."""
+        """Airflow is killing the running task (its process got ``SIGTERM``, or
+        ``execution_timeout`` passed): cancel the live batches of its run
+        (``cancel_on_kill``)."""
         if self.cancel_on_kill and self._run_uri:
-            self.cancel_batches(self._run_uri)
+            cancel_batches(self, self._run_uri)
 
 
 class BatchOptionsMixin:

@@ -18,7 +18,6 @@ from .base import (
     CuratorBaseOperator,
     PublishMixin,
     check_llm_argument,
-    finalize_manifest,
     resolve_dataset,
     split_dataset,
 )
@@ -47,9 +46,9 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
     :param output_asset: the outlet asset (default: from ``output_uri``, see
         :func:`~airflow_provider.operators.base.default_asset`); its event ``extra`` carries
         rows, tokens and cost.
-    :param deferrable: batch mode: wait in the triggerer (default) or in reschedule mode (each
-        poke runs ``prepare`` again to find the run, re-rendering the rows: for large inputs,
-        prefer the deferrable mode or the granular operators).
+    :param deferrable: batch mode: wait in the triggerer (default) or in reschedule mode (the
+        try's first poke prepares the run and records where it is; the later pokes only poll
+        it, see :mod:`~airflow_provider.operators.run_pointer`).
     :param poll_interval: seconds between status checks (default: the LLM's
         ``batch_check_interval``). Templated.
     :param batch_timeout: seconds (or a ``timedelta``) after the campaign's first submit before
@@ -117,6 +116,12 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
 
         llm = self.batch_llm()
         credentials = self.credentials()
+        pointer = self.run_pointer(context, credentials)
+        if pointer is not None:  # a later reschedule-mode poke of this try
+            self.log.info("run %s (from this try's first poke)", pointer["run_uri"])
+            return self.run_batches(
+                context, pointer["run_uri"], pointer["shards"], llm, credentials
+            )
         dataset = resolve_dataset(self.dataset, self.dataset_callable, context)
         run = self.step(
             steps.prepare,
@@ -138,6 +143,8 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
             run["reused_responses"],
         )
         if run["mode"] == "batch":
+            if not self.deferrable:
+                self.keep_run_pointer(context, run, credentials)
             return self.run_batches(context, run["run_uri"], run["shards"], llm, credentials)
         generate = steps.run_online if run["mode"] == "online" else steps.run_offline
         result = self.step(generate, run["run_uri"], None, llm=llm, credentials=credentials)
@@ -155,25 +162,33 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
         self, context: Context, run_uri: str, llm: Any, credentials: Any
     ) -> dict[str, Any]:
         """Finalize (and publish); the manifest goes to XCom and the asset event."""
-        from curator_flows import steps
+        manifest = self.finalize_and_publish(
+            context, run_uri, llm=llm, credentials=credentials, input_uri=self.dataset
+        )
+        if not self.deferrable:
+            from .run_pointer import remove_pointer
 
-        result = self.step(
-            steps.finalize,
-            run_uri,
-            llm=llm,
-            credentials=credentials,
-            output_uri=self.output_uri or None,
-        )
-        manifest = finalize_manifest(result)
-        self.log.info(
-            "finalized %s: %d rows, %d failed, %d+%d tokens, $%.4f%s",
-            run_uri,
-            manifest["rows"],
-            manifest["failed"],
-            manifest["input_tokens"],
-            manifest["output_tokens"],
-            manifest["cost"],
-            f"; published to {manifest['output_uri']}" if manifest["output_uri"] else "",
-        )
-        self.record_publication(context, manifest, llm=llm, input_uri=self.dataset)
+            remove_pointer(self.pointer_uri(context), credentials.storage_options)
         return manifest
+
+    # ------------------------------------------------------------ reschedule-mode pokes
+    def pointer_uri(self, context: Context) -> str:
+        from .run_pointer import pointer_uri
+
+        return pointer_uri(self.working_dir or None, context["ti"])
+
+    def run_pointer(self, context: Context, credentials: Any) -> dict[str, Any] | None:
+        """The run this try's first reschedule-mode poke prepared (``None``: prepare it)."""
+        if self.deferrable:
+            return None
+        from .run_pointer import read_pointer
+
+        return read_pointer(self.pointer_uri(context), credentials.storage_options)
+
+    def keep_run_pointer(self, context: Context, run: Any, credentials: Any) -> None:
+        """Record the prepared run for this try's later pokes (see
+        :mod:`airflow_provider.operators.run_pointer`)."""
+        from .run_pointer import write_pointer
+
+        pointer = {"run_uri": run["run_uri"], "shards": list(run["shards"]), "mode": run["mode"]}
+        self.step(write_pointer, self.pointer_uri(context), credentials.storage_options, pointer)

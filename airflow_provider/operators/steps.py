@@ -14,7 +14,6 @@ from .base import (
     CuratorBaseOperator,
     PublishMixin,
     check_llm_argument,
-    finalize_manifest,
     resolve_dataset,
     run_uri_of,
     split_dataset,
@@ -87,24 +86,27 @@ class CuratorPrepareOperator(CuratorBaseOperator):
         return list(run["shards"])
 
 
-def parallelism(run: Any, cap: int | None, explicit: Any) -> int:
-    """How many shard tasks run at once: ``explicit``, else the run's shard count (from a
-    ``PrepareResult``) capped by the task's ``max_active_tis_per_dag``."""
+def parallelism(run_uri: str, cap: int | None, explicit: Any, credentials: Any = None) -> int:
+    """How many shard tasks run at once: ``explicit``, else the shard count of the prepared run
+    at ``run_uri`` (``steps.status``: read from the run directory, whatever the task was given)
+    capped by the task's ``max_active_tis_per_dag``."""
     if explicit not in (None, ""):
         return max(1, int(explicit))
-    shards = len(run["shards"]) if isinstance(run, Mapping) and run.get("shards") else 1
+    from curator_flows import steps
+
+    shards = len(steps.status(run_uri, credentials=credentials)["shards"])
     return max(1, min(shards, cap) if cap else shards)
 
 
 class CuratorOnlineShardOperator(CuratorBaseOperator):
     """Send one shard's pending requests; returns its ``ShardResult``.
 
-    :param run: the ``PrepareResult`` (``prepare.output["run"]``; its shard count sets the
-        default ``parallel_shards``) or its ``run_uri``.
+    :param run: the ``PrepareResult`` (``prepare.output["run"]``) or its ``run_uri``.
     :param shard: the shard (``.expand(shard=prepare.output)``).
     :param parallel_shards: how many shard tasks run at once; each takes that share of the
         provider's RPM/TPM and concurrency, so together they hold the account's limit. Default:
-        the run's shard count, capped by ``max_active_tis_per_dag``.
+        the prepared run's shard count (read from its run directory), capped by
+        ``max_active_tis_per_dag``.
     :param llm: the run's LLM, or ``None`` to rebuild it from the run manifest.
     """
 
@@ -133,13 +135,20 @@ class CuratorOnlineShardOperator(CuratorBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from curator_flows import steps
 
-        share = parallelism(self.run, self.max_active_tis_per_dag, self.parallel_shards)
+        run_uri, credentials = run_uri_of(self.run), self.credentials()
+        share = self.step(
+            parallelism,
+            run_uri,
+            self.max_active_tis_per_dag,
+            self.parallel_shards,
+            credentials,
+        )
         result = self.step(
             steps.run_online,
-            run_uri_of(self.run),
+            run_uri,
             self.shard,
             llm=self.make_llm(self.llm, self.llm_kwargs),
-            credentials=self.credentials(),
+            credentials=credentials,
             parallel_shards=share,
         )
         self.log.info(
@@ -193,35 +202,18 @@ class CuratorFinalizeOperator(PublishMixin, CuratorBaseOperator):
         self.input_uri = input_uri
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from curator_flows import steps
-
-        llm = self.make_llm(self.llm, self.llm_kwargs)
-        run_uri = run_uri_of(self.run)
-        result = self.step(
-            steps.finalize,
-            run_uri,
-            llm=llm,
+        return self.finalize_and_publish(
+            context,
+            run_uri_of(self.run),
+            llm=self.make_llm(self.llm, self.llm_kwargs),
             credentials=self.credentials(),
-            output_uri=self.output_uri or None,
+            input_uri=self.input_uri,
+            lineage_llm=_RunSummary(self.run),
         )
-        manifest = finalize_manifest(result)
-        self.log.info(
-            "finalized %s: %d rows, %d failed, $%.4f%s",
-            run_uri,
-            manifest["rows"],
-            manifest["failed"],
-            manifest["cost"],
-            f"; published to {manifest['output_uri']}" if manifest["output_uri"] else "",
-        )
-        mode = self.run.get("mode") if isinstance(self.run, Mapping) else None
-        self.record_publication(
-            context, manifest, llm=llm or _RunSummary(self.run), input_uri=self.input_uri, mode=mode
-        )
-        return manifest
 
 
 class _RunSummary:
-    """What lineage needs of an LLM the task did not build (model and backend from a
+    """What lineage needs of an LLM the task did not build (model, backend and mode from a
     ``PrepareResult``)."""
 
     def __init__(self, run: Any) -> None:

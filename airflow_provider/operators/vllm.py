@@ -43,21 +43,43 @@ GPU_QUEUE = "gpu"
 GPU_POOL = "gpu"
 KILL_GRACE = 20.0
 
-#: what the other interpreter runs (imports only curator_flows)
+#: what the other interpreter runs (imports only curator_flows). Everything it does, reading
+#: the job and building the LLM included, ends in one result line: the step's result, or an
+#: error with its ``retryable`` (a library error's own flag; an LLM that cannot be imported or
+#: built, or a missing curator_flows, is a configuration error: not retryable).
 WORKER = f"""
 import json, sys
-from curator_flows import steps
-from curator_flows.rebuild import load_import_path
-job = json.load(sys.stdin)
-llm = None
-if job.get("llm"):
-    llm = load_import_path(job["llm"])(**(job.get("llm_kwargs") or {{}}))
-try:
-    result = steps.run_offline(
-        job["run_uri"], job["shard"], llm=llm, credentials=job["credentials"]
+
+def build_llm(job):
+    from curator_flows.errors import ConfigError
+    from curator_flows.rebuild import load_import_path
+    if not job.get("llm"):
+        return None
+    try:
+        return load_import_path(job["llm"])(**(job.get("llm_kwargs") or {{}}))
+    except Exception as exc:
+        if hasattr(exc, "retryable"):
+            raise
+        raise ConfigError(
+            f"building llm={{job['llm']!r}} in {{sys.executable}} failed: "
+            f"{{type(exc).__name__}}: {{exc}}"
+        ) from exc
+
+def main():
+    from curator_flows import steps
+    job = json.load(sys.stdin)
+    return steps.run_offline(
+        job["run_uri"], job["shard"], llm=build_llm(job), credentials=job["credentials"]
     )
+
+try:
+    result = main()
 except Exception as exc:
-    retryable = steps.is_retryable(exc)
+    try:
+        from curator_flows.errors import is_retryable
+        retryable = is_retryable(exc)
+    except ImportError:
+        retryable = False
     error = {{"type": type(exc).__name__, "message": str(exc), "retryable": retryable}}
     print({RESULT_PREFIX!r} + json.dumps({{"error": error}}), flush=True)
     sys.exit(1)
@@ -121,16 +143,13 @@ class CuratorVLLMOperator(CuratorBaseOperator):
     @classmethod
     def partial(cls, **kwargs: Any) -> Any:
         """``.partial()`` with the GPU pool as default too: the scheduler routes a mapped task
-        by its partial arguments (Airflow fills in ``queue`` from ``__init__`` itself, not
-        ``pool``); a ``pool`` in the DAG's ``default_args`` still wins, as for a plain task."""
-        from airflow.sdk.bases import operator as base
-        from airflow.sdk.definitions._internal.contextmanager import DagContext
-
-        dag = kwargs.get("dag") or DagContext.get_current()
-        defaults = {**(dag.default_args if dag else {}), **(kwargs.get("default_args") or {})}
-        if "pool" not in kwargs and "pool" not in defaults:
-            kwargs["pool"] = GPU_POOL
-        return base.partial(cls, **kwargs)
+        by its partial arguments, and Airflow fills in ``queue`` from ``__init__``'s defaults
+        but not ``pool``; an explicit ``pool`` or one in the DAG's ``default_args`` (merged by
+        Airflow's ``partial``) still wins, as for a plain task."""
+        partial = super().partial(**kwargs)
+        if partial.kwargs.get("pool") is None:
+            partial.kwargs["pool"] = GPU_POOL
+        return partial
 
     def execute(self, context: Context) -> dict[str, Any]:
         from curator_flows import steps
@@ -157,7 +176,7 @@ class CuratorVLLMOperator(CuratorBaseOperator):
 
     def run_in_interpreter(self, run_uri: str) -> dict[str, Any]:
         """``steps.run_offline`` in ``self.python``; its errors classified like in-process."""
-        from curator_flows.errors import CuratorFlowsError
+        from curator_flows.errors import ConfigError, CuratorFlowsError
 
         credentials = self.credentials()
         job = {
@@ -173,23 +192,34 @@ class CuratorVLLMOperator(CuratorBaseOperator):
         }
         env = {**os.environ, **(self.env or {})}
         self.log.info("running shard %s with %s", self.shard, self.python)
-        child = subprocess.Popen(
-            [self.python, "-c", WORKER],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
+        try:
+            child = subprocess.Popen(
+                [self.python, "-c", WORKER],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise_for(
+                ConfigError(
+                    f"python={self.python!r} cannot be started ({type(exc).__name__}: {exc}): "
+                    "point it at the GPU venv's interpreter"
+                )
+            )
         self._child = child
         relay = threading.Thread(target=self._relay, args=(child.stderr,), daemon=True)
         relay.start()
         outcome: dict[str, Any] | None = None
         try:
             assert child.stdin is not None and child.stdout is not None
-            child.stdin.write(json.dumps(job))
-            child.stdin.close()
+            try:
+                child.stdin.write(json.dumps(job))
+                child.stdin.close()
+            except BrokenPipeError:  # it ended before reading the job: no result below
+                pass
             for line in child.stdout:
                 if line.startswith(RESULT_PREFIX):
                     outcome = json.loads(line[len(RESULT_PREFIX) :])
@@ -208,9 +238,11 @@ class CuratorVLLMOperator(CuratorBaseOperator):
                     f"{error['type']}: {error['message']}", retryable=bool(error["retryable"])
                 )
             )
-        raise RuntimeError(
-            f"the vLLM worker ({self.python}) exited with code {code} without a result "
-            "(killed? out of memory?); a retry resumes at the last stored chunk"
+        raise CuratorFlowsError(
+            f"shard {self.shard}: the vLLM worker ({self.python}) exited with code {code} "
+            "without a result (killed? out of memory?); a retry resumes at the last stored "
+            "chunk",
+            retryable=True,
         )
 
     def _relay(self, stream: Any) -> None:

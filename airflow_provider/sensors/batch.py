@@ -3,8 +3,13 @@
 
 Outcomes, the same as the trigger's (:mod:`airflow_provider.batch_watch`): ended or expired →
 success (returns the batch's small state); failed, cancelled, the ``batch_timeout`` deadline →
-their own exception types; a poll error → tolerated in poke/reschedule mode until the deadline
-when transient, raised at once when permanent.
+their own exception types; a shard without a batch at the provider (``resume``) →
+:class:`~airflow_provider.exceptions.CuratorPermanentError` (a sensor never submits, so waiting
+cannot end it); a poll error → tolerated in poke/reschedule mode until the deadline when
+transient, raised at once when permanent.
+
+Invariant: the sensor's own ``timeout`` bounds a deferral as it bounds pokes (the deferral's
+``timeout``), next to ``batch_timeout``, which counts from the batch's submission.
 """
 
 from __future__ import annotations
@@ -14,15 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
-from ..exceptions import (
-    CuratorBatchCancelled,
-    CuratorBatchFailed,
-    CuratorBatchTimeout,
-    CuratorPermanentError,
-    CuratorPollError,
-)
+from ..exceptions import CuratorPermanentError
 from ..operators.base import CuratorBaseOperator, run_uri_of
-from ..operators.batch import BatchWaitMixin, seconds
+from ..operators.batch import batch_trigger, cancel_batches, end_of_wait, watch_once
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -37,7 +36,12 @@ class CuratorBatchSensor(BaseSensorOperator, CuratorBaseOperator):
     :param batch_timeout: seconds (or a ``timedelta``) after the campaign's first submit before
         :class:`~airflow_provider.exceptions.CuratorBatchTimeout`.
     :param cancel_on_timeout: cancel the run's live batches at the deadline.
-    :param cancel_on_kill: (deferrable) cancel them when the task is killed or marked failed.
+    :param cancel_on_kill: cancel them when the task is killed: a poking task's process gets
+        ``SIGTERM`` (marked failed, cleared, ``execution_timeout``), or a deferred task is no
+        longer deferred when Airflow calls the trigger's ``on_kill`` (a triggerer restart or a
+        move to another triggerer leaves them running; see
+        :mod:`airflow_provider.triggers.batch`). Between reschedule-mode pokes no process runs:
+        nothing is cancelled then.
     :param max_poll_errors: (deferrable) consecutive transient poll errors tolerated.
 
     ``poke_interval``, ``mode`` (``poke`` | ``reschedule``) and ``timeout`` are the usual sensor
@@ -72,26 +76,15 @@ class CuratorBatchSensor(BaseSensorOperator, CuratorBaseOperator):
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
             return super().execute(context)
-        from ..triggers.batch import CuratorBatchTrigger
-
         self.defer(
-            trigger=CuratorBatchTrigger(
-                run_uri_of(self.run),
-                [self.shard],
-                conn_id=self.conn_id,
-                simulator_fallback=self.simulator_fallback,
-                poll_interval=self.poke_interval,
-                timeout=seconds(self.batch_timeout),
-                max_poll_errors=self.max_poll_errors,
-                cancel_on_kill=self.cancel_on_kill,
-                cancel_on_timeout=self.cancel_on_timeout,
-            ),
+            trigger=batch_trigger(self, run_uri_of(self.run), [self.shard], self.poke_interval),
             method_name="execute_complete",
+            timeout=timedelta(seconds=self.timeout),
         )
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
         run_uri = run_uri_of(self.run)
-        event = BatchWaitMixin.watch_once(self, run_uri, [self.shard], self.credentials())
+        event = watch_once(self, run_uri, [self.shard], self.credentials())
         if event is None:
             return False
         return PokeReturnValue(True, self.outcome(event))
@@ -101,29 +94,20 @@ class CuratorBatchSensor(BaseSensorOperator, CuratorBaseOperator):
 
     def outcome(self, event: dict[str, Any]) -> dict[str, Any]:
         """The shard's small state for ``ended`` / ``expired`` / ``resume``; else raise."""
-        kind = event["kind"]
-        self.log.info("shard %s: %s (%s)", self.shard, kind, event.get("message"))
-        if kind == "error":
-            if event["error"].get("retryable"):
-                raise CuratorPollError(event["message"])
-            raise CuratorPermanentError(event["message"])
-        if kind == "failed":
-            raise CuratorBatchFailed(event["message"])
-        if kind == "cancelled":
-            raise CuratorBatchCancelled(event["message"])
-        if kind == "timeout":
-            cancelled = event.get("cancelled")
-            if cancelled is None and self.cancel_on_timeout:
-                cancelled = BatchWaitMixin.cancel_batches(self, event["run_uri"])
-            raise CuratorBatchTimeout(
-                f"{event['message']}; "
-                + ("the live batches were cancelled" if cancelled else "batches left running"),
-                cancelled=bool(cancelled),
+        self.log.info("shard %s: %s (%s)", self.shard, event["kind"], event.get("message"))
+        error = end_of_wait(self, event)
+        if error is not None:
+            raise error
+        if event["kind"] == "resume":
+            raise CuratorPermanentError(
+                f"shard {self.shard} of {event['run_uri']} has no batch at the provider: the "
+                "sensor only waits; submit it first (CuratorSubmitBatchOperator upstream)"
             )
         state = event["shards"].get(self.shard, {})
-        return {"run_uri": event["run_uri"], "shard": self.shard, "outcome": kind, **state}
+        return {"run_uri": event["run_uri"], "shard": self.shard, "outcome": event["kind"], **state}
 
     def on_kill(self) -> None:
-        """Killed while poking: cancel the run's live batches (``cancel_on_kill``)."""
+        """Airflow is killing the poking task (``SIGTERM``, ``execution_timeout``): cancel the
+        run's live batches (``cancel_on_kill``)."""
         if self.cancel_on_kill:
-            BatchWaitMixin.cancel_batches(self, run_uri_of(self.run))
+            cancel_batches(self, run_uri_of(self.run))

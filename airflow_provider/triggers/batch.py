@@ -4,13 +4,27 @@ Invariants:
 - the event loop is never blocked: the connection is fetched with the async API, and every
   ``steps.poll`` (a status request plus small run-directory reads) and ``steps.cancel`` runs in
   a thread (``asyncio.to_thread``);
-- the trigger never downloads results (the resumed task collects them) and never writes to the
-  run directory, except the cancel flag of ``steps.cancel``;
+- the trigger never downloads results (the resumed task collects them); it writes to the run
+  directory only through the steps it calls: each ``steps.poll`` saves the shard's batch record
+  (status, request counts, end and poll times, as any poll does) and ``steps.cancel`` writes the
+  run's cancel flag;
 - it yields exactly one event, then returns (:mod:`airflow_provider.batch_watch` decides which);
 - its deadline is wall-clock, ``timeout`` seconds after the current campaign's first batch was
   submitted (a time stored in the run), so a triggerer restart does not move it;
 - it serialises to a handful of JSON values: a run URI, shard names, a connection id and
-  settings; never a key.
+  settings; never a key;
+- ``cancel_on_kill`` cancels the run's batches only when the task is no longer deferred (see
+  :meth:`CuratorBatchTrigger.on_kill`): a triggerer restart or a move to another triggerer
+  leaves them running.
+
+What Airflow 3.3 does (``airflow/jobs/triggerer_job_runner.py``): a triggerer calls a
+trigger's ``on_kill`` when it cancels the trigger with its "user action" message, which it does
+for every trigger the database no longer assigns to it. That is the case when a user marks the
+deferred task failed or succeeded or clears it (the trigger row loses its task), and also when
+the trigger was reassigned to another triggerer (this one missed its heartbeats). A triggerer
+that shuts down or restarts cancels its triggers without that message (no ``on_kill``), and a
+deferral that times out (``timeout_after``) is not a kill either. Only the task's state tells a
+kill from a reassignment: it stays ``deferred`` while another triggerer watches the batches.
 """
 
 from __future__ import annotations
@@ -27,8 +41,23 @@ from curator_flows import steps
 from ..batch_watch import BatchWatch
 from ..hooks.curator import CuratorHook
 
-#: seconds ``on_kill`` / a deadline cancel may take before the trigger gives up on it
+#: seconds a deadline's cancel may take before the trigger gives up on it
 CANCEL_TIMEOUT = 60.0
+#: seconds kept free under the triggerer's ``[triggerer] on_kill_timeout`` for the rest of
+#: ``on_kill`` (the task-state lookup, the log lines)
+KILL_MARGIN = 5.0
+#: seconds the task-state lookup of ``on_kill`` may take (within :data:`KILL_MARGIN`)
+STATE_TIMEOUT = 3.0
+
+
+def kill_cancel_timeout() -> float:
+    """Seconds ``on_kill``'s cancel may take: the triggerer's ``[triggerer] on_kill_timeout``
+    (30 s by default; Airflow abandons ``on_kill`` after it) less :data:`KILL_MARGIN`, so the
+    trigger logs the outcome itself instead of being cut off (25 s by default)."""
+    from airflow.sdk.configuration import conf
+
+    bound = conf.getfloat("triggerer", "on_kill_timeout", fallback=30.0)
+    return max(1.0, bound - KILL_MARGIN)
 
 
 class CuratorBatchTrigger(BaseTrigger):
@@ -42,8 +71,9 @@ class CuratorBatchTrigger(BaseTrigger):
     :param timeout: seconds after the campaign's first submit before giving up (``None``: no
         deadline).
     :param max_poll_errors: consecutive transient poll errors tolerated.
-    :param cancel_on_kill: cancel the run's live batches when the task is killed or marked
-        failed while deferred.
+    :param cancel_on_kill: cancel the run's live batches when the deferred task is killed
+        (marked failed or succeeded, cleared), not when the trigger merely moves (see
+        :meth:`on_kill`).
     :param cancel_on_timeout: cancel them when the deadline passes.
     """
 
@@ -121,7 +151,9 @@ class CuratorBatchTrigger(BaseTrigger):
             event = watch.outcome()
             if event is not None:
                 if event["kind"] == "timeout":
-                    event["cancelled"] = self.cancel_on_timeout and await self._cancel(credentials)
+                    event["cancelled"] = self.cancel_on_timeout and await self._cancel(
+                        credentials, CANCEL_TIMEOUT
+                    )
                 yield TriggerEvent(event)
                 return
             await asyncio.sleep(watch.sleep_seconds(self.poll_interval))
@@ -130,15 +162,27 @@ class CuratorBatchTrigger(BaseTrigger):
         """One ``steps.poll`` (a status request and small reads), in a thread."""
         return await asyncio.to_thread(steps.poll, self.run_uri, shard, credentials=credentials)
 
-    async def _cancel(self, credentials: Any = None) -> bool:
-        """Cancel every live batch of the run (in a thread, bounded); ``True`` when it worked."""
-        try:
+    async def _cancel(self, credentials: Any, timeout: float) -> bool:
+        """Cancel every live batch of the run (in a thread, given up after ``timeout`` seconds,
+        the connection lookup included); ``True`` when it worked."""
+
+        async def cancel() -> Any:
+            nonlocal credentials
             if credentials is None:
                 credentials = await self._hook().acredentials()
-            result = await asyncio.wait_for(
-                asyncio.to_thread(steps.cancel, self.run_uri, credentials=credentials),
-                CANCEL_TIMEOUT,
+            return await asyncio.to_thread(steps.cancel, self.run_uri, credentials=credentials)
+
+        try:
+            result = await asyncio.wait_for(cancel(), timeout)
+        except TimeoutError:
+            self.log.error(
+                "cancelling the batches of %s did not finish within %.0fs: check them with "
+                "`curator-flows status %s`",
+                self.run_uri,
+                timeout,
+                self.run_uri,
             )
+            return False
         except Exception as exc:  # noqa: BLE001 - reported, never raised from a kill
             self.log.error("cancelling the batches of %s failed: %s", self.run_uri, exc)
             return False
@@ -150,7 +194,51 @@ class CuratorBatchTrigger(BaseTrigger):
         )
         return not result["errors"]
 
+    async def task_state(self) -> str | None:
+        """The current state of the deferred task (Airflow's task-states API, in a thread,
+        within :data:`STATE_TIMEOUT` seconds); ``None`` when it cannot be read."""
+        ti = getattr(self, "task_instance", None)
+        if ti is None:
+            return None
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        try:
+            states = await asyncio.wait_for(
+                asyncio.to_thread(
+                    RuntimeTaskInstance.get_task_states,
+                    dag_id=ti.dag_id,
+                    task_ids=[ti.task_id],
+                    run_ids=[ti.run_id],
+                    map_index=ti.map_index,
+                ),
+                STATE_TIMEOUT,
+            )
+        except Exception as exc:  # noqa: BLE001 - an unknown state; on_kill decides
+            self.log.warning("reading the state of task %s failed: %s", ti.task_id, exc)
+            return None
+        key = (
+            ti.task_id
+            if ti.map_index is None or ti.map_index < 0
+            else (f"{ti.task_id}_{ti.map_index}")
+        )
+        state = (states.get(ti.run_id) or {}).get(key)
+        return None if state is None else str(getattr(state, "value", state))
+
     async def on_kill(self) -> None:
-        """The task was killed or marked failed while deferred: stop the billing."""
-        if self.cancel_on_kill:
-            await self._cancel()
+        """Airflow cancelled this trigger on a user action (see the module docstring): cancel
+        the run's live batches (``cancel_on_kill``) unless the task is still ``deferred``,
+        which means another triggerer now runs this trigger. A state that cannot be read
+        counts as a kill (Airflow reported a user action; a wrong cancel ends the task with
+        ``CuratorBatchCancelled``, whose finished results are collected)."""
+        if not self.cancel_on_kill:
+            return
+        state = await self.task_state()
+        if state == "deferred":
+            self.log.info(
+                "the task is still deferred: this trigger moved to another triggerer, which "
+                "goes on watching the batches of %s (not cancelled)",
+                self.run_uri,
+            )
+            return
+        self.log.warning("the task was killed (state %s): cancelling its batches", state)
+        await self._cancel(None, kill_cancel_timeout())

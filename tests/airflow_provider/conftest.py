@@ -126,7 +126,7 @@ def api_server(airflow_home):
 def local_executor(api_server, monkeypatch):
     """``dag.test(use_executor=True)`` runs tasks in parallel LocalExecutor processes."""
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
-    monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "4")
+    monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "5")  # 4 shards + the slot of a task ending
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"{api_server}/execution/")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SUPPORT), str(REPO)]))
     return api_server

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import botocore.exceptions
+import httpx
+import pytest
+from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
+
 from airflow_provider.batch_watch import BatchWatch, shard_outcome
 from curator_flows.errors import AuthenticationError, BatchStepError, EndpointUnreachableError
 
@@ -65,3 +70,29 @@ def test_poll_errors():
     watch = BatchWatch("/runs/r", ["a"])
     watch.poll_failed("a", BatchStepError("shard a has no batch yet: call submit first"))
     assert watch.outcome()["kind"] == "resume"
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        OSError("SlowDown reading the batch record"),  # fsspec / s3fs
+        botocore.exceptions.EndpointConnectionError(endpoint_url="http://s3.local"),
+        httpx.ConnectError("connection refused"),
+        AirflowException("the API server answered 503"),
+    ],
+    ids=type,
+)
+def test_errors_from_outside_the_library_are_transient(exc):
+    watch = BatchWatch("/runs/r", ["a"], max_poll_errors=2)
+    watch.poll_failed("a", exc)
+    watch.poll_failed("a", exc)
+    assert watch.outcome() is None  # tolerated like an unreachable provider
+    watch.poll_failed("a", exc)
+    event = watch.outcome()
+    assert event["kind"] == "error" and event["error"]["retryable"] is True
+
+
+def test_a_missing_connection_is_permanent():
+    watch = BatchWatch("/runs/r", ["a"], max_poll_errors=5)
+    watch.fail(AirflowNotFoundException("The conn_id `curator_x` isn't defined"))
+    assert watch.outcome()["error"]["retryable"] is False

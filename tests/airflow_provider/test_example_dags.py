@@ -61,6 +61,7 @@ def test_nightly_batch(tmp_path):
     )
     extra = asset_events("curator://nightly/batch-recipes")[-1]
     assert extra["rows"] == 12 and extra["output_uri"] == manifest["output_uri"]
+    assert manifest["simulated"] is True and extra["simulated"] is True  # not a real bill
 
 
 def test_nightly_batch_steps(tmp_path):

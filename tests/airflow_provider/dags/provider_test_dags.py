@@ -27,6 +27,11 @@ CONN = "curator_test"
 
 
 def numbered_rows(params: dict[str, Any]) -> list[dict[str, int]]:
+    """The rows; each call (a ``prepare`` reading its input) adds a line to
+    ``<working_dir>.reads``."""
+    if params["working_dir"]:
+        with open(f"{params['working_dir'].rstrip('/')}.reads", "a") as reads:
+            reads.write("read\n")
     return [{"n": i} for i in range(int(params["rows"]))]
 
 
@@ -67,6 +72,9 @@ def batch_dag(dag_id: str, operator: type = CuratorOperator, retries: int = 0, *
 batch = batch_dag("curator_test_batch")
 batch_retry = batch_dag("curator_test_batch_retry", operator=FailOnceAfterSubmit, retries=1)
 batch_reschedule = batch_dag("curator_test_batch_reschedule", deferrable=False)
+batch_reschedule_deadline = batch_dag(
+    "curator_test_batch_reschedule_deadline", retries=1, deferrable=False, batch_timeout=1.0
+)
 
 
 @dag(
@@ -152,3 +160,86 @@ def batch_steps() -> None:
 
 
 batch_steps_dag = batch_steps()
+
+
+@dag(
+    dag_id="curator_test_trigger_kill",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    params={"run_uri": ""},
+)
+def trigger_kill() -> None:
+    """``probe`` runs ``CuratorBatchTrigger.on_kill`` for the task ``watched`` (its real task
+    instance, its state read through Airflow's task-states API) while ``watched`` is deferred
+    (a trigger moved to another triggerer), then failed (a user marked it failed); it returns
+    whether the run was cancelled after each."""
+    import asyncio
+
+    from airflow.sdk import task
+
+    @task
+    def probe(params: dict[str, Any], run_id: str) -> list[bool]:
+        from airflow.models import TaskInstance
+        from airflow.utils.session import create_session
+        from airflow.utils.state import TaskInstanceState
+        from sqlalchemy import select
+
+        from airflow_provider import CuratorBatchTrigger
+        from curator_flows import steps
+
+        def set_watched(state: TaskInstanceState | None) -> TaskInstance:
+            with create_session() as session:
+                ti = session.scalars(
+                    select(TaskInstance).where(
+                        TaskInstance.dag_id == "curator_test_trigger_kill",
+                        TaskInstance.run_id == run_id,
+                        TaskInstance.task_id == "watched",
+                    )
+                ).one()
+                ti.state = state
+                session.flush()
+                session.expunge(ti)
+                return ti
+
+        cancelled = []
+        for state in (TaskInstanceState.DEFERRED, TaskInstanceState.FAILED):
+            trigger = CuratorBatchTrigger(params["run_uri"], ["00000"], conn_id=CONN)
+            trigger.task_instance = set_watched(state)
+            asyncio.run(trigger.on_kill())
+            cancelled.append(bool(steps.status(params["run_uri"])["cancelled"]))
+        set_watched(None)
+        return cancelled
+
+    @task
+    def watched() -> None:
+        pass
+
+    probe() >> watched()
+
+
+trigger_kill_dag = trigger_kill()
+
+
+@dag(
+    dag_id="curator_test_poke_kill",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    params={"run_uri": ""},
+)
+def poke_kill() -> None:
+    """A poke-mode sensor that Airflow kills (``execution_timeout``: the task runner calls
+    ``on_kill``) while its batch still runs."""
+    CuratorBatchSensor(
+        task_id="wait",
+        run="{{ params.run_uri }}",
+        shard="00000",
+        mode="poke",
+        poke_interval=0.2,
+        execution_timeout=timedelta(seconds=2),
+        conn_id=CONN,
+    )
+
+
+poke_kill_dag = poke_kill()

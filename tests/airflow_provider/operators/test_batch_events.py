@@ -21,7 +21,7 @@ from airflow_provider import (
     CuratorPollError,
 )
 from airflow_provider.batch_watch import BatchWatch
-from curator_flows.errors import EndpointUnreachableError
+from curator_flows.errors import AuthenticationError, EndpointUnreachableError
 
 
 def operator(tmp_path, rows: int = 10, **options) -> CuratorOperator:
@@ -134,7 +134,7 @@ def test_poll_errors(fsim, curator_conn, tmp_path):
     with pytest.raises(CuratorPollError) as caught:  # transient: Airflow retries the task
         op.execute_complete({}, watch.outcome())
     assert not isinstance(caught.value, AirflowFailException)
-    watch.fail(PermissionError("denied"), "00000")
+    watch.fail(AuthenticationError("401: invalid key", status=401), "00000")
     with pytest.raises(CuratorPermanentError):
         op.execute_complete({}, watch.outcome())
 

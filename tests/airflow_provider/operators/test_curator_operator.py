@@ -34,6 +34,7 @@ def test_batch_job_defers_then_collects_and_finalizes(fsim, curator_conn, tmp_pa
     manifest = xcom(dr, "facts")
     assert manifest["rows"] == 10 and manifest["failed"] == 0
     assert manifest["input_tokens"] > 0 and manifest["cost"] > 0
+    assert manifest["simulated"] is False  # a real connection (here to a simulator's URL)
     stats = fsim.stats()
     assert stats["batches_created"] == 3  # 10 requests in batches of 4
     assert all(count == 1 for count in stats["batch_items_by_prompt"].values())
@@ -82,6 +83,24 @@ def test_reschedule_mode_without_a_triggerer(fsim, curator_conn, tmp_path):
         )
     assert reschedules >= 1
     assert fsim.stats()["batches_created"] == 2
+    # only the first poke prepared the run (read the inputs); the later ones only polled it
+    assert Path(f"{tmp_path}.reads").read_text().count("read") == 1
+    assert not list(tmp_path.glob("_airflow/**/*.json"))  # the try's pointer is gone
+
+
+def test_reschedule_mode_deadline_cancels_a_batch_that_never_ends(fsim, curator_conn, tmp_path):
+    from curator_flows import steps
+
+    fsim.configure(batch_timings={"validating": 0.1, "in_progress": 600.0, "cancelling": 0.1})
+    dag = load_dag(DAG_FILE, "curator_test_batch_reschedule_deadline")
+    dr = run_dag(dag, working_dir=str(tmp_path), rows=6)
+    ti = task_instances(dr)[("facts", -1)]
+    # CuratorBatchTimeout fails the task without the retry it has (retries=1)
+    assert str(ti.state) == "failed" and ti.try_number == 1
+    stats = fsim.stats()
+    assert stats["batches_created"] == 2 and stats["batches_cancelled"] == 2
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir() and p.name != "_airflow"]
+    assert steps.status(str(run_dir))["cancelled"]
 
 
 def test_a_permanent_error_is_not_retried(fsim, curator_conn, tmp_path):

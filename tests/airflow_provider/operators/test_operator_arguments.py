@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 from airflow.sdk import Asset
-from airflow.sdk.exceptions import TaskDeferred
 from airflow_env import connection_json
-from airflow_llms import FactWriter, Numbered
+from airflow_llms import Numbered
 
 from airflow_provider import (
     CuratorOnlineShardOperator,
@@ -17,6 +17,7 @@ from airflow_provider import (
     CuratorPermanentError,
     CuratorVLLMOperator,
 )
+from airflow_provider.hooks.curator import CuratorHook
 from airflow_provider.operators.base import call_with_context, default_asset, split_dataset
 from airflow_provider.operators.steps import parallelism
 
@@ -58,12 +59,16 @@ def test_outlet_asset_of_the_output_uri():
     assert op.outlets == [Asset("s3://b/out")]
 
 
-def test_parallel_shards_follow_the_mapping():
-    run = {"run_uri": "/r", "shards": ["0", "1", "2", "3", "4", "5"]}
-    assert parallelism(run, None, None) == 6
-    assert parallelism(run, 4, None) == 4  # max_active_tis_per_dag caps it
-    assert parallelism("/r", None, None) == 1  # only a URI: no shard count
-    assert parallelism(run, 4, "2") == 2  # explicit (a rendered template) wins
+def test_parallel_shards_follow_the_prepared_run(tmp_path):
+    from curator_flows import steps
+
+    llm = Numbered("gpt-4o-mini", backend_params={"shard_size": 4})
+    run = steps.prepare(llm, [{"n": i} for i in range(22)], str(tmp_path))
+    run_uri = run["run_uri"]
+    assert len(run["shards"]) == 6
+    assert parallelism(run_uri, None, None) == 6  # from the run directory, given only a URI
+    assert parallelism(run_uri, 4, None) == 4  # max_active_tis_per_dag caps it
+    assert parallelism(run_uri, 4, "2") == 2  # explicit (a rendered template) wins
     op = CuratorOnlineShardOperator(task_id="s", run=run, shard="0")
     assert op.map_index_template == "{{ task.shard }}"
 
@@ -93,16 +98,26 @@ def test_connection_defaults_and_provider(fsim, monkeypatch, tmp_path):
         op.make_llm("airflow_llms:Missing", {})
 
 
-def test_on_kill_cancels_the_live_batches(fsim, curator_conn, tmp_path):
-    fsim.configure(batch_timings={"validating": 0.1, "in_progress": 60.0, "cancelling": 0.1})
-    op = CuratorOperator(
-        task_id="facts",
-        llm=FactWriter("gpt-4o-mini", batch=True, backend_params={"batch_size": 2}),
-        dataset=[{"n": i} for i in range(4)],
-        working_dir=str(tmp_path),
-        conn_id="curator_test",
+def test_connection_lookup_errors(fsim, monkeypatch, tmp_path):
+    def operator(conn_id: str) -> CuratorOperator:
+        rows = [{"n": 1}]
+        llm = Numbered("gpt-4o-mini")
+        return CuratorOperator(
+            task_id="t", llm=llm, dataset=rows, working_dir=str(tmp_path), conn_id=conn_id
+        )
+
+    def timing_out(cls, conn_id):  # e.g. the Execution API or a secrets backend not answering
+        raise httpx.ReadTimeout("the secrets backend did not answer")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(CuratorHook, "get_connection", classmethod(timing_out))
+        with pytest.raises(httpx.ReadTimeout):  # raised as is: Airflow retries the task
+            operator("curator_test").execute({})
+    with pytest.raises(CuratorPermanentError, match="'curator_nowhere' does not exist"):
+        operator("curator_nowhere").execute({})
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CURATOR_BAD", connection_json(fsim, storage_options="{not json")
     )
-    with pytest.raises(TaskDeferred):
-        op.execute({})
-    op.on_kill()  # SIGTERM while the task runs (Airflow's task runner calls it)
-    assert fsim.stats()["batches_cancelled"] == 2
+    with pytest.raises(CuratorPermanentError, match="storage_options extra is not valid JSON"):
+        operator("curator_bad").execute({})
+    assert fsim.stats()["requests"] == 0

@@ -26,6 +26,23 @@ def test_gpu_routing_defaults():
     assert (custom.queue, custom.pool) == ("a100", "a100s")
 
 
+def test_mapped_gpu_routing_defaults():
+    import pendulum
+    from airflow.sdk import DAG
+
+    start = pendulum.datetime(2025, 1, 1, tz="UTC")
+    with DAG("gpu_default", schedule=None, start_date=start):
+        default = CuratorVLLMOperator.partial(task_id="g", run="/r").expand(shard=["0", "1"])
+        explicit = CuratorVLLMOperator.partial(task_id="h", run="/r", pool="a100s").expand(
+            shard=["0"]
+        )
+    with DAG("gpu_dag_default", schedule=None, start_date=start, default_args={"pool": "mine"}):
+        from_dag = CuratorVLLMOperator.partial(task_id="g", run="/r").expand(shard=["0"])
+    assert default.partial_kwargs["pool"] == "gpu" and default.partial_kwargs["queue"] == "gpu"
+    assert explicit.partial_kwargs["pool"] == "a100s"
+    assert from_dag.partial_kwargs["pool"] == "mine"
+
+
 @pytest.fixture(scope="module")
 def vllm_env(tmp_path_factory):
     if not VLLM_PYTHON.exists():
@@ -92,3 +109,36 @@ def test_a_permanent_error_in_the_interpreter_is_permanent(vllm_env, tmp_path):
     with pytest.raises(CuratorPermanentError, match="unknown shard"):
         op.execute({})
     assert Path(run["run_uri"]).exists()
+
+
+def offline_run(tmp_path):
+    return steps.prepare(offline_llm("tiny-model-never-loaded"), [{"n": 1}], str(tmp_path))
+
+
+def interpreter_operator(run, python: str, **options) -> CuratorVLLMOperator:
+    return CuratorVLLMOperator(
+        task_id="generate", run=run, shard="00000", python=python, simulator_fallback=True,
+        env={"PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)])}, **options,
+    )  # fmt: skip
+
+
+def test_an_llm_the_interpreter_cannot_build_is_a_permanent_library_error(tmp_path):
+    import sys
+
+    run = offline_run(tmp_path)
+    op = interpreter_operator(run, sys.executable, llm="airflow_llms:NoSuchLLM")
+    with pytest.raises(CuratorPermanentError, match="building llm='airflow_llms:NoSuchLLM'"):
+        op.execute({})
+
+
+def test_an_interpreter_that_ends_without_a_result_is_retryable(tmp_path):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from curator_flows.errors import CuratorFlowsError
+
+    run = offline_run(tmp_path)
+    with pytest.raises(CuratorFlowsError, match="exited with code 1 without a result") as caught:
+        interpreter_operator(run, "/bin/false").execute({})
+    assert caught.value.retryable and not isinstance(caught.value, AirflowFailException)
+    with pytest.raises(CuratorPermanentError, match="cannot be started"):
+        interpreter_operator(run, str(tmp_path / "no-such-python")).execute({})

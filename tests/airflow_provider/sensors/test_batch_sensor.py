@@ -4,6 +4,7 @@ exceptions; deferrable mode hands the wait to the trigger."""
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 from airflow.sdk import PokeReturnValue
@@ -14,6 +15,7 @@ from airflow_provider import (
     CuratorBatchSensor,
     CuratorBatchTimeout,
     CuratorBatchTrigger,
+    CuratorPermanentError,
 )
 
 
@@ -57,11 +59,44 @@ def test_the_deadline_cancels_and_raises(fsim, batch_run):
     assert caught.value.cancelled and fsim.stats()["batches_cancelled"] == 1
 
 
+def test_the_deadline_counts_from_the_stored_submit_time(fsim, batch_run):
+    fsim.configure(batch_timings={"validating": 0.1, "in_progress": 60.0, "cancelling": 0.1})
+    run, _, _ = batch_run(rows=3, batch_size=4)
+    time.sleep(1.0)
+    # a sensor started now (a retry, a restarted worker) does not get a new window
+    assert sensor(run, batch_timeout=30).poke({}) is False
+    with pytest.raises(CuratorBatchTimeout):
+        sensor(run, batch_timeout=0.5).poke({})
+    assert fsim.stats()["batches_cancelled"] == 1
+
+
+def test_a_shard_without_a_batch_is_not_a_success(fsim, batch_run):
+    run, _, _ = batch_run(rows=3, batch_size=4, submit=False)
+    with pytest.raises(CuratorPermanentError, match="has no batch at the provider"):
+        sensor(run).poke({})
+    assert fsim.stats()["batches_created"] == 0  # the sensor never submits
+
+
 def test_deferrable_hands_the_wait_to_the_trigger(batch_run):
     run, _, _ = batch_run(rows=6, batch_size=4)
     with pytest.raises(TaskDeferred) as caught:
-        sensor(run, shard="00001", deferrable=True, poke_interval=7).execute({})
+        sensor(run, shard="00001", deferrable=True, poke_interval=7, timeout=600).execute({})
     trigger = caught.value.trigger
     assert isinstance(trigger, CuratorBatchTrigger)
     assert (trigger.shards, trigger.poll_interval) == (["00001"], 7.0)
     assert caught.value.method_name == "execute_complete"
+    assert caught.value.timeout == timedelta(seconds=600)  # the sensor's timeout bounds it
+
+
+def test_a_killed_poking_sensor_cancels_its_batch(fsim, batch_run):
+    """Airflow kills the poking task (its ``execution_timeout``; a ``SIGTERM`` takes the same
+    ``on_kill`` path in the task runner): the batch is cancelled at the provider."""
+    from airflow_env import DAGS
+    from airflow_runs import load_dag, run_dag, states
+
+    fsim.configure(batch_timings={"validating": 0.1, "in_progress": 600.0, "cancelling": 0.1})
+    run, _, _ = batch_run(rows=3, batch_size=4)
+    dag = load_dag(DAGS / "provider_test_dags.py", "curator_test_poke_kill")
+    dag_run = run_dag(dag, run_uri=run["run_uri"])
+    assert states(dag_run) == {("wait", -1): "failed"}
+    assert fsim.stats()["batches_cancelled"] == 1

@@ -10,8 +10,9 @@ import time
 
 import pytest
 from airflow.triggers.base import TriggerEvent
+from airflow_env import TEST_KEY
 
-from airflow_provider.triggers.batch import CuratorBatchTrigger
+from airflow_provider.triggers.batch import CuratorBatchTrigger, kill_cancel_timeout
 from curator_flows import steps
 from curator_flows.errors import EndpointUnreachableError
 
@@ -163,3 +164,49 @@ def test_missing_connection(batch_run, monkeypatch, missing_ok):
         assert event.payload["kind"] == "resume"
     else:
         assert event.payload["kind"] == "error" and not event.payload["error"]["retryable"]
+
+
+def test_a_kill_cancel_gives_up_within_the_triggerers_on_kill_timeout(fsim, batch_run, monkeypatch):
+    from held_proxy import HeldProxy
+
+    assert kill_cancel_timeout() == 25.0  # [triggerer] on_kill_timeout is 30 s by default
+    monkeypatch.setenv("AIRFLOW__TRIGGERER__ON_KILL_TIMEOUT", "7")
+    assert kill_cancel_timeout() == 2.0
+    fsim.configure(batch_timings={"validating": 0.1, "in_progress": 60.0})
+    run, _, _ = batch_run(rows=4, batch_size=4)
+    with HeldProxy(fsim) as provider:  # the provider does not answer the cancel request
+        monkeypatch.setenv("AIRFLOW_CONN_CURATOR_TEST", json.dumps(
+            {"conn_type": "curator", "host": provider.base_url, "password": TEST_KEY}
+        ))  # fmt: skip
+        loop = asyncio.new_event_loop()
+        try:
+            started = time.monotonic()
+            cancelled = loop.run_until_complete(
+                trigger_for(run)._cancel(None, kill_cancel_timeout())
+            )
+            elapsed = time.monotonic() - started
+            assert provider.held.is_set()
+            provider.release()  # the abandoned cancel thread finishes
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+    assert cancelled is False and 2.0 <= elapsed < 6.0
+
+
+def test_on_kill_cancels_only_a_task_that_is_no_longer_deferred(fsim, batch_run):
+    """Airflow calls ``on_kill`` for a user action and for a trigger reassigned to another
+    triggerer alike; the task's real state (read through Airflow's task-states API inside a
+    ``dag.test()`` task) tells them apart."""
+    from airflow_env import DAGS
+    from airflow_runs import load_dag, run_dag, states, xcom
+
+    fsim.configure(batch_timings={"validating": 0.1, "in_progress": 60.0})
+    run, _, _ = batch_run(rows=3, batch_size=4)
+    dag_run = run_dag(
+        load_dag(DAGS / "provider_test_dags.py", "curator_test_trigger_kill"),
+        run_uri=run["run_uri"],
+    )
+    assert states(dag_run)[("probe", -1)] == "success"
+    # deferred (moved to another triggerer): left running; failed (a user's kill): cancelled
+    assert xcom(dag_run, "probe") == [False, True]
+    assert fsim.stats()["batches_cancelled"] == 1
