@@ -22,7 +22,7 @@ from .config import BackendConfig, Mode
 from .credentials import PROVIDER_ALIASES
 from .errors import ConfigError
 from .fingerprint import canonical, code_fingerprint, digest
-from .rebuild import constructor_spec, import_path
+from .rebuild import constructor_spec, import_path, load_import_path
 
 if TYPE_CHECKING:
     from .types import CuratorResponse
@@ -344,3 +344,58 @@ def fresh_run_key(run_key: str | None) -> str:
 
     fresh = f"fresh-{uuid.uuid4().hex}"
     return f"{run_key}/{fresh}" if run_key is not None else fresh
+
+
+def build_llm(
+    llm: LLM | str,
+    llm_kwargs: dict[str, Any] | None = None,
+    *,
+    backend_defaults: dict[str, Any] | None = None,
+) -> LLM:
+    """``llm`` as an :class:`LLM`, as orchestrators are given it: an instance as is; an import
+    path (``"package.module:Class"`` or ``"package.module.Class"``) of an ``LLM`` subclass,
+    called with ``llm_kwargs`` (their ``backend_params`` over ``backend_defaults``, e.g. an
+    Airflow connection's); or the import path of an ``LLM`` instance.
+
+    Invariants: every refusal is a :class:`~curator_flows.errors.ConfigError` (not retryable)
+    naming ``llm``; ``llm_kwargs`` never carry an API key (orchestrators store them as given:
+    the key goes in the step's ``credentials``)."""
+    if isinstance(llm, LLM):
+        if llm_kwargs:
+            raise ConfigError("llm_kwargs are only for an import path, not an LLM instance")
+        return llm
+    if not isinstance(llm, str) or not llm.strip():
+        raise ConfigError(
+            "llm must be an LLM instance or an import path such as "
+            f"'my_project.generators:RecipeGenerator', got {llm!r}"
+        )
+    kwargs = dict(llm_kwargs or {})
+    if "api_key" in (kwargs.get("backend_params") or {}):
+        raise ConfigError(
+            f"llm_kwargs of {llm!r} hold backend_params['api_key']: orchestrators store them as "
+            "given; pass the key as credentials (an Airflow connection's password, a "
+            "CuratorCredentials block, Credentials(api_key=...))"
+        )
+    path = llm.strip()
+    if ":" not in path:
+        module, _, name = path.rpartition(".")
+        path = f"{module}:{name}"
+    try:
+        target = load_import_path(path)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"llm={llm!r} cannot be imported: {type(exc).__name__}: {exc}") from None
+    if isinstance(target, LLM):
+        if kwargs:
+            raise ConfigError(f"llm={llm!r} is an LLM instance: it takes no llm_kwargs")
+        return target
+    if not (isinstance(target, type) and issubclass(target, LLM)):
+        raise ConfigError(f"llm={llm!r} is not an LLM subclass or instance")
+    params = {**(backend_defaults or {}), **(kwargs.get("backend_params") or {})}
+    if params:
+        kwargs["backend_params"] = params
+    try:
+        return target(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"building llm={llm!r} failed: {type(exc).__name__}: {exc}") from None

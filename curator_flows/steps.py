@@ -43,8 +43,10 @@ __all__ = [
     "CuratorFlowsError",
     "RunRef",
     "advance",
+    "build_llm",
     "cancel",
     "collect",
+    "default_working_dir",
     "estimate",
     "finalize",
     "is_retryable",
@@ -74,6 +76,27 @@ def run_uri(run: RunRef) -> str:
     from .runs import run_uri as _run_uri
 
     return _run_uri(run)
+
+
+def build_llm(
+    llm: LLM | str,
+    llm_kwargs: dict[str, Any] | None = None,
+    *,
+    backend_defaults: dict[str, Any] | None = None,
+) -> LLM:
+    """``llm`` as an LLM: an instance, or an import path built with ``llm_kwargs`` (never holding
+    a key) over ``backend_defaults``; see :func:`curator_flows.llm.build_llm`."""
+    from .llm import build_llm as _build_llm
+
+    return _build_llm(llm, llm_kwargs, backend_defaults=backend_defaults)
+
+
+def default_working_dir() -> str:
+    """Where runs go without a ``working_dir``: ``CURATOR_FLOWS_WORKING_DIR``, else
+    ``CURATOR_CACHE_DIR``, else ``~/.cache/curator-flows``."""
+    from .store import default_working_dir as _default_working_dir
+
+    return _default_working_dir()
 
 
 def prepare(

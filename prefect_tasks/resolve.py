@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from curator_flows import steps
 from curator_flows.credentials import Credentials
 from curator_flows.errors import ConfigError
 from curator_flows.llm import LLM
-from curator_flows.rebuild import load_import_path
 
 if TYPE_CHECKING:
     from .credentials import CuratorCredentials
@@ -23,36 +23,9 @@ CredentialsLike = Any  # CuratorCredentials | str (a block name) | Credentials |
 
 
 def resolve_llm(llm: Any, llm_kwargs: dict[str, Any] | None = None) -> LLM:
-    """``llm`` as an :class:`~curator_flows.llm.LLM`: an instance as is; an import path
-    (``"package.module:Class"`` or ``"package.module.Class"``) of an ``LLM`` subclass is called
-    with ``llm_kwargs``; a path to an instance is used as is."""
-    if isinstance(llm, LLM):
-        if llm_kwargs:
-            raise ConfigError("llm_kwargs are only for an import path, not an LLM instance")
-        return llm
-    if not isinstance(llm, str) or not llm.strip():
-        raise ConfigError(
-            f"llm must be an LLM instance or an import path such as "
-            f"'my_project.generators:RecipeGenerator', got {type(llm).__name__}"
-        )
-    path = llm.strip()
-    if ":" not in path:
-        module, _, name = path.rpartition(".")
-        path = f"{module}:{name}"
-    try:
-        target = load_import_path(path)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"cannot import the LLM {llm!r}: {exc}") from None
-    if isinstance(target, LLM):
-        if llm_kwargs:
-            raise ConfigError(f"{llm!r} is an LLM instance: it takes no llm_kwargs")
-        return target
-    if not (isinstance(target, type) and issubclass(target, LLM)):
-        raise ConfigError(f"{llm!r} is not an LLM subclass or instance")
-    kwargs = dict(llm_kwargs or {})
-    if "model_name" not in kwargs:
-        raise ConfigError(f"llm_kwargs for {llm!r} need a 'model_name'")
-    return target(**kwargs)
+    """``llm`` as an :class:`~curator_flows.llm.LLM` (an instance, or an import path built with
+    ``llm_kwargs``): :func:`curator_flows.steps.build_llm`."""
+    return steps.build_llm(llm, llm_kwargs)
 
 
 def load_block(value: CredentialsLike) -> CuratorCredentials | None:

@@ -70,3 +70,37 @@ def test_prepare_is_idempotent(wd):
     second = steps.prepare(llm, ({"n": i} for i in range(5)), wd)  # a generator works too
     assert {**first, "created": False} == second and first["created"]
     assert Path(first["run_uri"], "manifest.json").read_bytes() == manifest
+
+
+def test_build_llm_from_an_import_path_over_backend_defaults():
+    llm = steps.build_llm(
+        "resume_llms.Numbered",
+        {"model_name": "gpt-4o-mini", "backend_params": {"max_retries": 2}},
+        backend_defaults={"base_url": "http://simulated/v1", "max_retries": 7},
+    )
+    assert isinstance(llm, Numbered)
+    assert (llm.config.params.base_url, llm.config.params.max_retries) == (
+        "http://simulated/v1",
+        2,  # the LLM's own backend_params win over the defaults
+    )
+    assert steps.build_llm(llm) is llm
+
+
+@pytest.mark.parametrize(
+    ("llm", "kwargs", "problem"),
+    [
+        ("resume_llms:Nothing", {"model_name": "m"}, "cannot be imported"),
+        ("json:dumps", {"model_name": "m"}, "not an LLM subclass"),
+        ("resume_llms:Numbered", {}, "building llm="),
+        (
+            "resume_llms:Numbered",
+            {"model_name": "m", "backend_params": {"api_key": "not-a-key"}},
+            "hold backend_params\\['api_key'\\]",
+        ),
+        (42, None, "must be an LLM instance or an import path"),
+    ],
+)
+def test_build_llm_refuses_with_a_configuration_error(llm, kwargs, problem):
+    with pytest.raises(steps.CuratorFlowsError, match=problem) as caught:
+        steps.build_llm(llm, kwargs)
+    assert type(caught.value).__name__ == "ConfigError" and not caught.value.retryable

@@ -55,22 +55,14 @@ def check_llm_argument(llm: LLMLike, llm_kwargs: dict[str, Any] | None) -> None:
 
 
 def build_llm(llm: LLMLike, llm_kwargs: dict[str, Any] | None, defaults: dict[str, Any]) -> Any:
-    """``llm`` as an LLM: an instance as is; an import path built with ``llm_kwargs``, whose
-    ``backend_params`` go over the connection's ``defaults``."""
-    if llm is None or not isinstance(llm, str):
-        return llm
-    from curator_flows.errors import ConfigError
-    from curator_flows.rebuild import load_import_path
+    """``llm`` as an LLM (``None`` stays ``None``: the steps rebuild it from the run): an
+    instance as is; an import path built with ``llm_kwargs``, whose ``backend_params`` go over
+    the connection's ``defaults``."""
+    if llm is None:
+        return None
+    from curator_flows import steps
 
-    try:
-        cls = load_import_path(llm)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"llm={llm!r} cannot be imported: {type(exc).__name__}: {exc}") from None
-    kwargs = dict(llm_kwargs or {})
-    params = {**defaults, **(kwargs.get("backend_params") or {})}
-    if params:
-        kwargs["backend_params"] = params
-    return cls(**kwargs)
+    return steps.build_llm(llm, llm_kwargs, backend_defaults=defaults)
 
 
 def call_with_context(function: Any, context: Mapping[str, Any]) -> Any:

@@ -16,22 +16,17 @@ Invariants:
 from __future__ import annotations
 
 import json
-import os
+import posixpath
 from typing import Any
 
 POINTER_DIR = "_airflow"
 
 
 def working_dir_of(working_dir: str | None) -> str:
-    """The working directory the run goes to: ``working_dir``, else the library's documented
-    default (``CURATOR_FLOWS_WORKING_DIR``, ``CURATOR_CACHE_DIR``, ``~/.cache/curator-flows``)."""
-    if working_dir:
-        return working_dir.rstrip("/")
-    for variable in ("CURATOR_FLOWS_WORKING_DIR", "CURATOR_CACHE_DIR"):
-        configured = os.environ.get(variable)
-        if configured:
-            return os.path.expanduser(configured).rstrip("/")
-    return os.path.join(os.path.expanduser("~"), ".cache", "curator-flows")
+    """The working directory the run goes to: ``working_dir``, else the library's default."""
+    from curator_flows import steps
+
+    return (working_dir or steps.default_working_dir()).rstrip("/")
 
 
 def pointer_uri(working_dir: str | None, ti: Any) -> str:
@@ -65,7 +60,7 @@ def write_pointer(uri: str, storage_options: dict[str, Any], pointer: dict[str, 
     from fsspec.core import url_to_fs
 
     fs, path = url_to_fs(uri, **storage_options)
-    fs.makedirs(fs._parent(path), exist_ok=True)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
     with fs.open(path, "wb") as handle:
         handle.write(json.dumps(pointer).encode())
 

@@ -51,12 +51,12 @@ WORKER = f"""
 import json, sys
 
 def build_llm(job):
+    from curator_flows import steps
     from curator_flows.errors import ConfigError
-    from curator_flows.rebuild import load_import_path
     if not job.get("llm"):
         return None
     try:
-        return load_import_path(job["llm"])(**(job.get("llm_kwargs") or {{}}))
+        return steps.build_llm(job["llm"], job.get("llm_kwargs"))
     except Exception as exc:
         if hasattr(exc, "retryable"):
             raise
