@@ -173,7 +173,7 @@ def describe(kind: str, watch: BatchWatch, extra: dict[str, Any]) -> str:
         return f"shard(s) {', '.join(extra['resume'])} have no live batch: submit them"
     if kind == "timeout":
         return (
-            f"the batches of {watch.run_uri} did not end within {watch.timeout:.0f}s of their "
+            f"the batches of {watch.run_uri} did not end within {watch.timeout:g}s of their "
             f"submission; still running: {', '.join(watch.pending()) or 'none'}"
         )
     if kind in ("failed", "cancelled", "expired"):

@@ -89,7 +89,26 @@ def watch_once(task: Any, run_uri: str, shards: list[str], credentials: Any) -> 
             watch.poll_failed(shard, exc)
             if watch.failure is not None:
                 break
+    if watch.anchor is None and watch.timeout is not None and watch.failure is None:
+        # every poll failed: the poke's error count starts again at the next poke, so only the
+        # deadline (anchored in the run directory) bounds the wait
+        watch.anchor = stored_anchor(task, run_uri, shards, credentials)
     return watch.outcome()
+
+
+def stored_anchor(task: Any, run_uri: str, shards: list[str], credentials: Any) -> float | None:
+    """When the watched campaign's first batch was submitted, from the run directory alone
+    (``None``: not submitted, or the directory cannot be read now)."""
+    from curator_flows import steps
+
+    try:
+        status = steps.status(run_uri, shards, credentials=credentials)
+    except Exception as exc:  # noqa: BLE001 - the next poke tries again
+        task.log.warning("reading the batch submit times of %s failed: %s", run_uri, exc)
+        return None
+    times = [s["batch"]["submitted_at"] for s in status["shards"] if s.get("batch")]
+    times = [t for t in times if t]
+    return min(times) if times else None
 
 
 def cancel_batches(task: Any, run_uri: str, credentials: Any = None) -> bool:

@@ -177,14 +177,6 @@ def info_of(entry: dict[str, Any]) -> BatchInfo:
     )
 
 
-def campaign_submitted_at(record: BatchRecord) -> float | None:
-    """When the current campaign's first batch was submitted (deadlines anchor here)."""
-    for entry in record.rounds[record.campaign_start :]:
-        if entry.get("submitted_at"):
-            return float(entry["submitted_at"])
-    return None
-
-
 def describe(ctx: Context, record: BatchRecord, state: str, **extra: Any) -> BatchShardState:
     """The shard's :class:`~curator_flows.results.BatchShardState` (``extra`` overrides)."""
     entry = record.current or {}
@@ -199,7 +191,7 @@ def describe(ctx: Context, record: BatchRecord, state: str, **extra: Any) -> Bat
         "status": entry.get("status"),
         "requests": entry.get("requests", 0),
         "request_counts": entry.get("request_counts") or {},
-        "submitted_at": campaign_submitted_at(record),
+        "submitted_at": record.campaign_submitted_at,
         "round_submitted_at": entry.get("submitted_at"),
     }
     values.update(extra)

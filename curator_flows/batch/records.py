@@ -112,6 +112,15 @@ class BatchRecord:
         return int(self.data.get("campaign_start") or 0)
 
     @property
+    def campaign_submitted_at(self) -> float | None:
+        """When the current campaign's first batch was submitted (``batch_timeout`` counts
+        from here); ``None`` before it is."""
+        for entry in self.rounds[self.campaign_start :]:
+            if entry.get("submitted_at"):
+                return float(entry["submitted_at"])
+        return None
+
+    @property
     def campaign_started_at(self) -> float:
         """When the current campaign was decided (0 before the first round: any cancel()
         already called applies to a shard not yet submitted)."""

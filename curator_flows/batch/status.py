@@ -53,6 +53,9 @@ def shard_status(
                     "requests",
                 )
             }
+            # the deadline anchors of BatchShardState, for a watcher whose polls all fail
+            out["batch"]["submitted_at"] = record.campaign_submitted_at
+            out["batch"]["round_submitted_at"] = entry.get("submitted_at")
             out["rounds"] = len(record.rounds)
         if pending:
             if entry is None:

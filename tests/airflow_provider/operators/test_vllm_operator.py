@@ -127,7 +127,7 @@ def test_an_llm_the_interpreter_cannot_build_is_a_permanent_library_error(tmp_pa
 
     run = offline_run(tmp_path)
     op = interpreter_operator(run, sys.executable, llm="airflow_llms:NoSuchLLM")
-    with pytest.raises(CuratorPermanentError, match="llm='airflow_llms:NoSuchLLM' cannot be imported"):
+    with pytest.raises(CuratorPermanentError, match="NoSuchLLM' cannot be imported"):
         op.execute({})
 
 

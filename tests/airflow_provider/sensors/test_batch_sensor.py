@@ -3,6 +3,8 @@ exceptions; deferrable mode hands the wait to the trigger."""
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from datetime import timedelta
 
@@ -100,3 +102,22 @@ def test_a_killed_poking_sensor_cancels_its_batch(fsim, batch_run):
     dag_run = run_dag(dag, run_uri=run["run_uri"])
     assert states(dag_run) == {("wait", -1): "failed"}
     assert fsim.stats()["batches_cancelled"] == 1
+
+
+def test_polls_that_all_fail_still_end_at_the_stored_deadline(batch_run, monkeypatch):
+    """Every poll fails (the endpoint is unreachable) and each poke counts its errors afresh,
+    as reschedule-mode pokes do: the deadline read from the run directory still ends the
+    wait."""
+    run, _, _ = batch_run(rows=3, batch_size=4)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    unreachable = {"conn_type": "curator", "host": f"http://127.0.0.1:{closed}/v1"}
+    unreachable |= {"password": "k", "extra": {"provider": "openai"}}
+    monkeypatch.setenv("AIRFLOW_CONN_CURATOR_TEST", json.dumps(unreachable))
+    waiting = sensor(run, batch_timeout=0.5, max_poll_errors=3)
+    # one transient poll error (of 3 allowed) and no successful poll: only the stored
+    # submit time says the 0.5 s are over
+    with pytest.raises(CuratorBatchTimeout) as caught:
+        waiting.poke({})
+    assert not caught.value.cancelled  # the cancel could not reach the provider either
