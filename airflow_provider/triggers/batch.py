@@ -30,6 +30,8 @@ kill from a reassignment: it stays ``deferred`` while another triggerer watches 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -48,6 +50,24 @@ CANCEL_TIMEOUT = 60.0
 KILL_MARGIN = 5.0
 #: seconds the task-state lookup of ``on_kill`` may take (within :data:`KILL_MARGIN`)
 STATE_TIMEOUT = 3.0
+
+
+def in_daemon_thread(function: Any, /, **kwargs: Any) -> concurrent.futures.Future:
+    """``function(**kwargs)`` in a daemon thread of its own: a call that never returns is
+    abandoned at its timeout, and nothing (an event loop's shutdown, the interpreter's exit)
+    waits for it, unlike ``asyncio.to_thread``'s shared executor."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def call() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(function(**kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
+            future.set_exception(exc)
+
+    threading.Thread(target=call, name="curator-task-state", daemon=True).start()
+    return future
 
 
 def kill_cancel_timeout() -> float:
@@ -204,12 +224,14 @@ class CuratorBatchTrigger(BaseTrigger):
 
         try:
             states = await asyncio.wait_for(
-                asyncio.to_thread(
-                    RuntimeTaskInstance.get_task_states,
-                    dag_id=ti.dag_id,
-                    task_ids=[ti.task_id],
-                    run_ids=[ti.run_id],
-                    map_index=ti.map_index,
+                asyncio.wrap_future(
+                    in_daemon_thread(
+                        RuntimeTaskInstance.get_task_states,
+                        dag_id=ti.dag_id,
+                        task_ids=[ti.task_id],
+                        run_ids=[ti.run_id],
+                        map_index=ti.map_index,
+                    )
                 ),
                 STATE_TIMEOUT,
             )

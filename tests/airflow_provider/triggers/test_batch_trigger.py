@@ -210,3 +210,28 @@ def test_on_kill_cancels_only_a_task_that_is_no_longer_deferred(fsim, batch_run)
     # deferred (moved to another triggerer): left running; failed (a user's kill): cancelled
     assert xcom(dag_run, "probe") == [False, True]
     assert fsim.stats()["batches_cancelled"] == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_task_state_read_that_never_answers_is_abandoned(monkeypatch):
+    """The state read is Airflow's synchronous task-states call in a thread; one that never
+    returns (a wedged API server) is given up at STATE_TIMEOUT, and nothing waits for its
+    thread: the event loop that ran ``on_kill`` shuts down."""
+    import threading
+    from types import SimpleNamespace
+
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    from airflow_provider.triggers import batch as trigger_module
+
+    wedged = threading.Event()
+    monkeypatch.setattr(
+        RuntimeTaskInstance, "get_task_states", staticmethod(lambda **_: wedged.wait())
+    )
+    monkeypatch.setattr(trigger_module, "STATE_TIMEOUT", 0.2)
+    trigger = CuratorBatchTrigger("/nowhere", ["00000"], conn_id="curator_test")
+    trigger.task_instance = SimpleNamespace(dag_id="d", task_id="t", run_id="r", map_index=-1)
+    try:
+        assert asyncio.run(trigger.task_state()) is None  # unknown: on_kill cancels
+    finally:
+        wedged.set()
