@@ -8,7 +8,9 @@ import datetime as dt
 import decimal
 import enum
 import json
+import sys
 import uuid
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -18,45 +20,13 @@ from curator_flows import LLM, IncompleteRunError, steps
 from curator_flows.errors import OutputError
 from curator_flows.store import RunStore
 
+SUPPORT = Path(__file__).parent / "support"
+sys.path.insert(0, str(SUPPORT))
+
+from dish_llms import REFUSED, Dish, DishWriter, StrictDish, StrictDishWriter  # noqa: E402
+
 
 # ----------------------------------------------------------------------------- re-validation
-class Dish(BaseModel):
-    model_config = ConfigDict(title="Dish")
-    name: str
-    calories: int
-
-
-#: names the tightened validator refuses (answers already stored by the lenient model)
-REFUSED: set[str] = set()
-
-
-class StrictDish(BaseModel):  # the same JSON schema as Dish; refuses some stored answers
-    model_config = ConfigDict(title="Dish")
-    name: str
-    calories: int
-
-    @field_validator("name")
-    @classmethod
-    def not_refused(cls, value: str) -> str:
-        if value in REFUSED:
-            raise ValueError("a refused name")
-        return value
-
-
-class DishWriter(LLM):
-    response_format = Dish
-
-    def prompt(self, input: dict) -> str:
-        return f"a dish named after {input['n']}"
-
-    def parse(self, input: dict, response: Dish) -> dict:
-        return {"n": input["n"], "name": response.name}
-
-
-class StrictDishWriter(DishWriter):
-    response_format = StrictDish
-
-
 def _sent(sim) -> int:
     return sim.stats()["requests"]
 

@@ -3,12 +3,19 @@
 
 from __future__ import annotations
 
-import pytest
-from pydantic import BaseModel, ConfigDict, field_validator
+import sys
+from pathlib import Path
 
-from curator_flows import LLM, steps
+import pytest
+
+from curator_flows import steps
 from curator_flows.reuse import SpooledIds
 from curator_flows.store import MANIFEST, RunStore
+
+SUPPORT = Path(__file__).parent / "support"
+sys.path.insert(0, str(SUPPORT))
+
+from dish_llms import REFUSED, DishWriter, StrictDishWriter  # noqa: E402
 
 
 def spool(tmp_path, shards: dict[str, list[str]]) -> list[dict]:
@@ -45,43 +52,6 @@ def test_lookups_in_chunks_skip_ids_that_are_not_ours_or_not_ids(tmp_path):
 
 
 # ----------------------------------------------------------------------------- end to end
-class Dish(BaseModel):
-    model_config = ConfigDict(title="Dish")
-    name: str
-    calories: int
-
-
-#: names the tightened validator refuses
-REFUSED: set[str] = set()
-
-
-class StrictDish(BaseModel):  # the same JSON schema as Dish (the same family)
-    model_config = ConfigDict(title="Dish")
-    name: str
-    calories: int
-
-    @field_validator("name")
-    @classmethod
-    def not_refused(cls, value: str) -> str:
-        if value in REFUSED:
-            raise ValueError("a refused name")
-        return value
-
-
-class DishWriter(LLM):
-    response_format = Dish
-
-    def prompt(self, input: dict) -> str:
-        return f"a dish named after {input['n']}"
-
-    def parse(self, input: dict, response: Dish) -> dict:
-        return {"n": input["n"], "name": response.name}
-
-
-class StrictDishWriter(DishWriter):
-    response_format = StrictDish
-
-
 def test_answers_a_sibling_took_back_are_not_copied(sim, params, wd):
     rows = [{"n": i} for i in range(6)]
     first = DishWriter("gpt-4o-mini", backend_params=params())(rows, working_dir=wd)
