@@ -39,7 +39,9 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(skip)
 
 
-sys.path.insert(0, str(HERE))
+#: the shared test LLMs (``dish_llms``) beside this folder's own (``flow_llms``)
+SUPPORT = HERE.parent / "support"
+sys.path[:0] = [str(HERE), str(SUPPORT)]
 
 # Before Prefect is imported anywhere in this session: its home, its telemetry, its loggers.
 PREFECT_HOME = tempfile.mkdtemp(prefix="curator-prefect-home-")
@@ -77,7 +79,7 @@ def prefect_env(prefect_server) -> dict[str, str]:
         **os.environ,
         "PREFECT_API_URL": prefect_server,
         "PREFECT_HOME": PREFECT_HOME,
-        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(SUPPORT), os.environ.get("PYTHONPATH", "")]),
     }
 
 

@@ -1,12 +1,14 @@
 """LLM subclasses for the Prefect tests, importable from child processes (the tests put this
-folder on PYTHONPATH), and a stand-in for the vLLM generator."""
+folder and tests/support on PYTHONPATH), and a stand-in for the vLLM generator."""
 
 from __future__ import annotations
 
 import json
 import os
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+# the lenient and tightened Dish LLMs are shared with the engine tests (tests/support)
+from dish_llms import REFUSED, Dish, DishWriter, StrictDish, StrictDishWriter  # noqa: F401
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from curator_flows import LLM
 
@@ -19,45 +21,6 @@ class Numbered(LLM):
 
     def parse(self, input: dict, response: str) -> dict:
         return {"n": input["n"], "response": response}
-
-
-class Dish(BaseModel):
-    model_config = ConfigDict(title="Dish")
-    name: str
-    calories: int
-
-
-#: dish names :class:`StrictDish` refuses (set by a test after a lenient run stored them)
-REFUSED: set[str] = set()
-
-
-# Dish's JSON schema (the same requests, the same run: no docstring, it would enter the
-# schema), with a validator that refuses the names in REFUSED: a tightened response_format.
-class StrictDish(BaseModel):
-    model_config = ConfigDict(title="Dish")
-    name: str
-    calories: int
-
-    @field_validator("name")
-    @classmethod
-    def not_refused(cls, value: str) -> str:
-        if value in REFUSED:
-            raise ValueError(f"{value!r} is refused")
-        return value
-
-
-class DishWriter(LLM):
-    response_format = Dish
-
-    def prompt(self, input: dict) -> str:
-        return f"a dish named after {input['n']}"
-
-    def parse(self, input: dict, response: Dish) -> dict:
-        return {"n": input["n"], "name": response.name}
-
-
-class StrictDishWriter(DishWriter):
-    response_format = StrictDish
 
 
 class Take(BaseModel):
