@@ -21,7 +21,10 @@ Invariants:
   (:class:`~curator_flows.errors.EndpointUnreachableError`), the budget would be exceeded
   (:class:`~curator_flows.errors.BudgetExceededError`), a write to the run directory fails
   (:class:`~curator_flows.errors.StorageWriteError`, after retrying the write of what arrived)
-  or the shard lease was lost (:class:`~curator_flows.errors.LeaseLostError`).
+  or the shard lease was lost (:class:`~curator_flows.errors.LeaseLostError`);
+- every send is fenced: right before it, the worker checks (no I/O) that its shard leases are
+  still certainly its own, so a worker that was frozen past its lease sends nothing more when
+  it wakes (only what was already in flight at the freeze can be sent twice).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from .errors import (
     ConfigError,
     CuratorFlowsError,
     EndpointUnreachableError,
+    LeaseLostError,
     StorageWriteError,
 )
 from .lease import ShardLeases
@@ -332,6 +336,7 @@ class OnlineRunner:
                 self.stop(self.budget.exceeded(reserved))
                 return  # not sent: stays pending
         await self.limiter.acquire(item.est_input, self.output_estimate)
+        self.fence()
         if self.stop_error is not None:
             if self.budget is not None:
                 self.budget.settle(reserved, 0.0)
@@ -392,6 +397,15 @@ class OnlineRunner:
             item.attempts += 1
             self.fail(item, attempt.error or "request rejected", False)
         self.progress.tick()
+
+    def fence(self) -> None:
+        """Right before a send: stop dispatch unless the shard leases are still certainly ours
+        (no I/O: the renewal thread's last confirmed renewal and its age)."""
+        if self.leases is not None:
+            try:
+                self.leases.check()
+            except LeaseLostError as exc:
+                self.stop(exc)
 
     def observe(self, attempt: Attempt) -> None:
         """Learn from an answer: it proves the endpoint reachable, its headers carry limits."""
