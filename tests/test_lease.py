@@ -384,3 +384,59 @@ def test_a_pid_reused_by_another_process_does_not_keep_a_dead_holders_lease(wd):
     finally:
         other.kill()
         other.wait()
+
+
+def _stopped(proc: subprocess.Popen) -> bool:
+    """Whether ``proc`` is stopped (SIGSTOP)."""
+    with open(f"/proc/{proc.pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
+def test_a_frozen_offline_worker_stores_its_chunk_and_submits_nothing_more(wd):
+    """The offline runner froze (SIGSTOP) while its second chunk was in the engine and woke
+    after its lease expired: it stores that chunk and submits no other (another worker may be
+    generating the shard by now)."""
+    from offline_llms import OfflineNumbers
+
+    llm = OfflineNumbers(
+        "some/model",
+        backend="vllm",
+        backend_params={"batch_size": 4, "lease_seconds": 2, "progress": "off"},
+    )
+    run = steps.prepare(llm, [{"n": i} for i in range(20)], wd)
+    store = RunStore(run["run_uri"])
+    calls = os.path.join(wd, "calls.txt")
+    code = (
+        "import json\n"
+        "from offline_llms import FreezingGenerator\n"
+        "from curator_flows import offline\n"
+        "from curator_flows.errors import LeaseLostError\n"
+        "try:\n"
+        f"    out = offline.run_offline({run['run_uri']!r}, "
+        f"generator=FreezingGenerator({calls!r}, freeze_at=2))\n"
+        "    print(json.dumps({'succeeded': out['succeeded']}))\n"
+        "except LeaseLostError as exc:\n"
+        "    print(json.dumps({'lost': str(exc)}))\n"
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(SUPPORT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: _stopped(worker), 60, worker)
+        _wait_for(lambda: time.time() > _lease_expiry(store, "00000") + 0.2, 30)
+        os.kill(worker.pid, signal.SIGCONT)
+        answer = _answer(worker)
+    finally:
+        if worker.poll() is None:
+            os.kill(worker.pid, signal.SIGCONT)
+            worker.kill()
+    assert "lost" in answer, answer
+    with open(calls) as handle:
+        assert handle.read().split() == ["4", "4"]  # no chunk submitted after the wake
+    stored = [r for r in store.iter_records("responses/*.*jsonl") if "content" in r]
+    assert len(stored) == 8  # the chunk that was in the engine at the freeze is kept
