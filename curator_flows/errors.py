@@ -116,7 +116,9 @@ class AuthenticationError(ProviderError):
 
 
 class EndpointUnreachableError(ProviderError):
-    """No HTTP answer at all from an endpoint (refused, unknown host, dropped, timed out)."""
+    """An endpoint that never accepted a connection (refused, unknown host, connect timeout):
+    nothing was sent, so nothing was billed. A request the endpoint took and did not answer in
+    time is a timeout (a failure line), not this."""
 
     def __init__(self, message: str, *, endpoint: str | None = None) -> None:
         super().__init__(message, status=None, retryable=True, endpoint=endpoint)

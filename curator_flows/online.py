@@ -15,9 +15,13 @@ Invariants:
 - 429s pause all dispatch and are not counted against ``max_retries``; 5xx, timeouts, dropped
   connections, malformed bodies, invalid finish reasons and schema-invalid content are; other
   4xx fail at once;
+- a request the endpoint accepted and gave no answer to within ``request_timeout`` is a timeout
+  (one WARNING per run says to raise ``request_timeout``), not an unreachable endpoint: after
+  ``max_retries`` it ends as a failure line (``retryable``) like any failure; only an endpoint
+  that never accepted a connection (refused, unknown host, connect timeout) is unreachable;
 - the run stops dispatching (in-flight requests finish, nothing new is sent, unsent requests
   stay pending and get no line) and raises at the end when: the provider answers 401/403/404
-  (:class:`~curator_flows.errors.AuthenticationError`), the endpoint cannot be reached at all
+  (:class:`~curator_flows.errors.AuthenticationError`), the endpoint never accepts a connection
   (:class:`~curator_flows.errors.EndpointUnreachableError`), the budget would be exceeded
   (:class:`~curator_flows.errors.BudgetExceededError`), a write to the run directory fails
   (:class:`~curator_flows.errors.StorageWriteError`, after retrying the write of what arrived)
@@ -81,7 +85,7 @@ WARMUP_SECONDS = 3.0
 UNKNOWN_LIMITS_CONCURRENCY = 64
 #: answers that mean "wrong key, no access, wrong endpoint or model": stop at once
 AUTH_STATUSES = (401, 403, 404)
-#: an endpoint that gave no answer for this long while requests kept failing is unreachable
+#: an endpoint that gave no answer for this long while connections kept failing is unreachable
 UNREACHABLE_WINDOW = 30.0
 WRITE_ATTEMPTS = 5
 
@@ -152,6 +156,7 @@ class OnlineRunner:
         self.warm_deadline = 0.0
         self.last_answer_at: float | None = None
         self.stop_error: CuratorFlowsError | None = None
+        self.timeout_warned = False
         self.ledger_lock = threading.Lock()
         self.ledger_closed = False
         if budget is not None:
@@ -428,10 +433,19 @@ class OnlineRunner:
         item.attempts += 1
         if self.stop_error is not None:
             return  # dispatch stopped: the request stays pending for the next run
+        if attempt.transport == "timeout" and not self.timeout_warned:
+            self.timeout_warned = True
+            log.warning(
+                "requests to %s get no answer within request_timeout=%gs although the endpoint "
+                "accepted them (the provider may bill them): %s",
+                self.backend.endpoint,
+                getattr(self.backend, "request_timeout", 0),
+                attempt.error,
+            )
         if item.attempts <= self.max_retries:
             self._retry_later(item, self.backoff(item.attempts))
             return
-        if attempt.status is None and attempt.kind == "retryable" and self._unreachable():
+        if attempt.transport == "unreachable" and self._unreachable():
             self.stop(
                 EndpointUnreachableError(
                     f"could not reach {self.backend.endpoint}: {reason} (after {item.attempts} "
