@@ -24,7 +24,9 @@ Invariants:
   (:class:`~curator_flows.errors.AuthenticationError`), the endpoint never accepts a connection
   (:class:`~curator_flows.errors.EndpointUnreachableError`), the budget would be exceeded
   (:class:`~curator_flows.errors.BudgetExceededError`), a write to the run directory fails
-  (:class:`~curator_flows.errors.StorageWriteError`, after retrying the write of what arrived)
+  (:class:`~curator_flows.errors.StorageWriteError`, after retrying the write of what arrived
+  for ``WRITE_RETRY_SECONDS``; answers that still cannot be written, every one of them paid,
+  are kept in a spill file that the next step of the run merges, :mod:`curator_flows.spill`)
   or the shard lease was lost (:class:`~curator_flows.errors.LeaseLostError`);
 - every send is fenced: right before it, the worker checks (no I/O) that its shard leases are
   still certainly its own, so a worker that was frozen past its lease sends nothing more when
@@ -66,6 +68,7 @@ from .progress import Progress
 from .ratelimit import RateLimiter
 from .results import ShardResult, make
 from .runs import RunRef, llm_for, open_run, shard_names, shard_sizes
+from .spill import spill
 from .store import RunStore
 
 if TYPE_CHECKING:
@@ -87,7 +90,8 @@ UNKNOWN_LIMITS_CONCURRENCY = 64
 AUTH_STATUSES = (401, 403, 404)
 #: an endpoint that gave no answer for this long while connections kept failing is unreachable
 UNREACHABLE_WINDOW = 30.0
-WRITE_ATTEMPTS = 5
+#: how long the end of a run keeps retrying a failing write before it spills what arrived
+WRITE_RETRY_SECONDS = 30.0
 
 
 @dataclass
@@ -127,8 +131,12 @@ class OnlineRunner:
         budget: Budget | None = None,
         leases: ShardLeases | None = None,
         keep_completions: bool = False,
+        run_id: str = "",
+        spill_dir: str | None = None,
     ) -> None:
         self.store = store
+        self.run_id = run_id
+        self.spill_dir = spill_dir
         self.keep_completions = keep_completions
         self.backend = backend
         self.limiter = limiter
@@ -484,31 +492,51 @@ class OnlineRunner:
         )
 
     async def close_appenders(self) -> None:
-        """Write what is still buffered (retrying a failing store a few times), then close.
-        Lines that still cannot be written are reported in a :class:`StorageWriteError`."""
-        error: OSError | None = None
-        for attempt in range(WRITE_ATTEMPTS):
-            error = None
+        """Write what is still buffered, retrying a failing store for ``WRITE_RETRY_SECONDS``;
+        lines that still cannot be written are spilled to a local file that the next step of
+        the run merges (:mod:`curator_flows.spill`), and reported in a
+        :class:`StorageWriteError` that says where they are."""
+        deadline = time.monotonic() + WRITE_RETRY_SECONDS
+        delay = 0.2
+        while True:
+            error: OSError | None = None
             for appender in self.appenders.values():
                 try:
                     appender.flush()
                 except OSError as exc:
                     error = exc
-            if error is None:
+            if error is None or time.monotonic() >= deadline:
                 break
-            await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
-        lost = sum(appender.unwritten for appender in self.appenders.values())
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(2 * delay, 5.0)
+        unwritten = {s: a.unwritten_lines() for s, a in self.appenders.items() if a.unwritten}
+        if unwritten:
+            self.stop_error = self._spill(unwritten, error)
         for appender in self.appenders.values():
             try:
                 appender.close()
             except OSError:
                 pass
-        if lost:
-            self.stop_error = StorageWriteError(
-                f"{lost} response line(s) could not be written to {self.store.uri} "
-                f"({type(error).__name__}: {error}); those requests stay pending and the next "
-                "run sends them again"
+
+    def _spill(self, unwritten: dict[str, bytes], error: OSError | None) -> StorageWriteError:
+        """Keep the paid lines the run directory would not take; the error says where."""
+        lost = sum(data.count(b"\n") for data in unwritten.values())
+        problem = f"{lost} paid response line(s) could not be written to {self.store.uri} "
+        problem += f"({type(error).__name__}: {error})"
+        try:
+            folder = spill(self.store, self.run_id, unwritten, self.spill_dir)
+        except OSError as exc:
+            return StorageWriteError(
+                f"{problem}, nor kept in a spill file ({type(exc).__name__}: {exc}); those "
+                "requests stay pending and the next run sends them again"
             )
+        for shard in unwritten:
+            self.appenders[shard].discard()
+        return StorageWriteError(
+            f"{problem}; they were kept in {folder}, which the next step of this run on this "
+            "machine merges before it sends anything (free space in the run directory first; "
+            "a step on another machine cannot see them and sends those requests again)"
+        )
 
     def charge(self, input_tokens: int, output_tokens: int, cost: float) -> None:
         """Count a paid attempt the moment it is answered (accepted or not), so the step's
@@ -615,6 +643,8 @@ def run_online(
             budget=budget,
             leases=leases,
             keep_completions=bool(llm.return_completions_object),
+            run_id=manifest["run_id"],
+            spill_dir=params.spill_dir,
         )
         summary = run_sync(runner, pending_items(store, names, done))
     return make(ShardResult, **base, pending_before=pending, **summary.to_dict())

@@ -305,12 +305,16 @@ class LocalAppender:
     as :meth:`append` returns (it is in the kernel's page cache).
 
     A failed or partial write (a full disk) keeps the unwritten bytes and raises; the next
-    :meth:`flush` (or append) writes the rest first, so a line is never torn by a retry."""
+    :meth:`flush` (or append) writes the rest first, so a line is never torn by a retry. What
+    could not be written is available whole (:meth:`unwritten_lines`, a line torn by a partial
+    write included from its start) for a caller that keeps it elsewhere and then drops it
+    (:meth:`discard`)."""
 
     def __init__(self, path: str) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.pending: list[bytes] = []
+        self.offset = 0  # bytes of pending[0] already written
         size = os.fstat(self.fd).st_size
         if size:
             with open(path, "rb") as handle:
@@ -332,16 +336,29 @@ class LocalAppender:
     @property
     def unwritten(self) -> int:
         """Lines accepted but not yet written (after a failed write)."""
-        return sum(chunk.count(b"\n") for chunk in self.pending)
+        return self.unwritten_lines().count(b"\n")
+
+    def unwritten_lines(self) -> bytes:
+        """The lines not wholly written yet, each whole (a torn one from its start)."""
+        if not self.pending:
+            return b""
+        first = self.pending[0]
+        start = first.rfind(b"\n", 0, self.offset) + 1 if self.offset else 0
+        data = first[start:] + b"".join(self.pending[1:])
+        return data.lstrip(b"\n")  # (the separator that isolates a torn tail is no line)
+
+    def discard(self) -> None:
+        """Forget the unwritten lines (the caller kept them elsewhere)."""
+        self.pending = []
+        self.offset = 0
 
     def flush(self) -> None:
         while self.pending:
             data = self.pending[0]
-            written = os.write(self.fd, data)
-            if written < len(data):
-                self.pending[0] = data[written:]
-            else:
+            self.offset += os.write(self.fd, memoryview(data)[self.offset :])
+            if self.offset >= len(data):
                 self.pending.pop(0)
+                self.offset = 0
 
     def flush_if_due(self) -> None:
         pass
@@ -397,6 +414,14 @@ class PartAppender:
     @property
     def unwritten(self) -> int:
         return len(self.buffer)
+
+    def unwritten_lines(self) -> bytes:
+        """The buffered lines (no part file holds them yet)."""
+        return b"".join(self.buffer)
+
+    def discard(self) -> None:
+        """Forget the buffered lines (the caller kept them elsewhere)."""
+        self.buffer = []
 
     def flush(self) -> None:
         if not self.buffer:
