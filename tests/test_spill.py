@@ -74,7 +74,7 @@ def test_answers_in_flight_when_the_disk_fills_are_kept_and_merged_by_the_next_r
     llm = Numbered("gpt-4o-mini", backend_params=params)
     run = steps.prepare(llm, [{"n": i} for i in range(150)], str(small_disk / "wd"))
     store = RunStore(run["run_uri"])
-    filler = _fill(small_disk, leave=12 * 1024)
+    filler = _fill(small_disk, leave=16 * 1024)
     code = (
         "import sys\n"
         "from curator_flows import online, steps, StorageWriteError\n"
