@@ -173,8 +173,9 @@ class LeaseLostError(LeaseHeldError):
 
 class StorageWriteError(CuratorFlowsError, OSError):
     """A write to the run directory failed (disk full, permissions, an object store error)
-    after dispatch was stopped and the write was retried; responses that could not be written
-    are listed in the message's count and will be sent again by the next run."""
+    after dispatch was stopped and the write was retried; paid responses that could not be
+    written are kept in a spill file on this machine (the message says where), which the next
+    step of the run merges before it sends anything (:mod:`curator_flows.spill`)."""
 
     retryable = True
 
