@@ -51,6 +51,9 @@ class OnlineParams(CommonParams):
     max_concurrent_requests: int | None = Field(None, gt=0)
     seconds_to_pause_on_rate_limit: float = Field(10.0, ge=0)
     max_tokens: int | None = Field(None, gt=0)
+    #: local folder for paid answers the run directory cannot take (default: the system temp
+    #: dir); the next step of the run on this machine merges them (see curator_flows.spill)
+    spill_dir: str | None = None
 
     @model_validator(mode="after")
     def _token_strategy(self) -> OnlineParams:

@@ -116,7 +116,9 @@ class AuthenticationError(ProviderError):
 
 
 class EndpointUnreachableError(ProviderError):
-    """No HTTP answer at all from an endpoint (refused, unknown host, dropped, timed out)."""
+    """An endpoint that never accepted a connection (refused, unknown host, connect timeout):
+    nothing was sent, so nothing was billed. A request the endpoint took and did not answer in
+    time is a timeout (a failure line), not this."""
 
     def __init__(self, message: str, *, endpoint: str | None = None) -> None:
         super().__init__(message, status=None, retryable=True, endpoint=endpoint)
@@ -171,8 +173,9 @@ class LeaseLostError(LeaseHeldError):
 
 class StorageWriteError(CuratorFlowsError, OSError):
     """A write to the run directory failed (disk full, permissions, an object store error)
-    after dispatch was stopped and the write was retried; responses that could not be written
-    are listed in the message's count and will be sent again by the next run."""
+    after dispatch was stopped and the write was retried; paid responses that could not be
+    written are kept in a spill file on this machine (the message says where), which the next
+    step of the run merges before it sends anything (:mod:`curator_flows.spill`)."""
 
     retryable = True
 

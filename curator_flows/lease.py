@@ -4,20 +4,29 @@ Orchestrators run the same task twice at once (a zombie worker and its retry, tw
 Before sending, a step takes the lease of each of its shards; a second worker gets
 :class:`~curator_flows.errors.LeaseHeldError` (retryable) and sends nothing.
 
-Layout: ``leases/<shard>/<generation>.json`` = ``{"owner", "host", "pid", "acquired_at",
-"expires_at", "released"}``. The lease of a shard is its highest generation.
+Layout: ``leases/<shard>/<generation>.json`` = ``{"owner", "host", "pid", "pid_scope",
+"pid_start", "acquired_at", "expires_at", "released"}``. The lease of a shard is its highest
+generation.
 
 Invariants:
 - a generation file is created with an exclusive create (``O_EXCL`` locally, a conditional PUT
   on object stores), so of two workers racing for the same generation exactly one wins;
 - a lease is taken over only when its holder released it, its expiry passed (the holder stopped
-  renewing: it died), or its holder is a dead process on this host; the taker creates the next
-  generation, so a holder that comes back sees a higher generation and stops
-  (:class:`~curator_flows.errors.LeaseLostError`) before sending anything more;
+  renewing: it died or froze), or its holder is certainly a dead process: same host, boot and
+  PID namespace, and its PID is gone or now another process (:mod:`curator_flows.liveness`);
+  a holder in another container, on another machine or of unknown scope is judged by its expiry
+  alone. The taker creates the next generation, so a holder that comes back sees a higher
+  generation and stops (:class:`~curator_flows.errors.LeaseLostError`);
 - while held, a background thread renews every lease every ``ttl / 3`` seconds, whatever the
-  step is doing (an engine start-up, a long create call, a large download); a lease that was
-  taken over is reported by :meth:`ShardLeases.check`, which the sending loops call before they
-  send or store more;
+  step is doing (an engine start-up, a long create call, a large download); a renewal that
+  finds the lease expired (the process was frozen or the store failed for a whole ``ttl``) does
+  not renew it: the lease is lost, even if nobody took it yet;
+- **the fence**: :meth:`ShardLeases.check` (no I/O) raises ``LeaseLostError`` when the lease
+  was taken over, or when the last *confirmed* renewal is ``FENCE_FRACTION`` of ``ttl`` old
+  (a boot-time clock, which keeps counting while the process is stopped or the machine
+  suspended, so a frozen worker sees the jump the moment it wakes) or the written expiry is as
+  near on the wall clock. Every send point calls it right before it sends, so a worker that
+  may have lost its lease sends nothing more;
 - a generation file that cannot be read (a crash between the exclusive create and its write)
   counts as held only until ``ttl`` after its modification time;
 - a lease file never holds a secret.
@@ -33,29 +42,32 @@ import time
 import uuid
 from typing import Any
 
+from . import liveness
 from .errors import LeaseHeldError, LeaseLostError
 from .store import RunStore
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL = 60.0
+#: a worker stops sending once its last confirmed renewal is this fraction of the ttl old
+FENCE_FRACTION = 0.9
 _HOST = socket.gethostname()
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _clock() -> float:
+    """Seconds on a clock that never goes back and keeps counting while the process is
+    stopped or the machine suspended (``CLOCK_BOOTTIME``; elsewhere the monotonic clock)."""
+    return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
 
 
 def _stale(holder: dict[str, Any], now: float) -> bool:
     if holder.get("released") or float(holder.get("expires_at") or 0) <= now:
         return True
-    return holder.get("host") == _HOST and not _pid_alive(int(holder.get("pid") or 0))
+    scope, pid, start = holder.get("pid_scope"), holder.get("pid"), holder.get("pid_start")
+    if not isinstance(scope, str) or not isinstance(start, int) or not isinstance(pid, int):
+        return False  # no way to tell whether its process lives: wait for the expiry
+    return liveness.is_gone(scope, pid, start)
 
 
 class ShardLeases:
@@ -68,14 +80,17 @@ class ShardLeases:
         self.ttl = ttl
         self.owner = f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.held: dict[str, int] = {}
-        self.renewed_at = 0.0
+        #: ``_clock()`` when the last renewal that found every lease ours started
+        self.confirmed_at = 0.0
+        #: the wall-clock expiry that renewal wrote
+        self.expires_at = 0.0
         self.lost: LeaseLostError | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._keepalive: threading.Thread | None = None
 
     def _record(self, now: float, released: bool = False) -> dict[str, Any]:
-        return {
+        record = {
             "owner": self.owner,
             "host": _HOST,
             "pid": os.getpid(),
@@ -83,6 +98,10 @@ class ShardLeases:
             "expires_at": 0.0 if released else now + self.ttl,
             "released": released,
         }
+        process = liveness.current()
+        if process is not None:
+            record.update(pid_scope=process.scope, pid_start=process.start)
+        return record
 
     def _latest(self, shard: str) -> tuple[int, dict[str, Any] | None]:
         generations = self.store.glob(f"leases/{shard}/*.json")
@@ -104,13 +123,15 @@ class ShardLeases:
 
     def acquire(self) -> None:
         """Take every shard's lease, or raise :class:`LeaseHeldError` holding none."""
+        started, now = _clock(), time.time()
         try:
             for shard in self.shards:
-                self._acquire(shard)
+                self._acquire(shard, now)
         except BaseException:
             self.release()
             raise
-        self.renewed_at = time.monotonic()
+        self.confirmed_at, self.expires_at = started, now + self.ttl
+        self.lost = None
         self._stop.clear()
         self._keepalive = threading.Thread(
             target=self._renew_until_released, name="curator-flows-lease", daemon=True
@@ -129,12 +150,25 @@ class ShardLeases:
                 log.warning("could not renew the shard leases: %s", exc)
 
     def check(self) -> None:
-        """Raise :class:`LeaseLostError` when another worker took a lease of ours over."""
+        """The fence: raise :class:`LeaseLostError` unless every lease is still certainly ours
+        (another worker took one over, or the last confirmed renewal is too old to be sure).
+        Costs two clock reads: call it right before every send."""
         if self.lost is not None:
             raise self.lost
+        if not self.held:
+            return
+        age = _clock() - self.confirmed_at
+        margin = self.ttl * (1 - FENCE_FRACTION)
+        if age >= self.ttl - margin or time.time() >= self.expires_at - margin:
+            raise LeaseLostError(
+                f"the lease of shard(s) {', '.join(self.held)} of {self.store.uri} was last "
+                f"confirmed {age:.1f}s ago (lease_seconds={self.ttl:g}): this process was "
+                "paused or could not renew it, so another worker may hold it now; this worker "
+                "stopped sending (the shard's unanswered requests stay pending)",
+                owner=self.owner,
+            )
 
-    def _acquire(self, shard: str) -> None:
-        now = time.time()
+    def _acquire(self, shard: str, now: float) -> None:
         number, holder = self._latest(shard)
         if holder is not None and not _stale(holder, now):
             raise LeaseHeldError(
@@ -158,7 +192,7 @@ class ShardLeases:
             self._renew()
 
     def _renew(self) -> None:
-        now = time.time()
+        started, now = _clock(), time.time()
         for shard, generation in self.held.items():
             number, holder = self._latest(shard)
             if number != generation or (holder or {}).get("owner") != self.owner:
@@ -167,8 +201,17 @@ class ShardLeases:
                     "it over; this worker stopped sending",
                     owner=str((holder or {}).get("owner")),
                 )
+        silent = started - self.confirmed_at
+        if silent >= self.ttl or now >= self.expires_at:  # another worker may be taking it now
+            raise LeaseLostError(
+                f"the lease of shard(s) {', '.join(self.held)} of {self.store.uri} expired: not "
+                f"renewed for {silent:.1f}s (lease_seconds={self.ttl:g}; the process was paused "
+                "or the store failed); this worker stopped sending",
+                owner=self.owner,
+            )
+        for shard, generation in self.held.items():
             self.store.write_json(f"leases/{shard}/{generation:08d}.json", self._record(now))
-        self.renewed_at = time.monotonic()
+        self.confirmed_at, self.expires_at = started, now + self.ttl
 
     def release(self) -> None:
         """Stop renewing and give the leases back (the next worker takes over at once); never

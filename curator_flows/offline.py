@@ -14,7 +14,11 @@ Invariants:
 - outputs that fail ``invalid_finish_reasons`` or the ``response_format`` schema are generated
   again in a later chunk, up to ``max_retries`` more times, then stored as final failures with
   the reason; a request vLLM rejects on its own (a prompt longer than the context) fails at
-  once, without failing the rest of its chunk.
+  once, without failing the rest of its chunk;
+- every chunk is fenced: right before it is submitted, the worker checks (no I/O) that its
+  shard leases are still certainly its own; once they are not, nothing more is submitted, the
+  chunks already in the engine are stored, and the step raises
+  :class:`~curator_flows.errors.LeaseLostError`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from .acceptance import Acceptance
 from .backends.openai import chat_completion_object
 from .cost import Prices, resolve_prices
 from .credentials import Credentials
-from .errors import ConfigError
+from .errors import ConfigError, LeaseLostError
 from .lease import ShardLeases
 from .ledger import StepLedger
 from .pending import WorkItem, count_pending, done_ids, pending_items
@@ -172,6 +176,7 @@ class _OfflineRunner:
         self.low_water = capacity + self.batch_size
         self.ledger: StepLedger | None = None
         self.leases: ShardLeases | None = None
+        self.lease_lost: LeaseLostError | None = None
         self.retries: deque[WorkItem] = deque()
         self.appenders: dict[str, Any] = {}
         self.counts = {
@@ -200,6 +205,8 @@ class _OfflineRunner:
         active: list[_Chunk] = []
         try:
             self._run(pending, active)
+            if self.lease_lost is not None:
+                raise self.lease_lost  # after storing every chunk that was in the engine
         except BaseException:
             for chunk in active:  # leave nothing running in a caller's engine
                 for submission in chunk.submissions():
@@ -213,8 +220,10 @@ class _OfflineRunner:
     def _run(self, pending: Iterator[WorkItem], active: list[_Chunk]) -> None:
         more = True  # pending requests (or retries) may be left
         while True:
-            while more and (
-                self.engine.unfinished <= self.low_water if self.queueing else not active
+            while (
+                more
+                and (self.engine.unfinished <= self.low_water if self.queueing else not active)
+                and self._fenced()
             ):
                 items = self._next_chunk(pending)
                 if not items:
@@ -237,6 +246,17 @@ class _OfflineRunner:
                 active.remove(chunk)
                 self._store(chunk, outputs)
                 more = more or bool(self.retries)
+
+    def _fenced(self) -> bool:
+        """Right before a chunk is submitted: whether the shard leases are still certainly
+        this worker's (no I/O). Once not, nothing more is submitted."""
+        if self.leases is not None and self.lease_lost is None:
+            try:
+                self.leases.check()
+            except LeaseLostError as exc:
+                log.error("stopping: %s", exc)
+                self.lease_lost = exc
+        return self.lease_lost is None
 
     def _submit(self, items: list[WorkItem]) -> list[tuple[list[WorkItem], Any]]:
         """Queue the chunk. vLLM rejects a whole call when one request is invalid (a prompt
@@ -277,8 +297,6 @@ class _OfflineRunner:
         counters.output_tokens = self.counts["output_tokens"]
         counters.cost = self.counts["cost"]
         self.record_ledger()
-        if self.leases is not None:
-            self.leases.check()  # raises LeaseLostError: stop before storing more
         self.progress.tick()
 
     def record_ledger(self, final: bool = False) -> None:

@@ -15,13 +15,22 @@ Invariants:
 - 429s pause all dispatch and are not counted against ``max_retries``; 5xx, timeouts, dropped
   connections, malformed bodies, invalid finish reasons and schema-invalid content are; other
   4xx fail at once;
+- a request the endpoint accepted and gave no answer to within ``request_timeout`` is a timeout
+  (one WARNING per run says to raise ``request_timeout``), not an unreachable endpoint: after
+  ``max_retries`` it ends as a failure line (``retryable``) like any failure; only an endpoint
+  that never accepted a connection (refused, unknown host, connect timeout) is unreachable;
 - the run stops dispatching (in-flight requests finish, nothing new is sent, unsent requests
   stay pending and get no line) and raises at the end when: the provider answers 401/403/404
-  (:class:`~curator_flows.errors.AuthenticationError`), the endpoint cannot be reached at all
+  (:class:`~curator_flows.errors.AuthenticationError`), the endpoint never accepts a connection
   (:class:`~curator_flows.errors.EndpointUnreachableError`), the budget would be exceeded
   (:class:`~curator_flows.errors.BudgetExceededError`), a write to the run directory fails
-  (:class:`~curator_flows.errors.StorageWriteError`, after retrying the write of what arrived)
-  or the shard lease was lost (:class:`~curator_flows.errors.LeaseLostError`).
+  (:class:`~curator_flows.errors.StorageWriteError`, after retrying the write of what arrived
+  for ``WRITE_RETRY_SECONDS``; answers that still cannot be written, every one of them paid,
+  are kept in a spill file that the next step of the run merges, :mod:`curator_flows.spill`)
+  or the shard lease was lost (:class:`~curator_flows.errors.LeaseLostError`);
+- every send is fenced: right before it, the worker checks (no I/O) that its shard leases are
+  still certainly its own, so a worker that was frozen past its lease sends nothing more when
+  it wakes (only what was already in flight at the freeze can be sent twice).
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from .errors import (
     ConfigError,
     CuratorFlowsError,
     EndpointUnreachableError,
+    LeaseLostError,
     StorageWriteError,
 )
 from .lease import ShardLeases
@@ -58,6 +68,7 @@ from .progress import Progress
 from .ratelimit import RateLimiter
 from .results import ShardResult, make
 from .runs import RunRef, llm_for, open_run, shard_names, shard_sizes
+from .spill import spill
 from .store import RunStore
 
 if TYPE_CHECKING:
@@ -77,9 +88,10 @@ WARMUP_SECONDS = 3.0
 UNKNOWN_LIMITS_CONCURRENCY = 64
 #: answers that mean "wrong key, no access, wrong endpoint or model": stop at once
 AUTH_STATUSES = (401, 403, 404)
-#: an endpoint that gave no answer for this long while requests kept failing is unreachable
+#: an endpoint that gave no answer for this long while connections kept failing is unreachable
 UNREACHABLE_WINDOW = 30.0
-WRITE_ATTEMPTS = 5
+#: how long the end of a run keeps retrying a failing write before it spills what arrived
+WRITE_RETRY_SECONDS = 30.0
 
 
 @dataclass
@@ -119,8 +131,12 @@ class OnlineRunner:
         budget: Budget | None = None,
         leases: ShardLeases | None = None,
         keep_completions: bool = False,
+        run_id: str = "",
+        spill_dir: str | None = None,
     ) -> None:
         self.store = store
+        self.run_id = run_id
+        self.spill_dir = spill_dir
         self.keep_completions = keep_completions
         self.backend = backend
         self.limiter = limiter
@@ -148,6 +164,7 @@ class OnlineRunner:
         self.warm_deadline = 0.0
         self.last_answer_at: float | None = None
         self.stop_error: CuratorFlowsError | None = None
+        self.timeout_warned = False
         self.ledger_lock = threading.Lock()
         self.ledger_closed = False
         if budget is not None:
@@ -332,6 +349,7 @@ class OnlineRunner:
                 self.stop(self.budget.exceeded(reserved))
                 return  # not sent: stays pending
         await self.limiter.acquire(item.est_input, self.output_estimate)
+        self.fence()
         if self.stop_error is not None:
             if self.budget is not None:
                 self.budget.settle(reserved, 0.0)
@@ -393,6 +411,15 @@ class OnlineRunner:
             self.fail(item, attempt.error or "request rejected", False)
         self.progress.tick()
 
+    def fence(self) -> None:
+        """Right before a send: stop dispatch unless the shard leases are still certainly ours
+        (no I/O: the renewal thread's last confirmed renewal and its age)."""
+        if self.leases is not None:
+            try:
+                self.leases.check()
+            except LeaseLostError as exc:
+                self.stop(exc)
+
     def observe(self, attempt: Attempt) -> None:
         """Learn from an answer: it proves the endpoint reachable, its headers carry limits."""
         if attempt.status is not None or attempt.kind == "ok":
@@ -414,10 +441,19 @@ class OnlineRunner:
         item.attempts += 1
         if self.stop_error is not None:
             return  # dispatch stopped: the request stays pending for the next run
+        if attempt.transport == "timeout" and not self.timeout_warned:
+            self.timeout_warned = True
+            log.warning(
+                "requests to %s get no answer within request_timeout=%gs although the endpoint "
+                "accepted them (the provider may bill them): %s",
+                self.backend.endpoint,
+                getattr(self.backend, "request_timeout", 0),
+                attempt.error,
+            )
         if item.attempts <= self.max_retries:
             self._retry_later(item, self.backoff(item.attempts))
             return
-        if attempt.status is None and attempt.kind == "retryable" and self._unreachable():
+        if attempt.transport == "unreachable" and self._unreachable():
             self.stop(
                 EndpointUnreachableError(
                     f"could not reach {self.backend.endpoint}: {reason} (after {item.attempts} "
@@ -456,31 +492,51 @@ class OnlineRunner:
         )
 
     async def close_appenders(self) -> None:
-        """Write what is still buffered (retrying a failing store a few times), then close.
-        Lines that still cannot be written are reported in a :class:`StorageWriteError`."""
-        error: OSError | None = None
-        for attempt in range(WRITE_ATTEMPTS):
-            error = None
+        """Write what is still buffered, retrying a failing store for ``WRITE_RETRY_SECONDS``;
+        lines that still cannot be written are spilled to a local file that the next step of
+        the run merges (:mod:`curator_flows.spill`), and reported in a
+        :class:`StorageWriteError` that says where they are."""
+        deadline = time.monotonic() + WRITE_RETRY_SECONDS
+        delay = 0.2
+        while True:
+            error: OSError | None = None
             for appender in self.appenders.values():
                 try:
                     appender.flush()
                 except OSError as exc:
                     error = exc
-            if error is None:
+            if error is None or time.monotonic() >= deadline:
                 break
-            await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
-        lost = sum(appender.unwritten for appender in self.appenders.values())
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(2 * delay, 5.0)
+        unwritten = {s: a.unwritten_lines() for s, a in self.appenders.items() if a.unwritten}
+        if unwritten:
+            self.stop_error = self._spill(unwritten, error)
         for appender in self.appenders.values():
             try:
                 appender.close()
             except OSError:
                 pass
-        if lost:
-            self.stop_error = StorageWriteError(
-                f"{lost} response line(s) could not be written to {self.store.uri} "
-                f"({type(error).__name__}: {error}); those requests stay pending and the next "
-                "run sends them again"
+
+    def _spill(self, unwritten: dict[str, bytes], error: OSError | None) -> StorageWriteError:
+        """Keep the paid lines the run directory would not take; the error says where."""
+        lost = sum(data.count(b"\n") for data in unwritten.values())
+        problem = f"{lost} paid response line(s) could not be written to {self.store.uri} "
+        problem += f"({type(error).__name__}: {error})"
+        try:
+            folder = spill(self.store, self.run_id, unwritten, self.spill_dir)
+        except OSError as exc:
+            return StorageWriteError(
+                f"{problem}, nor kept in a spill file ({type(exc).__name__}: {exc}); those "
+                "requests stay pending and the next run sends them again"
             )
+        for shard in unwritten:
+            self.appenders[shard].discard()
+        return StorageWriteError(
+            f"{problem}; they were kept in {folder}, which the next step of this run on this "
+            "machine merges before it sends anything (free space in the run directory first; "
+            "a step on another machine cannot see them and sends those requests again)"
+        )
 
     def charge(self, input_tokens: int, output_tokens: int, cost: float) -> None:
         """Count a paid attempt the moment it is answered (accepted or not), so the step's
@@ -587,6 +643,8 @@ def run_online(
             budget=budget,
             leases=leases,
             keep_completions=bool(llm.return_completions_object),
+            run_id=manifest["run_id"],
+            spill_dir=params.spill_dir,
         )
         summary = run_sync(runner, pending_items(store, names, done))
     return make(ShardResult, **base, pending_before=pending, **summary.to_dict())

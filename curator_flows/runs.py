@@ -1,7 +1,8 @@
 """Opening a prepared run from its URI: the store, the manifest, its shards and its LLM.
 
 Invariant: a run is re-opened from its URI alone (plus fsspec ``storage_options``, which are
-never stored); every step starts here.
+never stored); every step starts here, so answers spilled by an earlier step on this machine
+are back in the run before a step reads or sends anything.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import RunModeError, RunNotFoundError, UnknownShardError
 from .rebuild import llm_from_spec
+from .spill import merge_spills
 from .store import MANIFEST, RunStore
 
 if TYPE_CHECKING:
@@ -29,13 +31,15 @@ def run_uri(run: RunRef) -> str:
 def open_run(
     run: RunRef, storage_options: dict[str, Any] | None = None, mode: str | None = None
 ) -> tuple[RunStore, dict[str, Any]]:
-    """The store and manifest of a prepared run (of ``mode``, when given)."""
+    """The store and manifest of a prepared run (of ``mode``, when given), with the answers an
+    earlier step of it on this machine had to spill merged back (:mod:`curator_flows.spill`)."""
     store = RunStore(run_uri(run), storage_options)
     manifest = store.read_json_if_exists(MANIFEST)
     if manifest is None:
         raise RunNotFoundError(f"no prepared run at {store.uri} (manifest.json missing)")
     if mode is not None and manifest["mode"] != mode:
         raise RunModeError(f"run {manifest['run_id']} is a {manifest['mode']} run, not {mode}")
+    merge_spills(store, manifest)
     return store, manifest
 
 

@@ -13,6 +13,10 @@ Layout under ``<working_dir>/<run_id>/`` (see docs/architecture.md)::
 Invariants:
 - whole files appear atomically (temp name + rename locally; on object stores one PUT, or a
   multipart upload completed at once);
+- a local temp name says who wrote it (``<file>.tmp-<scope>-<pid>-<start>-<random>``, see
+  :mod:`curator_flows.liveness`); each successful write of a file removes the leftovers of
+  earlier writes of that file (a writer killed mid-write) whose writer is certainly gone, or
+  that nobody touched for ``STALE_TEMP_SECONDS``: never a live concurrent writer's temp file;
 - a response line is either fully present or ignored: readers skip a torn or undecodable line,
   and an appender first terminates a torn tail so the next line starts clean;
 - data files stream: lines are read one at a time, Arrow files a record batch at a time
@@ -36,11 +40,16 @@ from typing import Any
 import fsspec
 import orjson
 
+from . import liveness
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 OUTPUT_STATS = "output/stats.json"
 FAILED = "failed_requests.jsonl"
+#: a temp file of an unknown writer (another host or container) untouched this long is a
+#: leftover: no live writer goes a day without writing to its file
+STALE_TEMP_SECONDS = 24 * 3600.0
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -103,14 +112,16 @@ class RunStore:
     @contextlib.contextmanager
     def _replacing(self, path: str) -> Iterator[str]:
         """A temporary name next to local ``path``; renamed over ``path`` if the block ends
-        without an error, removed otherwise."""
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        without an error (then the leftovers of earlier writes of ``path`` are removed),
+        removed otherwise."""
+        tmp = f"{path}{_TEMP_MARK}{_writer_tag()}-{uuid.uuid4().hex[:8]}"
         try:
             yield tmp
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+        _remove_leftovers(path)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write ``rel`` atomically."""
@@ -254,17 +265,56 @@ class RunStore:
         return PartAppender(self, rel_stem, flush_lines, flush_seconds)
 
 
+_TEMP_MARK = ".tmp-"
+
+
+def _writer_tag() -> str:
+    """``<scope>-<pid>-<start>`` of this process, or ``unknown`` where /proc cannot tell."""
+    me = liveness.current()
+    return f"{me.scope}-{me.pid}-{me.start}" if me is not None else "unknown"
+
+
+def _is_leftover(tag: str, modified: float) -> bool:
+    """Whether the temp file written by ``tag`` (at ``modified``) has no live writer."""
+    scope, _, rest = tag.partition("-")
+    pid, _, rest = rest.partition("-")
+    start, _, _ = rest.partition("-")
+    if pid.isdigit() and start.isdigit() and liveness.is_gone(scope, int(pid), int(start)):
+        return True
+    return time.time() - modified > STALE_TEMP_SECONDS
+
+
+def _remove_leftovers(path: str) -> None:
+    """Remove the temp files of earlier writes of local ``path`` that no live writer owns;
+    never raises (a leftover that stays is removed by a later write)."""
+    folder, name = os.path.split(path)
+    prefix = name + _TEMP_MARK
+    try:
+        with os.scandir(folder) as entries:
+            candidates = [e for e in entries if e.name.startswith(prefix)]
+        for entry in candidates:
+            if _is_leftover(entry.name[len(prefix) :], entry.stat().st_mtime):
+                os.remove(entry.path)
+                log.info("removed %s, left by an interrupted write", entry.path)
+    except OSError:
+        pass
+
+
 class LocalAppender:
     """One ``write()`` per line on an ``O_APPEND`` descriptor: a line survives ``kill -9`` as soon
     as :meth:`append` returns (it is in the kernel's page cache).
 
     A failed or partial write (a full disk) keeps the unwritten bytes and raises; the next
-    :meth:`flush` (or append) writes the rest first, so a line is never torn by a retry."""
+    :meth:`flush` (or append) writes the rest first, so a line is never torn by a retry. What
+    could not be written is available whole (:meth:`unwritten_lines`, a line torn by a partial
+    write included from its start) for a caller that keeps it elsewhere and then drops it
+    (:meth:`discard`)."""
 
     def __init__(self, path: str) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.pending: list[bytes] = []
+        self.offset = 0  # bytes of pending[0] already written
         size = os.fstat(self.fd).st_size
         if size:
             with open(path, "rb") as handle:
@@ -286,16 +336,29 @@ class LocalAppender:
     @property
     def unwritten(self) -> int:
         """Lines accepted but not yet written (after a failed write)."""
-        return sum(chunk.count(b"\n") for chunk in self.pending)
+        return self.unwritten_lines().count(b"\n")
+
+    def unwritten_lines(self) -> bytes:
+        """The lines not wholly written yet, each whole (a torn one from its start)."""
+        if not self.pending:
+            return b""
+        first = self.pending[0]
+        start = first.rfind(b"\n", 0, self.offset) + 1 if self.offset else 0
+        data = first[start:] + b"".join(self.pending[1:])
+        return data.lstrip(b"\n")  # (the separator that isolates a torn tail is no line)
+
+    def discard(self) -> None:
+        """Forget the unwritten lines (the caller kept them elsewhere)."""
+        self.pending = []
+        self.offset = 0
 
     def flush(self) -> None:
         while self.pending:
             data = self.pending[0]
-            written = os.write(self.fd, data)
-            if written < len(data):
-                self.pending[0] = data[written:]
-            else:
+            self.offset += os.write(self.fd, memoryview(data)[self.offset :])
+            if self.offset >= len(data):
                 self.pending.pop(0)
+                self.offset = 0
 
     def flush_if_due(self) -> None:
         pass
@@ -351,6 +414,14 @@ class PartAppender:
     @property
     def unwritten(self) -> int:
         return len(self.buffer)
+
+    def unwritten_lines(self) -> bytes:
+        """The buffered lines (no part file holds them yet)."""
+        return b"".join(self.buffer)
+
+    def discard(self) -> None:
+        """Forget the buffered lines (the caller kept them elsewhere)."""
+        self.buffer = []
 
     def flush(self) -> None:
         if not self.buffer:

@@ -1,10 +1,13 @@
 """Shard leases: one worker sends a shard at a time, across processes; a dead worker's lease is
-taken over."""
+taken over, a live one's never (not across PID namespaces either), and a worker frozen past its
+lease sends nothing more when it wakes."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -186,3 +189,254 @@ def test_leases_on_s3_use_a_conditional_create(s3_bucket):
     with pytest.raises(LeaseHeldError):
         ShardLeases(store, ["00000"]).acquire()
     leases.release()
+
+
+# ----------------------------------------------------------------------------- frozen workers
+def _step_code(run_uri: str, shard: str = "00000") -> str:
+    """A program that runs ``run_online``; its last stdout line says how it ended."""
+    return (
+        "import json\n"
+        "from curator_flows import steps, LeaseHeldError\n"
+        "from curator_flows.errors import LeaseLostError\n"
+        "try:\n"
+        f"    out = steps.run_online({run_uri!r}, {shard!r})\n"
+        "    print(json.dumps({'succeeded': out['succeeded'], 'sent': out['sent']}))\n"
+        "except LeaseLostError as exc:\n"
+        "    print(json.dumps({'lost': str(exc)}))\n"
+        "except LeaseHeldError as exc:\n"
+        "    print(json.dumps({'held': str(exc)}))\n"
+    )
+
+
+def _step(run_uri: str, shard: str = "00000") -> subprocess.Popen:
+    """``run_online`` in a child process (see :func:`_step_code`)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", _step_code(run_uri, shard)],
+        env={**os.environ, "PYTHONPATH": str(SUPPORT), "OPENAI_API_KEY": "k"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(condition, seconds: float, *procs: subprocess.Popen) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        for proc in procs:
+            assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _prompts_by_id(store: RunStore) -> dict[str, str]:
+    return {r["id"]: r["messages"][-1]["content"] for r in store.iter_records("requests/*.jsonl")}
+
+
+def _lease_expiry(store: RunStore, shard: str) -> float:
+    return float(store.read_json(store.glob(f"leases/{shard}/*.json")[-1])["expires_at"])
+
+
+def test_a_frozen_worker_sends_nothing_after_it_wakes_once_its_lease_was_taken(sim, wd):
+    """SIGSTOP a worker mid-shard past its lease, let a second worker take the shard over, then
+    SIGCONT the first: it stores what was in flight at the freeze and sends nothing more, so
+    the only prompts sent twice are those in flight at the freeze."""
+    sim.configure(latency=0.1)
+    llm = Numbered(
+        "gpt-4o-mini",
+        backend_params={
+            "base_url": sim.base_url,
+            "max_concurrent_requests": 8,
+            "lease_seconds": 3,
+            "progress": "off",
+        },
+    )
+    run = steps.prepare(llm, [{"n": i} for i in range(400)], wd)
+    store = RunStore(run["run_uri"])
+    prompts = _prompts_by_id(store)
+    first = _step(run["run_uri"])
+    second = None
+    try:
+        _wait_for(lambda: sim.stats()["status_counts"].get("200", 0) >= 40, 60, first)
+        os.kill(first.pid, signal.SIGSTOP)
+        time.sleep(0.5)  # whatever it had written to its sockets reaches the simulator
+        sent_at_freeze = set(sim.stats()["by_prompt"])
+        stored = {r["id"] for r in store.iter_records("responses/*.*jsonl") if "content" in r}
+        in_flight = sent_at_freeze - {prompts[i] for i in stored}
+        assert 0 < len(in_flight) <= 8
+        _wait_for(lambda: time.time() > _lease_expiry(store, "00000") + 0.2, 30)
+        second = _step(run["run_uri"])
+        # the second worker took the shard over and has sent well past where the first stopped
+        _wait_for(lambda: sim.stats()["chat_completions"] >= len(sent_at_freeze) + 80, 60)
+        os.kill(first.pid, signal.SIGCONT)
+        woke, took_over = _answer(first), _answer(second)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+    assert "lost" in woke, woke
+    assert took_over.get("succeeded") == 400 - len(stored), took_over
+    twice = {p for p, n in sim.stats()["by_prompt"].items() if n > 1}
+    assert twice <= in_flight, f"sent again after the wake: {sorted(twice - in_flight)}"
+    answered = {r["id"] for r in store.iter_records("responses/*.*jsonl") if "content" in r}
+    assert answered == set(prompts)  # the answers that arrived after the wake were stored too
+
+
+def test_the_fence_refuses_once_the_last_confirmed_renewal_is_too_old(wd):
+    store = RunStore(wd)
+    leases = ShardLeases(store, ["00000"], ttl=1.0)
+    leases.acquire()
+    leases.check()
+    leases._stop.set()  # renewals stop (as in a process frozen right after its last renewal)
+    leases._keepalive.join()
+    time.sleep(0.95)
+    with pytest.raises(LeaseLostError, match="paused"):
+        leases.check()  # not expired yet, but too near expiry to send
+    time.sleep(0.2)
+    with pytest.raises(LeaseLostError, match="expired"):
+        leases.renew()  # expired: not renewed, even though nobody took it over yet
+    leases.release()
+
+
+# ----------------------------------------------------------------------------- PID namespaces
+def _unshare_works() -> bool:
+    try:
+        done = subprocess.run(
+            ["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def _in_own_pid_namespace(proc_args: list[str], burn_pids: int = 0) -> list[str]:
+    """``proc_args`` as a process of a fresh PID namespace (with its own /proc), after
+    ``burn_pids`` short-lived processes so that its PID is above them."""
+    command = " ".join(shlex.quote(arg) for arg in proc_args)
+    script = f"for i in $(seq {burn_pids}); do /bin/true; done; {command}; exit $?"
+    return ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script]
+
+
+def test_a_live_holder_in_another_pid_namespace_keeps_its_lease_until_it_expires(sim, wd):
+    """Two containers on one host with the host's network (same hostname, own PID namespaces):
+    the holder's PID means nothing to the other worker, so the lease is judged by its expiry
+    alone and the second worker sends nothing while the first is alive."""
+    if not _unshare_works():
+        pytest.skip(
+            "unshare --pid --fork --mount-proc is refused here (needs root and a kernel "
+            "that allows PID namespaces)"
+        )
+    sim.configure(latency=0.05)
+    llm = Numbered(
+        "gpt-4o-mini",
+        backend_params={"base_url": sim.base_url, "max_concurrent_requests": 4, "progress": "off"},
+    )
+    run = steps.prepare(llm, [{"n": i} for i in range(200)], wd)
+    store = RunStore(run["run_uri"])
+    env = {**os.environ, "PYTHONPATH": str(SUPPORT), "OPENAI_API_KEY": "k"}
+
+    def worker(burn_pids: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            _in_own_pid_namespace([sys.executable, "-c", _step_code(run["run_uri"])], burn_pids),
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    first = worker(burn_pids=40)  # its PID (> 40) exists in no other fresh namespace
+    try:
+        _wait_for(lambda: sim.stats()["status_counts"].get("200", 0) >= 20, 60, first)
+        holder = store.read_json(store.glob("leases/00000/*.json")[-1])
+        assert holder["pid"] > 40 and holder["expires_at"] > time.time()
+        second = _answer(worker(burn_pids=0))
+        assert "held" in second, second  # not taken from the live first worker
+        assert "succeeded" in _answer(first)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert set(sim.stats()["by_prompt"].values()) == {1}  # every request sent once
+
+
+def test_a_pid_reused_by_another_process_does_not_keep_a_dead_holders_lease(wd):
+    from curator_flows import liveness
+
+    store = RunStore(wd)
+    here = liveness.current()
+    if here is None:
+        pytest.skip("no /proc here: leases are judged by their expiry alone")
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        started = liveness._stat(other.pid)[1]
+        record = {
+            "owner": "gone",
+            "host": "any",
+            "pid": other.pid,
+            "pid_scope": here.scope,
+            "pid_start": started + 1,  # the holder had this PID, then died; `sleep` got it
+            "expires_at": time.time() + 60,
+        }
+        store.write_json("leases/00000/00000000.json", record)
+        ShardLeases(store, ["00000"]).acquire()  # taken over at once
+        store.write_json("leases/00001/00000000.json", {**record, "pid_start": started})
+        with pytest.raises(LeaseHeldError):  # the very process that holds it: alive
+            ShardLeases(store, ["00001"]).acquire()
+        store.write_json("leases/00002/00000000.json", {**record, "pid_scope": "elsewhere"})
+        with pytest.raises(LeaseHeldError):  # another namespace or boot: wait for the expiry
+            ShardLeases(store, ["00002"]).acquire()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def _stopped(proc: subprocess.Popen) -> bool:
+    """Whether ``proc`` is stopped (SIGSTOP)."""
+    with open(f"/proc/{proc.pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
+def test_a_frozen_offline_worker_stores_its_chunk_and_submits_nothing_more(wd):
+    """The offline runner froze (SIGSTOP) while its second chunk was in the engine and woke
+    after its lease expired: it stores that chunk and submits no other (another worker may be
+    generating the shard by now)."""
+    from offline_llms import OfflineNumbers
+
+    llm = OfflineNumbers(
+        "some/model",
+        backend="vllm",
+        backend_params={"batch_size": 4, "lease_seconds": 2, "progress": "off"},
+    )
+    run = steps.prepare(llm, [{"n": i} for i in range(20)], wd)
+    store = RunStore(run["run_uri"])
+    calls = os.path.join(wd, "calls.txt")
+    code = (
+        "import json\n"
+        "from offline_llms import FreezingGenerator\n"
+        "from curator_flows import offline\n"
+        "from curator_flows.errors import LeaseLostError\n"
+        "try:\n"
+        f"    out = offline.run_offline({run['run_uri']!r}, "
+        f"generator=FreezingGenerator({calls!r}, freeze_at=2))\n"
+        "    print(json.dumps({'succeeded': out['succeeded']}))\n"
+        "except LeaseLostError as exc:\n"
+        "    print(json.dumps({'lost': str(exc)}))\n"
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(SUPPORT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: _stopped(worker), 60, worker)
+        _wait_for(lambda: time.time() > _lease_expiry(store, "00000") + 0.2, 30)
+        os.kill(worker.pid, signal.SIGCONT)
+        answer = _answer(worker)
+    finally:
+        if worker.poll() is None:
+            os.kill(worker.pid, signal.SIGCONT)
+            worker.kill()
+    assert "lost" in answer, answer
+    with open(calls) as handle:
+        assert handle.read().split() == ["4", "4"]  # no chunk submitted after the wake
+    stored = [r for r in store.iter_records("responses/*.*jsonl") if "content" in r]
+    assert len(stored) == 8  # the chunk that was in the engine at the freeze is kept

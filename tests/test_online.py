@@ -1,5 +1,6 @@
 """The online runner's stop conditions and stalls, over real HTTP against the simulator:
-unreachable endpoints end the call, a slow first request does not hold the others back,
+unreachable endpoints end the call, timeouts and dropped connections are failures (not an
+unreachable endpoint), a slow first request does not hold the others back,
 buffered responses on object stores reach the store on a timer, write errors keep what arrived."""
 
 from __future__ import annotations
@@ -56,22 +57,56 @@ def test_an_unreachable_endpoint_ends_the_call_quickly_and_records_nothing(wd):
     assert response_records(str(run_dir)) == []  # nothing paid, nothing recorded: all pending
 
 
-def test_every_connection_dropped_is_an_unreachable_endpoint(sim, params, wd):
+def test_connections_dropped_after_sending_are_failures_not_an_unreachable_endpoint(
+    sim, params, wd
+):
+    """The endpoint accepted each connection and dropped it after the request was sent (it may
+    have billed it): each request fails after max_retries with a retryable failure line."""
     rows = [{"topic": f"gone {i} [[sim:drop]]"} for i in range(5)]
-    with pytest.raises(EndpointUnreachableError):
-        Topic("gpt-4o-mini", backend_params=params(max_retries=1))(rows, working_dir=wd)
+    llm = Topic("gpt-4o-mini", backend_params=params(max_retries=1))
+    run = steps.prepare(llm, rows, wd)
+    result = steps.run_online(run, llm=llm)
+    assert result["failed"] == 5 and result["succeeded"] == 0
+    lines = response_records(run["run_uri"])
+    assert len(lines) == 5
+    assert all("dropped" in r["error"] and r["retryable"] for r in lines)
     assert sim.stats()["faults"]["drop"] <= 2 * 5
 
 
 def test_requests_hanging_past_the_timeout_end_the_call(sim, params, wd):
     sim.configure(hang_seconds=30)
     rows = [{"topic": f"slow {i} [[sim:hang]]"} for i in range(3)]
+    llm = Topic("gpt-4o-mini", backend_params=params(max_retries=1, request_timeout=0.5))
+    run = steps.prepare(llm, rows, wd)
     started = time.monotonic()
-    with pytest.raises(EndpointUnreachableError, match="timeout"):
-        Topic("gpt-4o-mini", backend_params=params(max_retries=1, request_timeout=0.5))(
-            rows, working_dir=wd
-        )
+    result = steps.run_online(run, llm=llm)
     assert time.monotonic() - started < 15
+    assert result["failed"] == 3
+    assert all("timeout" in r["error"] for r in response_records(run["run_uri"]))
+
+
+def test_answers_slower_than_request_timeout_are_timeouts_that_stop_after_max_retries(
+    sim, params, wd, caplog
+):
+    """The provider answers, but after request_timeout: each request is sent 1 + max_retries
+    times and ends as a retryable failure line saying to raise request_timeout; no
+    EndpointUnreachableError (whose orchestrator retries would pay for every request again)."""
+    sim.configure(latency=2.0)
+    rows = [{"topic": f"t{i}"} for i in range(6)]
+    llm = Topic("gpt-4o-mini", backend_params=params(max_retries=1, request_timeout=0.5))
+    run = steps.prepare(llm, rows, wd)
+    with caplog.at_level("WARNING", logger="curator_flows"):
+        result = steps.run_online(run, llm=llm)
+    assert result["failed"] == 6 and result["succeeded"] == 0
+    assert sim.stats()["chat_completions"] == 6 * 2  # every request reached the provider twice
+    lines = response_records(run["run_uri"])
+    assert len(lines) == 6
+    for line in lines:
+        assert line["retryable"] and line["attempts"] == 2
+        assert "timeout" in line["error"] and "request_timeout" in line["error"]
+        assert "reasoning models" in line["error"]
+    warnings = [r for r in caplog.records if "request_timeout" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
 
 
 def test_a_hanging_first_request_does_not_hold_up_the_others(sim, params, wd):
@@ -147,7 +182,8 @@ def _stored_answers(store: RunStore) -> set[str]:
 
 def test_a_failing_write_stops_dispatch_and_the_next_run_sends_only_what_is_missing(sim, wd):
     """A file-size limit (RLIMIT_FSIZE) makes the response file unwritable mid-run: dispatch stops
-    with a StorageWriteError, nothing stored is lost or torn, and a later run completes."""
+    with a StorageWriteError, nothing stored is lost or torn, the answers that arrived after the
+    failure are kept in a spill file, and a later run sends only what never got an answer."""
     params = {
         "base_url": sim.base_url,
         "api_key": "k",
@@ -161,7 +197,8 @@ def test_a_failing_write_stops_dispatch_and_the_next_run_sends_only_what_is_miss
         "import resource, signal, sys\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
-        "from curator_flows import steps, StorageWriteError\n"
+        "from curator_flows import online, steps, StorageWriteError\n"
+        "online.WRITE_RETRY_SECONDS = 1.0\n"
         "try:\n"
         f"    steps.run_online({run['run_uri']!r})\n"
         "except StorageWriteError as exc:\n"
@@ -176,9 +213,10 @@ def test_a_failing_write_stops_dispatch_and_the_next_run_sends_only_what_is_miss
     records = response_records(run["run_uri"])  # every stored line decodes (none torn)
     stored = {r["id"] for r in records if "content" in r}
     assert 0 < len(stored) < 400
-    result = steps.run_online(run, llm=llm)
-    assert result["pending_before"] == 400 - len(stored)
-    assert sim.stats()["chat_completions"] == sent_first + result["pending_before"]
+    result = steps.run_online(run, llm=llm)  # merges what arrived unwritten (kept aside) first
+    assert result["pending_before"] == 400 - sent_first
+    assert sim.stats()["chat_completions"] == 400
     ids = [r["id"] for r in response_records(run["run_uri"]) if "content" in r]
     assert len(ids) == len(set(ids)) == 400
+    assert set(sim.stats()["by_prompt"].values()) == {1}  # nothing was paid twice
     assert issubclass(StorageWriteError, OSError)

@@ -15,7 +15,8 @@ class Attempt:
     """The outcome of one HTTP attempt.
 
     ``kind`` is one of: ``"ok"``; ``"rate_limited"`` (429: pause, retry, not counted against
-    ``max_retries``); ``"retryable"`` (5xx, timeout, dropped connection, malformed body);
+    ``max_retries``); ``"retryable"`` (5xx, timeout, dropped connection, unreachable endpoint,
+    malformed body);
     ``"fatal"`` (any other 4xx: fail at once).
     """
 
@@ -29,6 +30,11 @@ class Attempt:
     headers: Any = None
     #: the HTTP status, when an HTTP answer arrived (``None``: no answer at all)
     status: int | None = None
+    #: why no answer arrived, when none did: ``"unreachable"`` (no connection was ever made:
+    #: refused, unknown host, connect timeout; the request never left), ``"timeout"`` (the
+    #: endpoint took the request and gave no answer within ``request_timeout``: it may be
+    #: billed) or ``"dropped"`` (the connection broke after the request was sent)
+    transport: str | None = None
     #: the provider's whole answer body (a chat completion, a message), for
     #: ``return_completions_object``; the runner stores it only when asked
     raw: Any = None

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .base import Attempt, LearnedLimits, as_int
+from .http import timeout_advice
 from .openai import response_format_param
 
 
@@ -67,8 +68,13 @@ class LiteLLMBackend:
             response = await asyncio.wait_for(
                 litellm.acompletion(messages=messages, **kwargs), self.request_timeout + 5
             )
-        except TimeoutError:
-            return Attempt("retryable", error=f"timeout after {self.request_timeout:g}s")
+        except (TimeoutError, litellm.Timeout):
+            return Attempt(
+                "retryable",
+                error=f"timeout: no answer within {self.request_timeout:g}s; "
+                f"{timeout_advice(self.request_timeout)}",
+                transport="timeout",
+            )
         except litellm.RateLimitError as exc:
             return Attempt("rate_limited", error=f"rate limited: {exc}"[:300])
         except (
@@ -79,6 +85,9 @@ class LiteLLMBackend:
         ) as exc:
             status = getattr(exc, "status_code", None)
             return Attempt("fatal", error=f"{type(exc).__name__}: {exc}"[:300], status=status)
+        except litellm.APIConnectionError as exc:
+            error = f"connection error: {type(exc).__name__}: {exc}"[:300]
+            return Attempt("retryable", error=error, transport="unreachable")
         except Exception as exc:  # noqa: BLE001 - litellm maps every transport failure differently
             return Attempt("retryable", error=f"{type(exc).__name__}: {exc}"[:300])
         try:

@@ -14,6 +14,9 @@ Invariants:
   new is created, and a round that is ``submitted`` or later is never created again;
 - a create call is never retried blindly: after a transport failure or 5xx the provider is asked
   first whether the batch exists;
+- **fenced**: right before the upload and before every create call, ``submit`` checks (no I/O)
+  that the shard's lease is still certainly its own (:meth:`ShardLeases.check`), so a worker
+  frozen past its lease, whose shard another worker took over, never creates a second batch;
 - ``poll`` makes at most one status request (plus a reconciliation list when the round is
   unsent) and never blocks;
 - ``cancel`` writes the run's cancel flag first, then cancels every live batch; the flag stops
@@ -199,6 +202,7 @@ def _send(
         intent = ctx.intent(record, entry)
         try:
             if provider.uploads_files and not entry.get("input_file_id"):
+                ctx.check_leases()  # the fence: still this worker's shard, right before sending
                 filename = f"curator-{ctx.run_id}-{shard}-r{entry['round']}.jsonl"
                 entry["input_file_id"] = intent.input_file_id = provider.upload(path, filename)
                 entry.update(state=UPLOADED, uploaded_at=time.time())
@@ -227,6 +231,7 @@ def _create(
     """The create call; after an answer-less failure, look for the batch before calling again.
     ``None``: it may exist but cannot be told apart yet (the round stays unsent)."""
     for attempt in range(CREATE_ATTEMPTS):
+        ctx.check_leases()  # the fence: a worker frozen past its lease creates nothing
         try:
             return provider.create(path, intent.input_file_id, intent)
         except BatchAPIError as exc:
