@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from ..errors import ConfigError
+from .account import account_refusal
 from .base import Attempt, LearnedLimits, as_int
 from .openai import response_format_param
 
@@ -70,6 +71,9 @@ class LiteLLMBackend:
         except TimeoutError:
             return Attempt("retryable", error=f"timeout after {self.request_timeout:g}s")
         except litellm.RateLimitError as exc:
+            refused = _refused(exc, 429)
+            if refused is not None:
+                return refused
             return Attempt("rate_limited", error=f"rate limited: {exc}"[:300])
         except (
             litellm.BadRequestError,
@@ -78,6 +82,9 @@ class LiteLLMBackend:
             litellm.PermissionDeniedError,
         ) as exc:
             status = getattr(exc, "status_code", None)
+            refused = _refused(exc, status)
+            if refused is not None:
+                return refused
             return Attempt("fatal", error=f"{type(exc).__name__}: {exc}"[:300], status=status)
         except Exception as exc:  # noqa: BLE001 - litellm maps every transport failure differently
             return Attempt("retryable", error=f"{type(exc).__name__}: {exc}"[:300])
@@ -107,6 +114,17 @@ class LiteLLMBackend:
         if rpm is None and tpm is None:
             return None
         return LearnedLimits(requests_per_minute=rpm, tokens_per_minute=tpm)
+
+
+def _refused(exc: Exception, status: int | None) -> Attempt | None:
+    """A ``quota`` or ``daily_limit`` attempt when litellm's exception carries the provider's
+    account refusal (litellm maps it onto a plain rate-limit or bad-request error)."""
+    refusal = account_refusal(status, str(getattr(exc, "message", None) or exc))
+    if refusal is None:
+        return None
+    return Attempt(
+        refusal.kind, error=refusal.message[:500], retry_after=refusal.retry_after, status=status
+    )
 
 
 def _completion_dict(response: Any) -> Any:
