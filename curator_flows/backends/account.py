@@ -62,9 +62,10 @@ class AccountRefusal:
     retry_after: float | None = None
 
 
-def _fields(body: Any) -> tuple[str, str, str, str, str]:
-    """``(type, code, message, details error_code, whole text)`` of an error body (bytes,
-    text or a parsed dict), the OpenAI and the Anthropic shape alike."""
+def _fields(body: Any) -> tuple[str, str, str, str]:
+    """``(type, code, message, details error_code)`` of an error body (bytes, text or a parsed
+    dict), the OpenAI and the Anthropic shape alike; the message is the whole text when the
+    body is not an error object (litellm's exception text)."""
     data = body
     if isinstance(body, bytes | bytearray | str):
         try:
@@ -74,7 +75,7 @@ def _fields(body: Any) -> tuple[str, str, str, str, str]:
     text = body.decode("utf-8", "replace") if isinstance(body, bytes | bytearray) else str(body)
     error = data.get("error") if isinstance(data, dict) else None
     if not isinstance(error, dict):
-        return "", "", text, "", text
+        return "", "", text, ""
     details = error.get("details")
     detail_code = details.get("error_code") if isinstance(details, dict) else None
     return (
@@ -82,7 +83,6 @@ def _fields(body: Any) -> tuple[str, str, str, str, str]:
         str(error.get("code") or ""),
         str(error.get("message") or text),
         str(detail_code or ""),
-        text,
     )
 
 
@@ -91,21 +91,21 @@ def account_refusal(status: int | None, body: Any) -> AccountRefusal | None:
     stands for, or ``None``."""
     if status is not None and status not in (400, 402, 429):
         return None
-    type_, code, message, detail_code, text = _fields(body)
+    type_, code, message, detail_code = _fields(body)
     if code in _OPENAI_QUOTA_CODES or type_ == "insufficient_quota":
         return AccountRefusal(QUOTA, code or type_, message)
     if detail_code == "enforced_spend_limit_reached":
         return AccountRefusal(QUOTA, detail_code, message)
     if status == 402 or type_ == "billing_error":
         return AccountRefusal(QUOTA, "billing_error", message)
-    lowered = text.lower()
+    lowered = message.lower()  # the error's own message (the whole text when not JSON)
     for needle, name in _QUOTA_TEXTS:
         if needle in lowered:
             return AccountRefusal(QUOTA, name, message)
     if status in (None, 429):
-        per_day = _PER_DAY.search(message) or _PER_DAY.search(text)
+        per_day = _PER_DAY.search(message)
         if per_day is not None:
-            wait = _TRY_AGAIN.search(message) or _TRY_AGAIN.search(text)
+            wait = _TRY_AGAIN.search(message)
             retry_after = parse_duration(wait.group(1).rstrip(".")) if wait else None
             return AccountRefusal(
                 DAILY_LIMIT, f"{per_day.group(1).lower()}_per_day", message, retry_after

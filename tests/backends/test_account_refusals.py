@@ -77,9 +77,17 @@ def test_out_of_credit_stops_the_run_within_seconds_and_a_rerun_sends_the_rest(
     assert sim.stats()["requests"] - before == 280  # exactly the rest, nothing twice
 
 
-def test_run_online_step_stops_on_quota_and_resumes(sim, params, wd):
+@pytest.mark.parametrize(
+    ("backend", "model", "url"),
+    [("openai", "gpt-4o-mini", "base_url"), ("anthropic", "claude-haiku-4-5", "url")],
+)
+def test_run_online_step_stops_on_quota_and_resumes(sim, params, wd, backend, model, url):
     sim.configure(credit_requests=15)
-    llm = Line("gpt-4o-mini", backend_params=params(max_concurrent_requests=4, shard_size=50))
+    llm = Line(
+        model,
+        backend=backend,
+        backend_params=params(base_url=getattr(sim, url), max_concurrent_requests=4, shard_size=50),
+    )
     run = steps.prepare(llm, rows(100), wd)
     with pytest.raises(QuotaExceededError, match="out of credit"):
         steps.run_online(run, llm=llm)
