@@ -16,6 +16,7 @@ _ERRORS = (
     "IncompleteRunError", "ProviderError", "AuthenticationError", "EndpointUnreachableError",
     "RateLimitExhaustedError", "BudgetExceededError", "LeaseHeldError", "StorageWriteError",
     "RunNotFoundError", "LLMRebuildError", "BatchStepError", "BatchNotEnded",
+    "QuotaExceededError", "DailyLimitError", "TooManyFailuresError",
 )  # fmt: skip
 _EXPORTS = {
     "LLM": "curator_flows.llm",

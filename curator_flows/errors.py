@@ -16,6 +16,7 @@ Orchestrator adapters map ``retryable`` onto their retry rules with :func:`is_re
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
@@ -115,6 +116,23 @@ class AuthenticationError(ProviderError):
         super().__init__(message, status=status, retryable=False, endpoint=endpoint)
 
 
+class QuotaExceededError(ProviderError):
+    """The account is out of credit or over a spend limit (OpenAI's 429 ``insufficient_quota``,
+    Anthropic's "credit balance is too low"): nothing helps until a person adds credit or
+    raises the limit. Never retried. ``provider_message`` is the provider's own words."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        endpoint: str | None = None,
+        provider_message: str = "",
+    ) -> None:
+        super().__init__(message, status=status, retryable=False, endpoint=endpoint)
+        self.provider_message = provider_message
+
+
 class EndpointUnreachableError(ProviderError):
     """An endpoint that never accepted a connection (refused, unknown host, connect timeout):
     nothing was sent, so nothing was billed. A request the endpoint took and did not answer in
@@ -129,6 +147,25 @@ class RateLimitExhaustedError(ProviderError):
 
     def __init__(self, message: str, *, endpoint: str | None = None) -> None:
         super().__init__(message, status=429, retryable=True, endpoint=endpoint)
+
+
+class DailyLimitError(RateLimitExhaustedError):
+    """A per-day limit of the account (requests or tokens per day) is reached: retrying now
+    cannot help, retrying after ``retry_at`` (epoch seconds; ``None`` when the provider did not
+    say) can. ``provider_message`` is the provider's own words."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        endpoint: str | None = None,
+        provider_message: str = "",
+    ) -> None:
+        super().__init__(message, endpoint=endpoint)
+        self.retry_after = retry_after
+        self.retry_at = None if retry_after is None else time.time() + retry_after
+        self.provider_message = provider_message
 
 
 # ----------------------------------------------------------------------------- run state
@@ -152,6 +189,34 @@ class IncompleteRunError(CuratorFlowsError, RuntimeError):
         self.total = total
         self.pending_shards = list(pending_shards or [])
         self.failed_requests_uri = failed_requests_uri
+
+
+class TooManyFailuresError(IncompleteRunError):
+    """More of the run's requests failed than ``max_failed_fraction`` allows, so nothing was
+    published (the previous output stays as it was). ``failures_by_reason`` counts them by
+    reason; ``retryable`` when sending the retryable ones again could bring the share within
+    the limit."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        failed: int,
+        total: int,
+        failures_by_reason: dict[str, int],
+        max_failed_fraction: float,
+        failed_requests_uri: str | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(
+            message,
+            failed=failed,
+            total=total,
+            failed_requests_uri=failed_requests_uri,
+            retryable=retryable,
+        )
+        self.failures_by_reason = dict(failures_by_reason)
+        self.max_failed_fraction = max_failed_fraction
 
 
 class LeaseHeldError(CuratorFlowsError, RuntimeError):

@@ -41,7 +41,15 @@ from typing import TYPE_CHECKING, Any
 from .acceptance import Acceptance
 from .backends.factory import output_estimate
 from .credentials import Credentials
-from .errors import IncompleteRunError, ParseError
+from .errors import ConfigError, IncompleteRunError, ParseError, TooManyFailuresError
+from .failures import (
+    NOT_SENT,
+    PARSE_ERROR,
+    TAKEN_BACK,
+    describe_reasons,
+    failure_summary,
+    reason_of,
+)
 from .fingerprint import digest
 from .ledger import run_totals
 from .pending import INVALIDATED, invalidation_line, read_shard
@@ -58,6 +66,8 @@ if TYPE_CHECKING:
 __all__ = ["finalize", "finalize_run", "load_response"]
 
 log = logging.getLogger(__name__)
+#: the share of a run's requests that may fail in an output ``finalize`` publishes
+DEFAULT_MAX_FAILED_FRACTION = 0.01
 #: parse() failures logged one by one per finalize; the rest are counted in one line
 PARSE_FAILURES_LOGGED = 3
 
@@ -144,6 +154,8 @@ class _Tally:
     unanswered: int = 0
     pending_shards: list[str] = field(default_factory=list)
     parse_failures: int = 0
+    #: failed requests by reason key (:mod:`curator_flows.failures`)
+    by_reason: dict[str, int] = field(default_factory=dict)
     #: requests without a standing answer: how many, and their estimated prompt tokens
     resend_requests: int = 0
     resend_input_tokens: int = 0
@@ -204,7 +216,9 @@ def _finalize_shard(
             if taken:
                 refused.append(invalidation_line(request["id"], error))
             stats.request_stats.failed += 1
-            failed_file.write(_failure_line(request, record, error))
+            reason = _reason(record, taken)
+            tally.by_reason[reason] = tally.by_reason.get(reason, 0) + 1
+            failed_file.write(_failure_line(request, record, error, reason))
             tally.failed += 1
             tally.resend_requests += 1
             tally.resend_input_tokens += estimate_prompt_tokens(request["messages"])
@@ -221,7 +235,8 @@ def _finalize_shard(
         except Exception as exc:  # noqa: BLE001 - whatever user code raises skips its row
             error = _parse_failure(store, request, exc, tally)
             stats.request_stats.failed += 1
-            failed_file.write(_failure_line(request, record, error))
+            tally.by_reason[PARSE_ERROR] = tally.by_reason.get(PARSE_ERROR, 0) + 1
+            failed_file.write(_failure_line(request, record, error, PARSE_ERROR))
             tally.failed += 1
             continue
         stats.request_stats.succeeded += 1
@@ -238,6 +253,15 @@ def _finalize_shard(
     rel = f"output/data-{name}.arrow"
     table, kinds = rows_table(rows, origins)
     return _ShardOutput(name, rel, table.num_rows, kinds, _write_table(store, rel, table))
+
+
+def _reason(record: dict[str, Any] | None, taken: bool) -> str:
+    """The reason key of a request without an accepted answer (:mod:`curator_flows.failures`)."""
+    if record is None:
+        return NOT_SENT
+    if taken or INVALIDATED in record:
+        return TAKEN_BACK
+    return reason_of(record)
 
 
 def _completion_of(llm: LLM, request: dict[str, Any], record: dict[str, Any]) -> Any:
@@ -323,6 +347,7 @@ def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[st
         "unanswered": tally.unanswered,
         "pending_shards": tally.pending_shards,
         "parse_failures": tally.parse_failures,
+        "failures_by_reason": dict(sorted(tally.by_reason.items())),
         "finalized_at": time.time(),
     }
     store.write_json(OUTPUT_STATS, output)
@@ -344,7 +369,9 @@ def _conform_shards(store: RunStore, outputs: list[_ShardOutput]) -> dict[str, s
     return {field.name: str(field.type) for field in schema_of(target)}
 
 
-def _failure_line(request: dict[str, Any], record: dict[str, Any] | None, error: str) -> bytes:
+def _failure_line(
+    request: dict[str, Any], record: dict[str, Any] | None, error: str, reason: str
+) -> bytes:
     import orjson
 
     line = {
@@ -352,6 +379,7 @@ def _failure_line(request: dict[str, Any], record: dict[str, Any] | None, error:
         "row": request["row"],
         "messages": request["messages"],
         "error": error,
+        "reason": reason,
         "attempts": (record or {}).get("attempts", 0),
     }
     return orjson.dumps(line) + b"\n"
@@ -386,6 +414,7 @@ def check_complete(store: RunStore, output: dict[str, Any], require_all: bool) -
     if not failed:
         return
     where = f"{store.uri}/{FAILED}"
+    log.warning(failure_summary(failed, total, output.get("failures_by_reason") or {}, where))
     shards = list(output.get("pending_shards") or [])
     unanswered = int(output.get("unanswered") or 0)
     retryable = bool(output.get("retryable_failures"))
@@ -426,15 +455,67 @@ def check_complete(store: RunStore, output: dict[str, Any], require_all: bool) -
         )
 
 
+def check_publishable(
+    store: RunStore, output: dict[str, Any], output_uri: str, max_failed_fraction: float
+) -> None:
+    """Raise :class:`TooManyFailuresError` when more than ``max_failed_fraction`` of the run's
+    requests failed: nothing is published then, and the previous output stays as it was.
+    Retryable when sending the retryable failures again could bring the share within it."""
+    request_stats = output["request_stats"]
+    failed, total = request_stats["failed"], request_stats["total"]
+    if not failed or failed <= max_failed_fraction * total:
+        return
+    by_reason = output.get("failures_by_reason") or {}
+    where = f"{store.uri}/{FAILED}"
+    permanent = failed - int(output.get("retryable_failures") or 0)
+    retryable = permanent <= max_failed_fraction * total
+    if retryable:
+        resume = (
+            "sending again (the LLM call, the run_online / advance / run_offline steps, an "
+            "Airflow retry of the whole task, a Prefect flow run with retry_failed=True) sends "
+            "exactly these, then finalize publishes"
+        )
+    else:
+        resume = (
+            f"{permanent} of them fail whatever is sent again (a request the provider refuses, "
+            "an answer the acceptance rule kept refusing, parse() raising): fix their cause and "
+            "run again, or raise max_failed_fraction to publish what succeeded"
+        )
+    raise TooManyFailuresError(
+        f"{failed} of {total} requests failed ({failed / total:.1%}, more than "
+        f"max_failed_fraction={max_failed_fraction:g}): {describe_reasons(by_reason)}; nothing "
+        f"was published to {output_uri} (an earlier output there stays as it was); the failed "
+        f"requests are listed in {where}; {resume}",
+        failed=failed,
+        total=total,
+        failures_by_reason=by_reason,
+        max_failed_fraction=max_failed_fraction,
+        failed_requests_uri=where,
+        retryable=retryable,
+    )
+
+
+def _checked_fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigError(
+            f"max_failed_fraction must be a number from 0 to 1 (the share of requests allowed "
+            f"to fail in a published output), got {value!r}"
+        )
+    return float(value)
+
+
 def finalize(
     run: RunRef,
     *,
     llm: LLM | None = None,
     credentials: Credentials | dict[str, Any] | None = None,
     output_uri: str | None = None,
+    max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION,
 ) -> FinalizeResult:
-    """Parse the stored responses into the run's output (and publish it to ``output_uri``);
-    see :func:`curator_flows.steps.finalize`."""
+    """Parse the stored responses into the run's output (and publish it to ``output_uri``
+    when at most ``max_failed_fraction`` of the requests failed); see
+    :func:`curator_flows.steps.finalize`."""
+    max_failed_fraction = _checked_fraction(max_failed_fraction)
     credentials = Credentials.coerce(credentials)
     store, manifest = open_run(run, credentials.storage_options)
     llm = llm_for(manifest, llm)
@@ -443,6 +524,8 @@ def finalize(
     published = None
     if output_uri is not None:
         from .publish import publish
+
+        check_publishable(store, output, output_uri, max_failed_fraction)
 
         published = publish(store, manifest, output, output_uri, credentials.storage_options)
     return summary_of(store, manifest, output, published)
@@ -465,6 +548,7 @@ def summary_of(
         succeeded=request_stats["succeeded"],
         failed=request_stats["failed"],
         failed_requests_uri=f"{store.uri}/{FAILED}" if request_stats["failed"] else None,
+        failures_by_reason=dict(output.get("failures_by_reason") or {}),
         statistics=statistics_of(output),
         outputs=list(output["outputs"]),
     )

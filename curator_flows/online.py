@@ -21,8 +21,11 @@ Invariants:
   that never accepted a connection (refused, unknown host, connect timeout) is unreachable;
 - the run stops dispatching (in-flight requests finish, nothing new is sent, unsent requests
   stay pending and get no line) and raises at the end when: the provider answers 401/403/404
-  (:class:`~curator_flows.errors.AuthenticationError`), the endpoint never accepts a connection
-  (:class:`~curator_flows.errors.EndpointUnreachableError`), the budget would be exceeded
+  (:class:`~curator_flows.errors.AuthenticationError`), the account is out of credit or over a
+  spend limit (:class:`~curator_flows.errors.QuotaExceededError`) or a per-day limit
+  (:class:`~curator_flows.errors.DailyLimitError`, retryable), the endpoint never accepts a
+  connection (:class:`~curator_flows.errors.EndpointUnreachableError`), the budget would be
+  exceeded
   (:class:`~curator_flows.errors.BudgetExceededError`), a write to the run directory fails
   (:class:`~curator_flows.errors.StorageWriteError`, after retrying the write of what arrived
   for ``WRITE_RETRY_SECONDS``; answers that still cannot be written, every one of them paid,
@@ -47,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .acceptance import Acceptance
+from .backends.account import DAILY_LIMIT, QUOTA, refusal_error
 from .backends.base import Attempt, OnlineBackend
 from .backends.factory import build_online_backend, output_estimate
 from .budget import Budget
@@ -396,6 +400,18 @@ class OnlineRunner:
                 self._retry_later(item, max(pause, self.backoff(item.rate_limited)))
         elif attempt.kind == "retryable":
             self.retry_or_fail(item, attempt.error or "retryable error", attempt, retryable=True)
+        elif attempt.kind in (QUOTA, DAILY_LIMIT):  # the account, not the request: stays pending
+            self.stop(
+                refusal_error(
+                    attempt.kind,
+                    attempt.error or "",
+                    status=attempt.status,
+                    endpoint=self.backend.endpoint,
+                    retry_after=attempt.retry_after,
+                    consequence="nothing more was sent and no request was recorded as "
+                    "answered for it",
+                )
+            )
         elif attempt.status in AUTH_STATUSES:
             self.stop(
                 AuthenticationError(

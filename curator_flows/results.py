@@ -107,6 +107,8 @@ class FinalizeResult(TypedDict):
     succeeded: int
     failed: int
     failed_requests_uri: str | None
+    #: failed requests by reason (``http_500``, ``timeout``, ``parse_error``, ...)
+    failures_by_reason: dict[str, int]
     statistics: Statistics
     #: the run's own output files (Arrow IPC), relative to the run URI
     outputs: list[str]
@@ -190,7 +192,12 @@ _DEFAULTS: dict[type, dict[str, Any]] = {
         "wait_seconds": 0.0,
         "candidates": [],
     },
-    FinalizeResult: {"output_uri": None, "failed_requests_uri": None, "outputs": []},
+    FinalizeResult: {
+        "output_uri": None,
+        "failed_requests_uri": None,
+        "failures_by_reason": {},
+        "outputs": [],
+    },
     CancelResult: {"batches": [], "errors": []},
     EstimateResult: {"max_cost": None, "headroom": None, "within_budget": True},
     StatusResult: {"cancelled": False, "finalized": False},

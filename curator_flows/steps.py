@@ -263,17 +263,27 @@ def finalize(
     llm: LLM | None = None,
     credentials: CredentialsLike = None,
     output_uri: str | None = None,
+    max_failed_fraction: float = 0.01,
 ) -> FinalizeResult:
     """Parse the stored responses into the run's output and sum its statistics; with
     ``output_uri``, publish the dataset there as Parquet (atomically, ``_SUCCESS`` last).
 
     Never loads the whole dataset: returns a summary (use :func:`load_response` for the
-    :class:`~curator_flows.types.CuratorResponse`). Raises
+    :class:`~curator_flows.types.CuratorResponse`; ``failures_by_reason`` counts the failed
+    requests by reason, and a run with failures logs one WARNING line saying so). Raises
     :class:`~curator_flows.errors.IncompleteRunError` after writing everything when every
-    request failed, or when ``require_all_responses`` is on and any failed."""
+    request failed, or when ``require_all_responses`` is on and any failed; publishes only
+    when at most ``max_failed_fraction`` of the requests failed, else raises
+    :class:`~curator_flows.errors.TooManyFailuresError` and publishes nothing."""
     from .finalize import finalize as _finalize
 
-    return _finalize(run, llm=llm, credentials=credentials, output_uri=output_uri)
+    return _finalize(
+        run,
+        llm=llm,
+        credentials=credentials,
+        output_uri=output_uri,
+        max_failed_fraction=max_failed_fraction,
+    )
 
 
 def load_response(

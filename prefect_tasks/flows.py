@@ -7,7 +7,10 @@ Every flow takes ``llm`` (an ``LLM`` instance, or an import path with ``llm_kwar
 ``output_uri``, ``run_key`` (a nightly deployment passes ``"{scheduled_date}"``, which becomes
 the flow run's scheduled date, also in ``output_uri`` and a ``dataset`` URI) and
 ``credentials`` (a ``CuratorCredentials`` block or a saved block's name), and returns the
-:class:`~curator_flows.results.FinalizeResult` summary.
+:class:`~curator_flows.results.FinalizeResult` summary. ``max_failed_fraction`` (default 0.01):
+the output is published only when at most this share of the requests failed, else the flow
+run fails with ``TooManyFailuresError`` and nothing is published (a flow run with
+``retry_failed=True`` sends the failed requests again).
 
 Invariants:
 - a flow holds no state: it re-derives everything from ``prepare``'s result and the tasks'
@@ -169,9 +172,13 @@ def _pending_shards(state: Any) -> list[str]:
 
 
 def _finish(
-    opened: _Opened, artifact_key: str | None, resend: Callable[[list[str]], None]
+    opened: _Opened,
+    artifact_key: str | None,
+    resend: Callable[[list[str]], None],
+    max_failed_fraction: float = 0.01,
 ) -> FinalizeResult:
-    """``finalize``; when it finds shards that still owe answers, ``resend`` them (their tasks'
+    """``finalize`` (publishing only when at most ``max_failed_fraction`` of the requests
+    failed); when it finds shards that still owe answers, ``resend`` them (their tasks'
     caches refreshed: a cached result of an earlier pass would answer for them) and finalize
     once more. Then the table artifact."""
     dataset, output_uri = opened.dataset, opened.output_uri
@@ -179,7 +186,12 @@ def _finish(
     if isinstance(dataset, dict):  # an upstream step's result: its published output
         upstream = dataset.get("output_uri")
     finalize = tasks.finalize_task(output_uri, upstream)
-    arguments = {"llm": opened.llm, "credentials": opened.credentials, "output_uri": output_uri}
+    arguments = {
+        "llm": opened.llm,
+        "credentials": opened.credentials,
+        "output_uri": output_uri,
+        "max_failed_fraction": max_failed_fraction,
+    }
     state = finalize(opened.run, **arguments, return_state=True)
     pending = _pending_shards(state)
     if pending:
@@ -212,6 +224,7 @@ def curate(
     run_key: str | None = None,
     credentials: Any = None,
     llm_kwargs: dict[str, Any] | None = None,
+    max_failed_fraction: float = 0.01,
     parallel_shards: int | None = None,
     concurrency_limit: str | None = None,
     retry_failed: bool = False,
@@ -245,7 +258,7 @@ def curate(
             ).result()
 
     send(run["shards"], run["created"] or retry_failed)
-    return _finish(opened, artifact_key, lambda shards: send(shards, True))
+    return _finish(opened, artifact_key, lambda shards: send(shards, True), max_failed_fraction)
 
 
 @curator_flow(
@@ -262,6 +275,7 @@ def curate_batch(
     run_key: str | None = None,
     credentials: Any = None,
     llm_kwargs: dict[str, Any] | None = None,
+    max_failed_fraction: float = 0.01,
     poll_interval: float | None = None,
     deadline_hours: float = tasks.BATCH_DEADLINE_SECONDS / 3600,
     retry_failed: bool = False,
@@ -329,7 +343,7 @@ def curate_batch(
             )
 
     cycles(list(run["shards"]), run["created"] or retry_failed)
-    return _finish(opened, artifact_key, lambda shards: cycles(shards, True))
+    return _finish(opened, artifact_key, lambda shards: cycles(shards, True), max_failed_fraction)
 
 
 @curator_flow(
@@ -348,6 +362,7 @@ def curate_offline(
     run_key: str | None = None,
     credentials: Any = None,
     llm_kwargs: dict[str, Any] | None = None,
+    max_failed_fraction: float = 0.01,
     shard_deployment: str | None = None,
     retry_failed: bool = False,
     artifact_key: str | None = None,
@@ -388,7 +403,7 @@ def curate_offline(
             shard_task(run, shard, llm=llm, credentials=creds, progress_interval=progress_interval)
 
     generate(run["shards"], run["created"] or retry_failed)
-    return _finish(opened, artifact_key, lambda shards: generate(shards, True))
+    return _finish(opened, artifact_key, lambda shards: generate(shards, True), max_failed_fraction)
 
 
 def _block_name(credentials: Any) -> str | None:

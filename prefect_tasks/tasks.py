@@ -286,10 +286,16 @@ def _finalize(
     llm: Any = None,
     credentials: CredentialsLike = None,
     output_uri: str | None = None,
+    max_failed_fraction: float = 0.01,
 ) -> FinalizeResult:
-    """Parse the stored responses and publish the dataset to ``output_uri``."""
+    """Parse the stored responses and publish the dataset to ``output_uri`` (only when at
+    most ``max_failed_fraction`` of the requests failed)."""
     summary = steps.finalize(
-        run, llm=_llm(llm), credentials=resolve_credentials(credentials), output_uri=output_uri
+        run,
+        llm=_llm(llm),
+        credentials=resolve_credentials(credentials),
+        output_uri=output_uri,
+        max_failed_fraction=max_failed_fraction,
     )
     _describe_assets(summary)
     return summary

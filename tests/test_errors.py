@@ -15,6 +15,7 @@ class Plain(LLM):
 
 TRANSIENT = [
     errors.RateLimitExhaustedError("x"),
+    errors.DailyLimitError("x", retry_after=432.0),
     errors.ProviderError("x", status=503),
     errors.ProviderError("x", status=None),
     errors.EndpointUnreachableError("x"),
@@ -29,6 +30,7 @@ PERMANENT = [
     errors.ConfigError("x"),
     errors.InputError("x"),
     errors.AuthenticationError("x", status=401),
+    errors.QuotaExceededError("x", status=429),
     errors.ProviderError("x", status=400),
     errors.BudgetExceededError("x", spent=1.0, budget=1.0),
     errors.LLMRebuildError("x"),

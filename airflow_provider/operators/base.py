@@ -236,6 +236,7 @@ def finalize_manifest(result: Mapping[str, Any], extra: Mapping[str, Any] | None
         "succeeded": result["succeeded"],
         "failed": result["failed"],
         "failed_requests_uri": result.get("failed_requests_uri"),
+        "failures_by_reason": dict(result.get("failures_by_reason") or {}),
         "input_tokens": int(tokens.get("input") or 0),
         "output_tokens": int(tokens.get("output") or 0),
         "cost": float(cost.get("total_cost") or 0.0),
@@ -252,6 +253,8 @@ class PublishMixin:
 
     output_uri: Any
     output_asset: Asset | None
+    #: publish only when at most this share of the run's requests failed (``steps.finalize``)
+    max_failed_fraction: float = 0.01
     _lineage: dict[str, Any] | None = None
 
     def attach_asset(
@@ -288,6 +291,7 @@ class PublishMixin:
             llm=llm,
             credentials=credentials,
             output_uri=self.output_uri or None,
+            max_failed_fraction=self.max_failed_fraction,
         )
         manifest = finalize_manifest(result, {"simulated": self.hook.simulated})  # type: ignore[attr-defined]
         self.log.info(  # type: ignore[attr-defined]

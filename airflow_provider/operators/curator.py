@@ -41,6 +41,9 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
         Templated (inline rows are not).
     :param working_dir: where the run directory goes (any fsspec URI). Templated.
     :param output_uri: where to publish the dataset as Parquet (``_SUCCESS`` last). Templated.
+    :param max_failed_fraction: publish only when at most this share of the requests failed
+        (default 0.01); past it the task fails with ``TooManyFailuresError`` (retried when
+        sending again can help) and nothing is published.
     :param run_key: joins the run's identity, e.g. ``"{{ ds }}"``: each night is a new run, a
         retry of the same night resumes it. Templated.
     :param output_asset: the outlet asset (default: from ``output_uri``, see
@@ -76,6 +79,7 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
         dataset: Any = None,
         working_dir: str | None = None,
         output_uri: str | None = None,
+        max_failed_fraction: float = 0.01,
         run_key: str | None = None,
         llm_kwargs: dict[str, Any] | None = None,
         output_asset: Asset | str | None = None,
@@ -97,6 +101,7 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
         self.dataset, self.dataset_callable = split_dataset(dataset)
         self.working_dir = working_dir
         self.output_uri = output_uri
+        self.max_failed_fraction = max_failed_fraction
         self.run_key = run_key
         self.set_batch_options(
             deferrable=deferrable,

@@ -173,6 +173,9 @@ class CuratorFinalizeOperator(PublishMixin, CuratorBaseOperator):
 
     :param run: the ``PrepareResult`` or its ``run_uri``.
     :param output_uri: where to publish (templated, e.g. ``".../recipes/{{ ds }}"``).
+    :param max_failed_fraction: publish only when at most this share of the requests failed
+        (default 0.01); past it the task fails with ``TooManyFailuresError`` and nothing is
+        published.
     :param output_asset: the outlet asset (default: from ``output_uri``).
     :param llm: the run's LLM, or ``None`` to rebuild it from the run manifest.
     """
@@ -185,6 +188,7 @@ class CuratorFinalizeOperator(PublishMixin, CuratorBaseOperator):
         *,
         run: Any,
         output_uri: str | None = None,
+        max_failed_fraction: float = 0.01,
         output_asset: Asset | str | None = None,
         llm: Any = None,
         llm_kwargs: dict[str, Any] | None = None,
@@ -197,6 +201,7 @@ class CuratorFinalizeOperator(PublishMixin, CuratorBaseOperator):
         super().__init__(multiple_outputs=multiple_outputs, **kwargs)
         self.run = run
         self.output_uri = output_uri
+        self.max_failed_fraction = max_failed_fraction
         self.llm = llm
         self.llm_kwargs = llm_kwargs
         self.input_uri = input_uri

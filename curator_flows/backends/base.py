@@ -16,8 +16,10 @@ class Attempt:
 
     ``kind`` is one of: ``"ok"``; ``"rate_limited"`` (429: pause, retry, not counted against
     ``max_retries``); ``"retryable"`` (5xx, timeout, dropped connection, unreachable endpoint,
-    malformed body);
-    ``"fatal"`` (any other 4xx: fail at once).
+    malformed body); ``"fatal"`` (any other 4xx: fail at once); ``"quota"`` (the account is
+    out of credit or over a spend limit: stop the run, nothing is retried); ``"daily_limit"``
+    (a per-day limit: stop the run, retry after ``retry_after`` seconds). See :mod:`.account`;
+    for the last two ``error`` is the provider's message.
     """
 
     kind: str

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from .account import account_refusal
 from .base import Attempt, parse_duration, parse_retry_after
 
 MAX_RESET_WAIT = 60.0
@@ -145,6 +146,15 @@ class HttpBackendBase:
         """An Attempt for a non-2xx status, ``None`` for success."""
         if 200 <= status < 300:
             return None
+        refusal = account_refusal(status, raw)
+        if refusal is not None:  # out of credit, or a per-day limit: not a per-minute 429
+            return Attempt(
+                refusal.kind,
+                error=refusal.message,
+                retry_after=refusal.retry_after,
+                headers=headers,
+                status=status,
+            )
         detail = raw[:300].decode("utf-8", "replace")
         if status == 429:
             retry_after = parse_retry_after(headers)

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from ..errors import ConfigError
+from .account import account_refusal
 from .base import Attempt, LearnedLimits, as_int
 from .http import timeout_advice
 from .openai import response_format_param
@@ -76,6 +77,9 @@ class LiteLLMBackend:
                 transport="timeout",
             )
         except litellm.RateLimitError as exc:
+            refused = _refused(exc, 429)
+            if refused is not None:
+                return refused
             return Attempt("rate_limited", error=f"rate limited: {exc}"[:300])
         except (
             litellm.BadRequestError,
@@ -84,6 +88,9 @@ class LiteLLMBackend:
             litellm.PermissionDeniedError,
         ) as exc:
             status = getattr(exc, "status_code", None)
+            refused = _refused(exc, status)
+            if refused is not None:
+                return refused
             return Attempt("fatal", error=f"{type(exc).__name__}: {exc}"[:300], status=status)
         except litellm.APIConnectionError as exc:
             error = f"connection error: {type(exc).__name__}: {exc}"[:300]
@@ -116,6 +123,17 @@ class LiteLLMBackend:
         if rpm is None and tpm is None:
             return None
         return LearnedLimits(requests_per_minute=rpm, tokens_per_minute=tpm)
+
+
+def _refused(exc: Exception, status: int | None) -> Attempt | None:
+    """A ``quota`` or ``daily_limit`` attempt when litellm's exception carries the provider's
+    account refusal (litellm maps it onto a plain rate-limit or bad-request error)."""
+    refusal = account_refusal(status, str(getattr(exc, "message", None) or exc))
+    if refusal is None:
+        return None
+    return Attempt(
+        refusal.kind, error=refusal.message[:500], retry_after=refusal.retry_after, status=status
+    )
 
 
 def _completion_dict(response: Any) -> Any:

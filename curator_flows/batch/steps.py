@@ -32,6 +32,7 @@ import tempfile
 import time
 from typing import Any
 
+from ..backends.account import account_refusal, refusal_error
 from ..errors import BatchStepError, LeaseHeldError
 from ..ledger import StepLedger
 from ..results import BatchShardState
@@ -209,6 +210,17 @@ def _send(
                 record.save()
             info = _create(ctx, record, provider, path, intent)
         except BatchAPIError as exc:
+            refusal = account_refusal(exc.status, exc.body)
+            if refusal is not None:  # the account, not the input: the round stays unsent
+                raise refusal_error(
+                    refusal.kind,
+                    refusal.message,
+                    status=exc.status,
+                    endpoint=getattr(provider, "base", provider.name),
+                    retry_after=refusal.retry_after,
+                    consequence=f"shard {shard}'s batch was not created and its requests stay "
+                    "pending",
+                ) from None
             if exc.status in REJECTED_STATUSES:
                 return _rejected(ctx, record, entry, str(exc))
             raise

@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from ..backends.account import account_refusal
 from ..backends.base import parse_retry_after
 from ..errors import ProviderError
 
@@ -45,7 +46,10 @@ class BatchAPIError(ProviderError):
 
     @property
     def transient(self) -> bool:
-        """5xx, 408, 409, 429 or no status at all (transport failure): maybe worth repeating."""
+        """5xx, 408, 409, 429 or no status at all (transport failure): maybe worth repeating;
+        never an account refusal (out of credit, a per-day limit: :mod:`..backends.account`)."""
+        if self.status in (400, 402, 429) and account_refusal(self.status, self.body):
+            return False
         return self.status is None or self.status >= 500 or self.status in (408, 409, 429)
 
 

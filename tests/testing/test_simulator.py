@@ -8,6 +8,7 @@ import decimal
 import enum
 import http.client
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +19,7 @@ import aiohttp
 import pytest
 from pydantic import BaseModel, Field
 
+from curator_flows.backends.base import parse_duration
 from curator_flows.testing.simulator import Simulator, SimulatorConfig, content, run_in_subprocess
 from curator_flows.testing.simulator.cli import build_parser, config_from_args
 from curator_flows.testing.simulator.ratelimit import go_duration
@@ -787,3 +789,158 @@ def test_models_endpoints_refuse_a_wrong_key_in_each_providers_shape():
     assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_api_key"
     assert one.status_code == 401
     assert anth.status_code == 401 and anth.json()["error"]["type"] == "authentication_error"
+
+
+# --------------------------------------------------------------------------- the account
+
+OPENAI_QUOTA = {
+    "error": {
+        "message": "You exceeded your current quota, please check your plan and billing details. "
+        "For more information on this error, read the docs: "
+        "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+        "type": "insufficient_quota",
+        "param": None,
+        "code": "insufficient_quota",
+    }
+}
+ANTHROPIC_CREDIT = (
+    "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing "
+    "to upgrade or purchase credits."
+)
+
+
+def test_openai_out_of_credit_answers_429_insufficient_quota_until_credit_is_added():
+    with Simulator(credit_requests=2, rpm=6000) as sim:
+        assert [chat(sim, f"paid {i}")[0] for i in range(2)] == [200, 200]
+        status, headers, data = chat(sim, "unpaid")
+        assert status == 429 and json.loads(data) == OPENAI_QUOTA
+        assert "retry-after" not in headers and headers["x-request-id"].startswith("req_")
+        assert headers["x-ratelimit-limit-requests"] == "6000"  # the per-minute headers
+        assert chat(sim, "unpaid again")[0] == 429
+        stats = sim.stats()
+        assert stats["refused"] == {"insufficient_quota": 2}
+        assert stats["rate_limited"] == 0 and "unpaid" not in stats["by_prompt"]
+        sim.configure(credit_requests=None)  # credit bought: served again
+        assert chat(sim, "unpaid")[0] == 200
+
+
+def test_anthropic_out_of_credit_answers_400_credit_balance_too_low():
+    with Simulator(credit_requests=1) as sim:
+        assert message(sim, "paid")[0] == 200
+        status, headers, data = message(sim, "unpaid")
+        body = json.loads(data)
+        assert status == 400
+        assert body["type"] == "error"
+        assert body["error"] == {"type": "invalid_request_error", "message": ANTHROPIC_CREDIT}
+        assert body["request_id"] == headers["request-id"] and body["request_id"].startswith("req_")
+        assert sim.stats()["refused"] == {"credit_balance": 1}
+        sim.reset()  # a reset refills the account too
+        assert message(sim, "unpaid")[0] == 200
+
+
+def test_openai_requests_per_day_refill_over_24_hours_and_name_the_limit():
+    with Simulator(rpd=2) as sim:
+        assert [chat(sim, f"day {i}")[0] for i in range(2)] == [200, 200]
+        status, headers, data = chat(sim, "day 2")
+        error = json.loads(data)["error"]
+        assert status == 429
+        assert error["type"] == "requests" and error["code"] == "rate_limit_exceeded"
+        match = re.fullmatch(
+            r"Rate limit reached for gpt-4o-mini in organization org-simulator on requests per "
+            r"day \(RPD\): Limit 2, Used 2, Requested 1\. Please try again in (\S+)\. Visit "
+            r"https://platform\.openai\.com/account/rate-limits to learn more\.",
+            error["message"],
+        )
+        assert match, error["message"]
+        wait = parse_duration(match.group(1))
+        assert 43_000 < wait <= 43_200  # one request of 2 per day refills in 12 hours
+        # the per-day limit is only in the message: headers are the per-minute ones
+        assert "retry-after" not in headers
+        assert headers["x-ratelimit-limit-requests"] == "1000000000"
+        assert sim.stats()["refused"] == {"rpd": 1} and sim.stats()["rate_limited"] == 0
+
+
+def test_openai_tokens_per_day_count_prompt_and_max_tokens():
+    with Simulator(tpd=300) as sim:
+        assert chat(sim, "tokens a", max_tokens=100)[0] == 200
+        assert chat(sim, "tokens b", max_tokens=100)[0] == 200
+        status, _, data = chat(sim, "tokens c", max_tokens=100)
+        error = json.loads(data)["error"]
+        assert status == 429 and error["type"] == "tokens"
+        assert "on tokens per day (TPD): Limit 300, Used 2" in error["message"]
+        assert "Please try again in" in error["message"]
+        status, _, data = chat(sim, "too big", max_tokens=1000)
+        assert status == 429 and "Request too large" in json.loads(data)["error"]["message"]
+
+
+def _upload_batch_file(sim: Simulator, prompts: list[str]) -> str:
+    lines = b"".join(
+        json.dumps(
+            {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": p}]},
+            }
+        ).encode()
+        + b"\n"
+        for i, p in enumerate(prompts)
+    )
+    boundary = "acct-boundary"
+    raw = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="in.jsonl"\r\n'
+            "Content-Type: application/jsonl\r\n\r\n"
+        ).encode()
+        + lines
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, _, data = call(
+        "POST",
+        sim.base_url + "/files",
+        raw=raw,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert status == 200, data
+    return json.loads(data)["id"]
+
+
+def test_batch_creates_spend_credit_per_item_and_are_refused_out_of_credit():
+    with Simulator(credit_requests=3) as sim:
+        body = {"endpoint": "/v1/chat/completions", "completion_window": "24h"}
+        file_id = _upload_batch_file(sim, ["b1", "b2"])
+        status, _, _ = call("POST", sim.base_url + "/batches", {**body, "input_file_id": file_id})
+        assert status == 200  # 2 items: 1 request of credit left
+        assert chat(sim, "last paid")[0] == 200
+        file_id = _upload_batch_file(sim, ["b3"])  # uploads are free
+        create = {**body, "input_file_id": file_id}
+        status, _, data = call("POST", sim.base_url + "/batches", create)
+        assert status == 429 and json.loads(data) == OPENAI_QUOTA
+        requests = {
+            "requests": [
+                {
+                    "custom_id": "a1",
+                    "params": {
+                        "model": "claude-haiku-4-5",
+                        "max_tokens": 16,
+                        "messages": [{"role": "user", "content": "hi"}],
+                    },
+                }
+            ]
+        }
+        status, headers, data = call(
+            "POST", sim.url + "/v1/messages/batches", requests, ANTHROPIC_HEADERS
+        )
+        assert status == 400 and json.loads(data)["error"]["message"] == ANTHROPIC_CREDIT
+        assert sim.stats()["batches_created"] == 1
+
+
+def test_account_config_validation_and_cli():
+    with pytest.raises(ValueError, match="credit_requests"):
+        SimulatorConfig(credit_requests=-1)
+    with pytest.raises(ValueError, match="rpd"):
+        SimulatorConfig(rpd=0)
+    args = build_parser().parse_args(["--rpd", "200", "--tpd", "9000", "--credit-requests", "5"])
+    config = config_from_args(args)
+    assert (config.rpd, config.tpd, config.credit_requests) == (200, 9000, 5)

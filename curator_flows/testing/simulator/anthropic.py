@@ -12,6 +12,8 @@ Invariants:
 - Output tokens are charged as ``max_tokens`` when admitted and the unused part is refunded
   (Anthropic's OTPM estimate-then-adjust).
 - `build_message` is shared with the message batches API.
+- An account out of credit is refused before the rate limits with Anthropic's 400 (see
+  `account`); Anthropic documents no per-day limits.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import orjson
 from aiohttp import web
 
 from . import content as gen
+from .account import anthropic_credit_body
 from .config import SimulatorConfig
 from .faults import decide
 from .prompts import count_prompt_tokens, estimate_tokens, prompt_key, system_text
@@ -300,6 +303,9 @@ class AnthropicMessagesAPI:
 
         limits = state.anthropic_limits
         request_id = state.ids.make("req_")
+        if state.account.out_of_credit():
+            stats.record(400, refused="credit_balance")
+            return json_response(anthropic_credit_body(request_id), 400, {"request-id": request_id})
         if limits.active:
             try:
                 limits.acquire(
@@ -324,6 +330,7 @@ class AnthropicMessagesAPI:
                     headers,
                 )
 
+        state.account.spend()
         attempt = stats.admit("messages", req.key, req.system)
         fault = decide(req.key, attempt, config.faults, config.seed)
         if config.latency or config.latency_jitter:

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .account import anthropic_credit_body
 from .anthropic import (
     MessagesRequest,
     anthropic_error,
@@ -47,7 +48,7 @@ from .batch_common import (
 )
 from .faults import ERROR_KINDS, decide
 from .prompts import prompt_key
-from .responses import InvalidRequest, anthropic_error_body
+from .responses import InvalidRequest, anthropic_error_body, json_response
 from .state import SimState
 
 _CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -143,6 +144,10 @@ class AnthropicBatchesAPI:
             return denied
         state = self.state
         config = state.config
+        if state.account.out_of_credit():  # a batch is a paid call (see `account`)
+            request_id = state.ids.make("req_")
+            state.stats.record(400, refused="credit_balance")
+            return json_response(anthropic_credit_body(request_id), 400, {"request-id": request_id})
         raw = await request.read()
         if len(raw) > config.max_anthropic_batch_bytes:
             return self._fail(
@@ -188,6 +193,7 @@ class AnthropicBatchesAPI:
             for item in items:
                 item.error = "Request validation failed (simulated: batch_fail_validation)."
         else:
+            state.account.spend(len(items))
             attempts = state.stats.admit_batch_items(
                 [item.key for item in items],
                 [item.request.system if item.request else None for item in items],

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .account import openai_quota_body
 from .batch_common import (
     DAY,
     done_count,
@@ -275,6 +276,9 @@ class OpenAIBatchesAPI:
             return denied
         state = self.state
         config = state.config
+        if state.account.out_of_credit():  # a batch is a paid call (see `account`)
+            state.stats.record(429, refused="insufficient_quota")
+            return json_response(openai_quota_body(), 429)
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
@@ -341,6 +345,7 @@ class OpenAIBatchesAPI:
                     req, error = None, exc
                 key = req.key if req is not None else prompt_key(body_.get("messages"))
                 items.append(BatchItem(record["custom_id"], key, req, error))
+            state.account.spend(len(items))
             attempts = state.stats.admit_batch_items(
                 [item.key for item in items],
                 [item.request.system if item.request else None for item in items],

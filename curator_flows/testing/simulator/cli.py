@@ -49,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-tpm", type=int, help="Anthropic input tokens per minute")
     p.add_argument("--output-tpm", type=int, help="Anthropic output tokens per minute")
     p.add_argument("--burst-seconds", type=float, help="bucket capacity in seconds of limit")
+    p.add_argument("--rpd", type=int, help="OpenAI requests per day (default: unlimited)")
+    p.add_argument("--tpd", type=int, help="OpenAI tokens per day (default: unlimited)")
+    p.add_argument(
+        "--credit-requests",
+        type=int,
+        help="the account's credit in paid requests; then every paid call is refused as out "
+        "of credit (default: unlimited)",
+    )
     p.add_argument("--latency", type=float, help="seconds before each response")
     p.add_argument("--latency-jitter", type=float, help="extra uniform random latency")
     p.add_argument(
@@ -90,6 +98,9 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         "input_tpm",
         "output_tpm",
         "burst_seconds",
+        "rpd",
+        "tpd",
+        "credit_requests",
         "latency",
         "latency_jitter",
         "hang_seconds",

@@ -33,6 +33,8 @@ class SimulatorConfig:
     """Everything that changes how the simulator behaves.
 
     Limits are per minute; ``None`` means unlimited (large limits are advertised in headers).
+    ``rpd``/``tpd`` are OpenAI's per-day limits and ``credit_requests`` the account's prepaid
+    credit, counted in paid requests (see `account`); ``None`` (the default) means none.
     ``faults`` maps a fault kind (`FAULT_KINDS`) to the probability of injecting it on a request.
     ``batch_timings`` overrides entries of `DEFAULT_BATCH_TIMINGS` (seconds per phase).
     """
@@ -46,6 +48,10 @@ class SimulatorConfig:
     output_tpm: int | None = None
     burst_seconds: float = 2.0
     default_max_tokens: int = 256
+    # --- the account (see `account`) ---
+    rpd: int | None = None
+    tpd: int | None = None
+    credit_requests: int | None = None
     # --- latency ---
     latency: float = 0.0
     latency_jitter: float = 0.0
@@ -72,6 +78,13 @@ class SimulatorConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int | float) or value <= 0):
                 raise ValueError(f"{name} must be a positive number or None, got {value!r}")
+        for name in ("rpd", "tpd"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        credit = self.credit_requests
+        if credit is not None and (not isinstance(credit, int) or credit < 0):
+            raise ValueError(f"credit_requests must be an integer >= 0 or None, got {credit!r}")
         if self.burst_seconds <= 0:
             raise ValueError("burst_seconds must be > 0")
         if self.latency < 0 or self.latency_jitter < 0:

@@ -14,6 +14,8 @@ Invariants:
   refuses get OpenAI's 400 answer (see `strict`), online and as batch error lines.
 - `build_completion` is shared with the batch API, so batch items get the same content as the
   same request sent online.
+- An account out of credit, or over a per-day limit, is refused before the per-minute limits
+  with OpenAI's answers (see `account`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import orjson
 from aiohttp import web
 
 from . import content as gen
+from .account import DayLimited, openai_day_body, openai_quota_body
 from .anthropic import anthropic_error, check_anthropic_auth
 from .config import SimulatorConfig
 from .faults import decide
@@ -388,20 +391,36 @@ class OpenAIChatAPI:
             )
 
         limits = state.openai_limits
+        account = state.account
         request_id = state.ids.make("req_")
+        if account.out_of_credit():
+            headers = openai_headers(limits)
+            headers["x-request-id"] = request_id
+            stats.record(429, refused="insufficient_quota")
+            return json_response(openai_quota_body(), 429, headers)
+        costs = {
+            "requests": 1,
+            "tokens": req.prompt_tokens + (req.max_tokens or config.default_max_tokens) * req.n,
+        }
+        try:
+            account.day_check(costs)
+        except DayLimited as exc:
+            headers = openai_headers(limits)
+            headers["x-request-id"] = request_id
+            stats.record(429, refused="rpd" if exc.bucket == "requests" else "tpd")
+            return json_response(openai_day_body(exc, req.model), 429, headers)
         if limits.active:
-            cost = req.prompt_tokens + (req.max_tokens or config.default_max_tokens) * req.n
             try:
-                limits.acquire({"requests": 1, "tokens": cost})
+                limits.acquire(costs)
             except RateLimited as exc:
                 headers = openai_headers(limits)
                 headers.update(retry_after_headers(exc.wait))
                 headers["x-request-id"] = request_id
                 stats.record(429)
                 return json_response(rate_limit_body(exc, req.model), 429, headers)
-            headers = openai_headers(limits)
-        else:
-            headers = openai_headers(limits)
+        account.day_charge(costs)
+        account.spend()
+        headers = openai_headers(limits)
         headers["x-request-id"] = request_id
 
         attempt = stats.admit("chat_completions", req.key, req.system)

@@ -12,6 +12,7 @@ import asyncio
 import random
 from typing import Any
 
+from .account import ACCOUNT_FIELDS, Account
 from .config import SimulatorConfig
 from .ratelimit import LimitSet
 from .responses import IdFactory
@@ -46,6 +47,7 @@ class SimState:
         self.ids = IdFactory()
         self.openai_limits = build_openai_limits(config)
         self.anthropic_limits = build_anthropic_limits(config)
+        self.account = Account(config)
         self._jitter = random.Random(config.seed)
         self._cache: dict[Any, Any] = {}
         # Stores used by the batch modules (insertion order == creation order).
@@ -59,12 +61,16 @@ class SimState:
         if any(getattr(old, f) != getattr(config, f) for f in _LIMIT_FIELDS):
             self.openai_limits = build_openai_limits(config)
             self.anthropic_limits = build_anthropic_limits(config)
+        if any(getattr(old, f) != getattr(config, f) for f in ACCOUNT_FIELDS):
+            self.account = Account(config)  # a new credit or per-day limit: a fresh account
 
     def reset(self) -> None:
-        """Clear stats (and with them the per-prompt attempt counters) and refill the limits."""
+        """Clear stats (and with them the per-prompt attempt counters), refill the limits and
+        the account's credit."""
         self.stats.reset()
         self.openai_limits = build_openai_limits(self.config)
         self.anthropic_limits = build_anthropic_limits(self.config)
+        self.account = Account(self.config)
 
     # ---- content cache
     def cache_get(self, key: Any) -> Any:

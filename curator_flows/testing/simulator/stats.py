@@ -9,6 +9,8 @@ Invariants:
   without one are not counted).
 - ``status_counts`` counts responses by HTTP status (as a string); a dropped connection has no
   status and is only counted in ``faults["drop"]``.
+- ``refused`` counts what the account refused (``insufficient_quota``, ``credit_balance``,
+  ``rpd``, ``tpd``: see `account`); those 429s are not in ``rate_limited``.
 - `snapshot` returns deep copies; mutating them does not affect the simulator.
 """
 
@@ -35,6 +37,7 @@ class Stats:
             self.completion_tokens = 0
             self.status_counts: dict[str, int] = {}
             self.faults: dict[str, int] = {}
+            self.refused: dict[str, int] = {}
             self.by_prompt: dict[str, int] = {}
             self.by_system: dict[str, int] = {}
             self.batch_items_by_prompt: dict[str, int] = {}
@@ -70,14 +73,18 @@ class Stats:
         fault: str | None = None,
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
+        refused: str | None = None,
     ) -> None:
-        """Count one response (``status=None`` for a dropped connection) and its fault."""
+        """Count one response (``status=None`` for a dropped connection) and its fault, or
+        what the account ``refused``."""
         with self._lock:
             if status is not None:
                 name = str(status)
                 self.status_counts[name] = self.status_counts.get(name, 0) + 1
-                if status == 429 and fault is None:
+                if status == 429 and fault is None and refused is None:
                     self.rate_limited += 1
+            if refused is not None:
+                self.refused[refused] = self.refused.get(refused, 0) + 1
             if fault is not None:
                 self.faults[fault] = self.faults.get(fault, 0) + 1
             self.prompt_tokens += prompt_tokens
@@ -138,6 +145,7 @@ class Stats:
                 "completion_tokens": self.completion_tokens,
                 "status_counts": dict(self.status_counts),
                 "faults": dict(self.faults),
+                "refused": dict(self.refused),
                 "by_prompt": dict(self.by_prompt),
                 "by_system": dict(self.by_system),
                 "batch_items_by_prompt": dict(self.batch_items_by_prompt),

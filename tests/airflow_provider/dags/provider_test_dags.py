@@ -243,3 +243,28 @@ def poke_kill() -> None:
 
 
 poke_kill_dag = poke_kill()
+
+
+@dag(
+    dag_id="curator_test_publish_gate",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    params={**PARAMS, "output_uri": ""},
+    default_args={"retries": 0},
+)
+def publish_gate() -> None:
+    """Publishes to ``params.output_uri`` only when at most 1% of the requests failed."""
+    CuratorOperator(
+        task_id="numbers",
+        llm=Numbered("gpt-4o-mini", backend_params={"max_retries": 0}),
+        dataset=numbered_rows,
+        working_dir="{{ params.working_dir }}",
+        run_key="{{ params.run_key }}",
+        output_uri="{{ params.output_uri }}",
+        max_failed_fraction=0.01,
+        conn_id=CONN,
+    )
+
+
+publish_gate_dag = publish_gate()

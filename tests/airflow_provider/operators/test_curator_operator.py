@@ -128,3 +128,27 @@ def test_online_job_emits_an_asset_event_with_rows_tokens_and_cost(fsim, curator
     assert extra["rows"] == 7 and extra["run_uri"] == manifest["run_uri"]
     assert extra["input_tokens"] == manifest["input_tokens"] > 0
     assert extra["cost"] == manifest["cost"] > 0
+
+
+def test_past_max_failed_fraction_the_task_fails_and_publishes_nothing(
+    fsim, curator_conn, tmp_path
+):
+    from curator_flows.publish import read_marker
+
+    output_uri = str(tmp_path / "published" / "numbers")
+    dag = load_dag(DAG_FILE, "curator_test_publish_gate")
+    conf = {"working_dir": str(tmp_path / "wd"), "rows": 20, "output_uri": output_uri}
+    fsim.configure(faults={"500": 0.3})  # about 30% of the requests fail
+    dr = run_dag(dag, **conf)
+    ti = task_instances(dr)[("numbers", -1)]
+    assert str(ti.state) == "failed"
+    assert not (Path(output_uri) / "_SUCCESS").exists()  # nothing published
+    failed = fsim.stats()["status_counts"]["500"]
+    assert 3 <= failed <= 10
+    fsim.configure(faults=None)  # the provider recovered: the next run sends the failed ones
+    before = fsim.stats()["chat_completions"]
+    dr = run_dag(dag, **conf)
+    assert states(dr) == {("numbers", -1): "success"}
+    assert fsim.stats()["chat_completions"] - before == failed
+    assert xcom(dr, "numbers")["failures_by_reason"] == {}
+    assert read_marker(output_uri, {})["rows"] == 20
