@@ -62,12 +62,16 @@ log = logging.getLogger(__name__)
 PARSE_FAILURES_LOGGED = 3
 
 
-def _rows_of(index: int, parsed: Any) -> list[dict[str, Any]]:
+def _rows_of(index: int, parsed: Any, kinds: set[Any] | None = None) -> list[dict[str, Any]]:
+    """The rows ``parse()`` returned for input row ``index``; ``kinds`` collects the class of
+    each (a pydantic model's, or ``dict``)."""
     if parsed is None:
         return []
     items = parsed if isinstance(parsed, list) else [parsed]
     rows = []
     for item in items:
+        if kinds is not None:
+            kinds.add(type(item))
         if hasattr(item, "model_dump") and not isinstance(item, dict):
             item = item.model_dump()
         if not isinstance(item, dict):
@@ -144,6 +148,8 @@ class _Tally:
     unanswered: int = 0
     pending_shards: list[str] = field(default_factory=list)
     parse_failures: int = 0
+    #: the classes of the rows parse() returned (pydantic models, dict)
+    row_kinds: set[Any] = field(default_factory=set)
     #: requests without a standing answer: how many, and their estimated prompt tokens
     resend_requests: int = 0
     resend_input_tokens: int = 0
@@ -225,7 +231,7 @@ def _finalize_shard(
             tally.failed += 1
             continue
         stats.request_stats.succeeded += 1
-        produced = _rows_of(request["row"], parsed)
+        produced = _rows_of(request["row"], parsed, tally.row_kinds)
         rows.extend(produced)
         origins.extend([request["row"]] * len(produced))
     if refused:
@@ -237,7 +243,18 @@ def _finalize_shard(
         tally.pending_shards.append(name)
     rel = f"output/data-{name}.arrow"
     table, kinds = rows_table(rows, origins)
+    _write_origins(store, name, origins)
     return _ShardOutput(name, rel, table.num_rows, kinds, _write_table(store, rel, table))
+
+
+def _write_origins(store: RunStore, name: str, origins: list[Any]) -> None:
+    """``output/origins-<shard>.arrow``: the input row of each output row (a publish names it
+    when it leaves the row out)."""
+    import pyarrow as pa
+
+    _write_table(
+        store, f"output/origins-{name}.arrow", pa.table({"row": pa.array(origins, pa.int64())})
+    )
 
 
 def _completion_of(llm: LLM, request: dict[str, Any], record: dict[str, Any]) -> Any:
@@ -323,10 +340,26 @@ def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[st
         "unanswered": tally.unanswered,
         "pending_shards": tally.pending_shards,
         "parse_failures": tally.parse_failures,
+        "declared_schema": _declared_schema(llm, tally.row_kinds),
         "finalized_at": time.time(),
     }
     store.write_json(OUTPUT_STATS, output)
     return output
+
+
+def _declared_schema(llm: LLM, row_kinds: set[Any]) -> dict[str, Any] | None:
+    """The output schema the code declares (see :mod:`curator_flows.output_schema`) as
+    ``{"source", "arrow_schema"}``, or ``None``; ``row_kinds``: the classes parse() returned."""
+    from .output_schema import declared_schema, schema_to_json
+
+    returned = next(iter(row_kinds)) if len(row_kinds) == 1 else None
+    if returned is not None and not hasattr(returned, "model_fields"):
+        returned = None  # plain dicts declare nothing
+    declared = declared_schema(llm, returned)
+    if declared is None:
+        return None
+    schema, source = declared
+    return {"source": source, "arrow_schema": schema_to_json(schema)}
 
 
 def _conform_shards(store: RunStore, outputs: list[_ShardOutput]) -> dict[str, str]:
@@ -432,10 +465,16 @@ def finalize(
     llm: LLM | None = None,
     credentials: Credentials | dict[str, Any] | None = None,
     output_uri: str | None = None,
+    partition: dict[str, Any] | None = None,
+    schema_evolution: str = "strict",
 ) -> FinalizeResult:
     """Parse the stored responses into the run's output (and publish it to ``output_uri``);
     see :func:`curator_flows.steps.finalize`."""
     credentials = Credentials.coerce(credentials)
+    if partition and output_uri is None:
+        from .errors import ConfigError
+
+        raise ConfigError("partition= names a partition of output_uri: pass output_uri too")
     store, manifest = open_run(run, credentials.storage_options)
     llm = llm_for(manifest, llm)
     output = finalize_run(store, manifest, llm)
@@ -444,7 +483,15 @@ def finalize(
     if output_uri is not None:
         from .publish import publish
 
-        published = publish(store, manifest, output, output_uri, credentials.storage_options)
+        published = publish(
+            store,
+            manifest,
+            output,
+            output_uri,
+            credentials.storage_options,
+            partition=partition,
+            schema_evolution=schema_evolution,
+        )
     return summary_of(store, manifest, output, published)
 
 
@@ -452,14 +499,16 @@ def summary_of(
     store: RunStore,
     manifest: dict[str, Any],
     output: dict[str, Any],
-    output_uri: str | None = None,
+    published: tuple[str, dict[str, Any]] | None = None,
 ) -> FinalizeResult:
+    """The step's result; ``published``: ``(directory, _SUCCESS marker)`` of the publish."""
     request_stats = output["request_stats"]
+    where, marker = published if published is not None else (None, None)
     return make(
         FinalizeResult,
         run_uri=store.uri,
         run_id=manifest["run_id"],
-        output_uri=output_uri,
+        output_uri=where,
         rows=output["rows"],
         requests=request_stats["total"],
         succeeded=request_stats["succeeded"],
@@ -467,7 +516,24 @@ def summary_of(
         failed_requests_uri=f"{store.uri}/{FAILED}" if request_stats["failed"] else None,
         statistics=statistics_of(output),
         outputs=list(output["outputs"]),
+        **_published_keys(marker),
     )
+
+
+def _published_keys(marker: dict[str, Any] | None) -> dict[str, Any]:
+    """What a publish adds to the result (``None`` / 0 without one)."""
+    if marker is None:
+        return {}
+    schema = marker["schema"]
+    return {
+        "asset_uri": marker["asset_uri"],
+        "partition": marker.get("partition"),
+        "published_rows": marker["rows"],
+        "invalid_rows": marker.get("invalid_rows") or 0,
+        "invalid_requests": marker.get("invalid_requests") or 0,
+        "invalid_rows_uri": marker.get("invalid_rows_uri"),
+        "schema": {key: schema[key] for key in ("uri", "generation", "fingerprint", "columns")},
+    }
 
 
 def _read_output(store: RunStore, outputs: list[str]):

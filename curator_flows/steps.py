@@ -263,9 +263,20 @@ def finalize(
     llm: LLM | None = None,
     credentials: CredentialsLike = None,
     output_uri: str | None = None,
+    partition: dict[str, Any] | None = None,
+    schema_evolution: str = "strict",
 ) -> FinalizeResult:
     """Parse the stored responses into the run's output and sum its statistics; with
     ``output_uri``, publish the dataset there as Parquet (atomically, ``_SUCCESS`` last).
+
+    ``partition`` (e.g. ``{"date": "2026-12-04"}``): publish as that Hive partition of
+    ``output_uri`` (``<output_uri>/date=2026-12-04/``), so every night reads as one table.
+    Every publish conforms to the asset's schema contract (declared by the code, else inferred
+    on the first publish): values are cast to it, a row with a value that does not fit is left
+    out (``invalid_rows``); a column added, removed or (declared) retyped raises
+    :class:`~curator_flows.errors.SchemaChangeError` unless ``schema_evolution`` is
+    ``"add_columns"`` or ``"replace"``. A dataset card (``README.md``) is written beside the
+    data (with partitions: at ``output_uri``).
 
     Never loads the whole dataset: returns a summary (use :func:`load_response` for the
     :class:`~curator_flows.types.CuratorResponse`). Raises
@@ -273,7 +284,14 @@ def finalize(
     request failed, or when ``require_all_responses`` is on and any failed."""
     from .finalize import finalize as _finalize
 
-    return _finalize(run, llm=llm, credentials=credentials, output_uri=output_uri)
+    return _finalize(
+        run,
+        llm=llm,
+        credentials=credentials,
+        output_uri=output_uri,
+        partition=partition,
+        schema_evolution=schema_evolution,
+    )
 
 
 def load_response(
