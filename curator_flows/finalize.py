@@ -250,11 +250,15 @@ def _finalize_shard(
 def _write_origins(store: RunStore, name: str, origins: list[Any]) -> None:
     """``output/origins-<shard>.arrow``: the input row of each output row (a publish names it
     when it leaves the row out)."""
+    from array import array
+
     import pyarrow as pa
 
-    _write_table(
-        store, f"output/origins-{name}.arrow", pa.table({"row": pa.array(origins, pa.int64())})
+    # straight from a buffer: pa.array() of a list would import pandas
+    rows = pa.Array.from_buffers(
+        pa.int64(), len(origins), [None, pa.py_buffer(array("q", origins))]
     )
+    _write_table(store, f"output/origins-{name}.arrow", pa.Table.from_arrays([rows], ["row"]))
 
 
 def _completion_of(llm: LLM, request: dict[str, Any], record: dict[str, Any]) -> Any:

@@ -43,6 +43,7 @@ __all__ = [
     "CuratorFlowsError",
     "RunRef",
     "advance",
+    "asset_uri",
     "build_llm",
     "cancel",
     "collect",
@@ -76,6 +77,16 @@ def run_uri(run: RunRef) -> str:
     from .runs import run_uri as _run_uri
 
     return _run_uri(run)
+
+
+def asset_uri(output_uri: str, partition: dict[str, Any] | None = None) -> str:
+    """The asset ``finalize(output_uri=..., partition=...)`` publishes to (where its schema
+    contract lives): ``output_uri`` with a partition, else ``output_uri`` less its trailing
+    dated segments (``s3://b/recipes`` for ``s3://b/recipes/2026-12-04`` or
+    ``s3://b/recipes/date=2026-12-04``)."""
+    from .publish import asset_of
+
+    return asset_of(output_uri, partition)[0]
 
 
 def build_llm(

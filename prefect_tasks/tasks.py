@@ -286,10 +286,18 @@ def _finalize(
     llm: Any = None,
     credentials: CredentialsLike = None,
     output_uri: str | None = None,
+    partition: dict[str, Any] | None = None,
+    schema_evolution: str = "strict",
 ) -> FinalizeResult:
-    """Parse the stored responses and publish the dataset to ``output_uri``."""
+    """Parse the stored responses and publish the dataset to ``output_uri`` (``partition``: as
+    that Hive partition of it)."""
     summary = steps.finalize(
-        run, llm=_llm(llm), credentials=resolve_credentials(credentials), output_uri=output_uri
+        run,
+        llm=_llm(llm),
+        credentials=resolve_credentials(credentials),
+        output_uri=output_uri,
+        partition=partition,
+        schema_evolution=schema_evolution,
     )
     _describe_assets(summary)
     return summary
@@ -307,9 +315,13 @@ def _describe_assets(summary: FinalizeResult) -> None:
             asset.key,
             {
                 "run_id": summary["run_id"],
+                "output_uri": summary["output_uri"],
+                "partition": summary["partition"],
                 "rows": summary["rows"],
                 "failed": summary["failed"],
+                "invalid_rows": summary["invalid_rows"],
                 "cost": summary["statistics"]["cost_info"].get("total_cost", 0.0),
+                "schema": summary["schema"],
             },
         )
 

@@ -159,9 +159,7 @@ def nightly(llm, rows, working_dir, root, date, credentials=None):
 LISTING_IGNORES = [".", "_", "README.md"]
 
 
-def test_three_nights_read_as_one_table_through_pyarrow_duckdb_and_datasets(
-    sim, params, tmp_path
-):
+def test_three_nights_read_as_one_table_through_pyarrow_duckdb_and_datasets(sim, params, tmp_path):
     import datasets
 
     llm = EchoRows("gpt-4o-mini", backend_params=params(shard_size=2))
@@ -178,13 +176,15 @@ def test_three_nights_read_as_one_table_through_pyarrow_duckdb_and_datasets(
         "README.md", "_schema", "date=2026-12-02", "date=2026-12-03", "date=2026-12-04",
     ]  # fmt: skip
 
-    dataset = ds.dataset(root, format="parquet", partitioning="hive", ignore_prefixes=LISTING_IGNORES)
+    dataset = ds.dataset(
+        root, format="parquet", partitioning="hive", ignore_prefixes=LISTING_IGNORES
+    )
     table = dataset.to_table()
     assert table.num_rows == sum(nights.values())
     per_night = table.group_by("date").aggregate([("n", "count")]).to_pylist()
     assert {row["date"]: row["n_count"] for row in per_night} == nights
-    assert all(title.startswith(date) for title, date in
-               zip(table.column("title").to_pylist(), table.column("date").to_pylist()))  # fmt: skip
+    titles, dates = table.column("title").to_pylist(), table.column("date").to_pylist()
+    assert all(title.startswith(date) for title, date in zip(titles, dates, strict=True))
 
     counted = duckdb.sql(
         f"SELECT date, count(*) FROM read_parquet('{root}/*/*.parquet', hive_partitioning=true) "

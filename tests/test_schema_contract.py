@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curator_flows import Credentials, steps
+from curator_flows import steps
 from curator_flows.errors import SchemaChangeError
 from curator_flows.publish import published_files, read_marker
 from curator_flows.store import RunStore
@@ -143,9 +143,7 @@ def test_a_column_added_or_removed_in_the_code_is_refused_with_a_diff_unless_all
     assert result["schema"]["columns"] == {"n": "int64", "rating": "int64"}
 
 
-def test_a_declared_retype_is_refused_and_replace_writes_a_new_generation(
-    sim, params, tmp_path
-):
+def test_a_declared_retype_is_refused_and_replace_writes_a_new_generation(sim, params, tmp_path):
     wd, root = str(tmp_path / "wd"), str(tmp_path / "typed")
     as_int = pa.schema([("n", pa.int64()), ("count", pa.int64())])
     as_text = pa.schema([("n", pa.int64()), ("count", pa.string())])
@@ -160,9 +158,7 @@ def test_a_declared_retype_is_refused_and_replace_writes_a_new_generation(
     assert published_table(result["output_uri"]).to_pylist() == [{"n": 2, "count": "2"}]
 
 
-def test_a_column_of_unknown_type_is_settled_by_the_first_night_with_values(
-    sim, params, tmp_path
-):
+def test_a_column_of_unknown_type_is_settled_by_the_first_night_with_values(sim, params, tmp_path):
     llm = EchoRows("gpt-4o-mini", backend_params=params())
     wd, root = str(tmp_path / "wd"), str(tmp_path / "notes")
     first = night(llm, [{"n": 1, "note": None}], wd, root, "2026-12-03")

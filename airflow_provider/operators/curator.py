@@ -41,6 +41,10 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
         Templated (inline rows are not).
     :param working_dir: where the run directory goes (any fsspec URI). Templated.
     :param output_uri: where to publish the dataset as Parquet (``_SUCCESS`` last). Templated.
+    :param partition: publish as this Hive partition of ``output_uri``, e.g.
+        ``{"date": "{{ ds }}"}`` (every night one table with a ``date`` column). Templated.
+    :param schema_evolution: ``"strict"`` (default), ``"add_columns"`` or ``"replace"``: what a
+        publish may change in the asset's schema contract (see ``steps.finalize``).
     :param run_key: joins the run's identity, e.g. ``"{{ ds }}"``: each night is a new run, a
         retry of the same night resumes it. Templated.
     :param output_asset: the outlet asset (default: from ``output_uri``, see
@@ -62,6 +66,7 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
         "dataset",
         "working_dir",
         "output_uri",
+        "partition",
         "run_key",
         "poll_interval",
         "batch_timeout",
@@ -77,6 +82,8 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
         working_dir: str | None = None,
         output_uri: str | None = None,
         run_key: str | None = None,
+        partition: dict[str, Any] | None = None,
+        schema_evolution: str = "strict",
         llm_kwargs: dict[str, Any] | None = None,
         output_asset: Asset | str | None = None,
         deferrable: bool = True,
@@ -97,6 +104,8 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
         self.dataset, self.dataset_callable = split_dataset(dataset)
         self.working_dir = working_dir
         self.output_uri = output_uri
+        self.partition = partition
+        self.schema_evolution = schema_evolution
         self.run_key = run_key
         self.set_batch_options(
             deferrable=deferrable,
