@@ -42,6 +42,8 @@ FORMAT = "curator-flows-schema"
 EVOLUTIONS = ("strict", "add_columns", "replace")
 #: times a publish re-reads the contract after another one wrote the generation it wanted
 _SETTLE_ATTEMPTS = 5
+#: reads of a generation file that is being written, and the pause between them (seconds)
+_PARTIAL_READS, _PARTIAL_WAIT = 40, 0.05
 
 
 @dataclass(frozen=True)
@@ -105,10 +107,26 @@ def read_contract(asset: RunStore) -> Contract | None:
         if stem.isdigit():
             generations.append(int(stem))
     for generation in sorted(generations, reverse=True):
-        record = asset.read_json_if_exists(generation_path(generation))
+        record = _read_generation(asset, generation)
         if record is not None and record.get("format") == FORMAT:
             return Contract.from_json(record)
     return None
+
+
+def _read_generation(asset: RunStore, generation: int) -> dict[str, Any] | None:
+    """One generation file. Created exclusively on local disk, a file is visible (empty) for
+    an instant before its bytes: an undecodable one is read again until it is whole."""
+    import orjson
+
+    for _ in range(_PARTIAL_READS):
+        try:
+            return asset.read_json_if_exists(generation_path(generation))
+        except orjson.JSONDecodeError:
+            time.sleep(_PARTIAL_WAIT)
+    raise StorageWriteError(
+        f"the schema contract {asset.uri}/{generation_path(generation)} is not valid JSON; "
+        "if no publish is writing it, remove it and publish again"
+    )
 
 
 def relax_nested(schema):

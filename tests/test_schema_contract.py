@@ -261,3 +261,21 @@ def test_a_publish_gate_refusing_the_invalid_rows_publishes_nothing(sim, params,
     assert read_marker(partition.uri) is None
     assert partition.glob("*part*") == []  # staged parts removed
     assert store.exists("invalid_rows.jsonl")  # the list of what was left out stays
+
+
+def test_a_contract_file_seen_before_its_bytes_is_read_once_whole(tmp_path):
+    """Created exclusively on local disk, a generation file exists (empty) for an instant
+    before its bytes: a publish reading it then waits for them instead of failing."""
+    import curator_flows.schema_contract as schema_contract
+
+    asset = RunStore(str(tmp_path / "asset"))
+    contract = schema_contract.Contract(pa.schema([("n", pa.int64())]), 1, "inferred", 0.0, "r")
+    asset.write_bytes("_schema/00000001.json", b"")
+    writer = threading.Timer(
+        0.3, lambda: asset.write_json("_schema/00000001.json", contract.to_json())
+    )
+    writer.start()
+    try:
+        assert schema_contract.read_contract(asset).fingerprint == contract.fingerprint
+    finally:
+        writer.join()
