@@ -155,7 +155,7 @@ def publish(
     ``admit(invalid_requests)``: called with the number of input rows whose output has a value
     the contract refuses, after every part is written and before anything is committed; if it
     raises, nothing is published (the previous output stays) and the error propagates."""
-    from .schema_contract import settle
+    from .schema_contract import Contract, read_contract, settle
 
     asset_uri, target_uri = asset_of(output_uri, partition)
     target = RunStore(target_uri, storage_options)
@@ -163,14 +163,17 @@ def publish(
     declared = output.get("declared_schema")
     proposed, source = _proposed_schema(store, output["outputs"], declared)
     _check_partition_columns(partition, proposed)
-    contract, _ = settle(
-        asset,
-        proposed,
-        declared=declared is not None,
-        source=source,
-        evolution=schema_evolution,
-        run_id=manifest["run_id"],
-    )
+    if declared is None and not len(proposed):  # no rows tonight: nothing to infer from
+        contract = read_contract(asset) or Contract(proposed, 0, "no columns yet", 0.0, None)
+    else:
+        contract, _ = settle(
+            asset,
+            proposed,
+            declared=declared is not None,
+            source=source,
+            evolution=schema_evolution,
+            run_id=manifest["run_id"],
+        )
     statistics = {key: output[key] for key in _STAT_KEYS}
     previous = read_marker(target_uri, storage_options)
     if (

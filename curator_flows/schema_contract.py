@@ -85,8 +85,9 @@ class Contract:
 
     def summary(self, asset_uri: str) -> dict[str, Any]:
         """What a marker, an asset event or a card says about the contract."""
+        where = f"{asset_uri.rstrip('/')}/{generation_path(self.generation)}"
         return {
-            "uri": f"{asset_uri.rstrip('/')}/{generation_path(self.generation)}",
+            "uri": where if self.generation else None,  # 0: none recorded (no columns yet)
             "generation": self.generation,
             "fingerprint": self.fingerprint,
             "source": self.source,

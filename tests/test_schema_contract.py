@@ -279,3 +279,25 @@ def test_a_contract_file_seen_before_its_bytes_is_read_once_whole(tmp_path):
         assert schema_contract.read_contract(asset).fingerprint == contract.fingerprint
     finally:
         writer.join()
+
+
+class Nothing(EchoRows):
+    """``parse()`` keeps no row."""
+
+    def parse(self, input: dict, response: str) -> list:
+        return []
+
+
+def test_a_night_without_rows_neither_records_nor_breaks_the_contract(sim, params, tmp_path):
+    wd, root = str(tmp_path / "wd"), str(tmp_path / "sparse")
+    empty = night(Nothing("gpt-4o-mini", backend_params=params()), [{"n": 1}], wd, root,
+                  "2026-12-02")  # fmt: skip
+    assert empty["published_rows"] == 0 and empty["schema"]["generation"] == 0
+    assert RunStore(root).glob("_schema/*.json") == []  # nothing to infer a contract from
+    llm = EchoRows("gpt-4o-mini", backend_params=params())
+    first = night(llm, [{"n": 1, "count": 1}], wd, root, "2026-12-03")
+    assert first["schema"]["generation"] == 1
+    again = night(Nothing("gpt-4o-mini", backend_params=params()), [{"n": 2}], wd, root,
+                  "2026-12-04")  # fmt: skip
+    assert again["schema"]["columns"] == {"n": "int64", "count": "int64"}  # the contract's
+    assert published_table(again["output_uri"]).num_rows == 0
