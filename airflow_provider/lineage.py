@@ -1,5 +1,6 @@
-"""OpenLineage facets of a finalized run: input and output datasets, the output's schema from
-the ``response_format`` model, and a ``curator`` run facet with requests, tokens and cost.
+"""OpenLineage facets of a finalized run: input and output datasets, the output's schema (the
+published asset's schema contract, else the ``response_format`` model), and a ``curator`` run
+facet with requests, tokens and cost.
 
 Imported only by ``get_openlineage_facets_on_complete`` (the OpenLineage provider calls it), so
 the provider works without the OpenLineage packages. Dataset names follow OpenLineage's naming:
@@ -118,7 +119,15 @@ def operator_lineage(
     inputs = [Dataset(*dataset_name(input_uri))] if input_uri else []
     output_uri = manifest.get("output_uri") or f"{manifest['run_uri']}/output"
     facets = {}
-    if response_format is not None and hasattr(response_format, "model_json_schema"):
+    contract = manifest.get("schema") or {}
+    if contract.get("columns"):  # what was published: the asset's schema contract
+        facets["schema"] = SchemaDatasetFacet(
+            fields=[
+                SchemaDatasetFacetFields(name=name, type=kind)
+                for name, kind in contract["columns"].items()
+            ]
+        )
+    elif response_format is not None and hasattr(response_format, "model_json_schema"):
         facets["schema"] = SchemaDatasetFacet(fields=schema_fields(response_format))
     outputs = [Dataset(*dataset_name(output_uri), facets=facets)]
     run = CuratorRunFacet(

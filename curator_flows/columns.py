@@ -22,8 +22,11 @@ The policy: **widen the type, else store the column as JSON text.**
   the column; nothing else fails.
 
 Every shard of a run ends up with the same schema (:func:`join_schemas`, :func:`conform`), so
-readers concatenate shard files without promotion. Common flat columns (str, int64, float64,
-bool) are built straight from buffers: no pandas import, no per-value Python object churn.
+readers concatenate shard files without promotion. A column stored as JSON text carries the field
+metadata :data:`JSON_TEXT` (``curator_flows.encoding: json``), so a later reader (the schema
+contract of a published asset, :mod:`curator_flows.contract_cast`) tells JSON text from
+strings. Common flat columns (str, int64, float64, bool) are built straight from buffers: no
+pandas import, no per-value Python object churn.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ DATE: Kind = ("date",)
 TIME: Kind = ("time",)
 DUR: Kind = ("dur",)
 JSON: Kind = ("json",)
+
+#: field metadata of a column whose values are JSON text (see the module docstring)
+JSON_TEXT = {b"curator_flows.encoding": b"json"}
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _MAX_DIGITS = 76  # decimal256
@@ -366,6 +372,19 @@ def _json_array(values: list[Any], origin: Callable[[int], Any], column: str):
     return _flat_array(STR, texts)
 
 
+def json_text_array(column: str, values: list[Any]):
+    """``values`` (Python values read back from Arrow) as a JSON text column."""
+    return _json_array(values, str, column)
+
+
+def json_text(value: Any) -> str:
+    """``value`` as JSON text; raises ``ValueError`` for a value JSON cannot hold."""
+    try:
+        return _json_text(value)
+    except _NotStorable as exc:
+        raise ValueError(str(exc)) from None
+
+
 def column_array(column: str, values: list[Any], origin: Callable[[int], Any]):
     """``(kind, Arrow array)`` of one column's values; ``origin(i)`` names the input row of
     value ``i`` in errors."""
@@ -428,11 +447,13 @@ def rows_table(rows: list[dict[str, Any]], origins: list[Any]):
         names.update(dict.fromkeys(row))
     kinds: dict[str, Kind] = {}
     arrays = []
+    fields = []
     for name in names:
         values = [row.get(name) for row in rows]
         kinds[name], column = column_array(name, values, origins.__getitem__)
         arrays.append(column)
-    table = pa.Table.from_arrays(arrays, names=list(names)) if names else pa.table({})
+        fields.append(_field(name, kinds[name], column.type))
+    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields)) if names else pa.table({})
     return table, kinds
 
 
@@ -472,4 +493,17 @@ def conform(table, kinds: dict[str, Kind], target: dict[str, Kind], origin: Call
 def schema_of(kinds: dict[str, Kind]):
     import pyarrow as pa
 
-    return pa.schema([pa.field(name, arrow_type(kind)) for name, kind in kinds.items()])
+    return pa.schema([_field(name, kind, arrow_type(kind)) for name, kind in kinds.items()])
+
+
+def _field(name: str, kind: Kind, type_):
+    """The Arrow field of a column (JSON text columns carry :data:`JSON_TEXT`)."""
+    import pyarrow as pa
+
+    return pa.field(name, type_, metadata=JSON_TEXT if kind == JSON else None)
+
+
+def is_json_text(field) -> bool:
+    """Whether the Arrow ``field`` holds JSON text (see :data:`JSON_TEXT`)."""
+    metadata = field.metadata or {}
+    return metadata.get(b"curator_flows.encoding") == b"json"

@@ -60,6 +60,17 @@ class OutputError(CuratorFlowsError, RuntimeError):
     """A parsed value that cannot be stored; the message names the row and the column."""
 
 
+class SchemaChangeError(ConfigError):
+    """A publish whose columns differ from the published asset's schema contract (a column
+    added, removed or, for a declared schema, retyped in the code); ``changes`` lists each
+    difference. Pass ``schema_evolution="add_columns"`` or ``"replace"`` to change the
+    contract, or change the code back."""
+
+    def __init__(self, message: str, *, changes: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.changes = list(changes or [])
+
+
 class RunNotFoundError(CuratorFlowsError, FileNotFoundError):
     """No prepared run at the given URI."""
 

@@ -72,12 +72,16 @@ DEFAULT_MAX_FAILED_FRACTION = 0.01
 PARSE_FAILURES_LOGGED = 3
 
 
-def _rows_of(index: int, parsed: Any) -> list[dict[str, Any]]:
+def _rows_of(index: int, parsed: Any, kinds: set[Any] | None = None) -> list[dict[str, Any]]:
+    """The rows ``parse()`` returned for input row ``index``; ``kinds`` collects the class of
+    each (a pydantic model's, or ``dict``)."""
     if parsed is None:
         return []
     items = parsed if isinstance(parsed, list) else [parsed]
     rows = []
     for item in items:
+        if kinds is not None:
+            kinds.add(type(item))
         if hasattr(item, "model_dump") and not isinstance(item, dict):
             item = item.model_dump()
         if not isinstance(item, dict):
@@ -156,6 +160,8 @@ class _Tally:
     parse_failures: int = 0
     #: failed requests by reason key (:mod:`curator_flows.failures`)
     by_reason: dict[str, int] = field(default_factory=dict)
+    #: the classes of the rows parse() returned (pydantic models, dict)
+    row_kinds: set[Any] = field(default_factory=set)
     #: requests without a standing answer: how many, and their estimated prompt tokens
     resend_requests: int = 0
     resend_input_tokens: int = 0
@@ -240,7 +246,7 @@ def _finalize_shard(
             tally.failed += 1
             continue
         stats.request_stats.succeeded += 1
-        produced = _rows_of(request["row"], parsed)
+        produced = _rows_of(request["row"], parsed, tally.row_kinds)
         rows.extend(produced)
         origins.extend([request["row"]] * len(produced))
     if refused:
@@ -252,6 +258,7 @@ def _finalize_shard(
         tally.pending_shards.append(name)
     rel = f"output/data-{name}.arrow"
     table, kinds = rows_table(rows, origins)
+    _write_origins(store, name, origins)
     return _ShardOutput(name, rel, table.num_rows, kinds, _write_table(store, rel, table))
 
 
@@ -262,6 +269,20 @@ def _reason(record: dict[str, Any] | None, taken: bool) -> str:
     if taken or INVALIDATED in record:
         return TAKEN_BACK
     return reason_of(record)
+
+
+def _write_origins(store: RunStore, name: str, origins: list[Any]) -> None:
+    """``output/origins-<shard>.arrow``: the input row of each output row (a publish names it
+    when it leaves the row out)."""
+    from array import array
+
+    import pyarrow as pa
+
+    # straight from a buffer: pa.array() of a list would import pandas
+    rows = pa.Array.from_buffers(
+        pa.int64(), len(origins), [None, pa.py_buffer(array("q", origins))]
+    )
+    _write_table(store, f"output/origins-{name}.arrow", pa.Table.from_arrays([rows], ["row"]))
 
 
 def _completion_of(llm: LLM, request: dict[str, Any], record: dict[str, Any]) -> Any:
@@ -348,10 +369,26 @@ def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[st
         "pending_shards": tally.pending_shards,
         "parse_failures": tally.parse_failures,
         "failures_by_reason": dict(sorted(tally.by_reason.items())),
+        "declared_schema": _declared_schema(llm, tally.row_kinds),
         "finalized_at": time.time(),
     }
     store.write_json(OUTPUT_STATS, output)
     return output
+
+
+def _declared_schema(llm: LLM, row_kinds: set[Any]) -> dict[str, Any] | None:
+    """The output schema the code declares (see :mod:`curator_flows.output_schema`) as
+    ``{"source", "arrow_schema"}``, or ``None``; ``row_kinds``: the classes parse() returned."""
+    from .output_schema import declared_schema, schema_to_json
+
+    returned = next(iter(row_kinds)) if len(row_kinds) == 1 else None
+    if returned is not None and not hasattr(returned, "model_fields"):
+        returned = None  # plain dicts declare nothing
+    declared = declared_schema(llm, returned)
+    if declared is None:
+        return None
+    schema, source = declared
+    return {"source": source, "arrow_schema": schema_to_json(schema)}
 
 
 def _conform_shards(store: RunStore, outputs: list[_ShardOutput]) -> dict[str, str]:
@@ -456,16 +493,25 @@ def check_complete(store: RunStore, output: dict[str, Any], require_all: bool) -
 
 
 def check_publishable(
-    store: RunStore, output: dict[str, Any], output_uri: str, max_failed_fraction: float
+    store: RunStore,
+    output: dict[str, Any],
+    output_uri: str,
+    max_failed_fraction: float,
+    invalid_requests: int = 0,
 ) -> None:
     """Raise :class:`TooManyFailuresError` when more than ``max_failed_fraction`` of the run's
-    requests failed: nothing is published then, and the previous output stays as it was.
-    Retryable when sending the retryable failures again could bring the share within it."""
+    requests failed, counting the requests whose rows the asset's schema contract refused
+    (``invalid_requests``, never retryable: the same data fails the same way): nothing is
+    published then, and the previous output stays as it was. Retryable when sending the
+    retryable failures again could bring the share within it."""
     request_stats = output["request_stats"]
-    failed, total = request_stats["failed"], request_stats["total"]
+    failed = request_stats["failed"] + invalid_requests
+    total = request_stats["total"]
     if not failed or failed <= max_failed_fraction * total:
         return
-    by_reason = output.get("failures_by_reason") or {}
+    by_reason = dict(output.get("failures_by_reason") or {})
+    if invalid_requests:
+        by_reason["schema_contract"] = by_reason.get("schema_contract", 0) + invalid_requests
     where = f"{store.uri}/{FAILED}"
     permanent = failed - int(output.get("retryable_failures") or 0)
     retryable = permanent <= max_failed_fraction * total
@@ -511,12 +557,18 @@ def finalize(
     credentials: Credentials | dict[str, Any] | None = None,
     output_uri: str | None = None,
     max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION,
+    partition: dict[str, Any] | None = None,
+    schema_evolution: str = "strict",
 ) -> FinalizeResult:
     """Parse the stored responses into the run's output (and publish it to ``output_uri``
     when at most ``max_failed_fraction`` of the requests failed); see
     :func:`curator_flows.steps.finalize`."""
     max_failed_fraction = _checked_fraction(max_failed_fraction)
     credentials = Credentials.coerce(credentials)
+    if partition and output_uri is None:
+        from .errors import ConfigError
+
+        raise ConfigError("partition= names a partition of output_uri: pass output_uri too")
     store, manifest = open_run(run, credentials.storage_options)
     llm = llm_for(manifest, llm)
     output = finalize_run(store, manifest, llm)
@@ -526,8 +578,18 @@ def finalize(
         from .publish import publish
 
         check_publishable(store, output, output_uri, max_failed_fraction)
-
-        published = publish(store, manifest, output, output_uri, credentials.storage_options)
+        published = publish(
+            store,
+            manifest,
+            output,
+            output_uri,
+            credentials.storage_options,
+            partition=partition,
+            schema_evolution=schema_evolution,
+            admit=lambda invalid: check_publishable(
+                store, output, output_uri, max_failed_fraction, invalid_requests=invalid
+            ),
+        )
     return summary_of(store, manifest, output, published)
 
 
@@ -535,14 +597,16 @@ def summary_of(
     store: RunStore,
     manifest: dict[str, Any],
     output: dict[str, Any],
-    output_uri: str | None = None,
+    published: tuple[str, dict[str, Any]] | None = None,
 ) -> FinalizeResult:
+    """The step's result; ``published``: ``(directory, _SUCCESS marker)`` of the publish."""
     request_stats = output["request_stats"]
+    where, marker = published if published is not None else (None, None)
     return make(
         FinalizeResult,
         run_uri=store.uri,
         run_id=manifest["run_id"],
-        output_uri=output_uri,
+        output_uri=where,
         rows=output["rows"],
         requests=request_stats["total"],
         succeeded=request_stats["succeeded"],
@@ -551,7 +615,24 @@ def summary_of(
         failures_by_reason=dict(output.get("failures_by_reason") or {}),
         statistics=statistics_of(output),
         outputs=list(output["outputs"]),
+        **_published_keys(marker),
     )
+
+
+def _published_keys(marker: dict[str, Any] | None) -> dict[str, Any]:
+    """What a publish adds to the result (``None`` / 0 without one)."""
+    if marker is None:
+        return {}
+    schema = marker["schema"]
+    return {
+        "asset_uri": marker["asset_uri"],
+        "partition": marker.get("partition"),
+        "published_rows": marker["rows"],
+        "invalid_rows": marker.get("invalid_rows") or 0,
+        "invalid_requests": marker.get("invalid_requests") or 0,
+        "invalid_rows_uri": marker.get("invalid_rows_uri"),
+        "schema": {key: schema[key] for key in ("uri", "generation", "fingerprint", "columns")},
+    }
 
 
 def _read_output(store: RunStore, outputs: list[str]):

@@ -68,8 +68,9 @@ _FORMATS = {
 _COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".zstd", ".lz4")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _GLOB = re.compile(r"[*?\[]")
-#: a data file of a publish (``part-<publish_id>-<shard>.parquet``; see curator_flows.publish)
-_PUBLISHED_PART = re.compile(r"^part-\d{20}-[0-9a-f]{8}-[^/]+\.parquet$")
+#: a data file of a publish (``part-<publish_id>-<shard>.parquet``, or before it is committed
+#: ``_part-<publish_id>-<shard>.parquet.tmp``; see curator_flows.publish)
+_PUBLISHED_PART = re.compile(r"^_?part-\d{20}-[0-9a-f]{8}-[^/]+\.parquet(?:\.tmp)?$")
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -109,6 +109,10 @@ class LLM:
 
     response_format: Any = None
     return_completions_object: bool = False
+    #: the schema of the published dataset, when ``parse()``'s annotation does not say it: a
+    #: ``pyarrow.Schema``, a pydantic model or a ``TypedDict`` (see
+    #: :mod:`curator_flows.output_schema`)
+    output_schema: Any = None
 
     def __new__(cls, *args: Any, **kwargs: Any) -> LLM:
         self = super().__new__(cls)
@@ -124,6 +128,7 @@ class LLM:
         generation_params: dict | None = None,
         backend_params: dict | None = None,
         system_prompt: str | None = None,
+        output_schema: Any = None,
     ) -> None:
         if not isinstance(model_name, str) or not model_name:
             raise ConfigError("model_name must be a non-empty string")
@@ -142,6 +147,11 @@ class LLM:
                 and issubclass(self.response_format, BaseModel)
             ):
                 raise ConfigError("response_format must be a pydantic BaseModel subclass")
+        if output_schema is not None:  # an instance attribute only when given (parse state)
+            self.output_schema = output_schema
+        from .output_schema import check_output_schema
+
+        check_output_schema(self.output_schema)
         self.batch = bool(batch)
         self.backend, self.provider = resolve_provider(model_name, backend, self.batch)
         self.mode: Mode = _mode(self.backend, self.batch)

@@ -2,7 +2,8 @@
 
 Invariants:
 - the manifest holds the LLM's class (an import path) and the exact arguments its constructor
-  was called with, as JSON (classes such as a ``response_format`` as import paths); API keys
+  was called with, as JSON (classes such as a ``response_format`` as import paths, a
+  ``pyarrow.Schema`` such as an ``output_schema`` as its Arrow IPC bytes in base64); API keys
   are removed from ``backend_params`` and a ``SecretStr`` argument is never stored;
 - a spec whose arguments are not JSON-serialisable is marked ``rebuildable: false`` with the
   reason; rebuilding it raises :class:`~curator_flows.errors.LLMRebuildError`, which tells the
@@ -19,6 +20,8 @@ from .errors import LLMRebuildError
 from .fingerprint import canonical
 
 _CLASS_TAG = "__class__"
+#: a ``pyarrow.Schema`` argument (``output_schema``): base64 of its Arrow IPC form
+_ARROW_SCHEMA_TAG = "__arrow_schema__"
 
 
 def import_path(obj: Any) -> str:
@@ -40,6 +43,10 @@ def _encode(value: Any, where: str) -> Any:
 
     if isinstance(value, SecretStr):
         raise TypeError(f"{where} is a secret (secrets are never stored)")
+    if type(value).__name__ == "Schema" and type(value).__module__.startswith("pyarrow"):
+        import base64
+
+        return {_ARROW_SCHEMA_TAG: base64.b64encode(value.serialize().to_pybytes()).decode()}
     if isinstance(value, type):
         if "<locals>" in value.__qualname__:
             raise TypeError(f"{where} is a class defined inside a function ({value.__qualname__})")
@@ -59,6 +66,12 @@ def _decode(value: Any) -> Any:
     if isinstance(value, dict):
         if set(value) == {_CLASS_TAG}:
             return load_import_path(value[_CLASS_TAG])
+        if set(value) == {_ARROW_SCHEMA_TAG}:
+            import base64
+
+            import pyarrow as pa
+
+            return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(value[_ARROW_SCHEMA_TAG])))
         return {k: _decode(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_decode(v) for v in value]

@@ -112,6 +112,19 @@ class FinalizeResult(TypedDict):
     statistics: Statistics
     #: the run's own output files (Arrow IPC), relative to the run URI
     outputs: list[str]
+    #: the published asset (where its schema contract lives; ``output_uri`` less a partition)
+    asset_uri: str | None
+    #: the Hive partition published (``{"date": "2026-12-04"}``), if any
+    partition: dict[str, str] | None
+    #: rows published (``rows`` less the rows left out by the schema contract)
+    published_rows: int | None
+    #: rows left out of the publish because a value does not fit the schema contract, and the
+    #: input rows (requests) they came from: count the latter against a failed-fraction gate
+    invalid_rows: int
+    invalid_requests: int
+    invalid_rows_uri: str | None
+    #: the asset's schema contract: ``uri``, ``generation``, ``fingerprint``, ``columns``
+    schema: dict[str, Any] | None
 
 
 class CancelResult(TypedDict):
@@ -197,6 +210,13 @@ _DEFAULTS: dict[type, dict[str, Any]] = {
         "failed_requests_uri": None,
         "failures_by_reason": {},
         "outputs": [],
+        "asset_uri": None,
+        "partition": None,
+        "published_rows": None,
+        "invalid_rows": 0,
+        "invalid_requests": 0,
+        "invalid_rows_uri": None,
+        "schema": None,
     },
     CancelResult: {"batches": [], "errors": []},
     EstimateResult: {"max_cost": None, "headroom": None, "within_budget": True},

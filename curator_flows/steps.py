@@ -43,6 +43,7 @@ __all__ = [
     "CuratorFlowsError",
     "RunRef",
     "advance",
+    "asset_uri",
     "build_llm",
     "cancel",
     "collect",
@@ -76,6 +77,16 @@ def run_uri(run: RunRef) -> str:
     from .runs import run_uri as _run_uri
 
     return _run_uri(run)
+
+
+def asset_uri(output_uri: str, partition: dict[str, Any] | None = None) -> str:
+    """The asset ``finalize(output_uri=..., partition=...)`` publishes to (where its schema
+    contract lives): ``output_uri`` with a partition, else ``output_uri`` less its trailing
+    dated segments (``s3://b/recipes`` for ``s3://b/recipes/2026-12-04`` or
+    ``s3://b/recipes/date=2026-12-04``)."""
+    from .publish import asset_of
+
+    return asset_of(output_uri, partition)[0]
 
 
 def build_llm(
@@ -264,9 +275,20 @@ def finalize(
     credentials: CredentialsLike = None,
     output_uri: str | None = None,
     max_failed_fraction: float = 0.01,
+    partition: dict[str, Any] | None = None,
+    schema_evolution: str = "strict",
 ) -> FinalizeResult:
     """Parse the stored responses into the run's output and sum its statistics; with
     ``output_uri``, publish the dataset there as Parquet (atomically, ``_SUCCESS`` last).
+
+    ``partition`` (e.g. ``{"date": "2026-12-04"}``): publish as that Hive partition of
+    ``output_uri`` (``<output_uri>/date=2026-12-04/``), so every night reads as one table.
+    Every publish conforms to the asset's schema contract (declared by the code, else inferred
+    on the first publish): values are cast to it, a row with a value that does not fit is left
+    out (``invalid_rows``); a column added, removed or (declared) retyped raises
+    :class:`~curator_flows.errors.SchemaChangeError` unless ``schema_evolution`` is
+    ``"add_columns"`` or ``"replace"``. A dataset card (``README.md``) is written beside the
+    data (with partitions: at ``output_uri``).
 
     Never loads the whole dataset: returns a summary (use :func:`load_response` for the
     :class:`~curator_flows.types.CuratorResponse`; ``failures_by_reason`` counts the failed
@@ -283,6 +305,8 @@ def finalize(
         credentials=credentials,
         output_uri=output_uri,
         max_failed_fraction=max_failed_fraction,
+        partition=partition,
+        schema_evolution=schema_evolution,
     )
 
 

@@ -4,8 +4,8 @@ Two DAGs over the same job:
 
 - ``curator_nightly_batch``: one deferrable ``CuratorOperator``. It submits one batch per shard,
   frees its worker slot while the triggerer polls, collects on resume, resubmits what expired
-  (a new deferral), then publishes Parquet under a dated ``output_uri``. A deadline 26 hours
-  after the first submit cancels what is still running.
+  (a new deferral), then publishes Parquet as the night's partition (``date=<ds>``). A
+  deadline 26 hours after the first submit cancels what is still running.
 - ``curator_nightly_batch_steps``: the same steps as separate, mapped tasks (submit → a
   reschedule-mode sensor → collect → publish), for teams without a triggerer.
 
@@ -71,7 +71,8 @@ def curator_nightly_batch() -> None:
         llm=recipe_llm(),
         dataset=[{"cuisine": name} for name in CUISINES],
         working_dir="{{ params.working_dir }}",
-        output_uri="{{ params.output_root }}/batch-recipes/{{ ds }}",
+        output_uri="{{ params.output_root }}/batch-recipes",
+        partition={"date": "{{ ds }}"},
         output_asset=Asset("curator://nightly/batch-recipes"),
         run_key="{{ ds }}",
         poll_interval="{{ params.poll_seconds }}",
@@ -116,7 +117,8 @@ def curator_nightly_batch_steps() -> None:
         task_id="publish",
         run=prepare.output["run"],
         llm=llm,
-        output_uri="{{ params.output_root }}/batch-recipes-steps/{{ ds }}",
+        output_uri="{{ params.output_root }}/batch-recipes-steps",
+        partition={"date": "{{ ds }}"},
     )
     submit >> wait >> collect >> publish
 

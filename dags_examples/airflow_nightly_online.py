@@ -4,7 +4,8 @@
     cuisines (CuratorOperator: one task, published)
       → prepare_recipes (the cuisines' output URI is the dataset)
       → recipes (one mapped task per shard, sharing the provider's rate limit)
-      → publish_recipes (Parquet under a dated output URI; an asset event with rows and cost)
+      → publish_recipes (Parquet in the night's partition ``recipes/date=<ds>/``; an asset event
+        with rows, cost and the schema contract)
 
 Without a ``curator_default`` connection every task runs against the embedded simulator (no key,
 no network). ``{{ ds }}`` is each night's ``run_key``: a retry of the same night resumes its runs,
@@ -69,7 +70,8 @@ def build_dag(
             llm=CuisineGenerator(MODEL),
             dataset=[{"prompt_no": i} for i in range(cuisine_prompts)],
             working_dir="{{ params.working_dir }}",
-            output_uri="{{ params.output_root }}/cuisines/{{ ds }}",
+            output_uri="{{ params.output_root }}/cuisines",
+            partition={"date": "{{ ds }}"},  # .../cuisines/date=2026-12-04/: one table
             output_asset=CUISINES_ASSET,
             run_key="{{ ds }}",
         )
@@ -91,7 +93,8 @@ def build_dag(
             task_id="publish_recipes",
             run=prepare.output["run"],
             llm=recipe_llm,
-            output_uri="{{ params.output_root }}/recipes/{{ ds }}",
+            output_uri="{{ params.output_root }}/recipes",
+            partition={"date": "{{ ds }}"},
             output_asset=RECIPES_ASSET,
         )
         shards >> publish

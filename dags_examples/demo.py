@@ -4,7 +4,7 @@ The flow runs on Prefect's temporary local server (its database in a temporary
 ``PREFECT_HOME``, gone at exit; set ``PREFECT_API_URL`` to use your own server instead) against
 the simulator started in this process: no API key, no network. With ``OPENAI_API_KEY`` set,
 ``--model gpt-4o-mini`` calls the real provider. Datasets land as Parquet under
-``./curator-output/datasets/<name>/<date>/`` (``--output`` to change it); the date is the run
+``./curator-output/datasets/<name>/date=<date>/`` (``--output`` to change it); the date is the run
 key, so running the demo again the same day resumes instead of generating anew.
 """
 

@@ -43,6 +43,7 @@ def _brief(summary: dict[str, Any]) -> dict[str, Any]:
         "output_tokens": stats["token_usage"]["output"],
         "time": stats["performance_stats"]["total_time"],
         "output_uri": summary["output_uri"],
+        "asset_uri": summary["asset_uri"],
         "run_uri": summary["run_uri"],
     }
 
@@ -56,16 +57,17 @@ def nightly_recipes(
     credentials: str | None = None,
     base_url: str | None = None,
 ) -> dict[str, Any]:
-    """Cuisines, then one recipe per cuisine; each dataset published under
-    ``<output_root>/<name>/<date>`` as Parquet. ``credentials``: a saved ``CuratorCredentials``
-    block's name (else ``OPENAI_API_KEY``); ``base_url``: an OpenAI-compatible endpoint (the
-    simulator)."""
+    """Cuisines, then one recipe per cuisine; each dataset published as Parquet in the night's
+    Hive partition ``<output_root>/<name>/date=<date>/`` (every night one table).
+    ``credentials``: a saved ``CuratorCredentials`` block's name (else ``OPENAI_API_KEY``);
+    ``base_url``: an OpenAI-compatible endpoint (the simulator)."""
     run_key = run_date or _scheduled_date()
     backend_params = {"base_url": base_url} if base_url else {}
     cuisines = curate(
         CuisineGenerator(model, backend_params=backend_params),
         working_dir=working_dir,
-        output_uri=f"{output_root}/cuisines/{run_key}",
+        output_uri=f"{output_root}/cuisines",
+        partition={"date": run_key},
         run_key=run_key,
         credentials=credentials,
         artifact_key="nightly-cuisines",
@@ -74,7 +76,8 @@ def nightly_recipes(
         RecipeGenerator(model, backend_params=backend_params),
         cuisines["output_uri"],  # the published cuisines are the recipes' input
         working_dir=working_dir,
-        output_uri=f"{output_root}/recipes/{run_key}",
+        output_uri=f"{output_root}/recipes",
+        partition={"date": run_key},
         run_key=run_key,
         credentials=credentials,
         artifact_key="nightly-recipes",

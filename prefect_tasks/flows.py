@@ -5,7 +5,9 @@ flow run of its own, for a GPU work pool).
 Every flow takes ``llm`` (an ``LLM`` instance, or an import path with ``llm_kwargs``),
 ``dataset`` (rows, an fsspec URI, an upstream run's output URI or result), ``working_dir``,
 ``output_uri``, ``run_key`` (a nightly deployment passes ``"{scheduled_date}"``, which becomes
-the flow run's scheduled date, also in ``output_uri`` and a ``dataset`` URI) and
+the flow run's scheduled date, also in ``output_uri``, a ``dataset`` URI and ``partition``),
+``partition`` (publish as that Hive partition of ``output_uri``, e.g.
+``{"date": "{scheduled_date}"}``), ``schema_evolution`` (see ``steps.finalize``) and
 ``credentials`` (a ``CuratorCredentials`` block or a saved block's name), and returns the
 :class:`~curator_flows.results.FinalizeResult` summary. ``max_failed_fraction`` (default 0.01):
 the output is published only when at most this share of the requests failed, else the flow
@@ -126,6 +128,10 @@ class _Opened:
     output_uri: str | None
     credentials: Any
     run: PrepareResult
+    #: the Hive partition of ``output_uri`` to publish, and what a publish may change in the
+    #: asset's schema contract (see ``steps.finalize``)
+    partition: dict[str, Any] | None = None
+    schema_evolution: str = "strict"
 
 
 def _open(
@@ -139,11 +145,15 @@ def _open(
     credentials: Any,
     *,
     rebuild_check: bool = False,
+    partition: dict[str, Any] | None = None,
+    schema_evolution: str = "strict",
 ) -> _Opened:
-    """The opening every flow shares: the scheduled date put into ``dataset``, ``output_uri``
-    and ``run_key``, the ``LLM`` built and checked against the flow's ``mode``, a block name
+    """The opening every flow shares: the scheduled date put into ``dataset``, ``output_uri``,
+    ``run_key`` and ``partition``'s values, the ``LLM`` built and checked against the flow's
+    ``mode``, a block name
     loaded once, and ``prepare`` (which re-opens the run when it exists)."""
     dataset, output_uri, run_key = _dated(dataset), _dated(output_uri), _dated(run_key)
+    partition = {key: _dated(value) for key, value in (partition or {}).items()} or None
     built = resolve_llm(llm, llm_kwargs)
     if built.mode != mode:
         raise ConfigError(
@@ -155,7 +165,7 @@ def _open(
         built, dataset, working_dir, run_key=run_key, credentials=creds,
         rebuild_check=rebuild_check,
     )  # fmt: skip
-    return _Opened(built, dataset, output_uri, creds, run)
+    return _Opened(built, dataset, output_uri, creds, run, partition, schema_evolution)
 
 
 def _with_refresh(task: Any, refresh: bool) -> Any:
@@ -185,6 +195,10 @@ def _finish(
     upstream = dataset if isinstance(dataset, str) else None
     if isinstance(dataset, dict):  # an upstream step's result: its published output
         upstream = dataset.get("output_uri")
+    if isinstance(upstream, str) and "=" in upstream.rstrip("/").rsplit("/", 1)[-1]:
+        from curator_flows import steps
+
+        upstream = steps.asset_uri(upstream)  # a Hive partition's asset is its table
     finalize = tasks.finalize_task(output_uri, upstream)
     arguments = {
         "llm": opened.llm,
@@ -192,6 +206,8 @@ def _finish(
         "output_uri": output_uri,
         "max_failed_fraction": max_failed_fraction,
     }
+    if opened.partition or opened.schema_evolution != "strict":
+        arguments.update(partition=opened.partition, schema_evolution=opened.schema_evolution)
     state = finalize(opened.run, **arguments, return_state=True)
     pending = _pending_shards(state)
     if pending:
@@ -223,6 +239,8 @@ def curate(
     output_uri: str | None = None,
     run_key: str | None = None,
     credentials: Any = None,
+    partition: dict[str, Any] | None = None,
+    schema_evolution: str = "strict",
     llm_kwargs: dict[str, Any] | None = None,
     max_failed_fraction: float = 0.01,
     parallel_shards: int | None = None,
@@ -240,8 +258,9 @@ def curate(
     the limits, so every flow run on every worker using that limit together stays within the
     provider's limits."""
     opened = _open(
-        "online", llm, llm_kwargs, dataset, working_dir, output_uri, run_key, credentials
-    )
+        "online", llm, llm_kwargs, dataset, working_dir, output_uri, run_key, credentials,
+        partition=partition, schema_evolution=schema_evolution,
+    )  # fmt: skip
     llm, creds, run = opened.llm, opened.credentials, opened.run
     parts = _parallelism(parallel_shards, len(run["shards"]), concurrency_limit)
 
@@ -274,6 +293,8 @@ def curate_batch(
     output_uri: str | None = None,
     run_key: str | None = None,
     credentials: Any = None,
+    partition: dict[str, Any] | None = None,
+    schema_evolution: str = "strict",
     llm_kwargs: dict[str, Any] | None = None,
     max_failed_fraction: float = 0.01,
     poll_interval: float | None = None,
@@ -288,7 +309,10 @@ def curate_batch(
     ``batch_check_interval``); ``deadline_hours``: a batch still running this long after it
     was submitted fails the flow run (each resubmitted batch counts from its own submit; the
     time is stored in the run, so it survives re-runs)."""
-    opened = _open("batch", llm, llm_kwargs, dataset, working_dir, output_uri, run_key, credentials)
+    opened = _open(
+        "batch", llm, llm_kwargs, dataset, working_dir, output_uri, run_key, credentials,
+        partition=partition, schema_evolution=schema_evolution,
+    )  # fmt: skip
     llm, creds, run = opened.llm, opened.credentials, opened.run
     interval = float(poll_interval or llm.config.params.batch_check_interval)
     next_cycle = 0
@@ -361,6 +385,8 @@ def curate_offline(
     output_uri: str | None = None,
     run_key: str | None = None,
     credentials: Any = None,
+    partition: dict[str, Any] | None = None,
+    schema_evolution: str = "strict",
     llm_kwargs: dict[str, Any] | None = None,
     max_failed_fraction: float = 0.01,
     shard_deployment: str | None = None,
@@ -383,6 +409,7 @@ def curate_offline(
     opened = _open(
         "offline", llm, llm_kwargs, dataset, working_dir, output_uri, run_key, credentials,
         rebuild_check=remote and not llm_path,  # the shard flow runs rebuild it from the run
+        partition=partition, schema_evolution=schema_evolution,
     )  # fmt: skip
     llm_arg, llm, creds, run = llm, opened.llm, opened.credentials, opened.run
     block_name = _block_name(credentials) if remote else None

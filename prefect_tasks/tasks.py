@@ -287,15 +287,20 @@ def _finalize(
     credentials: CredentialsLike = None,
     output_uri: str | None = None,
     max_failed_fraction: float = 0.01,
+    partition: dict[str, Any] | None = None,
+    schema_evolution: str = "strict",
 ) -> FinalizeResult:
-    """Parse the stored responses and publish the dataset to ``output_uri`` (only when at
-    most ``max_failed_fraction`` of the requests failed)."""
+    """Parse the stored responses and publish the dataset to ``output_uri`` (``partition``: as
+    that Hive partition of it) only when at most ``max_failed_fraction`` of the requests
+    failed."""
     summary = steps.finalize(
         run,
         llm=_llm(llm),
         credentials=resolve_credentials(credentials),
         output_uri=output_uri,
         max_failed_fraction=max_failed_fraction,
+        partition=partition,
+        schema_evolution=schema_evolution,
     )
     _describe_assets(summary)
     return summary
@@ -313,9 +318,13 @@ def _describe_assets(summary: FinalizeResult) -> None:
             asset.key,
             {
                 "run_id": summary["run_id"],
+                "output_uri": summary["output_uri"],
+                "partition": summary["partition"],
                 "rows": summary["rows"],
                 "failed": summary["failed"],
+                "invalid_rows": summary["invalid_rows"],
                 "cost": summary["statistics"]["cost_info"].get("total_cost", 0.0),
+                "schema": summary["schema"],
             },
         )
 

@@ -237,6 +237,10 @@ def finalize_manifest(result: Mapping[str, Any], extra: Mapping[str, Any] | None
         "failed": result["failed"],
         "failed_requests_uri": result.get("failed_requests_uri"),
         "failures_by_reason": dict(result.get("failures_by_reason") or {}),
+        "asset_uri": result.get("asset_uri"),
+        "partition": result.get("partition"),
+        "invalid_rows": int(result.get("invalid_rows") or 0),
+        "schema": result.get("schema"),
         "input_tokens": int(tokens.get("input") or 0),
         "output_tokens": int(tokens.get("output") or 0),
         "cost": float(cost.get("total_cost") or 0.0),
@@ -249,12 +253,16 @@ class PublishMixin:
     run.
 
     The operator sets ``output_uri`` and ``output_asset`` (see :func:`default_asset`, attached
-    with :meth:`attach_asset`) and calls :meth:`finalize_and_publish`."""
+    with :meth:`attach_asset`), optionally ``partition`` (a Hive partition of ``output_uri``,
+    e.g. ``{"date": "{{ ds }}"}``) and ``schema_evolution``, and calls
+    :meth:`finalize_and_publish`."""
 
     output_uri: Any
     output_asset: Asset | None
     #: publish only when at most this share of the run's requests failed (``steps.finalize``)
     max_failed_fraction: float = 0.01
+    partition: Any = None
+    schema_evolution: str = "strict"
     _lineage: dict[str, Any] | None = None
 
     def attach_asset(
@@ -292,6 +300,8 @@ class PublishMixin:
             credentials=credentials,
             output_uri=self.output_uri or None,
             max_failed_fraction=self.max_failed_fraction,
+            partition=self.partition or None,
+            schema_evolution=self.schema_evolution,
         )
         manifest = finalize_manifest(result, {"simulated": self.hook.simulated})  # type: ignore[attr-defined]
         self.log.info(  # type: ignore[attr-defined]
@@ -315,16 +325,20 @@ class PublishMixin:
         llm: Any = None,
         input_uri: Any = None,
     ) -> None:
-        """Put rows, tokens and cost on the outlet asset's event; keep what lineage reports."""
+        """Put rows, tokens, cost and the schema contract on the outlet asset's event; keep what
+        lineage reports."""
         if self.output_asset is not None:
             extra = {
                 key: manifest.get(key)
                 for key in (
                     "output_uri",
+                    "partition",
                     "run_uri",
                     "run_id",
                     "rows",
                     "failed",
+                    "invalid_rows",
+                    "schema",
                     "input_tokens",
                     "output_tokens",
                     "cost",

@@ -44,6 +44,10 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
     :param max_failed_fraction: publish only when at most this share of the requests failed
         (default 0.01); past it the task fails with ``TooManyFailuresError`` (retried when
         sending again can help) and nothing is published.
+    :param partition: publish as this Hive partition of ``output_uri``, e.g.
+        ``{"date": "{{ ds }}"}`` (every night one table with a ``date`` column). Templated.
+    :param schema_evolution: ``"strict"`` (default), ``"add_columns"`` or ``"replace"``: what a
+        publish may change in the asset's schema contract (see ``steps.finalize``).
     :param run_key: joins the run's identity, e.g. ``"{{ ds }}"``: each night is a new run, a
         retry of the same night resumes it. Templated.
     :param output_asset: the outlet asset (default: from ``output_uri``, see
@@ -65,6 +69,7 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
         "dataset",
         "working_dir",
         "output_uri",
+        "partition",
         "run_key",
         "poll_interval",
         "batch_timeout",
@@ -81,6 +86,8 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
         output_uri: str | None = None,
         max_failed_fraction: float = 0.01,
         run_key: str | None = None,
+        partition: dict[str, Any] | None = None,
+        schema_evolution: str = "strict",
         llm_kwargs: dict[str, Any] | None = None,
         output_asset: Asset | str | None = None,
         deferrable: bool = True,
@@ -102,6 +109,8 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
         self.working_dir = working_dir
         self.output_uri = output_uri
         self.max_failed_fraction = max_failed_fraction
+        self.partition = partition
+        self.schema_evolution = schema_evolution
         self.run_key = run_key
         self.set_batch_options(
             deferrable=deferrable,

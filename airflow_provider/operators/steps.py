@@ -176,11 +176,15 @@ class CuratorFinalizeOperator(PublishMixin, CuratorBaseOperator):
     :param max_failed_fraction: publish only when at most this share of the requests failed
         (default 0.01); past it the task fails with ``TooManyFailuresError`` and nothing is
         published.
+    :param partition: publish as this Hive partition of ``output_uri`` (templated, e.g.
+        ``{"date": "{{ ds }}"}``: ``<output_uri>/date=2026-12-04/``, every night one table).
+    :param schema_evolution: ``"strict"`` (default: a column added, removed or retyped is
+        refused), ``"add_columns"`` or ``"replace"`` (see ``steps.finalize``).
     :param output_asset: the outlet asset (default: from ``output_uri``).
     :param llm: the run's LLM, or ``None`` to rebuild it from the run manifest.
     """
 
-    template_fields = ("run", "output_uri")
+    template_fields = ("run", "output_uri", "partition")
     ui_color = "#b197fc"
 
     def __init__(
@@ -189,6 +193,8 @@ class CuratorFinalizeOperator(PublishMixin, CuratorBaseOperator):
         run: Any,
         output_uri: str | None = None,
         max_failed_fraction: float = 0.01,
+        partition: dict[str, Any] | None = None,
+        schema_evolution: str = "strict",
         output_asset: Asset | str | None = None,
         llm: Any = None,
         llm_kwargs: dict[str, Any] | None = None,
@@ -202,6 +208,8 @@ class CuratorFinalizeOperator(PublishMixin, CuratorBaseOperator):
         self.run = run
         self.output_uri = output_uri
         self.max_failed_fraction = max_failed_fraction
+        self.partition = partition
+        self.schema_evolution = schema_evolution
         self.llm = llm
         self.llm_kwargs = llm_kwargs
         self.input_uri = input_uri

@@ -88,7 +88,14 @@ def test_nightly_online_chains_cuisines_into_recipes(tmp_path):
     assert all(r["title"] and r["ingredients"] for r in recipe_rows)
     shards = xcom(dr, "prepare_recipes")
     assert [tis[("recipes", i)].rendered_map_index for i in range(len(shards))] == shards
-    assert asset_events("curator://nightly/recipes")[-1]["rows"] == len(recipe_rows)
+    extra = asset_events("curator://nightly/recipes")[-1]
+    assert extra["rows"] == len(recipe_rows)
+    # each night is the partition date=<ds> of one table, whose schema contract the event carries
+    day = dr.logical_date.strftime("%Y-%m-%d")
+    assert recipes["output_uri"].endswith(f"/recipes/date={day}")
+    assert extra["partition"] == recipes["partition"] == {"date": day}
+    assert extra["schema"]["columns"]["title"] == "string"
+    assert extra["schema"] == recipes["schema"] and extra["invalid_rows"] == 0
 
 
 @pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="needs the vLLM venv (make vllm-venv)")

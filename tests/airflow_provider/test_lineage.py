@@ -33,6 +33,36 @@ def test_facets_after_a_run(fsim, curator_conn, tmp_path):
     assert lineage.inputs == []  # rows given inline
 
 
+def test_the_schema_facet_of_a_publish_is_the_assets_contract(fsim, curator_conn, tmp_path):
+    op = CuratorOperator(
+        task_id="facts",
+        llm=FactWriter("gpt-4o-mini"),
+        dataset=[{"n": i} for i in range(3)],
+        working_dir=str(tmp_path / "runs"),
+        output_uri=str(tmp_path / "facts"),
+        partition={"date": "2026-12-04"},
+        conn_id="curator_test",
+    )
+    manifest = op.execute({"outlet_events": _OutletEvents()})
+    (output,) = op.get_openlineage_facets_on_complete(None).outputs
+    assert output.name == str(tmp_path / "facts" / "date=2026-12-04")
+    fields = {f.name: f.type for f in output.facets["schema"].fields}
+    # what was published (parse() keeps no "sources"), not the response_format's fields
+    assert fields == manifest["schema"]["columns"] == {
+        "n": "int64", "subject": "string", "fact": "string",
+    }  # fmt: skip
+
+
+class _OutletEvents(dict):
+    """``context["outlet_events"]`` outside a task run: an accessor per asset."""
+
+    def __missing__(self, asset):
+        from types import SimpleNamespace
+
+        self[asset] = SimpleNamespace(extra={})
+        return self[asset]
+
+
 def test_dataset_names_follow_openlineage_naming():
     assert dataset_name("s3://bucket/recipes/2026-01-01") == ("s3://bucket", "recipes/2026-01-01")
     assert dataset_name("gs://b/x.parquet") == ("gs://b", "x.parquet")

@@ -33,7 +33,7 @@ def test_the_nightly_build_chains_cuisines_into_recipes_through_the_output_uri(
     cuisines, recipes = result["cuisines"], result["recipes"]
     assert cuisines["rows"] > 0 and cuisines["failed"] == 0
     assert recipes["rows"] == cuisines["rows"] and recipes["failed"] == 0
-    assert cuisines["output_uri"].endswith("cuisines/2026-11-27")
+    assert cuisines["output_uri"].endswith("cuisines/date=2026-11-27")  # a Hive partition
     names = pq.read_table(cuisines["output_uri"]).column("cuisine").to_pylist()
     table = pq.read_table(recipes["output_uri"])
     assert sorted(table.column("cuisine").to_pylist()) == sorted(names)
@@ -43,13 +43,17 @@ def test_the_nightly_build_chains_cuisines_into_recipes_through_the_output_uri(
             (Path(brief["output_uri"].removeprefix("file://")) / "_SUCCESS").read_text()
         )
         assert marker["rows"] == brief["rows"]
-    # the recipes dataset is an asset materialized from the cuisines asset
+    # the recipes table is an asset materialized from the cuisines table (every night's
+    # partition is one more materialization), its schema contract in the event's metadata
+    assert recipes["asset_uri"] == recipes["output_uri"].rsplit("/", 1)[0]
     events = api.events(
-        "prefect.asset.materialization", resource_id=f"file://{recipes['output_uri']}"
+        "prefect.asset.materialization", resource_id=f"file://{recipes['asset_uri']}"
     )
     assert events and any(
-        r["prefect.resource.id"] == f"file://{cuisines['output_uri']}" for r in events[0]["related"]
+        r["prefect.resource.id"] == f"file://{cuisines['asset_uri']}" for r in events[0]["related"]
     )
+    assert events[0]["payload"]["schema"]["columns"]["cuisine"] == "string"
+    assert events[0]["payload"]["partition"] == {"date": "2026-11-27"}
     sent = sim.stats()["requests"]
     again = nightly_recipes(**kwargs)  # the same night again: resumes, sends nothing
     assert again["recipes"]["rows"] == recipes["rows"] and sim.stats()["requests"] == sent

@@ -6,6 +6,8 @@ import json
 import sys
 import time
 
+from pydantic import BaseModel
+
 from curator_flows import LLM
 
 
@@ -21,6 +23,38 @@ class Versioned(LLM):
 
     def parse(self, input: dict, response: str) -> dict:
         return {"n": input["n"], "version": self.version}
+
+
+class EchoRows(LLM):
+    """``parse()`` returns the input row's own columns: a test decides every published value
+    (the row's ``n`` is its prompt, so each row is one request)."""
+
+    def prompt(self, input: dict) -> str:
+        return f"echo {input['n']}"
+
+    def parse(self, input: dict, response: str) -> dict:
+        return dict(input)
+
+
+class Counted(BaseModel):
+    n: int
+    count: int
+
+
+class DeclaredRows(EchoRows):
+    """``EchoRows`` whose published schema is declared: ``output_schema = Counted``."""
+
+    output_schema = Counted
+
+
+class AnnotatedRows(LLM):
+    """``parse()`` says it returns ``Counted`` rows (its annotation declares the schema)."""
+
+    def prompt(self, input: dict) -> str:
+        return f"count {input['n']}"
+
+    def parse(self, input: dict, response: str) -> list[Counted]:
+        return [Counted(n=input["n"], count=input["n"] * 10)]
 
 
 def publish_then_hang(run_uri: str, output_uri: str, storage_options: dict) -> None:
