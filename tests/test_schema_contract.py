@@ -16,8 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curator_flows import steps
-from curator_flows.errors import SchemaChangeError
-from curator_flows.publish import published_files, read_marker
+from curator_flows.errors import SchemaChangeError, TooManyFailuresError
 from curator_flows.store import RunStore
 
 sys.path.insert(0, str(Path(__file__).parent / "support"))
@@ -26,7 +25,10 @@ from publish_llms import AnnotatedRows, DeclaredRows, EchoRows  # noqa: E402
 
 
 def night(llm, rows, working_dir, root, date, credentials=None, **publish):
-    """One nightly build: prepare (the date is the run key), send, publish ``date=<date>``."""
+    """One nightly build: prepare (the date is the run key), send, publish ``date=<date>``
+    (publishing what the contract admits: these tests look at the rows it leaves out, not at the
+    ``max_failed_fraction`` gate, which ``tests/test_publish_gate.py`` covers)."""
+    publish.setdefault("max_failed_fraction", 1.0)
     run = steps.prepare(llm, rows, working_dir, run_key=date, credentials=credentials)
     steps.run_online(run, llm=llm, credentials=credentials)
     return steps.finalize(
@@ -79,6 +81,19 @@ def test_a_value_past_int64_leaves_its_row_out_and_the_column_stays_int64(sim, p
     assert marker["invalid_rows"] == 1 and marker["columns"]["count"] == "int64"
     assert marker["schema"]["fingerprint"] == first["schema"]["fingerprint"]
     assert RunStore(root).glob("_schema/*.json") == ["_schema/00000001.json"]
+
+
+def test_rows_the_contract_leaves_out_count_against_max_failed_fraction(sim, params, tmp_path):
+    llm = EchoRows("gpt-4o-mini", backend_params=params())
+    wd, root = str(tmp_path / "wd"), str(tmp_path / "recipes")
+    night(llm, [{"n": i, "count": i} for i in range(3)], wd, root, "2026-12-03")
+    rows = [{"n": 10 + i, "count": 2**70 if i == 1 else i} for i in range(4)]
+    with pytest.raises(TooManyFailuresError, match="schema_contract: 1") as err:
+        night(llm, rows, wd, root, "2026-12-04", max_failed_fraction=0.2)
+    assert not err.value.retryable  # the same data fails the same way
+    assert not RunStore(root).exists("date=2026-12-04/_SUCCESS")  # nothing published
+    published = night(llm, rows, wd, root, "2026-12-04", max_failed_fraction=0.25)
+    assert published["published_rows"] == 3 and published["invalid_requests"] == 1
 
 
 def test_strings_are_cast_to_the_declared_int_and_what_does_not_cast_is_listed(
