@@ -17,6 +17,7 @@ import pytest
 
 from curator_flows import steps
 from curator_flows.errors import SchemaChangeError, TooManyFailuresError
+from curator_flows.publish import published_files, read_marker
 from curator_flows.store import RunStore
 
 sys.path.insert(0, str(Path(__file__).parent / "support"))
