@@ -13,7 +13,8 @@ What a ``dataset`` can be:
   prompt), or is a path (it has a ``/``) that exists locally. A ``pathlib.Path`` is always data.
   Strings inside a list are always prompts, so ``llm(["s3://..."])`` sends the text;
 - a data reference names a Parquet, JSON Lines (``.jsonl``/``.ndjson``/``.json``, optionally
-  compressed) or Arrow IPC/Feather file, a glob of them, or a directory: a published output
+  compressed) or Arrow IPC/Feather file, a glob of them (only when no path of that name
+  exists: an existing path is literal, brackets and all), or a directory: a published output
   (``_SUCCESS`` marker: exactly the files it lists), a run directory (``manifest.json``: the
   run's finalized output), a saved Hugging Face dataset (``save_to_disk``), or any directory of
   such files (hidden and ``_``-prefixed names skipped);
@@ -100,7 +101,7 @@ def iter_rows(dataset: Any, storage_options: dict[str, Any] | None = None) -> It
         return
     if isinstance(dataset, dict):
         if isinstance(dataset.get("run_uri"), str) and "run_id" in dataset:  # a step result
-            yield from iter_uri(dataset["run_uri"], storage_options)
+            yield from _iter_run(dataset["run_uri"], storage_options)
             return
         raise InputError(
             "dataset must be an iterable of rows, not a single dict: wrap it in a list"
@@ -309,12 +310,8 @@ def _format_of(path: str) -> str | None:
 
 
 def _resolve(fs: Any, path: str, uri: str, storage_options: dict[str, Any]) -> Any:
-    """The data files ``path`` stands for, in order."""
-    if _GLOB.search(path):
-        files = [p for p in sorted(fs.glob(path)) if _format_of(p) and fs.isfile(p)]
-        if not files:
-            raise InputError(f"no data files match {uri}")
-        return files
+    """The data files ``path`` stands for, in order. A path that exists is taken literally
+    (a run directory or an output under ``runs[1]/``); only a path that does not is a glob."""
     if fs.isdir(path):
         return _resolve_directory(fs, path.rstrip("/"), uri, storage_options)
     if fs.exists(path):
@@ -324,6 +321,11 @@ def _resolve(fs: Any, path: str, uri: str, storage_options: dict[str, Any]) -> A
                 "Arrow IPC/Feather (.arrow, .feather)"
             )
         return [path]
+    if _GLOB.search(path):
+        files = [p for p in sorted(fs.glob(path)) if _format_of(p) and fs.isfile(p)]
+        if not files:
+            raise InputError(f"no data files match {uri}")
+        return files
     raise InputError(
         f"no such file or directory: {uri} (to send this text as a prompt, pass it in a list: "
         "llm([text]))"

@@ -28,6 +28,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import os
 import shutil
@@ -68,6 +69,11 @@ def default_working_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "curator-flows")
 
 
+def glob_magic(text: str) -> bool:
+    """Whether ``text`` holds a glob character (``*``, ``?`` or ``[``)."""
+    return any(ch in text for ch in "*?[")
+
+
 def join_uri(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
@@ -99,10 +105,49 @@ class RunStore:
         return self.fs.exists(self.path(rel))
 
     def glob(self, pattern: str) -> list[str]:
-        """Relative paths matching ``pattern`` (relative to the run root), sorted."""
-        prefix = self.fs._strip_protocol(self.root).rstrip("/") + "/"
-        found = (self.fs._strip_protocol(p) for p in self.fs.glob(self.path(pattern)))
-        return sorted(p[len(prefix) :] for p in found if p.startswith(prefix))
+        """Relative paths matching ``pattern`` (relative to the run root), sorted.
+
+        Only ``pattern`` is a pattern (``*``, ``?`` and ``[...]`` match within one name): the
+        run root and every literal part are taken as they are, whatever characters they hold
+        (a ``working_dir`` named ``runs[1]``), since directories are listed and their names
+        matched here, never handed to fsspec's glob. Listings are fresh, never an fsspec cache.
+        """
+        found = [""]
+        parts = pattern.split("/")
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            if not glob_magic(part):
+                found = [f"{rel}{part}" + ("" if last else "/") for rel in found]
+                continue
+            found = [
+                f"{rel}{name}" + ("" if last else "/")
+                for rel in found
+                for name in self.list_names(rel.rstrip("/"))
+                if fnmatch.fnmatchcase(name, part)
+            ]
+        if not glob_magic(parts[-1]):
+            found = [rel for rel in found if self.exists(rel)]
+        return sorted(found)
+
+    def list_names(self, rel: str) -> list[str]:
+        """Names directly under the directory ``rel`` (``""``: the run root); empty when it
+        does not exist. The path is literal."""
+        path = self.root if not rel else self.path(rel)
+        if self.local:
+            try:
+                return os.listdir(path)
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+        self.fs.invalidate_cache(path)
+        try:
+            listed = self.fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        finally:  # leave no listing behind for other users of this (shared) fsspec instance
+            self.fs.invalidate_cache(path)
+        base = self.fs._strip_protocol(path).rstrip("/") + "/"
+        children = (self.fs._strip_protocol(p).rstrip("/") for p in listed)
+        return [child[len(base) :] for child in children if child.startswith(base)]
 
     def _ensure_parent(self, path: str) -> None:
         if self.local:
@@ -231,9 +276,23 @@ class RunStore:
         return count
 
     def remove(self, rel: str) -> None:
+        """Remove the file or directory ``rel`` if it exists; the path is literal (fsspec's
+        ``rm`` would expand glob characters in it)."""
         path = self.path(rel)
-        if self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
+        if self.local:
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+            return
+        if not self.fs.exists(path):
+            return
+        files = self.fs.find(path) if self.fs.isdir(path) else [path]
+        for file in files:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(file)
+        self.fs.invalidate_cache(path)
 
     # -------------------------------------------------------------- reading
     def iter_lines(self, rel: str) -> Iterator[dict[str, Any]]:
