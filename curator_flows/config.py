@@ -101,8 +101,8 @@ _PARAMS_BY_MODE: dict[str, type[CommonParams]] = {
 }
 
 # Keys that change a response's content; everything else (limits, retries, paths, keys) doesn't.
-# ``invalid_finish_reasons`` changes which answers are accepted, not what the model returns: the
-# acceptance fingerprint covers it, and finalize judges the stored answers again.
+# ``invalid_finish_reasons`` changes which answers are accepted, not what the model returns:
+# every finalize (and every cache hit) judges the stored answers again.
 _OUTPUT_KEYS = ("max_tokens", "min_tokens", "max_model_length")
 # vLLM engine arguments that only size or place the engine; every other one (dtype,
 # quantization, seed, chat_template, ...) may change outputs and is fingerprinted.

@@ -48,7 +48,7 @@ from typing import Any
 import orjson
 
 from .errors import InputError
-from .store import MANIFEST, OUTPUT_STATS, is_local
+from .store import MANIFEST, OUTPUT_STATS, access_errors, is_local
 
 #: rows converted to Python objects at a time from a columnar source
 CHUNK_ROWS = 1024
@@ -285,12 +285,20 @@ def iter_uri(uri: str, storage_options: dict[str, Any] | None = None) -> Iterato
     except (ImportError, ValueError) as exc:
         raise InputError(f"cannot open the dataset URI {uri!r}: {exc}") from None
     fs.invalidate_cache()  # a long-lived worker must see today's files, not a cached listing
-    files = _resolve(fs, path, uri, storage_options or {})
-    if isinstance(files, _Rows):
-        yield from files.rows
-        return
-    for file in files:
-        yield from _read_file(fs, file)
+    with access_errors(uri, "read the dataset"):
+        files = _resolve(fs, path, uri, storage_options or {})
+        if isinstance(files, _Rows):
+            yield from files.rows
+            return
+        for file in files:
+            try:
+                yield from _read_file(fs, file)
+            except FileNotFoundError:
+                raise InputError(
+                    f"{file}, a file of the dataset {uri}, disappeared while it was being read; "
+                    "prepare again once the dataset is complete",
+                    retryable=True,
+                ) from None
 
 
 class _Rows:
@@ -430,8 +438,14 @@ def _iter_run(uri: str, storage_options: dict[str, Any]) -> Iterator[dict[str, A
             "before using it as a dataset"
         )
     for rel in output.get("outputs", []):
-        with store.arrow_stream(rel) as batches:  # as finalize wrote them
-            yield from _iter_batches(batches)
+        try:
+            with store.arrow_stream(rel) as batches:  # as finalize wrote them
+                yield from _iter_batches(batches)
+        except FileNotFoundError:
+            raise InputError(
+                f"the run at {store.uri} lacks its output file {rel}: finalize it again to "
+                "rewrite it (nothing is sent), then use it as a dataset"
+            ) from None
 
 
 # ----------------------------------------------------------------------------- file formats
