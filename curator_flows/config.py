@@ -2,7 +2,9 @@
 
 Invariants:
 - an unknown key, a wrong type or an out-of-range value raises :class:`ConfigError` naming the
-  key and, for unknown keys, every allowed key of the mode;
+  key and, for unknown keys, every allowed key of the mode; a boolean is not a number, a number
+  is finite, and ``base_url`` is an http(s) URL with a host, so no mistake here surfaces later
+  as a retryable error;
 - :meth:`BackendConfig.output_params` holds exactly the parameters that change what a request
   returns; it never holds secrets, rate limits or concurrency, so it is safe to fingerprint;
 - :meth:`BackendConfig.public_dict` never contains the API key.
@@ -12,8 +14,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from .credentials import check_base_url
 from .errors import ConfigError
 
 __all__ = ["BackendConfig", "Mode"]
@@ -21,8 +33,19 @@ __all__ = ["BackendConfig", "Mode"]
 Mode = Literal["online", "batch", "offline"]
 
 
+#: annotations of number fields, which refuse booleans (pydantic takes True as 1)
+_NUMBERS = frozenset({int, float, int | None, float | None})
+
+
 class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in _NUMBERS:
+            raise ValueError(f"must be a number, not the boolean {value}")
+        return value
 
 
 class CommonParams(_Params):
@@ -41,6 +64,13 @@ class CommonParams(_Params):
     # Ours, not Curator's: see README "backend_params".
     shard_size: int = Field(10_000, ge=1)
     progress: Literal["auto", "bar", "log", "off"] = "auto"
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_base_url(value, "base_url")
+        return value
 
 
 class OnlineParams(CommonParams):

@@ -47,6 +47,7 @@ from typing import Any
 
 import orjson
 
+from .credentials import check_storage_credentials
 from .errors import InputError
 from .store import MANIFEST, OUTPUT_STATS, access_errors, is_local
 
@@ -280,6 +281,7 @@ def iter_uri(uri: str, storage_options: dict[str, Any] | None = None) -> Iterato
     """The rows stored at ``uri`` (a file, a glob or a directory; see the module docstring)."""
     import fsspec
 
+    check_storage_credentials(uri, storage_options)
     try:
         fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     except (ImportError, ValueError) as exc:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .credentials import Credentials
+from .credentials import Credentials, check_storage_credentials
 from .errors import ConfigError, InputError, PromptError
 from .fingerprint import RequestIds, digest
 from .inputs import iter_rows
@@ -291,6 +291,7 @@ def prepare_run(
     credentials = credentials or Credentials()
     storage_options = credentials.storage_options
     working_dir = (working_dir or default_working_dir()).rstrip("/")
+    check_storage_credentials(working_dir, storage_options)  # before reading any row
     family = llm.family_fingerprint(run_key)
     spool_dir = tempfile.mkdtemp(prefix="curator-flows-spool-")
     try:

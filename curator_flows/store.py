@@ -42,6 +42,7 @@ import fsspec
 import orjson
 
 from . import liveness
+from .credentials import check_storage_credentials
 from .errors import CorruptRunError, StorageAccessError
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class RunStore:
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
         self.uri = uri.rstrip("/")
         self.storage_options = storage_options or {}
+        check_storage_credentials(self.uri, self.storage_options)  # fails fast, never dials
         self.fs, self.root = fsspec.core.url_to_fs(self.uri, **self.storage_options)
         self.local = is_local(self.fs)
         if self.local:
