@@ -3,7 +3,9 @@ finalize: the finish reason must not be one of ``invalid_finish_reasons``, and t
 validate against ``response_format`` (when there is one).
 
 Invariants:
-- a response is stored as a success only if :meth:`Acceptance.problem` is ``None``;
+- a response is stored as a success only if :meth:`Acceptance.problem` is ``None``; a validator
+  that raises something other than a validation error refuses the answer with that error as
+  the reason (it never escapes into a runner, where it would drop answers in flight);
 - every finalize judges the stored successes again with :meth:`Acceptance.accept` (the rule may
   have tightened since, through its code or through what its code reads: an environment
   variable, a module constant), so a row is never parsed from content the current rule
@@ -48,6 +50,11 @@ class Acceptance:
             where = ".".join(str(p) for p in first.get("loc", ())) or "response"
             return None, (
                 f"content does not match {self.model.__name__}: {where}: {first.get('msg')}"
+            )
+        except Exception as exc:  # noqa: BLE001 - a validator's own bug refuses the answer too
+            return None, (
+                f"validating the content with {self.model.__name__} raised "
+                f"{type(exc).__name__}: {exc} (a bug in a validator?)"
             )
 
     def accept(self, finish_reason: str | None, content: str) -> tuple[Any, str | None]:

@@ -18,14 +18,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from .credentials import check_base_url
+from .credentials import Secret, check_base_url
 from .errors import ConfigError
 
 __all__ = ["BackendConfig", "Mode"]
@@ -38,7 +37,9 @@ _NUMBERS = frozenset({int, float, int | None, float | None})
 
 
 class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, arbitrary_types_allowed=True
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -53,7 +54,8 @@ class CommonParams(_Params):
     require_all_responses: bool = False
     base_url: str | None = None
     request_timeout: float = Field(600, gt=0)
-    api_key: SecretStr | None = None
+    #: held as a Secret: masked when shown, withheld when pickled (see credentials.Secret)
+    api_key: Secret | None = None
     in_mtok_cost: float | None = Field(None, ge=0)
     out_mtok_cost: float | None = Field(None, ge=0)
     invalid_finish_reasons: tuple[str, ...] = ("content_filter", "length")
@@ -64,6 +66,11 @@ class CommonParams(_Params):
     # Ours, not Curator's: see README "backend_params".
     shard_size: int = Field(10_000, ge=1)
     progress: Literal["auto", "bar", "log", "off"] = "auto"
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _secret(cls, value: Any) -> Secret | None:
+        return Secret.of(value)
 
     @field_validator("base_url")
     @classmethod
@@ -175,6 +182,8 @@ class BackendConfig:
             raise ConfigError(f"invalid backend_params for {mode} mode: {problems}") from None
 
     def __getattr__(self, name: str) -> Any:
+        if name == "params" or name.startswith("__"):  # not set yet: an unpickling copy
+            raise AttributeError(name)
         return getattr(self.params, name)
 
     def api_key(self) -> str | None:

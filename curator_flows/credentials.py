@@ -10,6 +10,10 @@ Invariants:
   the openai wire format with their own endpoint and key variable;
 - a :class:`Credentials` value never shows its key: ``repr``, ``str`` and :meth:`public_dict`
   mask it, and nothing here writes to the run directory;
+- a key given to an ``LLM`` (``backend_params["api_key"]``) is held as a :class:`Secret`: shown
+  as a mask everywhere, revealed only to build request headers, and left behind when the LLM is
+  pickled or serialized (then the key comes from credentials or the environment, as for an LLM
+  rebuilt from a run directory);
 - ``storage_options`` reach every fsspec call a step makes (run directory, input URIs,
   published outputs), so no process-global fsspec configuration is needed;
 - a ``gs://`` location without Google credentials fails at once with a
@@ -27,6 +31,88 @@ from typing import Any
 from pydantic import SecretStr
 
 from .errors import ConfigError
+
+MASK = "**********"
+
+
+class Secret:
+    """An API key that shows itself to no one but the HTTP layer (:meth:`reveal`, or
+    ``get_secret_value`` as pydantic's ``SecretStr`` has it).
+
+    ``repr``, ``str`` and ``format`` show :data:`MASK`; it has no ``__dict__`` for an encoder to
+    walk (JSON encoders refuse it); pickling (process pools, Airflow's and Prefect's
+    serialization, cloudpickle) withholds the value: an unpickled Secret is empty and
+    :attr:`withheld`, so a pickled LLM takes its key from credentials or the environment, as an
+    LLM rebuilt from a run directory does. Copies (``copy``, ``deepcopy``) are the same object,
+    so an orchestrator copying an operator keeps the key in the process that built it."""
+
+    __slots__ = ("_value", "withheld")
+
+    def __init__(self, value: str | None, *, withheld: bool = False) -> None:
+        object.__setattr__(self, "_value", value or None)
+        object.__setattr__(self, "withheld", withheld)
+
+    @classmethod
+    def of(cls, value: Any) -> Secret | None:
+        """``value`` (a string, a ``SecretStr``, a :class:`Secret` or ``None``) as a Secret."""
+        if value is None or isinstance(value, Secret):
+            return value
+        if isinstance(value, SecretStr):
+            return cls(value.get_secret_value())
+        if isinstance(value, str):
+            return cls(value)
+        raise ConfigError(f"an API key must be a string, got {type(value).__name__}")
+
+    def reveal(self) -> str | None:
+        """The key, for request headers only."""
+        return self._value
+
+    get_secret_value = reveal
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a Secret is immutable")
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (_withheld, ())
+
+    def __copy__(self) -> Secret:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Secret:
+        return self
+
+    def __bool__(self) -> bool:
+        return self._value is not None
+
+    def __repr__(self) -> str:
+        return "Secret(withheld)" if self.withheld else f"Secret({MASK!r})"
+
+    def __str__(self) -> str:
+        return MASK
+
+    def __format__(self, spec: str) -> str:
+        return format(MASK, spec)
+
+
+def _withheld() -> Secret:
+    return Secret(None, withheld=True)
+
+
+def hide_keys(value: Any) -> Any:
+    """``value`` with every ``api_key`` entry of its dicts (at any depth) held as a
+    :class:`Secret`; containers holding one are copied, nothing given is changed."""
+    if isinstance(value, dict):
+        hidden = {
+            k: Secret.of(v) if k == "api_key" and not isinstance(v, dict) else hide_keys(v)
+            for k, v in value.items()
+        }
+        return hidden if any(hidden[k] is not value[k] for k in value) else value
+    if isinstance(value, list | tuple):
+        items = [hide_keys(v) for v in value]
+        changed = any(a is not b for a, b in zip(items, value, strict=True))
+        return type(value)(items) if changed else value
+    return value
+
 
 #: (API key variable, base URL variable, default base URL) per provider ("" = no variable)
 PROVIDER_ENV: dict[str, tuple[str, str, str]] = {
@@ -154,9 +240,16 @@ def resolve_endpoint(
         key = os.environ.get(key_var) or None
     endpoint = Endpoint(backend, base_url, key, batch)
     if key is None and endpoint.is_default:
+        withheld = getattr(params.get("api_key"), "withheld", False)
         raise MissingAPIKeyError(
             f"no {backend} API key: set {key_var}, pass credentials=Credentials(api_key=...) "
             "to the step, or backend_params['api_key']"
+            + (
+                " (this LLM was pickled or serialized, and its backend_params['api_key'] is "
+                "never carried along)"
+                if withheld
+                else ""
+            )
         )
     return endpoint
 
@@ -246,7 +339,7 @@ def _on_google_vm() -> bool:
 def _param_key(value: Any) -> str | None:
     if value is None:
         return None
-    if isinstance(value, SecretStr):
+    if isinstance(value, Secret | SecretStr):
         return value.get_secret_value() or None
     return str(value) or None
 

@@ -94,3 +94,30 @@ def test_a_validator_that_normalises_differently_reparses_without_sending(
     shouted = DishWriter("gpt-4o-mini", backend_params=params())(rows, working_dir=wd)
     assert sim.stats()["requests"] == 5
     assert shouted.dataset["name"] == [name.upper() for name in first.dataset["name"]]
+
+
+class Buggy(BaseModel):
+    model_config = ConfigDict(title="Dish")
+    name: str
+    calories: int
+
+    @field_validator("name")
+    @classmethod
+    def broken(cls, value: str) -> str:
+        return {"known": value}["unknown"]  # a KeyError, not a validation error
+
+
+class BuggyWriter(DishWriter):
+    response_format = Buggy
+
+
+def test_a_validator_raising_its_own_bug_refuses_the_answer_and_loses_nothing(sim, params, wd):
+    from curator_flows import IncompleteRunError
+
+    llm = BuggyWriter("gpt-4o-mini", backend_params=params(max_retries=1))
+    with pytest.raises(IncompleteRunError) as error:
+        llm([{"n": i} for i in range(4)], working_dir=wd)
+    assert error.value.failed == 4 and not error.value.retryable
+    assert sim.stats()["requests"] == 8  # every answer judged (and refused), none dropped
+    failures = [line for line in open(error.value.failed_requests_uri) if line.strip()]
+    assert len(failures) == 4 and all("raised KeyError" in line for line in failures)
