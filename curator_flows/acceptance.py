@@ -3,24 +3,30 @@ finalize: the finish reason must not be one of ``invalid_finish_reasons``, and t
 validate against ``response_format`` (when there is one).
 
 Invariants:
-- a response is stored as a success only if :meth:`Acceptance.problem` is ``None``;
-- finalize judges stored successes again with :meth:`Acceptance.accept` (the model may have
-  tightened since), so a row is never parsed from content the current model refuses; such a
-  success is taken back (an invalidation line, :mod:`curator_flows.pending`) and sent again;
-- :meth:`Acceptance.fingerprint` changes whenever the rule may judge differently: the
-  invalid finish reasons, and ``response_format``'s JSON schema, class source and validator
-  code (its own and those of every model and validator function it nests), so a finished
-  output is re-finalized, never returned stale.
+- a response is stored as a success only if :meth:`Acceptance.problem` is ``None``; a validator
+  that raises something other than a validation error refuses the answer with that error as
+  the reason (it never escapes into a runner, where it would drop answers in flight);
+- every finalize judges the stored successes again with :meth:`Acceptance.accept` (the rule may
+  have tightened since, through its code or through what its code reads: an environment
+  variable, a module constant), so a row is never parsed from content the current rule
+  refuses; such a success is taken back (an invalidation line, :mod:`curator_flows.pending`)
+  and sent again;
+- a finished output is reused without finalizing again only when the current rule, applied
+  to every stored success, refuses none and makes of them exactly what the output was parsed
+  from (:class:`Judged`, :func:`judge_stored`): judging is what decides, never a fingerprint
+  of the rule's code, so a rule that changed without its source changing is always applied.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Any
 
-from .fingerprint import canonical, code_fingerprint, digest
+from .pending import SUCCESS, read_shard
 
 if TYPE_CHECKING:
     from .llm import LLM
+    from .store import RunStore
 
 
 class Acceptance:
@@ -45,6 +51,11 @@ class Acceptance:
             return None, (
                 f"content does not match {self.model.__name__}: {where}: {first.get('msg')}"
             )
+        except Exception as exc:  # noqa: BLE001 - a validator's own bug refuses the answer too
+            return None, (
+                f"validating the content with {self.model.__name__} raised "
+                f"{type(exc).__name__}: {exc} (a bug in a validator?)"
+            )
 
     def accept(self, finish_reason: str | None, content: str) -> tuple[Any, str | None]:
         """Like :meth:`validate`, the finish reason judged first."""
@@ -56,76 +67,55 @@ class Acceptance:
         """Why :meth:`accept` refuses the answer, or ``None``."""
         return self.accept(finish_reason, content or "")[1]
 
+
+class Judged:
+    """What the rule made of a run's stored successes: how many it accepted, and an order-free
+    digest of ``(request id, what parse() receives)`` over them (a validated model as its JSON,
+    else the content), so two judgings compare equal exactly when they accepted the same
+    answers and made the same values of them."""
+
+    __slots__ = ("count", "total")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0
+
+    def add(self, request_id: str, response: Any) -> None:
+        self.count += 1
+        value = hashlib.blake2b(digest_size=16)
+        value.update(request_id.encode())
+        value.update(b"\0")
+        value.update(_value_bytes(response))
+        self.total = (self.total + int.from_bytes(value.digest(), "little")) & _MASK
+
     def fingerprint(self) -> str:
-        """What the rule depends on (see the module's invariants)."""
-        parts: list[str | bytes] = [canonical(sorted(r for r in self.invalid if r is not None))]
-        parts.append(str(None in self.invalid))
-        if self.model is not None:
-            parts.append(canonical(self.model.model_json_schema()))
-            parts.extend(model_code(self.model))
-        return digest(*parts)
+        return f"{self.count}-{self.total:032x}"
 
 
-def model_code(model: type) -> list[str]:
-    """Fingerprints of the code a pydantic model runs when it validates: each model class's
-    source (or its validators' code when there is no source) and every validator function,
-    for ``model`` and every model nested in its fields, in a stable order."""
-    seen: set[type] = set()
-    found: list[str] = []
-    pending = [model]
-    while pending:
-        cls = pending.pop(0)
-        if cls in seen:
-            continue
-        seen.add(cls)
-        found.append(f"{cls.__module__}.{cls.__qualname__}:{_class_source(cls)}")
-        for func in _validator_functions(cls):
-            found.append(code_fingerprint(func))
-        for info in getattr(cls, "model_fields", {}).values():
-            for item in _walk(info.annotation, *info.metadata):
-                if isinstance(item, type) and hasattr(item, "model_fields"):
-                    pending.append(item)
-                elif callable(getattr(item, "func", None)):  # AfterValidator(f) & co
-                    found.append(code_fingerprint(item.func))
-    return found
+_MASK = (1 << 128) - 1
 
 
-def _class_source(cls: type) -> str:
-    import inspect
-
+def _value_bytes(response: Any) -> bytes:
+    if isinstance(response, str):
+        return response.encode("utf-8", "surrogatepass")
     try:
-        return digest("src", inspect.getsource(cls))
-    except (OSError, TypeError):
-        return "no-source"
+        return response.model_dump_json().encode("utf-8", "surrogatepass")
+    except Exception:  # noqa: BLE001 - a value pydantic cannot serialise: compare by repr
+        return repr(response).encode("utf-8", "surrogatepass")
 
 
-def _validator_functions(cls: type) -> list[Any]:
-    decorators = getattr(cls, "__pydantic_decorators__", None)
-    if decorators is None:
-        return []
-    funcs = []
-    for group in (
-        "validators",
-        "field_validators",
-        "root_validators",
-        "model_validators",
-        "field_serializers",
-        "model_serializers",
-    ):
-        for name in sorted(getattr(decorators, group, {}) or {}):
-            funcs.append(getattr(decorators, group)[name].func)
-    return funcs
-
-
-def _walk(*roots: Any) -> list[Any]:
-    """Everything named in a field's annotation and metadata, depth first (``list[Step]``,
-    ``A | None``, ``Annotated[int, AfterValidator(f)]``)."""
-    import typing
-
-    found = []
-    stack = list(reversed(roots))
-    while stack:
-        item = stack.pop()
-        found.append(item)
-        stack.extend(reversed(typing.get_args(item)))
-    return found
+def judge_stored(store: RunStore, shards: list[str], acceptance: Acceptance) -> str | None:
+    """The :meth:`Judged.fingerprint` of the stored successes of ``shards`` under the current
+    rule, or ``None`` as soon as the rule refuses one of them."""
+    judged = Judged()
+    for shard in shards:
+        lines = read_shard(store, shard, keep=True)
+        for request_id, kind in lines.kinds.items():
+            if kind != SUCCESS:
+                continue
+            record = lines.lines[request_id]
+            response, error = acceptance.accept(record.get("finish_reason"), record["content"])
+            if error is not None:
+                return None
+            judged.add(request_id, response)
+    return judged.fingerprint()

@@ -7,19 +7,21 @@ The policy: **widen the type, else store the column as JSON text.**
   up to 76 digits), ``datetime`` (naive → ``timestamp[us]``, aware → ``timestamp[us, tz]``, kept
   aware), ``date``, ``time``, ``timedelta`` → duration, lists/tuples/sets → list, dicts with
   string keys → struct; an ``Enum`` is its value, a ``UUID`` its string, a pydantic model its
-  ``model_dump()``, a numpy scalar its Python value.
+  ``model_dump()``, a numpy scalar its Python value, a numpy array its nested list, pandas'
+  ``NaT`` and ``NA`` null.
 - A column's type is the join of its values' kinds, over every row of every shard: null joins
   anything; int64 and float64 give float64; int64 and decimals give a wide enough decimal;
   timestamps of different time zones give ``timestamp[us, tz=UTC]`` (the same instants); lists
   and structs join element- and field-wise (a missing field is null).
 - Anything else (a string and a number, naive and aware datetimes, a dict with non-string keys,
-  a string holding a lone surrogate, an empty dict, a number too wide for 76 digits, ...) makes
-  the **whole column JSON text**: every value of it is stored as its JSON encoding (strings
-  quoted; ``Decimal`` as a string; ``bytes`` as base64; durations as seconds; non-ASCII
-  escaped only when a lone surrogate needs it).
+  a string holding a lone surrogate, at any depth, an empty dict, a number too wide for 76
+  digits, ...) makes the **whole column JSON text**: every value of it is stored as its JSON
+  encoding (strings quoted; ``Decimal`` as a string; ``bytes`` as base64; durations as
+  seconds; non-ASCII escaped only when a lone surrogate needs it).
 - A value that not even JSON can hold (an arbitrary object, a dict key that is not a string,
-  number, bool or null) raises :class:`~curator_flows.errors.OutputError` naming the row and
-  the column; nothing else fails.
+  number, bool or null, a value nested too deep or containing itself) raises
+  :class:`~curator_flows.errors.OutputError` naming the row and the column, and so does a
+  column name that is not valid text; nothing else fails.
 
 Every shard of a run ends up with the same schema (:func:`join_schemas`, :func:`conform`), so
 readers concatenate shard files without promotion. A column stored as JSON text carries the field
@@ -122,6 +124,8 @@ def kind_of(value: Any) -> tuple[Kind, Any]:
         )
     if t is float:
         return FLOAT, value
+    if t.__name__ in ("NaTType", "NAType") and t.__module__.startswith("pandas"):
+        return NULL, None  # pandas' missing values (NaT is a datetime that has no value)
     if isinstance(value, enum.Enum):
         return kind_of(value.value)
     if isinstance(value, bool):
@@ -157,7 +161,7 @@ def kind_of(value: Any) -> tuple[Kind, Any]:
     if hasattr(value, "model_dump") and callable(value.model_dump):
         return kind_of(value.model_dump())
     if type(value).__module__ == "numpy" and hasattr(value, "item"):
-        return kind_of(value.item())
+        return kind_of(value.tolist() if getattr(value, "ndim", 0) else value.item())
     raise _NotStorable(f"a value of type {type(value).__name__}")
 
 
@@ -259,13 +263,14 @@ def arrow_type(kind: Kind):
     return pa.struct([pa.field(name, arrow_type(k)) for name, k in kind[1]])
 
 
-def _storable(kind: Kind) -> bool:
-    """Whether Arrow, Parquet and ``datasets`` all hold ``kind`` (no empty struct)."""
+def _storable(kind: Kind, nested: bool = False) -> bool:
+    """Whether Arrow, Parquet and ``datasets`` all hold ``kind`` (no empty struct), and no part
+    of it needs JSON text (a lone surrogate in a field: the whole column is JSON text)."""
     if kind[0] == "list":
-        return _storable(kind[1])
+        return _storable(kind[1], True)
     if kind[0] == "struct":
-        return bool(kind[1]) and all(_storable(k) for _, k in kind[1])
-    return True
+        return bool(kind[1]) and all(_storable(k, True) for _, k in kind[1])
+    return not (nested and kind == JSON)
 
 
 # ----------------------------------------------------------------------------- JSON text
@@ -287,7 +292,7 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "model_dump") and callable(value.model_dump):
         return value.model_dump()
     if type(value).__module__ == "numpy" and hasattr(value, "item"):
-        return value.item()
+        return value.tolist() if getattr(value, "ndim", 0) else value.item()
     raise TypeError(f"a value of type {type(value).__name__}")
 
 
@@ -306,6 +311,8 @@ def _json_text(value: Any) -> str:
         pass  # integers past 64 bits, lone surrogates: the stdlib encoder
     try:
         return json.dumps(value, default=_json_default, ensure_ascii=True)
+    except RecursionError:
+        raise _NotStorable("a value nested too deep, or containing itself,") from None
     except (TypeError, ValueError) as exc:
         raise _NotStorable(str(exc)) from None
 
@@ -415,7 +422,7 @@ def build(column: str, values: list[Any], origin: Callable[[int], Any], target: 
     for value in values:
         try:
             value_kind, value = kind_of(value)
-        except _NotStorable:
+        except (_NotStorable, RecursionError):
             value_kind = JSON  # _json_array names the row
         kind = join(kind, value_kind)
         converted.append(value)
@@ -445,6 +452,13 @@ def rows_table(rows: list[dict[str, Any]], origins: list[Any]):
     names: dict[str, None] = {}
     for row in rows:
         names.update(dict.fromkeys(row))
+    for name in names:
+        if not _utf8(name):
+            first = next(i for i, row in enumerate(rows) if name in row)
+            raise OutputError(
+                f"row {origins[first]}: the column name {name!r} is not valid text (a lone "
+                "surrogate); make parse() return column names that are"
+            )
     kinds: dict[str, Kind] = {}
     arrays = []
     fields = []

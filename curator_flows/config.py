@@ -2,7 +2,9 @@
 
 Invariants:
 - an unknown key, a wrong type or an out-of-range value raises :class:`ConfigError` naming the
-  key and, for unknown keys, every allowed key of the mode;
+  key and, for unknown keys, every allowed key of the mode; a boolean is not a number, a number
+  is finite, and ``base_url`` is an http(s) URL with a host, so no mistake here surfaces later
+  as a retryable error;
 - :meth:`BackendConfig.output_params` holds exactly the parameters that change what a request
   returns; it never holds secrets, rate limits or concurrency, so it is safe to fingerprint;
 - :meth:`BackendConfig.public_dict` never contains the API key.
@@ -12,8 +14,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from .credentials import Secret, check_base_url
 from .errors import ConfigError
 
 __all__ = ["BackendConfig", "Mode"]
@@ -21,8 +32,21 @@ __all__ = ["BackendConfig", "Mode"]
 Mode = Literal["online", "batch", "offline"]
 
 
+#: annotations of number fields, which refuse booleans (pydantic takes True as 1)
+_NUMBERS = frozenset({int, float, int | None, float | None})
+
+
 class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, arbitrary_types_allowed=True
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in _NUMBERS:
+            raise ValueError(f"must be a number, not the boolean {value}")
+        return value
 
 
 class CommonParams(_Params):
@@ -30,7 +54,8 @@ class CommonParams(_Params):
     require_all_responses: bool = False
     base_url: str | None = None
     request_timeout: float = Field(600, gt=0)
-    api_key: SecretStr | None = None
+    #: held as a Secret: masked when shown, withheld when pickled (see credentials.Secret)
+    api_key: Secret | None = None
     in_mtok_cost: float | None = Field(None, ge=0)
     out_mtok_cost: float | None = Field(None, ge=0)
     invalid_finish_reasons: tuple[str, ...] = ("content_filter", "length")
@@ -41,6 +66,18 @@ class CommonParams(_Params):
     # Ours, not Curator's: see README "backend_params".
     shard_size: int = Field(10_000, ge=1)
     progress: Literal["auto", "bar", "log", "off"] = "auto"
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _secret(cls, value: Any) -> Secret | None:
+        return Secret.of(value)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_base_url(value, "base_url")
+        return value
 
 
 class OnlineParams(CommonParams):
@@ -101,8 +138,8 @@ _PARAMS_BY_MODE: dict[str, type[CommonParams]] = {
 }
 
 # Keys that change a response's content; everything else (limits, retries, paths, keys) doesn't.
-# ``invalid_finish_reasons`` changes which answers are accepted, not what the model returns: the
-# acceptance fingerprint covers it, and finalize judges the stored answers again.
+# ``invalid_finish_reasons`` changes which answers are accepted, not what the model returns:
+# every finalize (and every cache hit) judges the stored answers again.
 _OUTPUT_KEYS = ("max_tokens", "min_tokens", "max_model_length")
 # vLLM engine arguments that only size or place the engine; every other one (dtype,
 # quantization, seed, chat_template, ...) may change outputs and is fingerprinted.
@@ -145,6 +182,8 @@ class BackendConfig:
             raise ConfigError(f"invalid backend_params for {mode} mode: {problems}") from None
 
     def __getattr__(self, name: str) -> Any:
+        if name == "params" or name.startswith("__"):  # not set yet: an unpickling copy
+            raise AttributeError(name)
         return getattr(self.params, name)
 
     def api_key(self) -> str | None:

@@ -5,39 +5,48 @@ Invariants:
 - the driver sequences the same engine functions an orchestrator calls one step at a time, so
   an in-process run and an orchestrated run leave the same run directory and report the same
   statistics (both read the run's ledger);
-- a finished run whose output was parsed by the same ``parse()`` and state and judged by the
-  same acceptance rule (``response_format`` code and schema, invalid finish reasons), with
-  nothing failed, is returned without sending, parsing or writing anything;
+- a finished run whose output was parsed by the same ``parse()`` and state, with nothing
+  failed, is returned without sending, parsing or writing anything, but only after the
+  current acceptance rule judged every stored answer again and made of them exactly what the
+  output was parsed from (:func:`~curator_flows.acceptance.judge_stored`), so a rule
+  tightened through its environment is applied too;
 - when finalize takes back stored answers the current model refuses, the driver sends those
-  requests again and finalizes once more, in the same call.
+  requests again and finalizes once more, in the same call;
+- derived files that are damaged or missing (``output/stats.json``, an output file) are
+  rewritten by finalizing again, never reported.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .acceptance import Acceptance
+from .acceptance import Acceptance, judge_stored
 from .credentials import Credentials
-from .finalize import check_complete, finalize_run, response_of
+from .errors import CorruptRunError
+from .finalize import check_complete, finalize_run, read_output, response_of
 from .prepare import prepare_run
-from .store import OUTPUT_STATS, RunStore
+from .store import RunStore
 
 if TYPE_CHECKING:
     from .llm import LLM
     from .types import CuratorResponse
 
 
-def finished_output(store: RunStore, llm: LLM) -> dict[str, Any] | None:
-    """The stored output when it is complete, parsed by the same ``parse()`` and state and
-    judged by the same acceptance rule."""
-    output = store.read_json_if_exists(OUTPUT_STATS)
+def finished_output(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[str, Any] | None:
+    """The stored output when it is complete, parsed by the same ``parse()`` and state from
+    what the current acceptance rule makes of the stored answers (all of them accepted)."""
+    try:
+        output = read_output(store)
+    except CorruptRunError:
+        return None  # finalize rewrites it
     if (
         output is None
         or output.get("failed")
         or output.get("parse_fingerprint") != llm.parse_fingerprint()
     ):
         return None
-    if output.get("acceptance_fingerprint") != Acceptance(llm).fingerprint():
+    shards = [shard["name"] for shard in manifest["shards"]]
+    if judge_stored(store, shards, Acceptance(llm)) != output.get("judged_fingerprint"):
         return None
     return output
 
@@ -55,14 +64,18 @@ def run_in_process(
     store, manifest, _ = prepare_run(
         llm, dataset, working_dir, run_key=run_key, credentials=credentials
     )
-    output = finished_output(store, llm)
-    if output is None:
-        if manifest["requests"]:
-            _send(store, manifest, llm, credentials)
+    output = finished_output(store, manifest, llm)
+    if output is not None:
+        try:
+            return response_of(store, manifest, output)
+        except CorruptRunError:  # an output file is missing or damaged: finalize rewrites it
+            pass
+    if manifest["requests"]:
+        _send(store, manifest, llm, credentials)
+    output = finalize_run(store, manifest, llm)
+    if output.get("invalidated"):  # stored answers the current model refuses: ask again
+        _send(store, manifest, llm, credentials)
         output = finalize_run(store, manifest, llm)
-        if output.get("invalidated"):  # stored answers the current model refuses: ask again
-            _send(store, manifest, llm, credentials)
-            output = finalize_run(store, manifest, llm)
     check_complete(store, output, llm.config.require_all_responses)
     return response_of(store, manifest, output)
 

@@ -75,6 +75,17 @@ class RunNotFoundError(CuratorFlowsError, FileNotFoundError):
     """No prepared run at the given URI."""
 
 
+class CorruptRunError(CuratorFlowsError, ValueError):
+    """A file of a run directory (or a published output's marker) is damaged: cut short, not
+    valid JSON, not of the shape this library writes, or missing. It does not fix itself; the
+    message names the file and says how to recover without paying again."""
+
+
+class StorageAccessError(CuratorFlowsError, OSError):
+    """A location cannot be used as given: permission denied, or a file where a directory
+    belongs (or the reverse). The message names the path; fix it or its permissions."""
+
+
 class UnknownShardError(ConfigError):
     """A shard name the run does not have."""
 

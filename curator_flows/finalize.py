@@ -10,7 +10,9 @@ Invariants:
   order (shards in order, rows in order within a shard);
 - every stored success is judged again by the current acceptance rule
   (:class:`~curator_flows.acceptance.Acceptance`); one it refuses is taken back with an
-  invalidation line, so the request is pending again and the next run sends it;
+  invalidation line, so the request is pending again and the next run sends it; what the
+  rule made of the accepted ones is recorded (``judged_fingerprint``, what a cache hit
+  compares);
 - requests with no standing answer (never answered, or taken back) make the run incomplete:
   :class:`~curator_flows.errors.IncompleteRunError` names their shards (``pending_shards``),
   raised after everything was written;
@@ -38,10 +40,16 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .acceptance import Acceptance
+from .acceptance import Acceptance, Judged
 from .backends.factory import output_estimate
 from .credentials import Credentials
-from .errors import ConfigError, IncompleteRunError, ParseError, TooManyFailuresError
+from .errors import (
+    ConfigError,
+    CorruptRunError,
+    IncompleteRunError,
+    ParseError,
+    TooManyFailuresError,
+)
 from .failures import (
     NOT_SENT,
     PARSE_ERROR,
@@ -52,7 +60,7 @@ from .failures import (
 )
 from .fingerprint import digest
 from .ledger import run_totals
-from .pending import INVALIDATED, invalidation_line, read_shard
+from .pending import INVALIDATED, invalidation_line, iter_requests, read_shard
 from .results import FinalizeResult, make
 from .rowcodec import decode as decode_input
 from .runs import RunRef, llm_for, open_run
@@ -130,9 +138,45 @@ def _write_table(store: RunStore, rel: str, table) -> str:
     return sink.hash.hexdigest()
 
 
+_REFINALIZE = "finalize the run again to rewrite it from the stored responses (nothing is sent)"
+
+
 def _read_table(store: RunStore, rel: str):
-    with store.arrow_stream(rel) as reader:
-        return reader.read_all()
+    """An output file, whole; one that is missing or damaged raises
+    :class:`~curator_flows.errors.CorruptRunError` (finalize rewrites it)."""
+    import pyarrow as pa
+
+    try:
+        with store.arrow_stream(rel) as reader:
+            return reader.read_all()
+    except FileNotFoundError:
+        problem = "is missing"
+    except pa.ArrowInvalid as exc:  # cut short or overwritten
+        problem = f"is damaged ({exc})"
+    raise CorruptRunError(f"{store.uri}/{rel} {problem}: {_REFINALIZE}")
+
+
+def read_output(store: RunStore) -> dict[str, Any] | None:
+    """The run's ``output/stats.json``, ``None`` before the first finalize; one that is
+    damaged (not JSON, or not the shape finalize writes) raises
+    :class:`~curator_flows.errors.CorruptRunError` saying to finalize again."""
+    try:
+        output = store.read_json_if_exists(OUTPUT_STATS)
+    except CorruptRunError as exc:
+        raise CorruptRunError(f"{exc}; {_REFINALIZE}") from None
+    if output is None:
+        return None
+    outputs = output.get("outputs") if isinstance(output, dict) else None
+    if not (
+        isinstance(outputs, list)
+        and all(isinstance(rel, str) for rel in outputs)
+        and all(isinstance(output.get(key), dict) for key in RunStats().to_dict())
+    ):
+        raise CorruptRunError(
+            f"{store.uri}/{OUTPUT_STATS} is damaged: not the statistics finalize writes; "
+            f"{_REFINALIZE}"
+        )
+    return output
 
 
 class _ShardOutput:
@@ -165,6 +209,8 @@ class _Tally:
     #: requests without a standing answer: how many, and their estimated prompt tokens
     resend_requests: int = 0
     resend_input_tokens: int = 0
+    #: what the acceptance rule made of the stored successes it accepted
+    judged: Judged = field(default_factory=Judged)
 
 
 def _judge(record: dict[str, Any] | None, acceptance: Acceptance) -> tuple[Any, str | None, bool]:
@@ -190,6 +236,7 @@ def _judge(record: dict[str, Any] | None, acceptance: Acceptance) -> tuple[Any, 
 def _finalize_shard(
     store: RunStore,
     name: str,
+    expected: int,
     llm: LLM,
     acceptance: Acceptance,
     tally: _Tally,
@@ -214,7 +261,7 @@ def _finalize_shard(
     origins: list[Any] = []
     refused: list[dict[str, Any]] = []
     unanswered = 0
-    for request in store.iter_lines(f"requests/{name}.jsonl"):
+    for request in iter_requests(store, name, expected):
         stats.request_stats.total += 1
         record = latest.get(request["id"])
         response, error, taken = _judge(record, acceptance)
@@ -234,6 +281,7 @@ def _finalize_shard(
             elif record.get("retryable", True):  # lines written before the flag: may be
                 tally.retryable += 1
             continue
+        tally.judged.add(request["id"], response)
         if llm.return_completions_object:
             response = _completion_of(llm, request, record)
         try:
@@ -324,7 +372,9 @@ def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[st
     stats = tally.stats
     with store.atomic_writer(FAILED) as failed_file:
         outputs = [
-            _finalize_shard(store, shard["name"], llm, acceptance, tally, failed_file, batch)
+            _finalize_shard(
+                store, shard["name"], shard["requests"], llm, acceptance, tally, failed_file, batch
+            )
             for shard in manifest["shards"]
         ]
     if not tally.failed:
@@ -360,7 +410,7 @@ def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[st
         "rows": sum(shard.rows for shard in outputs),
         "columns": columns,
         "parse_fingerprint": llm.parse_fingerprint(),
-        "acceptance_fingerprint": acceptance.fingerprint(),
+        "judged_fingerprint": tally.judged.fingerprint(),
         "limits": totals.get("limits") or {},
         "failed": tally.failed,
         "retryable_failures": tally.retryable,
@@ -667,7 +717,7 @@ def load_response(
 
     credentials = Credentials.coerce(credentials)
     store, manifest = open_run(run, credentials.storage_options)
-    output = store.read_json_if_exists(OUTPUT_STATS)
+    output = read_output(store)
     if output is None:
         raise RunNotFoundError(f"run {manifest['run_id']} is not finalized yet: call finalize")
     return response_of(store, manifest, output)

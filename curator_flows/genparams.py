@@ -7,12 +7,17 @@ Invariants:
 - an unknown key close to a known one fails with "did you mean"; on the provider's own endpoint
   any unknown key fails (with the allowed keys); an OpenAI-compatible server (a custom
   ``base_url``) or litellm may take provider-specific keys, so there only near-misses fail;
-- known keys are type-checked (numbers are not booleans, counts are integers).
+- known keys are type-checked (numbers are not booleans, counts are integers, numbers are
+  finite) and range-checked: on the provider's own endpoint against the ranges its API
+  documents (:data:`OPENAI_RANGES`, :data:`ANTHROPIC_RANGES`), elsewhere against what no
+  sampler accepts (:data:`ANY_RANGES`: a negative temperature, ``top_p`` outside [0, 1], a
+  token budget below 1).
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any
 
 from .errors import ConfigError
@@ -49,6 +54,21 @@ ANTHROPIC_PARAMS: dict[str, str] = {
     "mcp_servers": _LIST, "context_management": _DICT, "system": _ANY,
 }  # fmt: skip
 
+#: (lowest, highest) of a number, inclusive (``None``: unbounded), as each API documents them
+OPENAI_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "temperature": (0, 2), "top_p": (0, 1), "frequency_penalty": (-2, 2),
+    "presence_penalty": (-2, 2), "top_logprobs": (0, 20), "max_tokens": (1, None),
+    "max_completion_tokens": (1, None),
+}  # fmt: skip
+ANTHROPIC_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "temperature": (0, 1), "top_p": (0, 1), "top_k": (0, None), "max_tokens": (1, None),
+}  # fmt: skip
+#: what no endpoint accepts (custom OpenAI-compatible servers, litellm's providers)
+ANY_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "temperature": (0, None), "top_p": (0, 1), "max_tokens": (1, None),
+    "max_completion_tokens": (1, None),
+}  # fmt: skip
+
 _CHECKS = {
     _NUMBER: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
     _INT: lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -81,6 +101,9 @@ def validate_generation_params(
         if backend == "openai" and custom_endpoint:
             known.update(COMPATIBLE_EXTRAS)
         strict = backend == "openai" and not custom_endpoint
+    ranges = ANY_RANGES
+    if strict:
+        ranges = ANTHROPIC_RANGES if backend == "anthropic" else OPENAI_RANGES
     if params.get("stream"):
         raise ConfigError(
             "generation_params['stream']=True is not supported: every response is stored whole "
@@ -112,3 +135,17 @@ def validate_generation_params(
             raise ConfigError(
                 f"generation_params[{key!r}] must be {kind}, got {type(value).__name__} ({value!r})"
             )
+        if kind in (_NUMBER, _INT) and value is not None:
+            _check_range(backend, key, value, ranges)
+
+
+def _check_range(backend: str, key: str, value: float, ranges: dict[str, Any]) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(f"generation_params[{key!r}] must be a finite number, got {value!r}")
+    low, high = ranges.get(key, (None, None))
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise ConfigError(
+            f"generation_params[{key!r}]={value!r} is out of range: the {backend} backend takes "
+            f"{bounds}"
+        )

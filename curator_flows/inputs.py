@@ -13,7 +13,8 @@ What a ``dataset`` can be:
   prompt), or is a path (it has a ``/``) that exists locally. A ``pathlib.Path`` is always data.
   Strings inside a list are always prompts, so ``llm(["s3://..."])`` sends the text;
 - a data reference names a Parquet, JSON Lines (``.jsonl``/``.ndjson``/``.json``, optionally
-  compressed) or Arrow IPC/Feather file, a glob of them, or a directory: a published output
+  compressed) or Arrow IPC/Feather file, a glob of them (only when no path of that name
+  exists: an existing path is literal, brackets and all), or a directory: a published output
   (``_SUCCESS`` marker: exactly the files it lists), a run directory (``manifest.json``: the
   run's finalized output), a saved Hugging Face dataset (``save_to_disk``), or any directory of
   such files (hidden and ``_``-prefixed names skipped);
@@ -46,8 +47,9 @@ from typing import Any
 
 import orjson
 
+from .credentials import check_storage_credentials
 from .errors import InputError
-from .store import MANIFEST, OUTPUT_STATS, is_local
+from .store import MANIFEST, OUTPUT_STATS, access_errors, is_local
 
 #: rows converted to Python objects at a time from a columnar source
 CHUNK_ROWS = 1024
@@ -100,7 +102,7 @@ def iter_rows(dataset: Any, storage_options: dict[str, Any] | None = None) -> It
         return
     if isinstance(dataset, dict):
         if isinstance(dataset.get("run_uri"), str) and "run_id" in dataset:  # a step result
-            yield from iter_uri(dataset["run_uri"], storage_options)
+            yield from _iter_run(dataset["run_uri"], storage_options)
             return
         raise InputError(
             "dataset must be an iterable of rows, not a single dict: wrap it in a list"
@@ -279,17 +281,26 @@ def iter_uri(uri: str, storage_options: dict[str, Any] | None = None) -> Iterato
     """The rows stored at ``uri`` (a file, a glob or a directory; see the module docstring)."""
     import fsspec
 
+    check_storage_credentials(uri, storage_options)
     try:
         fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     except (ImportError, ValueError) as exc:
         raise InputError(f"cannot open the dataset URI {uri!r}: {exc}") from None
     fs.invalidate_cache()  # a long-lived worker must see today's files, not a cached listing
-    files = _resolve(fs, path, uri, storage_options or {})
-    if isinstance(files, _Rows):
-        yield from files.rows
-        return
-    for file in files:
-        yield from _read_file(fs, file)
+    with access_errors(uri, "read the dataset"):
+        files = _resolve(fs, path, uri, storage_options or {})
+        if isinstance(files, _Rows):
+            yield from files.rows
+            return
+        for file in files:
+            try:
+                yield from _read_file(fs, file)
+            except FileNotFoundError:
+                raise InputError(
+                    f"{file}, a file of the dataset {uri}, disappeared while it was being read; "
+                    "prepare again once the dataset is complete",
+                    retryable=True,
+                ) from None
 
 
 class _Rows:
@@ -309,12 +320,8 @@ def _format_of(path: str) -> str | None:
 
 
 def _resolve(fs: Any, path: str, uri: str, storage_options: dict[str, Any]) -> Any:
-    """The data files ``path`` stands for, in order."""
-    if _GLOB.search(path):
-        files = [p for p in sorted(fs.glob(path)) if _format_of(p) and fs.isfile(p)]
-        if not files:
-            raise InputError(f"no data files match {uri}")
-        return files
+    """The data files ``path`` stands for, in order. A path that exists is taken literally
+    (a run directory or an output under ``runs[1]/``); only a path that does not is a glob."""
     if fs.isdir(path):
         return _resolve_directory(fs, path.rstrip("/"), uri, storage_options)
     if fs.exists(path):
@@ -324,6 +331,11 @@ def _resolve(fs: Any, path: str, uri: str, storage_options: dict[str, Any]) -> A
                 "Arrow IPC/Feather (.arrow, .feather)"
             )
         return [path]
+    if _GLOB.search(path):
+        files = [p for p in sorted(fs.glob(path)) if _format_of(p) and fs.isfile(p)]
+        if not files:
+            raise InputError(f"no data files match {uri}")
+        return files
     raise InputError(
         f"no such file or directory: {uri} (to send this text as a prompt, pass it in a list: "
         "llm([text]))"
@@ -428,8 +440,14 @@ def _iter_run(uri: str, storage_options: dict[str, Any]) -> Iterator[dict[str, A
             "before using it as a dataset"
         )
     for rel in output.get("outputs", []):
-        with store.arrow_stream(rel) as batches:  # as finalize wrote them
-            yield from _iter_batches(batches)
+        try:
+            with store.arrow_stream(rel) as batches:  # as finalize wrote them
+                yield from _iter_batches(batches)
+        except FileNotFoundError:
+            raise InputError(
+                f"the run at {store.uri} lacks its output file {rel}: finalize it again to "
+                "rewrite it (nothing is sent), then use it as a dataset"
+            ) from None
 
 
 # ----------------------------------------------------------------------------- file formats

@@ -5,6 +5,11 @@ Invariants:
   run at DAG-parse time);
 - the constructor's arguments are recorded as given (:meth:`LLM.spec`), so a step that has only
   the run URI rebuilds an equal LLM (:mod:`curator_flows.rebuild`); secrets are never recorded;
+- an API key given to the LLM (``backend_params["api_key"]``, or an ``api_key`` argument) is
+  held as a :class:`~curator_flows.credentials.Secret` in every attribute (``backend_params``,
+  the recorded arguments, the validated config): masked in ``repr``, JSON and logs, revealed
+  only to the HTTP layer, and never in a pickle (Airflow's and Prefect's serialization, process
+  pools); an unpickled LLM takes its key from credentials or the environment;
 - ``__call__`` runs the steps in-process through :mod:`curator_flows.driver`, so an in-process
   run and an orchestrated run produce the same run directory;
 - :meth:`LLM.family_fingerprint` holds exactly what changes responses to the same messages, and
@@ -19,7 +24,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from .config import BackendConfig, Mode
-from .credentials import PROVIDER_ALIASES
+from .credentials import PROVIDER_ALIASES, hide_keys
 from .errors import ConfigError
 from .fingerprint import canonical, code_fingerprint, digest
 from .rebuild import constructor_spec, import_path, load_import_path
@@ -116,7 +121,8 @@ class LLM:
 
     def __new__(cls, *args: Any, **kwargs: Any) -> LLM:
         self = super().__new__(cls)
-        self._init_args = (args, kwargs)  # what spec() records to rebuild this LLM elsewhere
+        # what spec() records to rebuild this LLM elsewhere (keys held as Secrets, never kept)
+        self._init_args = (hide_keys(args), hide_keys(kwargs))
         return self
 
     def __init__(
@@ -164,7 +170,7 @@ class LLM:
             raise ConfigError(f"generation_params must be JSON-serialisable: {exc}") from None
         if backend_params is not None and not isinstance(backend_params, dict):
             raise ConfigError(f"backend_params must be a dict, got {type(backend_params).__name__}")
-        self.backend_params = dict(backend_params or {})
+        self.backend_params = hide_keys(dict(backend_params or {}))
         self.config = BackendConfig.from_user(self.mode, backend_params)
         if self.mode == "offline":  # engine and sampling values, without importing vLLM
             from .offline import check_params

@@ -278,7 +278,12 @@ class OnlineRunner:
         if self.retries and self.retries[0][0] <= time.monotonic():
             return heapq.heappop(self.retries)[2]
         if self.fresh is not None:
-            item = next(self.fresh, None)
+            try:
+                item = next(self.fresh, None)
+            except CuratorFlowsError as exc:  # a damaged requests file: in-flight ones finish
+                self.fresh = None
+                self.stop(exc)
+                return None
             if item is not None:
                 return item
             self.fresh = None

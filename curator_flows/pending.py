@@ -39,6 +39,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import CorruptRunError
 from .store import RunStore
 from .tokens import estimate_prompt_tokens
 
@@ -286,13 +287,57 @@ def done_ids(store: RunStore, shards: list[str]) -> dict[str, set[str]]:
     return {shard: success_ids(store, shard) for shard in shards}
 
 
+#: what every request line holds (written whole by prepare)
+REQUEST_KEYS = ("id", "row", "messages", "input")
+
+
+def iter_requests(store: RunStore, shard: str, expected: int | None = None) -> Iterator[dict]:
+    """The request lines of ``shard``, in order. The file is written whole at prepare, so a
+    line cut short, undecodable or missing a key, a missing file, or fewer lines than
+    ``expected`` is damage: :class:`~curator_flows.errors.CorruptRunError` names the file and
+    the line (and how to recover), never a silently dropped row."""
+    rel = f"requests/{shard}.jsonl"
+    count = 0
+    try:
+        for request in store.iter_lines(rel, whole=True):
+            count += 1
+            if not all(key in request for key in REQUEST_KEYS):
+                missing = [key for key in REQUEST_KEYS if key not in request]
+                raise CorruptRunError(
+                    f"{store.uri}/{rel} is damaged: line {count} has no {', '.join(missing)}"
+                )
+            yield request
+    except FileNotFoundError:
+        raise damaged_run(store, f"{store.uri}/{rel} is missing") from None
+    except CorruptRunError as exc:
+        raise damaged_run(store, str(exc)) from None
+    if expected is not None and count != expected:
+        raise damaged_run(
+            store,
+            f"{store.uri}/{rel} is damaged: it holds {count} requests, the manifest says "
+            f"{expected} (lines were cut off its end)",
+        )
+
+
+def damaged_run(store: RunStore, problem: str) -> CorruptRunError:
+    """The error for a damaged file of the run at ``store`` that the run cannot rebuild in
+    place (a requests file, the manifest), with the way back that pays for nothing twice."""
+    run_id = store.uri.rsplit("/", 1)[-1]
+    return CorruptRunError(
+        f"{problem}. To recover without paying again: move the run directory aside within the "
+        f"same working_dir (e.g. rename {run_id} to {run_id}-damaged) and prepare the run "
+        "again with the same dataset; the new run copies every answer stored in the old one "
+        "and sends only the rest"
+    )
+
+
 def pending_items(
     store: RunStore, shards: list[str], done: dict[str, set[str]]
 ) -> Iterator[WorkItem]:
     """Requests of ``shards`` without a standing success, streamed shard by shard."""
     for shard in shards:
         finished = done[shard]
-        for req in store.iter_lines(f"requests/{shard}.jsonl"):
+        for req in iter_requests(store, shard):
             if req["id"] not in finished:
                 messages = req["messages"]
                 yield WorkItem(

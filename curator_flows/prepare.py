@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .credentials import Credentials
+from .credentials import Credentials, check_storage_credentials
 from .errors import ConfigError, InputError, PromptError
 from .fingerprint import RequestIds, digest
 from .inputs import iter_rows
@@ -42,7 +42,7 @@ from .pending import run_pending
 from .results import PrepareResult, make
 from .reuse import SpooledIds, reuse_sibling_responses, sibling_runs
 from .rowcodec import encode_row
-from .runs import shard_sizes
+from .runs import read_manifest, shard_sizes
 from .store import MANIFEST, RunStore, default_working_dir, join_uri, shard_name
 
 if TYPE_CHECKING:
@@ -291,13 +291,14 @@ def prepare_run(
     credentials = credentials or Credentials()
     storage_options = credentials.storage_options
     working_dir = (working_dir or default_working_dir()).rstrip("/")
+    check_storage_credentials(working_dir, storage_options)  # before reading any row
     family = llm.family_fingerprint(run_key)
     spool_dir = tempfile.mkdtemp(prefix="curator-flows-spool-")
     try:
         shards, content_fp, rows = _render_shards(llm, dataset, family, spool_dir, storage_options)
         run_id = run_id_for(family, content_fp, llm.mode)
         store = RunStore(join_uri(working_dir, run_id), storage_options)
-        prepared = store.read_json_if_exists(MANIFEST)
+        prepared = read_manifest(store)
         if prepared is not None:
             return store, prepared, False
         store.remove("responses")  # copies a prepare that crashed before its manifest left

@@ -59,7 +59,7 @@ from typing import Any
 
 import orjson
 
-from .errors import ConfigError, StorageWriteError
+from .errors import ConfigError, CorruptRunError, StorageAccessError, StorageWriteError
 from .store import RunStore, join_uri
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,25 @@ _TMP_SUFFIX = ".parquet.tmp"
 def read_marker(
     output_uri: str, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any] | None:
-    """The ``_SUCCESS`` marker of ``output_uri``, or ``None`` when nothing was published."""
-    return RunStore(output_uri, storage_options).read_json_if_exists(MARKER)
+    """The ``_SUCCESS`` marker of ``output_uri``, or ``None`` when nothing was published. A
+    marker that is not valid JSON or lists no files (it is written whole, so it was damaged)
+    raises :class:`~curator_flows.errors.CorruptRunError` naming it."""
+    target = RunStore(output_uri, storage_options)
+    republish = "finalize the run with this output_uri again to publish it anew"
+    try:
+        marker = target.read_json_if_exists(MARKER)
+    except CorruptRunError as exc:
+        raise CorruptRunError(f"{exc}; {republish}") from None
+    files = marker.get("files") if isinstance(marker, dict) else None
+    if marker is not None and not (
+        isinstance(files, list)
+        and all(isinstance(entry, dict) and isinstance(entry.get("path"), str) for entry in files)
+    ):
+        raise CorruptRunError(
+            f"{target.uri}/{MARKER} is damaged: it lists no files as a publish writes them; "
+            f"{republish}"
+        )
+    return marker
 
 
 def published_files(output_uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
@@ -175,7 +192,11 @@ def publish(
             run_id=manifest["run_id"],
         )
     statistics = {key: output[key] for key in _STAT_KEYS}
-    previous = read_marker(target_uri, storage_options)
+    try:
+        previous = read_marker(target_uri, storage_options)
+    except CorruptRunError as exc:  # publishing anew replaces it
+        log.warning("%s", exc)
+        previous = None
     if (
         previous is not None
         and previous.get("run_id") == manifest["run_id"]
@@ -224,6 +245,9 @@ def publish(
             "statistics": statistics,
         }
         target.write_bytes(MARKER, orjson.dumps(marker, option=orjson.OPT_INDENT_2))
+    except StorageAccessError:  # a path or permission to fix, not a write to retry
+        _discard(target, staged)
+        raise
     except OSError as exc:
         _discard(target, staged)
         raise StorageWriteError(
@@ -402,8 +426,9 @@ def _move(target: RunStore, source: str, destination: str) -> None:
     delete on object stores)."""
     if target.local:
         os.replace(target.path(source), target.path(destination))
-    else:
-        target.fs.mv(target.path(source), target.path(destination))
+    else:  # cp_file and rm_file take the path as it is (mv would expand glob characters)
+        target.fs.cp_file(target.path(source), target.path(destination))
+        target.fs.rm_file(target.path(source))
 
 
 def _discard(target: RunStore, staged: list[tuple[str, str]]) -> None:

@@ -41,7 +41,9 @@ def _encode(value: Any, where: str) -> Any:
     """``value`` as JSON (classes as tagged import paths); raises TypeError naming ``where``."""
     from pydantic import SecretStr
 
-    if isinstance(value, SecretStr):
+    from .credentials import Secret
+
+    if isinstance(value, SecretStr | Secret):
         raise TypeError(f"{where} is a secret (secrets are never stored)")
     if type(value).__name__ == "Schema" and type(value).__module__.startswith("pyarrow"):
         import base64

@@ -19,8 +19,9 @@ Invariants:
   code, not data; ``StrEnum``/``IntEnum`` members already are their values), a pydantic model or
   a dataclass as a dict of its fields, any other mapping as a ``dict``, a subclass of ``str``,
   ``int``, ``float`` or ``list`` as the base type;
-- any other value raises :class:`~curator_flows.errors.InputError` naming the row, the column
-  and the path inside it.
+- any other value, a value that contains itself (a circular reference) and one nested too
+  deep for JSON (past about 250 levels) raise :class:`~curator_flows.errors.InputError`
+  naming the row, the column and the path inside it, at prepare (before anything is sent).
 
 Format: a tagged value is a JSON object whose first key is ``"$cf"`` (the tag) with its data in
 ``"v"`` (and ``"tz"``, ``"fold"``, ``"dtype"``, ``"shape"``, ``"unit"`` where needed). A user
@@ -47,6 +48,10 @@ TAG = "$cf"
 _I64_MIN = -(1 << 63)
 _U64_MAX = (1 << 64) - 1
 _PLAIN_FLOAT_SPECIALS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+#: the depth an error names for a row nested too deep to store (orjson writes at most 255
+#: levels, and a tag adds one)
+MAX_DEPTH = 200
+_CONTAINERS = (dict, list, tuple, set, frozenset)
 
 
 class _Unencodable(Exception):
@@ -106,21 +111,53 @@ def encode_row(index: int, row: Any) -> tuple[bytes, Any]:
         data, flat = _encode(row)
     except _Unencodable as exc:
         raise InputError(_unencodable_message(index, row, exc)) from None
-    except (TypeError, ValueError) as exc:  # not expected: values are converted before orjson
+    except RecursionError:
+        raise InputError(_nesting_message(index, row)) from None
+    except (TypeError, ValueError) as exc:  # orjson's own depth limit, or not expected
+        if "recursion" in str(exc).lower():
+            raise InputError(_nesting_message(index, row)) from None
         raise InputError(f"row {index}: cannot be stored in the run directory: {exc}") from None
     if flat:
         return data, dict(row) if type(row) is dict else row
     return data, loads(data)
 
 
-def _unencodable_message(index: int, row: Any, exc: _Unencodable) -> str:
+def _where(index: int, row: Any, path: list[Any]) -> str:
     where = f"row {index}"
-    path = exc.path
     if isinstance(row, dict) and path:
         where += f", column {path[0]!r}"
         path = path[1:]
     if path:
         where += " at " + "".join(f"[{step!r}]" for step in path)
+    return where
+
+
+def _nesting_message(index: int, row: Any) -> str:
+    """Where ``row`` contains itself, or is nested too deep (walked without recursion)."""
+    stack: list[tuple[Any, list[Any], frozenset[int]]] = [(row, [], frozenset())]
+    while stack:
+        value, path, above = stack.pop()
+        if not isinstance(value, _CONTAINERS):
+            continue
+        if id(value) in above:
+            return (
+                f"{_where(index, row, path)}: the value contains itself (a circular reference), "
+                "which cannot be stored in the run directory; pass a copy without the cycle"
+            )
+        if len(path) > MAX_DEPTH:
+            return (
+                f"{_where(index, row, path[:3])} ...: the value is nested more than {MAX_DEPTH} "
+                "levels deep, more than the run directory stores; flatten it or pass it as a "
+                "JSON string"
+            )
+        above = above | {id(value)}
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        stack.extend((item, [*path, step], above) for step, item in items)
+    return f"row {index}: nested too deeply to be stored in the run directory"
+
+
+def _unencodable_message(index: int, row: Any, exc: _Unencodable) -> str:
+    where = _where(index, row, exc.path)
     return (
         f"{where}: a value of type {exc.value_type} cannot be stored in the run directory "
         "(supported: JSON values, datetime/date/time/timedelta, Decimal, UUID, bytes, tuples, "

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import RunModeError, RunNotFoundError, UnknownShardError
+from .errors import CorruptRunError, RunModeError, RunNotFoundError, UnknownShardError
+from .pending import damaged_run
 from .rebuild import llm_from_spec
 from .spill import merge_spills
 from .store import MANIFEST, RunStore
@@ -34,13 +35,62 @@ def open_run(
     """The store and manifest of a prepared run (of ``mode``, when given), with the answers an
     earlier step of it on this machine had to spill merged back (:mod:`curator_flows.spill`)."""
     store = RunStore(run_uri(run), storage_options)
-    manifest = store.read_json_if_exists(MANIFEST)
+    manifest = read_manifest(store)
     if manifest is None:
         raise RunNotFoundError(f"no prepared run at {store.uri} (manifest.json missing)")
     if mode is not None and manifest["mode"] != mode:
         raise RunModeError(f"run {manifest['run_id']} is a {manifest['mode']} run, not {mode}")
     merge_spills(store, manifest)
     return store, manifest
+
+
+#: the manifest's fields every step reads, and the type each must have
+_MANIFEST_FIELDS = {
+    "run_id": str,
+    "mode": str,
+    "backend": str,
+    "model_name": str,
+    "llm": dict,
+    "shards": list,
+    "rows": int,
+    "requests": int,
+}
+
+
+def read_manifest(store: RunStore) -> dict[str, Any] | None:
+    """The run's manifest, ``None`` when it has none (not prepared, or a prepare that
+    crashed); one that is not valid JSON or not of the shape prepare writes raises
+    :class:`~curator_flows.errors.CorruptRunError` naming the file and the field."""
+    try:
+        manifest = store.read_json_if_exists(MANIFEST)
+    except CorruptRunError as exc:
+        raise damaged_run(store, str(exc)) from None
+    if manifest is None:
+        return None
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise damaged_run(store, f"{store.uri}/{MANIFEST} is damaged: {problem}")
+    return manifest
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    if not isinstance(manifest, dict):
+        return f"it holds a JSON {type(manifest).__name__}, not an object"
+    for name, kind in _MANIFEST_FIELDS.items():
+        if not isinstance(manifest.get(name), kind):
+            return f"its {name!r} is {_shown(manifest.get(name))}, not a {kind.__name__}"
+    for index, shard in enumerate(manifest["shards"]):
+        if not (
+            isinstance(shard, dict)
+            and isinstance(shard.get("name"), str)
+            and isinstance(shard.get("requests"), int)
+        ):
+            return f"its shard {index} is {_shown(shard)}, not a {{'name', 'requests'}} object"
+    return None
+
+
+def _shown(value: Any) -> str:
+    return "missing" if value is None else f"a {type(value).__name__}"
 
 
 def shard_names(manifest: dict[str, Any], shard: str | list[str] | None) -> list[str]:

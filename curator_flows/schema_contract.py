@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import SchemaChangeError, StorageWriteError
+from .errors import CorruptRunError, SchemaChangeError, StorageWriteError
 from .fingerprint import digest
 from .output_schema import describe, schema_from_json, schema_to_json
 from .store import RunStore
@@ -117,12 +117,10 @@ def read_contract(asset: RunStore) -> Contract | None:
 def _read_generation(asset: RunStore, generation: int) -> dict[str, Any] | None:
     """One generation file. Created exclusively on local disk, a file is visible (empty) for
     an instant before its bytes: an undecodable one is read again until it is whole."""
-    import orjson
-
     for _ in range(_PARTIAL_READS):
         try:
             return asset.read_json_if_exists(generation_path(generation))
-        except orjson.JSONDecodeError:
+        except CorruptRunError:  # not (yet) valid JSON
             time.sleep(_PARTIAL_WAIT)
     raise StorageWriteError(
         f"the schema contract {asset.uri}/{generation_path(generation)} is not valid JSON; "

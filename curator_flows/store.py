@@ -28,6 +28,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import os
 import shutil
@@ -41,6 +42,8 @@ import fsspec
 import orjson
 
 from . import liveness
+from .credentials import check_storage_credentials
+from .errors import CorruptRunError, StorageAccessError
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,44 @@ def default_working_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "curator-flows")
 
 
+def glob_magic(text: str) -> bool:
+    """Whether ``text`` holds a glob character (``*``, ``?`` or ``[``)."""
+    return any(ch in text for ch in "*?[")
+
+
+_ACCESS_PROBLEMS = (
+    (
+        PermissionError,
+        "permission denied: give this worker access to it (the directory's "
+        "permissions, or the storage credentials and their policy)",
+    ),
+    (
+        NotADirectoryError,
+        "a part of the path is a file where a directory belongs (is "
+        "working_dir or output_uri a file?)",
+    ),
+    (
+        IsADirectoryError,
+        "it is a directory where a file belongs (something other than curator-flows changed it)",
+    ),
+)
+
+
+@contextlib.contextmanager
+def access_errors(where: str, action: str) -> Iterator[None]:
+    """Turn the OS errors no retry fixes (permission denied, a file where a directory belongs or
+    the reverse) into :class:`~curator_flows.errors.StorageAccessError` naming ``where``."""
+    try:
+        yield
+    except StorageAccessError:
+        raise
+    except OSError as exc:
+        for kind, problem in _ACCESS_PROBLEMS:
+            if isinstance(exc, kind):
+                raise StorageAccessError(f"cannot {action} {where}: {problem}") from exc
+        raise
+
+
 def join_uri(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
@@ -86,6 +127,7 @@ class RunStore:
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
         self.uri = uri.rstrip("/")
         self.storage_options = storage_options or {}
+        check_storage_credentials(self.uri, self.storage_options)  # fails fast, never dials
         self.fs, self.root = fsspec.core.url_to_fs(self.uri, **self.storage_options)
         self.local = is_local(self.fs)
         if self.local:
@@ -96,17 +138,67 @@ class RunStore:
         return f"{self.root}/{rel}"
 
     def exists(self, rel: str) -> bool:
-        return self.fs.exists(self.path(rel))
+        with self._access(rel, "read"):
+            return self.fs.exists(self.path(rel))
+
+    def _access(self, rel: str, action: str) -> contextlib.AbstractContextManager[None]:
+        return access_errors(f"{self.uri}/{rel}" if rel else self.uri, action)
 
     def glob(self, pattern: str) -> list[str]:
-        """Relative paths matching ``pattern`` (relative to the run root), sorted."""
-        prefix = self.fs._strip_protocol(self.root).rstrip("/") + "/"
-        found = (self.fs._strip_protocol(p) for p in self.fs.glob(self.path(pattern)))
-        return sorted(p[len(prefix) :] for p in found if p.startswith(prefix))
+        """Relative paths matching ``pattern`` (relative to the run root), sorted.
+
+        Only ``pattern`` is a pattern (``*``, ``?`` and ``[...]`` match within one name): the
+        run root and every literal part are taken as they are, whatever characters they hold
+        (a ``working_dir`` named ``runs[1]``), since directories are listed and their names
+        matched here, never handed to fsspec's glob. Listings are fresh, never an fsspec cache.
+        """
+        found = [""]
+        parts = pattern.split("/")
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            if not glob_magic(part):
+                found = [f"{rel}{part}" + ("" if last else "/") for rel in found]
+                continue
+            found = [
+                f"{rel}{name}" + ("" if last else "/")
+                for rel in found
+                for name in self.list_names(rel.rstrip("/"))
+                if fnmatch.fnmatchcase(name, part)
+            ]
+        if not glob_magic(parts[-1]):
+            found = [rel for rel in found if self.exists(rel)]
+        return sorted(found)
+
+    def list_names(self, rel: str) -> list[str]:
+        """Names directly under the directory ``rel`` (``""``: the run root); empty when it
+        does not exist. The path is literal."""
+        path = self.root if not rel else self.path(rel)
+        if self.local:
+            try:
+                with self._access(rel, "list"):
+                    return os.listdir(path)
+            except FileNotFoundError:
+                return []
+        self.fs.invalidate_cache(path)
+        try:
+            with self._access(rel, "list"):
+                listed = self.fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        finally:  # leave no listing behind for other users of this (shared) fsspec instance
+            self.fs.invalidate_cache(path)
+        base = self.fs._strip_protocol(path).rstrip("/") + "/"
+        children = (self.fs._strip_protocol(p).rstrip("/") for p in listed)
+        return [child[len(base) :] for child in children if child.startswith(base)]
 
     def _ensure_parent(self, path: str) -> None:
         if self.local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            parent = os.path.dirname(path)
+            with access_errors(parent, "create the directory"):
+                try:
+                    os.makedirs(parent, exist_ok=True)
+                except FileExistsError:  # a file of that name
+                    raise NotADirectoryError(parent) from None
 
     # ------------------------------------------------------------ whole files
     @contextlib.contextmanager
@@ -127,21 +219,23 @@ class RunStore:
         """Write ``rel`` atomically."""
         path = self.path(rel)
         self._ensure_parent(path)
-        if self.local:
-            with self._replacing(path) as tmp, open(tmp, "wb") as handle:
-                handle.write(data)
-        else:
-            self.fs.pipe_file(path, data)
+        with self._access(rel, "write"):
+            if self.local:
+                with self._replacing(path) as tmp, open(tmp, "wb") as handle:
+                    handle.write(data)
+            else:
+                self.fs.pipe_file(path, data)
 
     def put_local_file(self, local_path: str, rel: str) -> None:
         """Move (locally) or upload (object stores) a finished local file to ``rel``, whole."""
         path = self.path(rel)
         self._ensure_parent(path)
-        if self.local:
-            with self._replacing(path) as tmp:
-                shutil.move(local_path, tmp)
-        else:
-            self.fs.put_file(local_path, path)
+        with self._access(rel, "write"):
+            if self.local:
+                with self._replacing(path) as tmp:
+                    shutil.move(local_path, tmp)
+            else:
+                self.fs.put_file(local_path, path)
 
     def create_exclusive(self, rel: str, obj: Any) -> bool:
         """Create ``rel`` holding ``obj`` (JSON) only if it does not exist; ``False`` when it
@@ -151,7 +245,8 @@ class RunStore:
         self._ensure_parent(path)
         if self.local:
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                with self._access(rel, "create"):
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 return False
             try:
@@ -160,7 +255,8 @@ class RunStore:
                 os.close(fd)
             return True
         try:
-            self.fs.pipe_file(path, data, mode="create")
+            with self._access(rel, "create"):
+                self.fs.pipe_file(path, data, mode="create")
         except FileExistsError:
             return False
         except OSError as exc:  # a refused precondition surfaces as a generic error on some stores
@@ -171,16 +267,26 @@ class RunStore:
 
     def read_bytes(self, rel: str) -> bytes:
         path = self.path(rel)
-        if self.local:
-            with open(path, "rb") as handle:
-                return handle.read()
-        return self.fs.cat_file(path)
+        with self._access(rel, "read"):
+            if self.local:
+                with open(path, "rb") as handle:
+                    return handle.read()
+            return self.fs.cat_file(path)
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, orjson.dumps(obj, option=orjson.OPT_INDENT_2))
 
     def read_json(self, rel: str) -> Any:
-        return orjson.loads(self.read_bytes(rel))
+        """``rel``'s JSON; a file that is not valid JSON (whole files are written atomically,
+        so it was damaged) raises :class:`~curator_flows.errors.CorruptRunError` naming it."""
+        data = self.read_bytes(rel)
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise CorruptRunError(
+                f"{self.uri}/{rel} is damaged: not valid JSON ({exc}, {len(data)} bytes); it is "
+                "written whole, so something other than curator-flows cut or changed it"
+            ) from None
 
     def read_json_if_exists(self, rel: str) -> Any | None:
         """``rel``'s JSON, or ``None`` when there is no such file (one request, not two)."""
@@ -197,14 +303,16 @@ class RunStore:
         path = self.path(rel)
         self._ensure_parent(path)
         if self.local:
-            with self._replacing(path) as tmp, open(tmp, "wb", buffering=1 << 20) as handle:
-                yield handle
+            with self._access(rel, "write"), self._replacing(path) as tmp:
+                with open(tmp, "wb", buffering=1 << 20) as handle:
+                    yield handle
             return
         fd, tmp = tempfile.mkstemp(prefix="curator-flows-upload-")
         try:
             with os.fdopen(fd, "wb", buffering=1 << 20) as handle:
                 yield handle
-            self.fs.put_file(tmp, path)
+            with self._access(rel, "write"):
+                self.fs.put_file(tmp, path)
         finally:
             os.remove(tmp)
 
@@ -216,9 +324,13 @@ class RunStore:
         import pyarrow as pa
 
         if self.local:
-            yield pa.ipc.open_stream(pa.memory_map(self.path(rel)))
+            with self._access(rel, "read"):
+                source = pa.memory_map(self.path(rel))
+            yield pa.ipc.open_stream(source)
             return
-        with self.fs.open(self.path(rel), "rb") as handle:
+        with self._access(rel, "read"):
+            handle = self.fs.open(self.path(rel), "rb")
+        with handle:
             yield pa.ipc.open_stream(handle)
 
     def write_lines(self, rel: str, records: Iterable[Any]) -> int:
@@ -231,24 +343,55 @@ class RunStore:
         return count
 
     def remove(self, rel: str) -> None:
+        """Remove the file or directory ``rel`` if it exists; the path is literal (fsspec's
+        ``rm`` would expand glob characters in it)."""
         path = self.path(rel)
-        if self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
+        with self._access(rel, "remove"), contextlib.suppress(FileNotFoundError):
+            if self.local:
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+                return
+            if not self.fs.exists(path):
+                return
+            files = self.fs.find(path) if self.fs.isdir(path) else [path]
+            for file in files:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(file)
+            self.fs.invalidate_cache(path)
 
     # -------------------------------------------------------------- reading
-    def iter_lines(self, rel: str) -> Iterator[dict[str, Any]]:
-        """Records of one JSONL file; a torn or undecodable line is skipped."""
+    def iter_lines(self, rel: str, *, whole: bool = False) -> Iterator[dict[str, Any]]:
+        """Records of one JSONL file; a torn or undecodable line is skipped (a crash while
+        appending). ``whole``: the file was written whole (a requests file), so such a line
+        is damage: :class:`~curator_flows.errors.CorruptRunError` names the file and line."""
         path = self.path(rel)
-        opener = open(path, "rb", buffering=1 << 20) if self.local else self.fs.open(path, "rb")
+        with self._access(rel, "read"):
+            opener = open(path, "rb", buffering=1 << 20) if self.local else self.fs.open(path, "rb")
         with opener as handle:
-            for raw in handle:
+            for number, raw in enumerate(handle, 1):
                 if not raw.endswith(b"\n"):
+                    if whole:
+                        raise self._damaged_line(rel, number, "is cut short")
                     log.warning("ignoring a torn last line in %s", path)
                     break
                 try:
-                    yield orjson.loads(raw)
+                    record = orjson.loads(raw)
                 except orjson.JSONDecodeError:
+                    if whole:
+                        raise self._damaged_line(rel, number, "is not valid JSON") from None
                     log.warning("ignoring an undecodable line in %s", path)
+                    continue
+                if whole and type(record) is not dict:
+                    raise self._damaged_line(rel, number, "is not a JSON object")
+                yield record
+
+    def _damaged_line(self, rel: str, number: int, problem: str) -> CorruptRunError:
+        return CorruptRunError(
+            f"{self.uri}/{rel} is damaged: line {number} {problem}; the file is written whole, "
+            "so something other than curator-flows cut or changed it"
+        )
 
     def iter_records(self, pattern: str) -> Iterator[dict[str, Any]]:
         """Records of every file matching ``pattern``, file by file in name order."""
@@ -311,8 +454,9 @@ class LocalAppender:
     (:meth:`discard`)."""
 
     def __init__(self, path: str) -> None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        with access_errors(path, "append to"):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.pending: list[bytes] = []
         self.offset = 0  # bytes of pending[0] already written
         size = os.fstat(self.fd).st_size

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import json
 import re
 
 import pytest
 
 from curator_flows import LLM, ConfigError, IncompleteRunError, InputError, PromptError
+from curator_flows.errors import OutputError
 
 
 class Echo(LLM):
@@ -119,3 +121,55 @@ def test_unknown_backend_is_rejected():
 def test_batch_with_litellm_is_rejected():
     with pytest.raises(ConfigError, match="batch=True"):
         LLM("mistral-large", batch=True)
+
+
+def test_a_row_containing_itself_or_nested_too_deep_fails_at_prepare_before_anything_is_sent(
+    sim, params, wd
+):
+    looped: dict = {"x": 1}
+    looped["self"] = looped
+    deep: dict = {}
+    cursor = deep
+    for _ in range(3000):
+        cursor["d"] = {}
+        cursor = cursor["d"]
+    for bad, match in ((looped, "contains itself"), ({"x": deep}, "nested more than")):
+        with pytest.raises(InputError, match=rf"row 1, column .*{match}"):
+            Echo("gpt-4o-mini", backend_params=params())([{"x": 0}, bad], working_dir=wd)
+    assert sim.stats()["requests"] == 0
+
+
+class Keeper(LLM):
+    """``parse()`` returns the input row's values as they are."""
+
+    def prompt(self, input):
+        return f"keep {input['n']}"
+
+    def parse(self, input, response):
+        return {"n": input["n"], "value": input["value"]}
+
+
+def test_numpy_arrays_missing_pandas_values_and_nested_lone_surrogates_are_stored(sim, params, wd):
+    import numpy as np
+    import pandas as pd
+
+    rows = [
+        {"n": 0, "value": np.array([[1, 2], [3, 4]])},
+        {"n": 1, "value": np.array([[5, 6]])},
+        {"n": 2, "value": pd.NaT},
+        {"n": 3, "value": pd.NA},
+    ]
+    kept = Keeper("gpt-4o-mini", backend_params=params())(rows, working_dir=wd)
+    assert kept.dataset["value"] == [[[1, 2], [3, 4]], [[5, 6]], None, None]
+    surrogates = [{"n": 0, "value": {"name": "a\ud800b"}}, {"n": 1, "value": ["\udfff"]}]
+    text = Keeper("gpt-4o-mini", backend_params=params())(surrogates, working_dir=wd)
+    assert [json.loads(v) for v in text.dataset["value"]] == [{"name": "a\ud800b"}, ["\udfff"]]
+
+
+def test_a_parsed_column_name_that_is_not_text_names_the_row(sim, params, wd):
+    class Odd(Echo):
+        def parse(self, input, response):
+            return {"x\ud800": input["x"]}
+
+    with pytest.raises(OutputError, match=r"row 0: the column name 'x\\ud800' is not valid text"):
+        Odd("gpt-4o-mini", backend_params=params())([{"x": 1}], working_dir=wd)

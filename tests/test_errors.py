@@ -35,6 +35,8 @@ PERMANENT = [
     errors.BudgetExceededError("x", spent=1.0, budget=1.0),
     errors.LLMRebuildError("x"),
     errors.RunNotFoundError("x"),
+    errors.CorruptRunError("x"),
+    errors.StorageAccessError("x"),
     ValueError("a bug does not fix itself"),
     FileNotFoundError("gone"),
     PermissionError("denied"),

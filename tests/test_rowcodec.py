@@ -198,3 +198,28 @@ def test_a_value_without_encoding_names_row_column_and_path():
         encode_row(7, {"ok": 1, "meta": {"items": [1, object()]}})
     with pytest.raises(InputError, match=r"row 2 at \[0\]: a value of type _thread.lock"):
         encode_row(2, [threading.Lock()])
+
+
+def test_a_value_containing_itself_or_nested_too_deep_names_row_column_and_path():
+    looped: dict = {"a": 1}
+    looped["again"] = looped
+    with pytest.raises(InputError, match=r"row 3, column 'meta' at \['again'\]: .*contains itself"):
+        encode_row(3, {"meta": looped})
+    chain: list = []
+    chain.append([1, chain])
+    with pytest.raises(InputError, match=r"row 0 at \[0\]\[1\]: .*circular"):
+        encode_row(0, chain)
+    for depth in (300, 5000):  # past orjson's depth limit, past Python's recursion limit
+        deep: dict = {}
+        cursor = deep
+        for _ in range(depth):
+            cursor["d"] = {}
+            cursor = cursor["d"]
+        with pytest.raises(InputError, match=r"row 1, column 'tree' at \['d'\]\['d'\] .*deep"):
+            encode_row(1, {"tree": deep})
+    shallow: dict = {}
+    cursor = shallow
+    for _ in range(100):
+        cursor["d"] = {}
+        cursor = cursor["d"]
+    assert decode(orjson.loads(encode_row(1, {"tree": shallow})[0])) == {"tree": shallow}

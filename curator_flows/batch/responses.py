@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..pending import FAILURE, SUCCESS, ShardLines, read_shard, responses_pattern
+from ..pending import FAILURE, SUCCESS, ShardLines, iter_requests, read_shard, responses_pattern
 from ..store import RunStore
 
 
@@ -83,7 +83,7 @@ def _judged(scan: ShardScan, lines: ShardLines) -> ShardScan:
 
 def pending_requests(store: RunStore, shard: str, scan: ShardScan) -> Iterator[dict[str, Any]]:
     """The shard's requests that the next round must send, in shard order."""
-    for request in store.iter_lines(f"requests/{shard}.jsonl"):
+    for request in iter_requests(store, shard):
         if not scan.settled(request["id"]):
             yield request
 

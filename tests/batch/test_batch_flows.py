@@ -136,10 +136,24 @@ def test_per_item_errors_retry_in_new_rounds_then_fail_with_the_reason(bsim, wd,
     assert line["retryable"] is True  # a server error: another campaign may succeed
 
 
+#: a row's own generation params the provider refuses (a 400 for the item; values that no
+#: endpoint takes, such as max_tokens=0, are refused before sending, at prepare)
+NAMES_A_MISSING_TOOL = {
+    "openai": {
+        "tools": [{"type": "function", "function": {"name": "a", "parameters": {}}}],
+        "tool_choice": {"type": "function", "function": {"name": "missing"}},
+    },
+    "anthropic": {
+        "tools": [{"name": "a", "input_schema": {"type": "object"}}],
+        "tool_choice": {"type": "tool", "name": "missing"},
+    },
+}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_requests_refused_for_what_they_are_fail_as_not_retryable(bsim, wd, backend):
     rows = [{"n": i} for i in range(4)]
-    rows[1]["generation_params"] = {"max_tokens": 0}  # the provider refuses the item (4xx)
+    rows[1]["generation_params"] = NAMES_A_MISSING_TOOL[backend]  # the provider refuses it (4xx)
     rows[2]["marker"] = " [[sim:length]]"  # every answer cut off: refused by the model's rule
     llm = make_llm(Numbered, backend, bsim, max_retries=1, require_all_responses=True)
     with pytest.raises(IncompleteRunError) as error:
