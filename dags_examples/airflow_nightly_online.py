@@ -6,10 +6,12 @@
       → recipes (one mapped task per shard, sharing the provider's rate limit)
       → publish_recipes (Parquet under a dated output URI; an asset event with rows and cost)
 
-Without a ``curator_default`` connection every task runs against the embedded simulator (no key,
-no network). ``{{ ds }}`` is each night's ``run_key``: a retry of the same night resumes its runs,
-the next night makes new ones. Paths come from the DAG params (defaults: ``$CURATOR_EXAMPLES_ROOT``
-or ``~/curator-flows/airflow``). Importing this file imports no LLM client library.
+Every task calls the provider of the ``curator_default`` connection (``make demo-airflow`` sets
+it to the embedded simulator: no key, no network). ``{{ run_date }}`` (the logical date, else the
+date of the run's ``run_after``, so runs triggered without a logical date have it too) is each
+night's ``run_key``: a retry of the same night resumes its runs, the next night makes new ones.
+Paths come from the DAG params (defaults: ``$CURATOR_EXAMPLES_ROOT`` or
+``~/curator-flows/airflow``). Importing this file imports no LLM client library.
 """
 
 from __future__ import annotations
@@ -59,7 +61,6 @@ def build_dag(
             "retries": 2,
             "retry_delay": timedelta(seconds=30),
             "conn_id": "curator_default",
-            "simulator_fallback": True,
         },
         doc_md=__doc__,
     )
@@ -69,9 +70,9 @@ def build_dag(
             llm=CuisineGenerator(MODEL),
             dataset=[{"prompt_no": i} for i in range(cuisine_prompts)],
             working_dir="{{ params.working_dir }}",
-            output_uri="{{ params.output_root }}/cuisines/{{ ds }}",
+            output_uri="{{ params.output_root }}/cuisines/{{ run_date }}",
             output_asset=CUISINES_ASSET,
-            run_key="{{ ds }}",
+            run_key="{{ run_date }}",
         )
         recipe_llm = RecipeGenerator(MODEL, backend_params={"shard_size": recipe_shard_size})
         prepare = CuratorPrepareOperator(
@@ -79,7 +80,7 @@ def build_dag(
             llm=recipe_llm,
             dataset=cuisines.output["output_uri"],
             working_dir="{{ params.working_dir }}",
-            run_key="{{ ds }}",
+            run_key="{{ run_date }}",
         )
         shards = CuratorOnlineShardOperator.partial(
             task_id="recipes",
@@ -91,7 +92,7 @@ def build_dag(
             task_id="publish_recipes",
             run=prepare.output["run"],
             llm=recipe_llm,
-            output_uri="{{ params.output_root }}/recipes/{{ ds }}",
+            output_uri="{{ params.output_root }}/recipes/{{ run_date }}",
             output_asset=RECIPES_ASSET,
         )
         shards >> publish

@@ -128,3 +128,15 @@ def test_online_job_emits_an_asset_event_with_rows_tokens_and_cost(fsim, curator
     assert extra["rows"] == 7 and extra["run_uri"] == manifest["run_uri"]
     assert extra["input_tokens"] == manifest["input_tokens"] > 0
     assert extra["cost"] == manifest["cost"] > 0
+
+
+def test_xcom_holds_the_manifest_and_the_keys_downstream_tasks_read(fsim, curator_conn, tmp_path):
+    from airflow_runs import xcom_keys
+
+    dag = load_dag(DAG_FILE, "curator_test_online")
+    dr = run_dag(dag, working_dir=str(tmp_path), rows=3)
+    assert xcom_keys(dr, "numbers") == ["output_uri", "return_value", "run_uri"]
+    manifest = xcom(dr, "numbers")
+    assert manifest["rows"] == 3 and {"cost", "input_tokens", "simulated"} <= set(manifest)
+    assert xcom(dr, "numbers", key="run_uri") == manifest["run_uri"]
+    assert xcom(dr, "numbers", key="output_uri") == manifest["output_uri"]
