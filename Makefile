@@ -71,8 +71,11 @@ bench-vllm: vllm-venv
 demo-airflow: venv
 	$(VENV_PY) -m dags_examples.airflow_demo $(ARGS)
 
-# A local Airflow (airflow standalone in .airflow/, SQLite) with the example DAGs, the provider
-# and a curator_default connection to a simulator; http://localhost:8080, admin / admin.
+# A local Airflow in .airflow/ (SQLite; API server + UI, scheduler, DAG processor, triggerer,
+# log servers) with the example DAGs, the provider and a curator_default connection to a
+# simulator, all on 127.0.0.1 only: http://127.0.0.1:8080 (or the free port it prints), user
+# admin, the password it prints. Ports: AIRFLOW_UI_PORT=, CURATOR_SIM_PORT=,
+# AIRFLOW_WORKER_LOG_PORT=, AIRFLOW_TRIGGER_LOG_PORT= (unset: free ones).
 airflow-ui: venv
 	bash scripts/airflow_ui.sh
 

@@ -56,6 +56,14 @@ def format_status(report: dict[str, Any]) -> str:
         f"tokens in/out {totals['input_tokens']}/{totals['output_tokens']}"
         + ("; finalized" if report.get("finalized") else "")
         + ("; CANCELLED" if report.get("cancelled") else ""),
+        *(
+            [
+                f"  {totals['uncollected']} completed at the provider inside live or cancelled "
+                "batches (billed), not collected yet: a collect (a retry of the task) stores them"
+            ]
+            if totals.get("uncollected")
+            else []
+        ),
         "",
         f"  {'shard':<7} {'state':<18} {'ok':>8} {'failed':>7} {'pending':>8} {'cost':>11}  batch",
     ]
@@ -65,6 +73,8 @@ def format_status(report: dict[str, Any]) -> str:
         if batch:
             where = f"round {batch.get('round')} {batch.get('batch_id') or '-'} "
             where += batch.get("status") or ""
+            if shard.get("uncollected"):
+                where += f" ({shard['uncollected']} completed, not collected)"
         row = (
             f"  {shard['shard']:<7} {shard['state']:<18} {shard['succeeded']:>8} "
             f"{shard['failed']:>7} {shard['pending']:>8} {_money(shard['cost']):>11}  {where}"

@@ -1,10 +1,12 @@
 """``make demo-airflow``: the nightly online DAG (cuisines → recipes, mapped shards) through
 Airflow's ``dag.test()``, in a temporary ``AIRFLOW_HOME`` with a SQLite database, against the
 embedded simulator (no key, no network; your own Airflow is not touched). Prints where the
-dataset landed (``./curator-output/airflow/`` unless ``--output``).
+dataset landed (``./curator-output/airflow/`` unless ``--output``; simulated datasets go to a
+``_simulated`` folder next to their name, runs to ``runs/_simulated``).
 
-With ``AIRFLOW_CONN_CURATOR_DEFAULT`` set (a ``curator`` connection as JSON or a URI) the tasks
-call that provider instead.
+The demo opts into the embedded simulator by setting the ``curator_default`` connection to it
+(``AIRFLOW_CONN_CURATOR_DEFAULT``, host ``embedded-simulator``); with that variable already set
+(a ``curator`` connection as JSON or a URI) the tasks call that provider instead.
 """
 
 from __future__ import annotations
@@ -76,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     if "AIRFLOW_CONN_CURATOR_DEFAULT" in os.environ:
         print("Using the curator_default connection from AIRFLOW_CONN_CURATOR_DEFAULT")
     else:
-        print("No curator_default connection: the tasks use the embedded simulator")
+        from airflow_provider.hooks.embedded import EMBEDDED_CONNECTION
+
+        os.environ["AIRFLOW_CONN_CURATOR_DEFAULT"] = EMBEDDED_CONNECTION
+        print("curator_default = the embedded simulator (host 'embedded-simulator')")
     print(f"Running {dag.dag_id} with dag.test() ...")
     dag_run = dag.test(
         run_conf={"working_dir": str(output / "runs"), "output_root": str(output / "datasets")}

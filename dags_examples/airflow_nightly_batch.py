@@ -4,13 +4,20 @@ Two DAGs over the same job:
 
 - ``curator_nightly_batch``: one deferrable ``CuratorOperator``. It submits one batch per shard,
   frees its worker slot while the triggerer polls, collects on resume, resubmits what expired
-  (a new deferral), then publishes Parquet as the night's partition (``date=<ds>``). A
-  deadline 26 hours after the first submit cancels what is still running.
+  (a new deferral), then publishes Parquet as the night's partition (``date=<run_date>``). A
+  deadline 26 hours after the first submit cancels what is still running. A triggerer must run
+  (``airflow triggerer``): a deferred task waits for one.
 - ``curator_nightly_batch_steps``: the same steps as separate, mapped tasks (submit → a
-  reschedule-mode sensor → collect → publish), for teams without a triggerer.
+  reschedule-mode sensor → collect → publish), for teams without a triggerer. A batch takes
+  hours, so the sensor pokes every ``POKE_SECONDS`` (10 minutes): reschedule-mode pokes seconds
+  apart race with the scheduler (a task "finished with state success, but ... queued" goes up
+  for retry).
 
-Without a ``curator_default`` connection both run against the embedded simulator. An Airflow
-retry of any task resumes from the run directory: a shard's batch is never created twice.
+Both call the provider of the ``curator_default`` connection (``make airflow-ui`` creates one to
+a simulator server; ``make demo-airflow`` and the tests set it to the embedded simulator).
+``{{ run_date }}`` (the logical date, else the date of the run's ``run_after``) keys each night,
+also in runs triggered without a logical date. An Airflow retry of any task resumes from the run
+directory: a shard's batch is never created twice.
 """
 
 from __future__ import annotations
@@ -38,16 +45,17 @@ CUISINES = [
     "Thai", "Peruvian", "Ethiopian", "Georgian", "Korean", "Sicilian",
     "Oaxacan", "Lebanese", "Keralan", "Basque", "Vietnamese", "Moroccan",
 ]  # fmt: skip
+#: seconds between two reschedule-mode pokes (minutes: a batch takes hours)
+POKE_SECONDS = float(os.environ.get("CURATOR_EXAMPLES_POKE_SECONDS") or 600)
 PARAMS = {
     "working_dir": f"{ROOT}/runs",
     "output_root": f"{ROOT}/datasets",
-    "poll_seconds": 30,
+    "poll_seconds": 60,
 }
 DEFAULT_ARGS = {
     "retries": 3,
     "retry_delay": timedelta(minutes=1),
     "conn_id": "curator_default",
-    "simulator_fallback": True,
 }
 
 
@@ -72,9 +80,10 @@ def curator_nightly_batch() -> None:
         dataset=[{"cuisine": name} for name in CUISINES],
         working_dir="{{ params.working_dir }}",
         output_uri="{{ params.output_root }}/batch-recipes",
-        partition={"date": "{{ ds }}"},
+        partition={"date": "{{ run_date }}"},
         output_asset=Asset("curator://nightly/batch-recipes"),
-        run_key="{{ ds }}",
+        run_key="{{ run_date }}",
+        deferrable=True,
         poll_interval="{{ params.poll_seconds }}",
         batch_timeout=timedelta(hours=26),
     )
@@ -97,7 +106,7 @@ def curator_nightly_batch_steps() -> None:
         llm=llm,
         dataset=[{"cuisine": name} for name in CUISINES],
         working_dir="{{ params.working_dir }}",
-        run_key="{{ ds }}-steps",
+        run_key="{{ run_date }}-steps",
     )
     shards = prepare.output
     submit = CuratorSubmitBatchOperator.partial(task_id="submit", run=prepare.output["run"]).expand(
@@ -107,18 +116,18 @@ def curator_nightly_batch_steps() -> None:
         task_id="wait",
         run=prepare.output["run"],
         mode="reschedule",
-        poke_interval=5,
+        poke_interval=POKE_SECONDS,
         batch_timeout=timedelta(hours=26),
     ).expand(shard=shards)
     collect = CuratorCollectOperator.partial(
-        task_id="collect", run=prepare.output["run"], deferrable=False, poll_interval=5
+        task_id="collect", run=prepare.output["run"], deferrable=False, poll_interval=POKE_SECONDS
     ).expand(shard=shards)
     publish = CuratorFinalizeOperator(
         task_id="publish",
         run=prepare.output["run"],
         llm=llm,
         output_uri="{{ params.output_root }}/batch-recipes-steps",
-        partition={"date": "{{ ds }}"},
+        partition={"date": "{{ run_date }}"},
     )
     submit >> wait >> collect >> publish
 

@@ -4,13 +4,15 @@
     cuisines (CuratorOperator: one task, published)
       → prepare_recipes (the cuisines' output URI is the dataset)
       → recipes (one mapped task per shard, sharing the provider's rate limit)
-      → publish_recipes (Parquet in the night's partition ``recipes/date=<ds>/``; an asset event
-        with rows, cost and the schema contract)
+      → publish_recipes (Parquet in the night's partition ``recipes/date=<run_date>/``; an asset
+        event with rows, cost and the schema contract)
 
-Without a ``curator_default`` connection every task runs against the embedded simulator (no key,
-no network). ``{{ ds }}`` is each night's ``run_key``: a retry of the same night resumes its runs,
-the next night makes new ones. Paths come from the DAG params (defaults: ``$CURATOR_EXAMPLES_ROOT``
-or ``~/curator-flows/airflow``). Importing this file imports no LLM client library.
+Every task calls the provider of the ``curator_default`` connection (``make demo-airflow`` sets
+it to the embedded simulator: no key, no network). ``{{ run_date }}`` (the logical date, else the
+date of the run's ``run_after``, so runs triggered without a logical date have it too) is each
+night's ``run_key``: a retry of the same night resumes its runs, the next night makes new ones.
+Paths come from the DAG params (defaults: ``$CURATOR_EXAMPLES_ROOT`` or
+``~/curator-flows/airflow``). Importing this file imports no LLM client library.
 """
 
 from __future__ import annotations
@@ -60,7 +62,6 @@ def build_dag(
             "retries": 2,
             "retry_delay": timedelta(seconds=30),
             "conn_id": "curator_default",
-            "simulator_fallback": True,
         },
         doc_md=__doc__,
     )
@@ -71,9 +72,9 @@ def build_dag(
             dataset=[{"prompt_no": i} for i in range(cuisine_prompts)],
             working_dir="{{ params.working_dir }}",
             output_uri="{{ params.output_root }}/cuisines",
-            partition={"date": "{{ ds }}"},  # .../cuisines/date=2026-12-04/: one table
+            partition={"date": "{{ run_date }}"},  # .../cuisines/date=2026-12-04/: one table
             output_asset=CUISINES_ASSET,
-            run_key="{{ ds }}",
+            run_key="{{ run_date }}",
         )
         recipe_llm = RecipeGenerator(MODEL, backend_params={"shard_size": recipe_shard_size})
         prepare = CuratorPrepareOperator(
@@ -81,7 +82,7 @@ def build_dag(
             llm=recipe_llm,
             dataset=cuisines.output["output_uri"],
             working_dir="{{ params.working_dir }}",
-            run_key="{{ ds }}",
+            run_key="{{ run_date }}",
         )
         shards = CuratorOnlineShardOperator.partial(
             task_id="recipes",
@@ -94,7 +95,7 @@ def build_dag(
             run=prepare.output["run"],
             llm=recipe_llm,
             output_uri="{{ params.output_root }}/recipes",
-            partition={"date": "{{ ds }}"},
+            partition={"date": "{{ run_date }}"},
             output_asset=RECIPES_ASSET,
         )
         shards >> publish

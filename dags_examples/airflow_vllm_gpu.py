@@ -1,6 +1,6 @@
 """Airflow: recipes generated offline with vLLM on GPU workers.
 
-    cuisines (an API model; the embedded simulator without a ``curator_default`` connection)
+    cuisines (an API model, through the ``curator_default`` connection)
       → prepare_recipes (CPU worker: renders the requests)
       → generate (one mapped CuratorVLLMOperator per shard: queue "gpu", pool "gpu",
                   a KubernetesExecutor pod_override asking for nvidia.com/gpu)
@@ -88,7 +88,6 @@ def gpu_executor_config() -> dict:
         "retries": 2,
         "retry_delay": timedelta(minutes=2),
         "conn_id": "curator_default",
-        "simulator_fallback": True,
     },
     doc_md=__doc__,
 )
@@ -97,8 +96,8 @@ def curator_vllm_gpu() -> None:
         task_id="cuisines",
         llm=CuisineGenerator("gpt-4o-mini"),
         working_dir="{{ params.working_dir }}",
-        output_uri="{{ params.output_root }}/vllm-cuisines/{{ ds }}",
-        run_key="{{ ds }}",
+        output_uri="{{ params.output_root }}/vllm-cuisines/{{ run_date }}",
+        run_key="{{ run_date }}",
     )
     recipe_llm = RECIPE_LLM
     recipe_kwargs = {"model_name": MODEL, "backend": "vllm", "backend_params": VLLM_PARAMS}
@@ -108,7 +107,7 @@ def curator_vllm_gpu() -> None:
         llm_kwargs=recipe_kwargs,
         dataset=cuisines.output["output_uri"],
         working_dir="{{ params.working_dir }}",
-        run_key="{{ ds }}",
+        run_key="{{ run_date }}",
     )
     generate = CuratorVLLMOperator.partial(
         task_id="generate",
@@ -124,7 +123,7 @@ def curator_vllm_gpu() -> None:
         run=prepare.output["run"],
         llm=recipe_llm,
         llm_kwargs=recipe_kwargs,
-        output_uri="{{ params.output_root }}/vllm-recipes/{{ ds }}",
+        output_uri="{{ params.output_root }}/vllm-recipes/{{ run_date }}",
     )
     generate >> publish
 

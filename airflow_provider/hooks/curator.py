@@ -10,13 +10,15 @@ Invariants:
   ``SecretStr``, masked in every ``repr``); nothing here logs, returns in a result, or stores it;
 - :meth:`CuratorHook.test_connection` makes one cheap authenticated call (list the models),
   never a paid one;
-- a missing connection is an error, unless ``simulator_fallback=True``: then the process's
-  embedded simulator stands in for the provider (:mod:`.embedded`).
+- a missing connection is always an error naming it; the embedded simulator
+  (:mod:`.embedded`) is used only when a connection asks for it (host ``embedded-simulator``),
+  never in place of a connection that does not exist.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,11 +32,12 @@ from curator_flows.credentials import PROVIDER_ENV, Credentials
 from curator_flows.errors import ConfigError
 
 from .connection_fields import CONN_TYPE, HOOK_NAME, PROVIDERS, ui_field_behaviour
+from .embedded import EMBEDDED_HOST, SIMULATED_DIR, is_embedded_connection
 
 TEST_TIMEOUT = 15.0
 ANTHROPIC_VERSION = "2023-06-01"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
-#: connection ids this process already replaced by the embedded simulator
+#: connection ids this process already reported as the embedded simulator
 _SIMULATED: set[str] = set()
 
 
@@ -42,8 +45,6 @@ class CuratorHook(BaseHook):
     """The ``curator`` connection: API key, base URL, provider, backend params, storage options.
 
     :param conn_id: the Airflow connection id (``curator_default``).
-    :param simulator_fallback: when the connection does not exist, use this process's embedded
-        simulator instead of failing (for example DAGs and local ``dag.test()`` runs).
     """
 
     conn_name_attr = "conn_id"
@@ -51,12 +52,9 @@ class CuratorHook(BaseHook):
     conn_type = CONN_TYPE
     hook_name = HOOK_NAME
 
-    def __init__(
-        self, conn_id: str = default_conn_name, *, simulator_fallback: bool = False, **kwargs: Any
-    ) -> None:
+    def __init__(self, conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.conn_id = conn_id
-        self.simulator_fallback = simulator_fallback
 
     # ------------------------------------------------------------------ the connection form
     @classmethod
@@ -66,19 +64,13 @@ class CuratorHook(BaseHook):
     # ------------------------------------------------------------------ reading it
     @cached_property
     def connection(self) -> Any:
-        """The Airflow connection, or ``None`` when it is missing and the simulator stands in."""
+        """The Airflow connection (``AirflowNotFoundException`` naming it when it is missing)."""
         try:
-            return self.get_connection(self.conn_id)
-        except AirflowNotFoundException:
-            if not self.simulator_fallback:
-                raise
-            if self.conn_id not in _SIMULATED:  # once per process
-                _SIMULATED.add(self.conn_id)
-                self.log.warning(
-                    "No connection %r: using the embedded simulator (simulator_fallback=True)",
-                    self.conn_id,
-                )
-            return None
+            conn = self.get_connection(self.conn_id)
+        except AirflowNotFoundException as exc:
+            raise AirflowNotFoundException(missing_connection(self.conn_id, exc)) from exc
+        self._report_embedded(conn)
+        return conn
 
     async def aconnection(self) -> Any:
         """:attr:`connection`, fetched without blocking the event loop (for triggers)."""
@@ -86,12 +78,22 @@ class CuratorHook(BaseHook):
             return self.__dict__["connection"]
         try:
             conn = await self.aget_connection(self.conn_id)
-        except AirflowNotFoundException:
-            if not self.simulator_fallback:
-                raise
-            conn = None
+        except AirflowNotFoundException as exc:
+            raise AirflowNotFoundException(missing_connection(self.conn_id, exc)) from exc
+        self._report_embedded(conn)
         self.__dict__["connection"] = conn
         return conn
+
+    def _report_embedded(self, conn: Any) -> None:
+        if is_embedded_connection(conn) and self.conn_id not in _SIMULATED:  # once per process
+            _SIMULATED.add(self.conn_id)
+            self.log.warning(
+                "connection %r is the embedded simulator (host %r): rows and costs are "
+                "simulated; runs and outputs go to %s/ locations",
+                self.conn_id,
+                EMBEDDED_HOST,
+                SIMULATED_DIR,
+            )
 
     def get_conn(self) -> Credentials:
         """The connection as :class:`~curator_flows.credentials.Credentials`."""
@@ -106,26 +108,23 @@ class CuratorHook(BaseHook):
         import asyncio
 
         conn = await self.aconnection()
-        if conn is None:
-            return await asyncio.to_thread(credentials_of, None)
+        if is_embedded_connection(conn):
+            return await asyncio.to_thread(credentials_of, conn)
         return credentials_of(conn)
 
     @property
     def simulated(self) -> bool:
-        """Whether the embedded simulator stands in for the missing connection (its results
-        and costs are simulated)."""
-        return self.connection is None
+        """Whether the connection is the embedded simulator (its results and costs are
+        simulated)."""
+        return is_embedded_connection(self.connection)
 
     def provider(self) -> str | None:
-        """The connection's ``provider`` extra (``None`` when unset or simulated)."""
+        """The connection's ``provider`` extra (``None`` when unset)."""
         return provider_of(self.connection)
 
     def backend_params(self) -> dict[str, Any]:
         """The connection's non-secret ``backend_params`` extra (an API key there is dropped)."""
-        conn = self.connection
-        if conn is None:
-            return {}
-        params = _json_extra(conn, "backend_params")
+        params = _json_extra(self.connection, "backend_params")
         params.pop("api_key", None)
         return params
 
@@ -155,9 +154,28 @@ class CuratorHook(BaseHook):
 
 
 # ---------------------------------------------------------------------- helpers
+def missing_connection(conn_id: str, exc: BaseException) -> str:
+    """What to say about a connection that does not exist: its id, the ``curator``-looking
+    connections this process's environment defines (``AIRFLOW_CONN_*``; those of the metadata
+    database and secrets backends cannot be listed from a task), and what to do."""
+    defined = sorted(
+        name[len("AIRFLOW_CONN_") :].lower()
+        for name in os.environ
+        if name.startswith("AIRFLOW_CONN_")
+    )
+    known = f"; connections defined in this environment: {', '.join(defined)}" if defined else ""
+    return (
+        f"connection {conn_id!r} does not exist ({exc}){known}: create a 'curator' connection "
+        f"with that id (Admin -> Connections, `airflow connections add {conn_id} --conn-type "
+        "curator ...`) or fix conn_id=; for the embedded simulator, define it with host "
+        f"{EMBEDDED_HOST!r}"
+    )
+
+
 def credentials_of(conn: Any) -> Credentials:
-    """The :class:`Credentials` of a connection (``None``: the embedded simulator)."""
-    if conn is None:
+    """The :class:`Credentials` of a connection (host ``embedded-simulator``: this process's
+    embedded simulator)."""
+    if is_embedded_connection(conn):
         from .embedded import API_KEY, embedded_simulator
 
         return Credentials(api_key=API_KEY, base_url=embedded_simulator().base_url)
@@ -181,8 +199,6 @@ def base_url_of(conn: Any) -> str | None:
 
 
 def provider_of(conn: Any) -> str | None:
-    if conn is None:
-        return None
     extra = conn.extra_dejson
     value = extra.get("provider") or extra.get(f"extra__{CONN_TYPE}__provider")
     if value in (None, ""):

@@ -1,12 +1,18 @@
-"""What every Curator operator shares: the connection, the LLM, the run it works on, the outlet
-asset and lineage of a published dataset.
+"""What every Curator operator shares: the connection, the LLM, the run it works on, template
+rendering, the outlet asset and lineage of a published dataset.
 
 Invariants:
 - an operator is a few lines around one step call; all state lives in the run directory, so
   running any operator again (an Airflow retry, a cleared task) resumes instead of redoing;
 - credentials come from the ``curator`` connection at run time, are passed to the step and never
   kept on the operator, returned or logged;
-- every library error goes through :func:`airflow_provider.exceptions.raise_for`.
+- every library error goes through :func:`airflow_provider.exceptions.raise_for`;
+- templates get ``{{ run_date }}`` (:mod:`airflow_provider.templating`), and a template naming
+  a value the run does not have fails the task permanently;
+- with the embedded simulator (a connection whose host is ``embedded-simulator``) runs go to
+  ``<working_dir>/_simulated`` and datasets are published to a ``_simulated`` folder next to
+  ``output_uri`` (:mod:`airflow_provider.hooks.embedded`): never where a real run writes or
+  reads.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk import BaseOperator
 
-from ..exceptions import call_step, raise_for
+from ..assets import default_asset
+from ..exceptions import is_permanent, raise_for
 
 if TYPE_CHECKING:
+    import jinja2
     from airflow.sdk import Asset, Context
 
     from curator_flows.credentials import Credentials
@@ -28,6 +36,9 @@ if TYPE_CHECKING:
     from ..hooks.curator import CuratorHook
 
 LLMLike = Any  # an LLM instance, or "package.module:Class" (built with llm_kwargs)
+#: the XCom keys a publishing operator pushes besides its manifest (``return_value``): what
+#: downstream tasks read (``op.output["output_uri"]``)
+DOWNSTREAM_XCOM_KEYS = ("output_uri", "run_uri")
 
 
 def run_uri_of(run: Any) -> str:
@@ -102,33 +113,13 @@ def resolve_dataset(dataset: Any, dataset_callable: Any, context: Mapping[str, A
     return dataset
 
 
-def default_asset(output_uri: Any, explicit: Asset | str | None) -> Asset | None:
-    """The outlet asset of a published dataset: ``explicit`` (an ``Asset`` or a URI), else the
-    ``output_uri`` itself when it is static, else its static prefix up to the last ``/`` before
-    the first template (``s3://b/recipes/{{ ds }}`` → ``s3://b/recipes``), so every night's event
-    lands on one asset whose ``extra`` names that night's URI."""
-    from airflow.sdk import Asset
-
-    if explicit is not None:
-        return explicit if isinstance(explicit, Asset) else Asset(str(explicit))
-    if not isinstance(output_uri, str) or not output_uri:
-        return None
-    if "{{" not in output_uri and "{%" not in output_uri:
-        return Asset(output_uri)
-    cut = min(i for i in (output_uri.find("{{"), output_uri.find("{%")) if i >= 0)
-    prefix = output_uri[:cut].rsplit("/", 1)[0]
-    if "://" in prefix and prefix.split("://", 1)[1]:
-        return Asset(prefix)
-    return None
-
-
 class CuratorBaseOperator(BaseOperator):
     """Base of the Curator operators.
 
     :param conn_id: the ``curator`` connection (API key, base URL, provider, backend params,
-        storage options).
-    :param simulator_fallback: when that connection does not exist, run against this process's
-        embedded simulator (example DAGs, local ``dag.test()``).
+        storage options). A connection that does not exist fails the task permanently; the
+        embedded simulator is a connection too (host ``embedded-simulator``, see
+        :mod:`airflow_provider.hooks.embedded`).
     """
 
     ui_color = "#f3e9ff"
@@ -137,12 +128,32 @@ class CuratorBaseOperator(BaseOperator):
         self,
         *,
         conn_id: str = "curator_default",
-        simulator_fallback: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.conn_id = conn_id
-        self.simulator_fallback = simulator_fallback
+
+    def render_template_fields(
+        self, context: Context, jinja_env: jinja2.Environment | None = None
+    ) -> None:
+        """Airflow's rendering, with ``run_date`` in the context, one field at a time: a
+        template naming a value the run does not have raises
+        :class:`~airflow_provider.exceptions.CuratorPermanentError` naming the field."""
+        import jinja2
+
+        from ..templating import add_run_date, undefined_message
+
+        add_run_date(context)  # type: ignore[arg-type]
+        jinja_env = jinja_env or self.get_template_env()
+        seen: set[int] = set()
+        for field in self.template_fields:
+            template = getattr(self, field, None)
+            try:
+                self._do_render_template_fields(self, (field,), context, jinja_env, seen)
+            except jinja2.UndefinedError as exc:
+                from curator_flows.errors import ConfigError
+
+                raise_for(ConfigError(undefined_message(self.task_id, field, template, exc)))
 
     @property
     def hook(self) -> CuratorHook:
@@ -150,7 +161,7 @@ class CuratorBaseOperator(BaseOperator):
         outlive a connection change, e.g. across ``dag.test()`` runs in one process)."""
         from ..hooks.curator import CuratorHook
 
-        return CuratorHook(self.conn_id, simulator_fallback=self.simulator_fallback)
+        return CuratorHook(self.conn_id)
 
     def credentials(self) -> Credentials:
         """The connection as ``Credentials`` (see :meth:`connection_error` for failures)."""
@@ -173,9 +184,8 @@ class CuratorBaseOperator(BaseOperator):
             from curator_flows.errors import ConfigError
 
             error = ConfigError(
-                f"connection {self.conn_id!r} does not exist ({exc}): create a 'curator' "
-                "connection with that id, or pass conn_id=... (if it does exist, Airflow could "
-                "not reach its API server to read it: clear the task once it is back)"
+                f"{exc} (if it does exist, Airflow could not reach its API server to read it: "
+                "clear the task once it is back)"
             )
             raise_for(error)
         raise_for(exc)
@@ -217,13 +227,34 @@ class CuratorBaseOperator(BaseOperator):
         return built
 
     def step(self, function: Any, *args: Any, **kwargs: Any) -> Any:
-        """Call one step with its errors mapped onto Airflow's retry rules."""
-        return call_step(function, *args, **kwargs)
+        """Call one step with its errors mapped onto Airflow's retry rules (a batch the
+        embedded simulator of this process does not know gets an explanation)."""
+        try:
+            return function(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - classified and re-raised
+            from ..hooks.embedded import explain_lost_batch, is_embedded
+
+            if is_permanent(exc) and is_embedded(kwargs.get("credentials")):
+                exc = explain_lost_batch(exc)
+            raise_for(exc)
+
+    def working_dir_for(self, working_dir: str | None, credentials: Any) -> str | None:
+        """Where this task's run goes: ``working_dir`` (``None``: the library's default), under
+        the embedded simulator its ``_simulated`` subdirectory (a real run with the same inputs
+        never re-opens a simulated run)."""
+        from ..hooks.embedded import is_embedded, simulated_working_dir
+
+        if not is_embedded(credentials):
+            return working_dir or None
+        from .run_pointer import working_dir_of
+
+        return simulated_working_dir(working_dir_of(working_dir))
 
 
 def finalize_manifest(result: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict:
     """The small XCom manifest of a finalized run: where it is, counts, tokens, cost (and, from
-    the operator, ``simulated``: the embedded simulator produced these rows and costs)."""
+    the operator, ``simulated``: the embedded simulator produced these rows and costs). It is
+    the task's ``return_value``; :data:`DOWNSTREAM_XCOM_KEYS` are pushed on their own too."""
     statistics = result.get("statistics") or {}
     tokens = statistics.get("token_usage") or {}
     cost = statistics.get("cost_info") or {}
@@ -254,7 +285,7 @@ class PublishMixin:
 
     The operator sets ``output_uri`` and ``output_asset`` (see :func:`default_asset`, attached
     with :meth:`attach_asset`), optionally ``partition`` (a Hive partition of ``output_uri``,
-    e.g. ``{"date": "{{ ds }}"}``) and ``schema_evolution``, and calls
+    e.g. ``{"date": "{{ run_date }}"}``) and ``schema_evolution``, and calls
     :meth:`finalize_and_publish`."""
 
     output_uri: Any
@@ -265,18 +296,27 @@ class PublishMixin:
     schema_evolution: str = "strict"
     _lineage: dict[str, Any] | None = None
 
-    def attach_asset(
-        self, kwargs: dict[str, Any], output_uri: Any, explicit: Asset | str | None
-    ) -> None:
-        """Add the outlet asset of ``output_uri`` to the operator's ``outlets`` kwargs (call it
-        before ``BaseOperator.__init__``)."""
-        asset = default_asset(output_uri, explicit)
+    def attach_asset(self, output_uri: Any, explicit: Asset | str | None) -> None:
+        """Add the outlet asset of ``output_uri`` to the operator's ``outlets`` (call it after
+        ``BaseOperator.__init__``: the DAG's params are known then). An ``output_uri`` whose
+        location is only known at run time gets the asset ``curator://<dag_id>/<task_id>``,
+        and the DAG processor's log says why."""
+        from airflow.sdk import Asset
+
+        asset = default_asset(output_uri, explicit, self.params)  # type: ignore[attr-defined]
+        if asset is None and isinstance(output_uri, str) and output_uri:
+            asset = Asset(f"curator://{self.dag_id}/{self.task_id}")  # type: ignore[attr-defined]
+            self.log.info(  # type: ignore[attr-defined]
+                "task %s: output_uri=%r has no location known when the DAG is parsed (its "
+                "first template is not a param with a default); its asset events go to %s "
+                "(pass output_asset= to name another)",
+                self.task_id,  # type: ignore[attr-defined]
+                output_uri,
+                asset.uri,
+            )
         self.output_asset = asset
-        if asset is not None:
-            outlets = list(kwargs.get("outlets") or [])
-            if asset not in outlets:
-                outlets.append(asset)
-            kwargs["outlets"] = outlets
+        if asset is not None and asset not in self.outlets:  # type: ignore[attr-defined]
+            self.outlets = [*self.outlets, asset]  # type: ignore[attr-defined]
 
     def finalize_and_publish(
         self,
@@ -293,17 +333,32 @@ class PublishMixin:
         lineage names as model and backend when ``llm`` is ``None``."""
         from curator_flows import steps
 
+        from ..hooks.embedded import is_embedded, simulated_output_uri
+
+        simulated = is_embedded(credentials)
+        output_uri = self.output_uri or None
+        if simulated and output_uri:
+            output_uri = simulated_output_uri(output_uri)
+            self.log.warning(  # type: ignore[attr-defined]
+                "embedded simulator: publishing to %s, not to output_uri %s",
+                output_uri,
+                self.output_uri,
+            )
         result = self.step(  # type: ignore[attr-defined]
             steps.finalize,
             run_uri,
             llm=llm,
             credentials=credentials,
-            output_uri=self.output_uri or None,
+            output_uri=output_uri,
             max_failed_fraction=self.max_failed_fraction,
             partition=self.partition or None,
             schema_evolution=self.schema_evolution,
         )
-        manifest = finalize_manifest(result, {"simulated": self.hook.simulated})  # type: ignore[attr-defined]
+        manifest = finalize_manifest(result, {"simulated": simulated})
+        ti = context.get("ti")
+        if ti is not None and not getattr(self, "multiple_outputs", False):
+            for key in DOWNSTREAM_XCOM_KEYS:
+                ti.xcom_push(key=key, value=manifest[key])
         self.log.info(  # type: ignore[attr-defined]
             "finalized %s: %d rows, %d failed, %d+%d tokens, $%.4f%s",
             run_uri,

@@ -26,6 +26,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from airflow.sdk.configuration import conf
+
 from ..batch_watch import BatchWatch
 from ..exceptions import CuratorBatchCancelled, wait_error
 from .base import CuratorBaseOperator, run_uri_of
@@ -56,18 +58,30 @@ def batch_trigger(
     task: Any, run_uri: str, shards: list[str], poll_interval: float
 ) -> CuratorBatchTrigger:
     """The trigger a task defers to while ``shards``' batches run."""
+    from ..hooks.embedded import embedded_identity
     from ..triggers.batch import CuratorBatchTrigger
 
     return CuratorBatchTrigger(
         run_uri,
         shards,
         conn_id=task.conn_id,
-        simulator_fallback=task.simulator_fallback,
+        embedded_simulator=embedded_identity(),
         poll_interval=poll_interval,
         timeout=seconds(task.batch_timeout),
         max_poll_errors=task.max_poll_errors,
         cancel_on_kill=task.cancel_on_kill,
         cancel_on_timeout=task.cancel_on_timeout,
+    )
+
+
+def log_deferral(task: Any, shards: list[str]) -> None:
+    """Say that the task defers and whether a triggerer runs to resume it (a warning when the
+    API server's health check says none does: see :mod:`airflow_provider.triggerer_health`)."""
+    from ..triggerer_health import deferral_note, triggerer_health
+
+    warn, note = deferral_note(triggerer_health())
+    (task.log.warning if warn else task.log.info)(
+        "deferring until the batches of shard(s) %s end: %s", ", ".join(shards), note
     )
 
 
@@ -109,6 +123,46 @@ def stored_anchor(task: Any, run_uri: str, shards: list[str], credentials: Any) 
     times = [s["batch"]["submitted_at"] for s in status["shards"] if s.get("batch")]
     times = [t for t in times if t]
     return min(times) if times else None
+
+
+def stored_counts(task: Any, run_uri: str, shard: str, credentials: Any) -> dict | None:
+    """What the run directory holds for ``shard`` (``steps.status``; ``None``: unreadable now)."""
+    from curator_flows import steps
+
+    try:
+        return steps.status(run_uri, shard, credentials=credentials)["shards"][0]
+    except Exception as exc:  # noqa: BLE001 - only a log line depends on it
+        task.log.warning("reading the stored counts of shard %s failed: %s", shard, exc)
+        return None
+
+
+def shard_line(state: dict[str, Any], stored: dict[str, Any] | None) -> str:
+    """One log line about a shard after ``steps.advance``: its batch, what this call did, and
+    (``stored``, for a shard that needs nothing more) what its responses hold: a re-run that
+    finds every response stored says so instead of "0 succeeded"."""
+    batch = f"batch {state['batch_id']}" if state.get("batch_id") else "no batch"
+    if state.get("status"):
+        batch += f" {state['status']}"
+    counts = state.get("request_counts") or {}
+    if counts and not state["done"]:
+        batch += " (" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")"
+    did = []
+    if state.get("created"):
+        did.append("created now")
+    if state.get("reattached"):
+        did.append("re-attached")
+    if state.get("written"):
+        did.append(f"{state['written']} results collected now")
+    doing = f"; {', '.join(did)}" if did else ""
+    if stored is None:
+        if state["done"]:
+            return f"shard {state['shard']}: {state['state']} ({batch}{doing})"
+        return f"shard {state['shard']}: waiting for {batch}{doing}"
+    return (
+        f"shard {state['shard']}: {state['state']}: {stored['succeeded']} succeeded, "
+        f"{stored['failed']} failed, {stored['pending']} pending of {stored['requests']} "
+        f"requests stored (${stored['cost']:.4f}; {batch}{doing})"
+    )
 
 
 def cancel_batches(task: Any, run_uri: str, credentials: Any = None) -> bool:
@@ -198,15 +252,10 @@ class BatchWaitMixin:
                 credentials=credentials,
                 retry_failed=self.retry_failed,
             )
-            self.log.info(
-                "shard %s: %s (batch %s, %s; %d succeeded, %d failed)",
-                shard,
-                state["state"],
-                state["batch_id"],
-                state["status"],
-                state["succeeded"],
-                state["failed"],
-            )
+            stored = None
+            if state["done"]:
+                stored = stored_counts(self, run_uri, shard, credentials)
+            self.log.info("%s", shard_line(state, stored))
             self._last_states[shard] = dict(state)
             if state["state"] == "cancelled":
                 raise CuratorBatchCancelled(
@@ -226,7 +275,7 @@ class BatchWaitMixin:
         """Defer to the trigger (or reschedule) until the live batches end."""
         if not self.deferrable:
             self.reschedule()
-        self.log.info("deferring until the batches of shard(s) %s end", ", ".join(live))
+        log_deferral(self, live)
         self.defer(
             trigger=batch_trigger(self, run_uri, live, self.interval()),
             method_name="execute_complete",
@@ -371,8 +420,9 @@ class CuratorCollectOperator(BatchOptionsMixin, BatchWaitMixin, CuratorBaseOpera
     finish (expired, cancelled at the provider) go into a new round that this task waits for,
     so the shard is complete when the task succeeds. Returns the shard's ``BatchShardState``.
 
-    Waiting is deferrable by default (``deferrable=False``: reschedule-mode pokes every
-    ``poll_interval`` seconds); ``batch_timeout`` counts from the campaign's first submit.
+    Waiting is deferred with ``deferrable=True`` (default: ``[operators] default_deferrable``),
+    else in reschedule-mode pokes every ``poll_interval`` seconds; ``batch_timeout`` counts
+    from the campaign's first submit.
     """
 
     template_fields = ("run", "shard", "poll_interval", "batch_timeout")
@@ -385,7 +435,7 @@ class CuratorCollectOperator(BatchOptionsMixin, BatchWaitMixin, CuratorBaseOpera
         shard: str,
         llm: Any = None,
         llm_kwargs: dict[str, Any] | None = None,
-        deferrable: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float | str | None = None,
         batch_timeout: float | timedelta | str | None = None,
         max_poll_errors: int = 3,

@@ -2,17 +2,20 @@
 batch) → finalize (and publish to ``output_uri``), returning a small manifest.
 
 Invariants:
-- the same ``run_key`` (e.g. ``"{{ ds }}"``) and inputs resume the same run: an Airflow retry or
-  a cleared task sends only what is not stored yet and never creates a second batch;
-- batch mode waits deferred by default (the worker slot is free while the provider works);
-  ``deferrable=False`` waits in reschedule mode;
-- XCom gets only the manifest (run URI, counts, tokens, cost); the dataset stays in storage.
+- the same ``run_key`` (e.g. ``"{{ run_date }}"``) and inputs resume the same run: an Airflow
+  retry or a cleared task sends only what is not stored yet and never creates a second batch;
+- batch mode waits deferred when ``deferrable`` (default: Airflow's ``[operators]
+  default_deferrable``), the worker slot free while the provider works; else in reschedule mode;
+- XCom gets only the manifest (run URI, counts, tokens, cost) and, on their own, the keys
+  downstream tasks read (``output_uri``, ``run_uri``); the dataset stays in storage.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.configuration import conf
 
 from .base import (
     CuratorBaseOperator,
@@ -29,8 +32,8 @@ if TYPE_CHECKING:
 
 class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBaseOperator):
     """Run an ``LLM`` over a dataset as one task and return a small manifest (run URI, output
-    URI, rows, counts, tokens, cost). Each key is also an XCom of its own
-    (``multiple_outputs``): ``op.output["output_uri"]`` is what a downstream task reads.
+    URI, rows, counts, tokens, cost). ``output_uri`` and ``run_uri`` are also XComs of their
+    own: ``op.output["output_uri"]`` is what a downstream task reads.
 
     :param llm: an ``LLM`` instance built in the DAG file (construction sends nothing), or an
         import path ``"package.module:Class"`` built on the worker with ``llm_kwargs`` (whose
@@ -45,17 +48,19 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
         (default 0.01); past it the task fails with ``TooManyFailuresError`` (retried when
         sending again can help) and nothing is published.
     :param partition: publish as this Hive partition of ``output_uri``, e.g.
-        ``{"date": "{{ ds }}"}`` (every night one table with a ``date`` column). Templated.
+        ``{"date": "{{ run_date }}"}`` (every night one table with a ``date`` column). Templated.
     :param schema_evolution: ``"strict"`` (default), ``"add_columns"`` or ``"replace"``: what a
         publish may change in the asset's schema contract (see ``steps.finalize``).
-    :param run_key: joins the run's identity, e.g. ``"{{ ds }}"``: each night is a new run, a
+    :param run_key: joins the run's identity, e.g. ``"{{ run_date }}"`` (the logical date, else
+        the date of the run's ``run_after``: every run has it): each night is a new run, a
         retry of the same night resumes it. Templated.
     :param output_asset: the outlet asset (default: from ``output_uri``, see
         :func:`~airflow_provider.operators.base.default_asset`); its event ``extra`` carries
         rows, tokens and cost.
-    :param deferrable: batch mode: wait in the triggerer (default) or in reschedule mode (the
-        try's first poke prepares the run and records where it is; the later pokes only poll
-        it, see :mod:`~airflow_provider.operators.run_pointer`).
+    :param deferrable: batch mode: wait in the triggerer, or in reschedule mode (the try's
+        first poke prepares the run and records where it is; the later pokes only poll it, see
+        :mod:`~airflow_provider.operators.run_pointer`). Default: ``[operators]
+        default_deferrable`` (``False`` unless set), as Airflow's own operators.
     :param poll_interval: seconds between status checks (default: the LLM's
         ``batch_check_interval``). Templated.
     :param batch_timeout: seconds (or a ``timedelta``) after the campaign's first submit before
@@ -90,19 +95,19 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
         schema_evolution: str = "strict",
         llm_kwargs: dict[str, Any] | None = None,
         output_asset: Asset | str | None = None,
-        deferrable: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float | str | None = None,
         batch_timeout: float | timedelta | str | None = None,
         max_poll_errors: int = 3,
         cancel_on_kill: bool = True,
         cancel_on_timeout: bool = True,
         retry_failed: bool = False,
-        multiple_outputs: bool = True,
+        multiple_outputs: bool = False,
         **kwargs: Any,
     ) -> None:
         check_llm_argument(llm, llm_kwargs)
-        self.attach_asset(kwargs, output_uri, output_asset)
         super().__init__(multiple_outputs=multiple_outputs, **kwargs)
+        self.attach_asset(output_uri, output_asset)
         self.llm = llm
         self.llm_kwargs = llm_kwargs
         self.dataset, self.dataset_callable = split_dataset(dataset)
@@ -130,7 +135,7 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
 
         llm = self.batch_llm()
         credentials = self.credentials()
-        pointer = self.run_pointer(context, credentials)
+        pointer = self.run_pointer(llm, context, credentials)
         if pointer is not None:  # a later reschedule-mode poke of this try
             self.log.info("run %s (from this try's first poke)", pointer["run_uri"])
             return self.run_batches(
@@ -141,7 +146,7 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
             steps.prepare,
             llm,
             dataset,
-            self.working_dir or None,
+            self.working_dir_for(self.working_dir, credentials),
             run_key=self.run_key or None,
             credentials=credentials,
             rebuild_check=False,  # every step of this task gets llm=
@@ -179,21 +184,26 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
         manifest = self.finalize_and_publish(
             context, run_uri, llm=llm, credentials=credentials, input_uri=self.dataset
         )
-        if not self.deferrable:
+        if self.pokes(llm):
             from .run_pointer import remove_pointer
 
             remove_pointer(self.pointer_uri(context), credentials.storage_options)
         return manifest
 
     # ------------------------------------------------------------ reschedule-mode pokes
+    def pokes(self, llm: Any) -> bool:
+        """Whether this task waits for batches in reschedule-mode pokes (only a batch LLM
+        without ``deferrable``: online and offline runs never read or write a pointer)."""
+        return not self.deferrable and getattr(llm, "mode", None) == "batch"
+
     def pointer_uri(self, context: Context) -> str:
         from .run_pointer import pointer_uri
 
         return pointer_uri(self.working_dir or None, context["ti"])
 
-    def run_pointer(self, context: Context, credentials: Any) -> dict[str, Any] | None:
+    def run_pointer(self, llm: Any, context: Context, credentials: Any) -> dict[str, Any] | None:
         """The run this try's first reschedule-mode poke prepared (``None``: prepare it)."""
-        if self.deferrable:
+        if not self.pokes(llm):
             return None
         from .run_pointer import read_pointer
 

@@ -65,13 +65,14 @@ class CuratorPrepareOperator(CuratorBaseOperator):
     def execute(self, context: Context) -> list[str]:
         from curator_flows import steps
 
+        credentials = self.credentials()
         run = self.step(
             steps.prepare,
             self.make_llm(self.llm, self.llm_kwargs),
             resolve_dataset(self.dataset, self.dataset_callable, context),
-            self.working_dir or None,
+            self.working_dir_for(self.working_dir, credentials),
             run_key=self.run_key or None,
-            credentials=self.credentials(),
+            credentials=credentials,
             rebuild_check=self.rebuild_check,
         )
         self.log.info(
@@ -168,16 +169,16 @@ class CuratorOnlineShardOperator(CuratorBaseOperator):
 class CuratorFinalizeOperator(PublishMixin, CuratorBaseOperator):
     """Parse the stored responses into the run's dataset and publish it to ``output_uri``
     (Parquet, ``_SUCCESS`` last); returns the finalize manifest (rows, counts, tokens, cost),
-    each key also an XCom of its own (``op.output["output_uri"]``). The outlet asset's event
-    ``extra`` carries the same figures.
+    with ``output_uri`` and ``run_uri`` also XComs of their own (``op.output["output_uri"]``).
+    The outlet asset's event ``extra`` carries the same figures.
 
     :param run: the ``PrepareResult`` or its ``run_uri``.
-    :param output_uri: where to publish (templated, e.g. ``".../recipes/{{ ds }}"``).
+    :param output_uri: where to publish (templated, e.g. ``".../recipes/{{ run_date }}"``).
     :param max_failed_fraction: publish only when at most this share of the requests failed
         (default 0.01); past it the task fails with ``TooManyFailuresError`` and nothing is
         published.
     :param partition: publish as this Hive partition of ``output_uri`` (templated, e.g.
-        ``{"date": "{{ ds }}"}``: ``<output_uri>/date=2026-12-04/``, every night one table).
+        ``{"date": "{{ run_date }}"}``: ``<output_uri>/date=2026-12-04/``, every night one table).
     :param schema_evolution: ``"strict"`` (default: a column added, removed or retyped is
         refused), ``"add_columns"`` or ``"replace"`` (see ``steps.finalize``).
     :param output_asset: the outlet asset (default: from ``output_uri``).
@@ -199,12 +200,12 @@ class CuratorFinalizeOperator(PublishMixin, CuratorBaseOperator):
         llm: Any = None,
         llm_kwargs: dict[str, Any] | None = None,
         input_uri: str | None = None,
-        multiple_outputs: bool = True,
+        multiple_outputs: bool = False,
         **kwargs: Any,
     ) -> None:
         check_llm_argument(llm, llm_kwargs)
-        self.attach_asset(kwargs, output_uri, output_asset)
         super().__init__(multiple_outputs=multiple_outputs, **kwargs)
+        self.attach_asset(output_uri, output_asset)
         self.run = run
         self.output_uri = output_uri
         self.max_failed_fraction = max_failed_fraction

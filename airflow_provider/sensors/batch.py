@@ -18,10 +18,17 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.sdk.configuration import conf
 
 from ..exceptions import CuratorPermanentError
 from ..operators.base import CuratorBaseOperator, run_uri_of
-from ..operators.batch import batch_trigger, cancel_batches, end_of_wait, watch_once
+from ..operators.batch import (
+    batch_trigger,
+    cancel_batches,
+    end_of_wait,
+    log_deferral,
+    watch_once,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -32,7 +39,8 @@ class CuratorBatchSensor(BaseSensorOperator, CuratorBaseOperator):
 
     :param run: the ``PrepareResult`` or its ``run_uri``.
     :param shard: the shard (``.expand(shard=prepare.output)``).
-    :param deferrable: wait in the triggerer instead of poking.
+    :param deferrable: wait in the triggerer instead of poking (default: ``[operators]
+        default_deferrable``, ``False`` unless set).
     :param batch_timeout: seconds (or a ``timedelta``) after the campaign's first submit before
         :class:`~airflow_provider.exceptions.CuratorBatchTimeout`.
     :param cancel_on_timeout: cancel the run's live batches at the deadline.
@@ -56,7 +64,7 @@ class CuratorBatchSensor(BaseSensorOperator, CuratorBaseOperator):
         *,
         run: Any,
         shard: str,
-        deferrable: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         batch_timeout: float | timedelta | str | None = None,
         cancel_on_timeout: bool = True,
         cancel_on_kill: bool = True,
@@ -76,6 +84,7 @@ class CuratorBatchSensor(BaseSensorOperator, CuratorBaseOperator):
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
             return super().execute(context)
+        log_deferral(self, [self.shard])
         self.defer(
             trigger=batch_trigger(self, run_uri_of(self.run), [self.shard], self.poke_interval),
             method_name="execute_complete",

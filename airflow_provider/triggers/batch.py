@@ -15,7 +15,10 @@ Invariants:
   settings; never a key;
 - ``cancel_on_kill`` cancels the run's batches only when the task is no longer deferred (see
   :meth:`CuratorBatchTrigger.on_kill`): a triggerer restart or a move to another triggerer
-  leaves them running.
+  leaves them running;
+- with the embedded simulator, it runs only in the process whose simulator holds the batches
+  (``dag.test()``): anywhere else it ends at once with a permanent error saying why, instead of
+  a provider 404 for a batch that simulator never saw.
 
 What Airflow 3.3 does (``airflow/jobs/triggerer_job_runner.py``): a triggerer calls a
 trigger's ``on_kill`` when it cancels the trigger with its "user action" message, which it does
@@ -25,12 +28,15 @@ the trigger was reassigned to another triggerer (this one missed its heartbeats)
 that shuts down or restarts cancels its triggers without that message (no ``on_kill``), and a
 deferral that times out (``timeout_after``) is not a kill either. Only the task's state tells a
 kill from a reassignment: it stays ``deferred`` while another triggerer watches the batches.
+A task cleared while deferred whose new try already deferred again looks the same (``deferred``,
+on the same batches: cancelling them would end the new try), so neither is cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -86,7 +92,8 @@ class CuratorBatchTrigger(BaseTrigger):
     :param run_uri: the run (``PrepareResult["run_uri"]``).
     :param shards: the shards whose current batches to watch.
     :param conn_id: the ``curator`` connection (the key is looked up in the triggerer).
-    :param simulator_fallback: without that connection, use the embedded simulator.
+    :param embedded_simulator: the identity of the deferring task's embedded simulator
+        (:func:`~airflow_provider.hooks.embedded.embedded_identity`), if one ran there.
     :param poll_interval: seconds between two rounds of status requests.
     :param timeout: seconds after the campaign's first submit before giving up (``None``: no
         deadline).
@@ -103,7 +110,7 @@ class CuratorBatchTrigger(BaseTrigger):
         shards: list[str],
         *,
         conn_id: str = "curator_default",
-        simulator_fallback: bool = False,
+        embedded_simulator: str | None = None,
         poll_interval: float = 60.0,
         timeout: float | None = None,
         max_poll_errors: int = 3,
@@ -114,7 +121,7 @@ class CuratorBatchTrigger(BaseTrigger):
         self.run_uri = run_uri
         self.shards = list(shards)
         self.conn_id = conn_id
-        self.simulator_fallback = simulator_fallback
+        self.embedded_simulator = embedded_simulator
         self.poll_interval = float(poll_interval)
         self.timeout = None if timeout is None else float(timeout)
         self.max_poll_errors = int(max_poll_errors)
@@ -128,7 +135,7 @@ class CuratorBatchTrigger(BaseTrigger):
                 "run_uri": self.run_uri,
                 "shards": self.shards,
                 "conn_id": self.conn_id,
-                "simulator_fallback": self.simulator_fallback,
+                "embedded_simulator": self.embedded_simulator,
                 "poll_interval": self.poll_interval,
                 "timeout": self.timeout,
                 "max_poll_errors": self.max_poll_errors,
@@ -138,14 +145,40 @@ class CuratorBatchTrigger(BaseTrigger):
         )
 
     def _hook(self) -> CuratorHook:
-        return CuratorHook(self.conn_id, simulator_fallback=self.simulator_fallback)
+        return CuratorHook(self.conn_id)
+
+    async def _embedded_elsewhere(self, hook: CuratorHook) -> Exception | None:
+        """The error of an embedded-simulator connection in a process whose simulator did not
+        see the batches (``None``: not embedded, or the same process as the task)."""
+        from ..hooks.embedded import (
+            LOST_BATCH,
+            embedded_identity,
+            is_embedded_connection,
+        )
+
+        if not is_embedded_connection(await hook.aconnection()):
+            return None
+        here = embedded_identity()
+        if here is not None and here == self.embedded_simulator:
+            return None
+        from curator_flows.errors import ConfigError
+
+        return ConfigError(
+            f"the batches of {self.run_uri} were submitted to the embedded simulator "
+            f"{self.embedded_simulator or '(of another process)'}, and this trigger runs in "
+            f"process {os.getpid()}: {LOST_BATCH}"
+        )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         watch = BatchWatch(
             self.run_uri, self.shards, timeout=self.timeout, max_poll_errors=self.max_poll_errors
         )
         try:
-            credentials = await self._hook().acredentials()
+            hook = self._hook()
+            elsewhere = await self._embedded_elsewhere(hook)
+            if elsewhere is not None:
+                raise elsewhere
+            credentials = await hook.acredentials()
         except Exception as exc:  # noqa: BLE001 - reported as the one terminal event
             watch.fail(exc)
             yield TriggerEvent(watch.outcome())
@@ -257,8 +290,9 @@ class CuratorBatchTrigger(BaseTrigger):
         state = await self.task_state()
         if state == "deferred":
             self.log.info(
-                "the task is still deferred: this trigger moved to another triggerer, which "
-                "goes on watching the batches of %s (not cancelled)",
+                "the task is deferred: either this trigger moved to another triggerer, or the "
+                "task was cleared and its new try already waits on the same batches of %s; "
+                "either way another trigger watches them (not cancelled)",
                 self.run_uri,
             )
             return

@@ -1,4 +1,9 @@
-"""``status``: per-shard state, counts and cost so far of any run, from its files alone."""
+"""``status``: per-shard state, counts and cost so far of any run, from its files alone.
+
+A batch shard whose campaign the run's cancel flag stopped is ``cancelled`` while requests are
+pending, whatever its batch's last known state; ``uncollected`` counts the requests its current
+batch completed at the provider (its last known ``request_counts``: billed) that no response
+line holds yet (``collect`` stores them), so a cancelled run does not look idle and free."""
 
 from __future__ import annotations
 
@@ -57,9 +62,12 @@ def shard_status(
             out["batch"]["submitted_at"] = record.campaign_submitted_at
             out["batch"]["round_submitted_at"] = entry.get("submitted_at")
             out["rounds"] = len(record.rounds)
+            out["uncollected"] = uncollected(entry)
         if pending:
             if entry is None:
                 state = "not_submitted"
+            elif cancelled(store, record):
+                state = "cancelled"
             elif entry["state"] in UNSENT:
                 state = "submitting"
             elif entry["state"] == SUBMITTED:
@@ -67,9 +75,18 @@ def shard_status(
             elif entry["state"] == ENDED:
                 state = "awaiting_collect"
             else:
-                state = "cancelled" if cancelled(store, record) else "needs_submit"
+                state = "needs_submit"
     out["state"] = state
     return out
+
+
+def uncollected(entry: dict[str, Any] | None) -> int:
+    """Requests the round's batch completed at the provider (OpenAI ``completed``, Anthropic
+    ``succeeded``, as last polled) whose results are not collected yet."""
+    if entry is None or entry["state"] not in (SUBMITTED, ENDED):
+        return 0
+    counts = entry.get("request_counts") or {}
+    return int(counts.get("completed", counts.get("succeeded")) or 0)
 
 
 def run_status(
@@ -84,7 +101,7 @@ def run_status(
         if names is None or s["name"] in names
     ]
     totals = {
-        k: sum(s[k] for s in shards)
+        k: sum(s.get(k, 0) for s in shards)
         for k in (
             "requests",
             "succeeded",
@@ -93,6 +110,7 @@ def run_status(
             "cost",
             "input_tokens",
             "output_tokens",
+            "uncollected",
         )
     }
     return {

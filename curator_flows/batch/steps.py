@@ -345,6 +345,9 @@ def cancel_run(ctx: Context) -> dict[str, Any]:
                     continue  # a submit is creating it: the flag makes it cancel what it made
             info = ctx.provider().cancel(entry["batch_id"])
             batches.append({"shard": shard, "batch_id": info.id, "status": info.status})
+            entry["status"] = info.status  # what the provider finished by now (``status``)
+            entry["request_counts"] = info.request_counts or entry.get("request_counts") or {}
+            record.save_if_unchanged()
         except BatchAPIError as exc:
             errors.append({"shard": shard, "batch_id": entry.get("batch_id"), "error": str(exc)})
     return {

@@ -95,7 +95,10 @@ def api_server(airflow_home):
         port = sock.getsockname()[1]
     log = open(HOME / "api-server.log", "w")  # noqa: SIM115 - closed at teardown
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "airflow"), "api-server", "--port", str(port)],
+        [
+            str(Path(sys.executable).parent / "airflow"),
+            *("api-server", "--host", "127.0.0.1", "--port", str(port)),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=os.environ.copy(),

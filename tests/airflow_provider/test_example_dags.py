@@ -1,5 +1,6 @@
-"""The example DAGs end to end through ``dag.test()``: no ``curator_default`` connection, so
-every task talks to the embedded simulator; rows checked in the published Parquet."""
+"""The example DAGs end to end through ``dag.test()``: ``curator_default`` is the embedded
+simulator (the explicit opt-in ``make demo-airflow`` uses), so every task talks to it; rows
+checked in the published Parquet (under ``_simulated``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,14 @@ from airflow_runs import asset_events, load_dag, run_dag, task_instances, xcom
 
 EXAMPLES = REPO / "dags_examples"
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+
+
+@pytest.fixture(autouse=True)
+def embedded_curator_default(monkeypatch):
+    from airflow_provider.hooks.embedded import EMBEDDED_CONNECTION
+
+    monkeypatch.setenv("AIRFLOW_CONN_CURATOR_DEFAULT", EMBEDDED_CONNECTION)
+    monkeypatch.setenv("CURATOR_EXAMPLES_POKE_SECONDS", "0.2")  # read when the DAG is loaded
 
 
 def embedded_stats() -> dict:
@@ -62,6 +71,32 @@ def test_nightly_batch(tmp_path):
     extra = asset_events("curator://nightly/batch-recipes")[-1]
     assert extra["rows"] == 12 and extra["output_uri"] == manifest["output_uri"]
     assert manifest["simulated"] is True and extra["simulated"] is True  # not a real bill
+    # simulated rows never land where a real run publishes, nor in the real working dir
+    real = str(tmp_path / "out" / "batch-recipes")
+    assert Path(manifest["output_uri"]).parent == Path(real, "_simulated")
+    assert Path(manifest["run_uri"]).parent == tmp_path / "runs" / "_simulated"
+    assert not Path(real, dr.logical_date.strftime("%Y-%m-%d")).exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "dag_id", "task_id"),
+    [
+        ("airflow_nightly_online.py", "curator_nightly_online", "publish_recipes"),
+        ("airflow_nightly_batch.py", "curator_nightly_batch", "recipes"),
+    ],
+)
+def test_a_run_without_a_logical_date(tmp_path, name, dag_id, task_id):
+    """What `airflow dags trigger` and the REST API with "logical_date": null create: no ds, so
+    the night is the run's run_after date."""
+    dag = example(name, dag_id)
+    dr = dag.test(run_conf=conf(tmp_path, poll_seconds=0.2), logical_date=None)
+    assert dr.logical_date is None
+    assert {str(ti.state) for ti in task_instances(dr).values()} == {"success"}
+    night = dr.run_after.strftime("%Y-%m-%d")
+    manifest = xcom(dr, task_id)
+    assert manifest["rows"] > 0 and manifest["output_uri"].endswith(f"/_simulated/{night}")
+    run_manifest = json.loads(Path(manifest["run_uri"], "manifest.json").read_text())
+    assert run_manifest["run_key"] == night
 
 
 def test_nightly_batch_steps(tmp_path):
@@ -70,8 +105,13 @@ def test_nightly_batch_steps(tmp_path):
     tis = task_instances(dr)
     assert {str(ti.state) for ti in tis.values()} == {"success"}
     assert [tis[("wait", i)].rendered_map_index for i in range(3)] == ["00000", "00001", "00002"]
-    _, rows = published(xcom(dr, "publish")["output_uri"])
+    manifest = xcom(dr, "publish")
+    _, rows = published(manifest["output_uri"])
     assert len(rows) == 12
+    # "{{ params.output_root }}/...": the asset comes from the param's default
+    root = load_dag(EXAMPLES / "airflow_nightly_batch.py", "curator_nightly_batch").params
+    asset = f"file://{root['output_root']}/batch-recipes-steps"
+    assert asset_events(asset)[-1]["output_uri"] == manifest["output_uri"]
 
 
 def test_nightly_online_chains_cuisines_into_recipes(tmp_path):

@@ -46,6 +46,8 @@ class FailOnceAfterSubmit(CuratorOperator):
 
 
 def batch_dag(dag_id: str, operator: type = CuratorOperator, retries: int = 0, **options: Any):
+    options.setdefault("deferrable", True)
+
     @dag(
         dag_id=dag_id,
         schedule=None,
@@ -101,6 +103,30 @@ online_dag = online()
 
 
 @dag(
+    dag_id="curator_test_logical_date_template",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    params=PARAMS,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=0)},
+)
+def logical_date_template() -> None:
+    """``{{ ds }}``, which a run without a logical date does not have."""
+    CuratorOperator(
+        task_id="numbers",
+        llm=Numbered("gpt-4o-mini"),
+        dataset=numbered_rows,
+        working_dir="{{ params.working_dir }}",
+        output_uri="{{ params.working_dir }}/out/{{ ds }}",
+        run_key="{{ ds }}",
+        conn_id=CONN,
+    )
+
+
+logical_date_template_dag = logical_date_template()
+
+
+@dag(
     dag_id="curator_test_online_shards",
     schedule=None,
     start_date=START,
@@ -149,7 +175,7 @@ def batch_steps() -> None:
         task_id="wait", run=run, deferrable=True, poke_interval=0.2, conn_id=CONN
     )
     collect = CuratorCollectOperator.partial(
-        task_id="collect", run=run, poll_interval=0.2, conn_id=CONN
+        task_id="collect", run=run, deferrable=True, poll_interval=0.2, conn_id=CONN
     )
     (
         submit.expand(shard=prepare.output)

@@ -1,5 +1,5 @@
 """The ``curator`` connection type and CuratorHook: registration, the form, credentials, a
-cheap authenticated ``test_connection``, the embedded simulator fallback."""
+cheap authenticated ``test_connection``, a missing connection, the embedded simulator."""
 
 from __future__ import annotations
 
@@ -102,14 +102,21 @@ def test_test_connection_reports_a_refused_key_without_showing_it(monkeypatch):
     assert not ok and "cannot reach" in message
 
 
-def test_missing_connection_and_the_simulator_fallback():
-    with pytest.raises(AirflowNotFoundException):
-        CuratorHook("curator_nowhere").credentials()
-    credentials = CuratorHook("curator_nowhere", simulator_fallback=True).credentials()
-    assert credentials.base_url.startswith("http://127.0.0.1:")
-    again = CuratorHook("curator_nowhere", simulator_fallback=True).credentials()
+def test_a_missing_connection_is_an_error_and_the_simulator_an_explicit_connection(monkeypatch):
+    from airflow_provider.hooks.embedded import EMBEDDED_CONNECTION
+
+    monkeypatch.setenv("AIRFLOW_CONN_CURATOR_DEFAULT", EMBEDDED_CONNECTION)
+    with pytest.raises(AirflowNotFoundException) as missing:
+        CuratorHook("curator_defualt").credentials()  # a typo never becomes the simulator
+    message = str(missing.value)
+    assert "'curator_defualt' does not exist" in message
+    assert "defined in this environment: curator_default" in message
+    hook = CuratorHook("curator_default")
+    credentials = hook.credentials()
+    assert hook.simulated and credentials.base_url.startswith("http://127.0.0.1:")
+    again = CuratorHook("curator_default").credentials()
     assert again.base_url == credentials.base_url  # one embedded simulator per process
-    ok, _ = CuratorHook("curator_nowhere", simulator_fallback=True).test_connection()
+    ok, _ = CuratorHook("curator_default").test_connection()
     assert ok
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
@@ -33,7 +34,7 @@ def operator(tmp_path, rows: int = 10, **options) -> CuratorOperator:
         run_key="night-1",
         conn_id="curator_test",
         poll_interval=0.05,
-        **options,
+        **{"deferrable": True, **options},
     )
 
 
@@ -149,3 +150,27 @@ def test_resume_event_submits_what_has_no_batch(fsim, curator_conn, tmp_path):
     assert event["kind"] == "resume"
     assert deferral(lambda: op.execute_complete({}, event)).trigger.shards == ["00000"]
     assert fsim.stats()["batches_created"] == 1
+
+
+def test_shard_lines_say_what_the_run_directory_holds(fsim, batch_run):
+    """A re-run shard that has every response stored says so, not "0 succeeded"."""
+    from airflow_provider.operators.batch import shard_line, stored_counts
+    from curator_flows import steps
+
+    run, llm, credentials = batch_run(rows=5, batch_size=5)
+    op = CuratorOperator(task_id="t", llm=llm)
+    state = steps.advance(run, "00000", llm=llm, credentials=credentials)
+    assert "waiting for batch" in shard_line(state, None)
+    for _ in range(200):
+        if state["done"]:
+            break
+        time.sleep(0.05)
+        state = steps.advance(run, "00000", llm=llm, credentials=credentials)
+    assert state["state"] == "done" and state["written"] == 5
+    line = shard_line(state, stored_counts(op, run["run_uri"], "00000", credentials))
+    assert "5 succeeded, 0 failed, 0 pending of 5 requests stored" in line
+    assert "5 results collected now" in line
+    again = steps.advance(run, "00000", llm=llm, credentials=credentials)  # a re-run
+    assert again["done"] and again["succeeded"] == 0  # what the old line printed
+    line = shard_line(again, stored_counts(op, run["run_uri"], "00000", credentials))
+    assert "done: 5 succeeded" in line and "collected now" not in line

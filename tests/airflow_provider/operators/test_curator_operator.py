@@ -152,3 +152,15 @@ def test_past_max_failed_fraction_the_task_fails_and_publishes_nothing(
     assert fsim.stats()["chat_completions"] - before == failed
     assert xcom(dr, "numbers")["failures_by_reason"] == {}
     assert read_marker(output_uri, {})["rows"] == 20
+
+
+def test_xcom_holds_the_manifest_and_the_keys_downstream_tasks_read(fsim, curator_conn, tmp_path):
+    from airflow_runs import xcom_keys
+
+    dag = load_dag(DAG_FILE, "curator_test_online")
+    dr = run_dag(dag, working_dir=str(tmp_path), rows=3)
+    assert xcom_keys(dr, "numbers") == ["output_uri", "return_value", "run_uri"]
+    manifest = xcom(dr, "numbers")
+    assert manifest["rows"] == 3 and {"cost", "input_tokens", "simulated"} <= set(manifest)
+    assert xcom(dr, "numbers", key="run_uri") == manifest["run_uri"]
+    assert xcom(dr, "numbers", key="output_uri") == manifest["output_uri"]

@@ -4,6 +4,7 @@ connection's defaults and provider, parallel shards, cancel on kill."""
 from __future__ import annotations
 
 import json
+import os
 
 import httpx
 import pytest
@@ -52,11 +53,45 @@ def test_dataset_argument():
 
 def test_outlet_asset_of_the_output_uri():
     assert default_asset("s3://b/recipes", None) == Asset("s3://b/recipes")
-    assert default_asset("s3://b/recipes/{{ ds }}", None) == Asset("s3://b/recipes")
-    assert default_asset("{{ params.root }}/recipes", None) is None
+    assert default_asset("s3://b/recipes/{{ run_date }}", None) == Asset("s3://b/recipes")
+    assert default_asset("/data/recipes/{{ run_date }}", None) == Asset("file:///data/recipes")
+    assert default_asset("/data/recipes", None) == Asset("file:///data/recipes")
     assert default_asset(None, "curator://x") == Asset("curator://x")
+    # a templated prefix: the params' defaults (what the DAG is parsed with)
+    templated = "{{ params.root }}/recipes/{{ run_date }}"
+    assert default_asset(templated, None) is None
+    assert default_asset(templated, None, {"root": "s3://b/d"}) == Asset("s3://b/d/recipes")
+    assert default_asset(templated, None, {"root": "/data"}) == Asset("file:///data/recipes")
+    assert default_asset("{{ params['root'] }}/x", None, {"root": "/d"}) == Asset("file:///d/x")
+    assert default_asset(templated, None, {"root": "relative"}) is None
     op = CuratorOperator(task_id="t", llm=Numbered("m"), output_uri="s3://b/out/{{ ds }}")
     assert op.outlets == [Asset("s3://b/out")]
+
+
+def test_every_published_output_gets_an_asset_at_parse_time():
+    from airflow.sdk import DAG
+
+    with DAG("assets", schedule=None, params={"root": "/data"}):
+        from_params = CuratorOperator(
+            task_id="p", llm=Numbered("m"), output_uri="{{ params.root }}/x/{{ run_date }}"
+        )
+        only_at_run_time = CuratorOperator(
+            task_id="v", llm=Numbered("m"), output_uri="{{ var.value.root }}/x"
+        )
+        unpublished = CuratorOperator(task_id="n", llm=Numbered("m"))
+    assert from_params.outlets == [Asset("file:///data/x")]
+    assert only_at_run_time.outlets == [Asset("curator://assets/v")]  # named after the task
+    assert unpublished.outlets == []
+
+
+def test_example_outputs_have_assets():
+    from dags_examples import airflow_nightly_batch, airflow_vllm_gpu
+
+    root = airflow_nightly_batch.ROOT
+    publish = airflow_nightly_batch.nightly_batch_steps.task_dict["publish"]
+    assert publish.outlets == [Asset(f"file://{root}/datasets/batch-recipes-steps")]
+    cuisines = airflow_vllm_gpu.vllm_gpu.task_dict["cuisines"]
+    assert cuisines.outlets == [Asset(f"file://{root}/datasets/vllm-cuisines")]
 
 
 def test_parallel_shards_follow_the_prepared_run(tmp_path):
@@ -121,3 +156,26 @@ def test_connection_lookup_errors(fsim, monkeypatch, tmp_path):
     with pytest.raises(CuratorPermanentError, match="storage_options extra is not valid JSON"):
         operator("curator_bad").execute({})
     assert fsim.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("default_deferrable", ["true", "false"])
+def test_deferrable_follows_airflows_default_deferrable(default_deferrable):
+    import subprocess
+    import sys
+
+    code = (
+        "import json\n"
+        "from airflow_provider import CuratorBatchSensor, CuratorCollectOperator, "
+        "CuratorOperator\n"
+        "ops = [CuratorOperator(task_id='a', llm='m:C'),\n"
+        "       CuratorCollectOperator(task_id='c', run='/r', shard='0'),\n"
+        "       CuratorBatchSensor(task_id='s', run='/r', shard='0')]\n"
+        "print(json.dumps([op.deferrable for op in ops]))\n"
+    )
+    env = {**os.environ, "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": default_deferrable}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    expected = default_deferrable == "true"
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [expected] * 3

@@ -17,6 +17,15 @@ from curator_flows import steps
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 
 
+@pytest.fixture(autouse=True)
+def embedded_curator_default(monkeypatch):
+    """The operators' ``curator_default`` connection: the embedded simulator (the offline
+    steps send nothing to it; the connection is only looked up)."""
+    from airflow_provider.hooks.embedded import EMBEDDED_CONNECTION
+
+    monkeypatch.setenv("AIRFLOW_CONN_CURATOR_DEFAULT", EMBEDDED_CONNECTION)
+
+
 def test_gpu_routing_defaults():
     pod = {"pod_override": {"spec": "a V1Pod with nvidia.com/gpu limits"}}
     op = CuratorVLLMOperator(task_id="g", run="/r", shard="00000", executor_config=pod)
@@ -89,7 +98,6 @@ def test_offline_shard_in_the_vllm_interpreter(vllm_env, tmp_path, caplog):
     run = steps.prepare(offline_llm(model), [{"n": i} for i in range(6)], str(tmp_path))
     op = CuratorVLLMOperator(
         task_id="generate", run=run, shard="00000", python=str(VLLM_PYTHON), env=env,
-        simulator_fallback=True,
     )  # fmt: skip
     result = op.execute({})
     assert result["succeeded"] == 6 and result["failed"] == 0
@@ -104,7 +112,6 @@ def test_a_permanent_error_in_the_interpreter_is_permanent(vllm_env, tmp_path):
     run = steps.prepare(offline_llm(model), [{"n": 1}], str(tmp_path))
     op = CuratorVLLMOperator(
         task_id="generate", run=run, shard="00009", python=str(VLLM_PYTHON), env=env,
-        simulator_fallback=True,
     )  # fmt: skip
     with pytest.raises(CuratorPermanentError, match="unknown shard"):
         op.execute({})
@@ -117,7 +124,7 @@ def offline_run(tmp_path):
 
 def interpreter_operator(run, python: str, **options) -> CuratorVLLMOperator:
     return CuratorVLLMOperator(
-        task_id="generate", run=run, shard="00000", python=python, simulator_fallback=True,
+        task_id="generate", run=run, shard="00000", python=python,
         env={"PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)])}, **options,
     )  # fmt: skip
 

@@ -107,3 +107,22 @@ def asset_events(uri: str) -> list[dict[str, Any]]:
             select(AssetEvent).where(AssetEvent.asset_id == asset.id).order_by(AssetEvent.id)
         ).all()
         return [dict(event.extra or {}) for event in events]
+
+
+def xcom_keys(dag_run, task_id: str, map_index: int = -1) -> list[str]:
+    """The keys of every XCom row a task pushed in ``dag_run``."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return sorted(
+            session.scalars(
+                select(XComModel.key).where(
+                    XComModel.dag_id == dag_run.dag_id,
+                    XComModel.run_id == dag_run.run_id,
+                    XComModel.task_id == task_id,
+                    XComModel.map_index == map_index,
+                )
+            ).all()
+        )

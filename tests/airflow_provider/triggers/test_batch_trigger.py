@@ -51,8 +51,9 @@ def test_serialize_round_trip_holds_no_secret():
     from airflow.serialization.serialized_objects import BaseSerialization
 
     trigger = CuratorBatchTrigger(
-        "file:///runs/abc", ["00000", "00001"], conn_id="c", poll_interval=5, timeout=3600
-    )
+        "file:///runs/abc", ["00000", "00001"], conn_id="c", poll_interval=5, timeout=3600,
+        embedded_simulator="123:http://127.0.0.1:1/v1",
+    )  # fmt: skip
     classpath, kwargs = trigger.serialize()
     assert classpath == "airflow_provider.triggers.batch.CuratorBatchTrigger"
     stored = json.dumps(BaseSerialization.serialize(kwargs))  # what the triggerer table holds
@@ -153,17 +154,35 @@ def test_on_kill_cancels_the_live_batches(fsim, batch_run):
     assert fsim.stats()["batches_cancelled"] == 2
 
 
-@pytest.mark.parametrize("missing_ok", [True, False])
-def test_missing_connection(batch_run, monkeypatch, missing_ok):
+def test_a_missing_connection_is_a_permanent_error(batch_run):
     run, _, _ = batch_run(rows=2, submit=False)
-    trigger = trigger_for(run, conn_id="curator_nowhere", simulator_fallback=missing_ok)
-    (event,), _ = events_of(trigger)
-    # With the fallback, the embedded simulator has no such batch: the shard has to be
-    # submitted by the worker; without it, the missing connection is a permanent error.
-    if missing_ok:
-        assert event.payload["kind"] == "resume"
-    else:
-        assert event.payload["kind"] == "error" and not event.payload["error"]["retryable"]
+    (event,), _ = events_of(trigger_for(run, conn_id="curator_nowhere"))
+    assert event.payload["kind"] == "error" and not event.payload["error"]["retryable"]
+    assert "'curator_nowhere' does not exist" in event.payload["message"]
+
+
+def test_the_embedded_simulator_of_another_process_is_a_permanent_error(batch_run, monkeypatch):
+    """A task that submitted to its process's embedded simulator, watched by a trigger in
+    another process (a real triggerer): that simulator never saw the batches."""
+    from airflow_provider.hooks.embedded import (
+        EMBEDDED_CONNECTION,
+        embedded_identity,
+        embedded_simulator,
+    )
+
+    monkeypatch.setenv("AIRFLOW_CONN_CURATOR_EMBEDDED", EMBEDDED_CONNECTION)
+    run, _, _ = batch_run(rows=2, submit=False)
+    elsewhere = trigger_for(
+        run, conn_id="curator_embedded", embedded_simulator="4242:http://127.0.0.1:9/v1"
+    )
+    (event,), _ = events_of(elsewhere)
+    assert event.payload["kind"] == "error" and not event.payload["error"]["retryable"]
+    message = event.payload["message"]
+    assert "4242:http://127.0.0.1:9/v1" in message and "dag.test()" in message
+    embedded_simulator()
+    here = trigger_for(run, conn_id="curator_embedded", embedded_simulator=embedded_identity())
+    (event,), _ = events_of(here)  # the same process: it polls (no batch yet: resume)
+    assert event.payload["kind"] == "resume"
 
 
 def test_a_kill_cancel_gives_up_within_the_triggerers_on_kill_timeout(fsim, batch_run, monkeypatch):
