@@ -237,7 +237,22 @@ def _finalize_shard(
         tally.pending_shards.append(name)
     rel = f"output/data-{name}.arrow"
     table, kinds = rows_table(rows, origins)
+    _write_origins(store, name, origins)
     return _ShardOutput(name, rel, table.num_rows, kinds, _write_table(store, rel, table))
+
+
+def _write_origins(store: RunStore, name: str, origins: list[Any]) -> None:
+    """``output/origins-<shard>.arrow``: the input row of each output row (a publish names it
+    when it leaves the row out)."""
+    from array import array
+
+    import pyarrow as pa
+
+    # straight from a buffer: pa.array() of a list would import pandas
+    rows = pa.Array.from_buffers(
+        pa.int64(), len(origins), [None, pa.py_buffer(array("q", origins))]
+    )
+    _write_table(store, f"output/origins-{name}.arrow", pa.Table.from_arrays([rows], ["row"]))
 
 
 def _completion_of(llm: LLM, request: dict[str, Any], record: dict[str, Any]) -> Any:

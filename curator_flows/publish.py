@@ -5,6 +5,7 @@ The contract (readers rely on it; see docs/architecture.md):
 ```
 <output_uri>/_SUCCESS                               the marker: JSON, written last, atomically
 <output_uri>/part-<publish_id>-<shard>.parquet      the data files of one publish
+<output_uri>/report.html                            a page for people (after the marker, unlisted)
 ```
 
 - A reader reads ``<output_uri>/_SUCCESS`` and then **exactly the files it lists** (``files``,
@@ -42,6 +43,7 @@ from typing import Any
 import orjson
 
 from .errors import StorageWriteError
+from .report.render import write_report
 from .store import RunStore
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ def publish(
         and previous.get("output_fingerprint") == output["output_fingerprint"]
         and previous.get("statistics") == statistics
     ):
+        write_report(store, target, previous, only_if_missing=True)  # a crash lost it
         return target.uri  # the same rows and statistics are published already
     started = time.time()
     publish_id = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
@@ -116,6 +119,7 @@ def publish(
             "again to publish"
         ) from exc
     _remove_superseded(target, previous, marker, started - orphan_grace_seconds)
+    write_report(store, target, marker)  # for people; never fails the publish
     return target.uri
 
 
