@@ -41,7 +41,7 @@ from curator_flows.llm import LLM
 from curator_flows.results import FinalizeResult, PrepareResult, ShardResult
 
 from . import tasks
-from .artifacts import PROGRESS_INTERVAL, report, summary_key
+from .artifacts import PROGRESS_INTERVAL, preview, report, summary_key
 from .parameters import curator_flow, refuse_secrets
 from .resolve import load_block, resolve_credentials, resolve_llm
 
@@ -173,7 +173,7 @@ def _finish(
 ) -> FinalizeResult:
     """``finalize``; when it finds shards that still owe answers, ``resend`` them (their tasks'
     caches refreshed: a cached result of an earlier pass would answer for them) and finalize
-    once more. Then the table artifact."""
+    once more. Then the table artifacts (statistics, a preview of the published rows)."""
     dataset, output_uri = opened.dataset, opened.output_uri
     upstream = dataset if isinstance(dataset, str) else None
     if isinstance(dataset, dict):  # an upstream step's result: its published output
@@ -194,7 +194,9 @@ def _finish(
         resend(pending)
         state = finalize(opened.run, **arguments, return_state=True)
     summary = state.result()
-    report(summary, artifact_key or summary_key(type(opened.llm).__name__))
+    key = artifact_key or summary_key(type(opened.llm).__name__)
+    report(summary, key)
+    preview(summary, key, opened.credentials)
     return summary
 
 
