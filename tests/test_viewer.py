@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -139,6 +140,7 @@ def test_progress_of_a_run_still_pending_and_the_shard_a_worker_holds(sim, param
     steps.run_online(run, "00000", llm=llm)
     with Viewer(run["run_uri"]) as viewer:
         overview = get_json(viewer.url + "api/overview")
+        read = time.monotonic()
         totals = overview["status"]["totals"]
         assert (totals["succeeded"], totals["pending"], totals["in_flight"]) == (4, 6, 0)
         assert [s["state"] for s in overview["status"]["shards"]] == ["done", "pending", "pending"]
@@ -148,14 +150,23 @@ def test_progress_of_a_run_still_pending_and_the_shard_a_worker_holds(sim, param
         assert {row["status"] for row in rows} == {"pending"}
         assert all(row["outputs"] is None and row["response"] is None for row in rows)
 
-    leases = ShardLeases(RunStore(run["run_uri"]), ["00001"])
+        steps.run_online(run, "00001", llm=llm)  # the run goes on
+        again = get_json(viewer.url + "api/overview")
+        if time.monotonic() - read < overview["refresh_seconds"] - 0.5:  # not re-read yet
+            assert again["status"]["read_at"] == overview["status"]["read_at"]
+        deadline = time.monotonic() + 60
+        while get_json(viewer.url + "api/overview")["status"]["totals"]["succeeded"] != 8:
+            assert time.monotonic() < deadline, "the progress never refreshed"
+            time.sleep(0.5)
+
+    leases = ShardLeases(RunStore(run["run_uri"]), ["00002"])  # a worker sending shard 00002
     leases.acquire()
     try:
         with Viewer(run["run_uri"]) as viewer:
             shards = get_json(viewer.url + "api/overview")["status"]["shards"]
             busy = {s["shard"]: s["in_flight"] for s in shards}
-            assert busy == {"00000": 0, "00001": 4, "00002": 0}
-            assert shards[1]["lease"]["expires_in"] > 0
+            assert busy == {"00000": 0, "00001": 0, "00002": 2}
+            assert shards[2]["lease"]["expires_in"] > 0 and "lease" not in shards[1]
     finally:
         leases.release()
 
