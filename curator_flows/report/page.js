@@ -81,7 +81,7 @@
       (status.read_at ? " · read " + when(status.read_at) : "");
     factsTable($("totals").tBodies[0], [
       ["requests", int(t.requests), "requests"],
-      ["succeeded", int(t.succeeded), "succeeded"],
+      ["answered", int(t.succeeded), "succeeded"],
       ["failed", int(t.failed), "failed"],
       ["pending", int(t.pending), "pending"],
       t.in_flight === undefined ? null : ["in flight", int(t.in_flight), "in_flight"],
@@ -112,8 +112,8 @@
         ["finalized", when(finalized.finalized_at), "finalized_at"],
         ["parsed rows", int(finalized.rows), "rows"],
         ["requests", int(req.total), "total"],
-        ["succeeded", int(req.succeeded), "req_succeeded"],
-        ["failed", int(req.failed), "req_failed"],
+        ["succeeded (answered and parsed)", int(req.succeeded), "req_succeeded"],
+        ["failed (parse() errors included)", int(req.failed), "req_failed"],
         ["reused from earlier runs", int(req.cached), "cached"],
         ["total cost", money(cost.total_cost), "total_cost"],
         ["of which reused (not paid by this run)", money(cost.cached_cost), "cached_cost"],

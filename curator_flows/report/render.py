@@ -93,7 +93,9 @@ def page_html(data: dict[str, Any], *, live: bool) -> str:
 
 def final_status(view: RunView, finalized: dict[str, Any] | None) -> dict[str, Any]:
     """The progress part of a static page: the last finalize's counts, or (not finalized)
-    each shard's counts from its response lines."""
+    each shard's counts from its response lines. As in ``status``, ``succeeded`` counts
+    requests with an answer (parse() may have raised on some: the statistics count those as
+    failed)."""
     if finalized is None:
         shards = view.shard_counts()
         keys = ("requests", "succeeded", "failed", "pending", "cost")
@@ -103,10 +105,11 @@ def final_status(view: RunView, finalized: dict[str, Any] | None) -> dict[str, A
         return {"totals": totals, "shards": shards, "finalized": False, "cancelled": False}
     requests = finalized.get("request_stats") or {}
     tokens = finalized.get("token_usage") or {}
+    parse_failures = int(finalized.get("parse_failures") or 0)  # answered, then not parsed
     totals = {
         "requests": requests.get("total", view.requests),
-        "succeeded": requests.get("succeeded", 0),
-        "failed": requests.get("failed", 0),
+        "succeeded": requests.get("succeeded", 0) + parse_failures,
+        "failed": requests.get("failed", 0) - parse_failures,
         "pending": 0,  # finalize counts a request without an answer as failed (not_sent)
         "cost": (finalized.get("cost_info") or {}).get("total_cost", 0.0),
         "input_tokens": tokens.get("input", 0),

@@ -164,3 +164,30 @@ def test_the_static_report_in_a_browser_shows_markup_as_text(sim, params, wd, tm
     assert len(dom.root.find_all("script")) == 2
     texts = [node.text for row in dom.rows() for node in row.find_all("pre")]
     assert any(PAYLOAD in text for text in texts)
+
+
+class Picky(LLM):
+    def prompt(self, input: dict) -> str:
+        return f"item {input['n']}"
+
+    def parse(self, input: dict, response: str) -> dict:
+        if input["n"] % 4 == 0:
+            raise ValueError(f"no good: {input['n']}")
+        return {"n": input["n"]}
+
+
+def test_the_report_counts_answers_as_status_does_and_parse_failures_by_reason(
+    sim, params, wd, tmp_path
+):
+    output_uri = str(tmp_path / "published")
+    publish(Picky("gpt-4o-mini", backend_params=params()), 8, wd, output_uri)
+    data = embedded(Path(output_uri, REPORT_NAME).read_text())
+    assert data["status"]["totals"]["succeeded"] == 8 and data["status"]["totals"]["failed"] == 0
+    stats = data["finalized"]["request_stats"]
+    assert (stats["succeeded"], stats["failed"]) == (6, 2)
+    assert data["failures"]["total"] == 2
+    examples = [e for entry in data["failures"]["reasons"] for e in entry["examples"]]
+    assert sorted(e["row"] for e in examples) == [0, 4]
+    assert all("no good" in e["message"] for e in examples)
+    rows = data["sample"]["rows"]
+    assert [row["row"] for row in rows if row["status"] == "parse_failed"] == [0, 4]
