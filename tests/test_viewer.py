@@ -213,14 +213,25 @@ def test_a_page_reads_only_the_shards_it_shows(sim, params, wd):
         assert status == 500 and b"FileNotFoundError" in body
 
 
-def test_the_viewer_never_writes_to_the_run(sim, params, wd):
-    run_uri = finished_run(params, wd)
-    before = {p: p.stat().st_mtime_ns for p in Path(run_uri).rglob("*")}
-    with Viewer(run_uri) as viewer:
-        get_json(viewer.url + "api/overview")
+def test_the_viewer_never_writes_to_the_run(sim, params, wd, tmp_path):
+    """Not even the merge of answers spilled on this machine, which every step does first."""
+    from curator_flows.spill import spill
+    from curator_flows.store import RunStore, dumps
+
+    llm = Topics("gpt-4o-mini", backend_params=params(shard_size=4, spill_dir=str(tmp_path)))
+    run = steps.prepare(llm, [{"n": i} for i in range(6)], wd)
+    steps.run_online(run, "00000", llm=llm)
+    pending = next(RunStore(run["run_uri"]).iter_lines("requests/00001.jsonl"))
+    line = {"id": pending["id"], "content": "spilled answer", "usage": [1, 1], "cost": 0.0}
+    spill(RunStore(run["run_uri"]), run["run_id"], {"00001": dumps(line)}, str(tmp_path))
+    before = {p: p.stat().st_mtime_ns for p in Path(run["run_uri"]).rglob("*")}
+    with Viewer(run["run_uri"]) as viewer:
+        assert get_json(viewer.url + "api/overview")["status"]["totals"]["succeeded"] == 4
         get_json(viewer.url + "api/rows?q=topic")
+        get_json(viewer.url + "api/rows?page=2&size=2")
         get(viewer.url)
-    assert {p: p.stat().st_mtime_ns for p in Path(run_uri).rglob("*")} == before
+    assert {p: p.stat().st_mtime_ns for p in Path(run["run_uri"]).rglob("*")} == before
+    assert steps.status(run)["totals"]["succeeded"] == 5  # a step merges the spilled answer
 
 
 def test_requests_for_another_host_other_methods_or_bad_parameters_are_refused(sim, params, wd):
