@@ -5,7 +5,7 @@ The contract (readers rely on it; see docs/architecture.md):
 ```
 <output_uri>/_SUCCESS                               the marker: JSON, written last, atomically
 <output_uri>/part-<publish_id>-<shard>.parquet      the data files of one publish
-<output_uri>/report.html                            a page for people (after the marker, unlisted)
+<output_uri>/_report.html                           a page for people (after the marker, unlisted)
 ```
 
 - A reader reads ``<output_uri>/_SUCCESS`` and then **exactly the files it lists** (``files``,

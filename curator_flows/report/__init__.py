@@ -3,7 +3,7 @@ raw response, parsed output) side by side.
 
 - :mod:`.reader` reads a run directory, read-only, a page at a time;
 - :mod:`.render` makes the page (one HTML file with its CSS and script inline), served live by
-  :mod:`curator_flows.viewer` or written once, static, as ``report.html`` beside a published
+  :mod:`curator_flows.viewer` or written once, static, as ``_report.html`` beside a published
   dataset;
 - :mod:`.preview` reads the first rows of a published dataset (the Prefect preview artifact).
 

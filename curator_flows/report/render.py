@@ -1,5 +1,5 @@
 """The run page as one self-contained HTML document: served live by
-:mod:`curator_flows.viewer`, or written once, static, as ``report.html`` beside a published
+:mod:`curator_flows.viewer`, or written once, static, as ``_report.html`` beside a published
 dataset.
 
 Invariants:
@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: the static report's name beside the published data
-REPORT_NAME = "report.html"
+#: (``_``-prefixed: every listing reader, ``pq.read_table(dir)``, Spark, Hive, skips it, as it
+#: skips ``_SUCCESS``)
+REPORT_NAME = "_report.html"
 #: what a static report embeds at most
 SAMPLE_ROWS = 1_000
 SAMPLE_CELL_CHARS = 4_000
@@ -187,7 +189,7 @@ def write_report(
     *,
     only_if_missing: bool = False,
 ) -> str | None:
-    """Write ``report.html`` of the run at ``run`` into ``target`` (the published directory
+    """Write ``_report.html`` of the run at ``run`` into ``target`` (the published directory
     ``marker`` describes), whole or not at all; return its URI, or ``None`` when it was not
     written (``only_if_missing`` and it exists, or it failed: logged, never raised)."""
     try:

@@ -1,4 +1,4 @@
-"""``report.html`` beside a published dataset: written after the marker, never failing the
+"""``_report.html`` beside a published dataset: written after the marker, never failing the
 publish, holding a bounded sample whose model output is text, and the same page in a real
 headless Chromium (rows, paging, search within the sample)."""
 
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import fsspec
+import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from curator_flows import LLM, Credentials, steps
@@ -72,6 +73,7 @@ def test_a_publish_writes_the_report_beside_the_data_not_listed_in_the_marker(
     report = Path(output_uri, REPORT_NAME)
     marker = read_marker(output_uri)
     assert report.exists() and REPORT_NAME not in [entry["path"] for entry in marker["files"]]
+    assert pq.read_table(output_uri).num_rows == 12  # a listing reader skips it, as _SUCCESS
     data = embedded(report.read_text())
     assert data["mode"] == "static" and data["facts"]["run_id"] == run["run_id"]
     assert [row["row"] for row in data["sample"]["rows"]] == list(range(12))
