@@ -3,9 +3,10 @@ static report take, and the peak RSS of the viewer's process (bounded by a shard
 
 The run is prepared for real and its responses written as the online runner writes them (the
 helper of ``publish_parquet.py``), then finalized in its own process. The viewer's reads run in
-a fresh process: page 1 (its time includes the first imports), a page in the middle and one in the last shard, a search whose only match is the last row
-(it reads every request), a search stopped by its scan limit, the progress part (``status``
-and the failures, every response file), and the static report's data.
+a fresh process: page 1 (its time includes the first imports), a page in the middle and one in
+the last shard, a search whose only match is the last row (it reads every request), a search
+stopped by its scan limit, the progress part (``status`` and the failures, every response
+file), and the static report's data.
 
     python benchmarks/viewer_pages.py [--rows 200000]
 """
