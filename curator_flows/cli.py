@@ -3,6 +3,7 @@
     curator-flows status RUN_URI [--json]     per-shard state, counts and cost so far
     curator-flows cancel RUN_URI [--json]     cancel every live batch of a batch run
     curator-flows estimate RUN_URI [--json]   projected cost of what is pending, spent so far
+    curator-flows view RUN_URI [--port N]     a local read-only web page: progress, failures, rows
     curator-flows simulator [ARGS...]         the OpenAI/Anthropic simulator (its own --help)
 
 API keys come from the environment (``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``), never from
@@ -34,6 +35,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     estimate.add_argument("run_uri", metavar="RUN_URI")
     estimate.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    view = commands.add_parser(
+        "view",
+        help="serve a local, read-only web page of a run: progress, failures, rows",
+        description="Serve a read-only page of the run on 127.0.0.1 (nothing leaves this "
+        "machine) until interrupted: progress while it runs, counts, cost, failures by reason, "
+        "and a paged, searchable table of input rows, raw responses and parsed outputs.",
+    )
+    view.add_argument("run_uri", metavar="RUN_URI", help="the run directory (any fsspec URI)")
+    view.add_argument(
+        "--port", type=int, default=0, help="the port on 127.0.0.1 (default: a free one)"
+    )
+    browser = view.add_mutually_exclusive_group()
+    browser.add_argument(
+        "--open", dest="open_browser", action="store_true", default=None,
+        help="open the page in a web browser (the default when a display is available)",
+    )  # fmt: skip
+    browser.add_argument(
+        "--no-browser", dest="open_browser", action="store_false",
+        help="only print the page's URL",
+    )  # fmt: skip
+    view.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help="fsspec storage options of RUN_URI as JSON, e.g. an endpoint_url (credentials "
+        "come from the environment or fsspec's configuration, not from here)",
+    )
     commands.add_parser(
         "simulator", help="run the OpenAI/Anthropic simulator (see: simulator --help)",
         add_help=False,
@@ -109,6 +136,41 @@ def format_estimate(report: dict[str, Any]) -> str:
     )
 
 
+def _wants_browser() -> bool:
+    """Whether a browser can show a page here (a desktop session, not a remote shell)."""
+    import os
+
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _view(args: argparse.Namespace) -> int:
+    from .viewer import Viewer
+
+    try:
+        storage_options = json.loads(args.storage_options) if args.storage_options else None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--storage-options is not JSON: {exc}") from None
+    if storage_options is not None and not isinstance(storage_options, dict):
+        raise ValueError("--storage-options must be a JSON object")
+    viewer = Viewer(args.run_uri, storage_options, port=args.port)
+    print(
+        f"curator-flows view: run {viewer.view.manifest['run_id']} at {viewer.url} "
+        "(read-only, on this machine only; Ctrl-C stops)",
+        flush=True,
+    )
+    if args.open_browser if args.open_browser is not None else _wants_browser():
+        import webbrowser
+
+        webbrowser.open(viewer.url)
+    try:
+        viewer.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "simulator":
@@ -120,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import CuratorFlowsError
 
     try:
+        if args.command == "view":
+            return _view(args)
         if args.command == "status":
             report = steps.status(args.run_uri)
             print(json.dumps(report, indent=2) if args.json else format_status(report))
@@ -140,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for error in result["errors"]:
                     print(f"shard {error['shard']}: {error['error']}", file=sys.stderr)
             return 1 if result["errors"] else 0
-    except (CuratorFlowsError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (CuratorFlowsError, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
         print(f"curator-flows {args.command}: {exc}", file=sys.stderr)
         return 1
     return 2

@@ -10,6 +10,7 @@ The layout (readers rely on it; see docs/architecture.md, "Published outputs"):
 <dir>/part-<publish_id>-<shard>.parquet          the data files of one publish
 <dir>/README.md                                  the dataset card, without partitions
 <dir>/_part-<publish_id>-<shard>.parquet.tmp     a part not committed yet (listing readers skip it)
+<dir>/_report.html                               the run page for people (after the marker, unlisted)
 ```
 
 ``<dir>`` is ``output_uri`` itself, or with ``partition={"date": "2026-12-04"}`` the Hive
@@ -60,6 +61,7 @@ from typing import Any
 import orjson
 
 from .errors import ConfigError, CorruptRunError, StorageAccessError, StorageWriteError
+from .report.render import write_report
 from .store import RunStore, join_uri
 
 log = logging.getLogger(__name__)
@@ -207,6 +209,7 @@ def publish(
         if admit is not None:
             admit(int(previous.get("invalid_requests") or 0))
         _write_card(asset, target, previous, partition, contract.schema)
+        write_report(store, target, previous, only_if_missing=True)  # a crash lost it
         return target.uri, previous
     started = time.time()
     publish_id = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
@@ -260,6 +263,7 @@ def publish(
         raise
     _write_card(asset, target, marker, partition, contract.schema)
     _remove_superseded(target, previous, marker, started - orphan_grace_seconds)
+    write_report(store, target, marker)  # for people; never fails the publish
     return target.uri, marker
 
 

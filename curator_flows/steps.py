@@ -54,6 +54,7 @@ __all__ = [
     "load_response",
     "poll",
     "prepare",
+    "preview",
     "run_offline",
     "run_online",
     "run_uri",
@@ -308,6 +309,22 @@ def finalize(
         partition=partition,
         schema_evolution=schema_evolution,
     )
+
+
+def preview(
+    output: RunRef, rows: int = 20, *, credentials: CredentialsLike = None
+) -> list[dict[str, Any]]:
+    """The first ``rows`` rows of a published dataset (its ``output_uri``, or a
+    ``FinalizeResult``, whose published output is read when it has one) or of a finalized run,
+    as JSON values for people (texts cut at 500 characters); reads only those rows."""
+    from .credentials import Credentials
+    from .report.preview import preview_rows
+
+    if isinstance(output, dict):
+        uri = output.get("output_uri") or output["run_uri"]
+    else:
+        uri = run_uri(output)
+    return preview_rows(uri, rows, Credentials.coerce(credentials).storage_options)
 
 
 def load_response(

@@ -1,9 +1,10 @@
 """What people see in the Prefect UI: a progress artifact per shard, updated while the shard
-runs, and at the end a table of the run's statistics with a link to the published dataset; the
-dataset itself is declared as a Prefect asset.
+runs, and at the end a table of the run's statistics with a link to the published dataset and
+a preview table of its first rows; the dataset itself is declared as a Prefect asset.
 
 Invariants:
-- artifacts hold counts, tokens, cost, times and URIs: never rows, prompts or keys;
+- artifacts hold counts, tokens, cost, times and URIs, and the preview holds the first
+  :data:`PREVIEW_ROWS` rows of the published dataset (texts cut): never prompts or keys;
 - progress is read from the run directory (``steps.status`` of the shard alone: its own files,
   never the other shards') on a background thread at most every ``interval`` seconds, so it
   costs the step nothing per request; a failure to read or to write an artifact is logged and
@@ -28,6 +29,8 @@ log = logging.getLogger("prefect_tasks.artifacts")
 
 #: seconds between two progress updates of a running shard
 PROGRESS_INTERVAL = 5.0
+#: rows of the published dataset in the preview table
+PREVIEW_ROWS = 20
 
 
 def progress_key(run: Any, shard: str) -> str:
@@ -240,6 +243,31 @@ def report(summary: FinalizeResult, key: str) -> None:
             markdown=f"Dataset files (Arrow IPC) under `{summary['run_uri']}/output/`",
             key=f"{key}-output",
         )
+
+
+def preview(summary: FinalizeResult, key: str, credentials: Any = None) -> None:
+    """A table artifact of the first :data:`PREVIEW_ROWS` rows of the published dataset, under
+    ``<key>-preview`` (nothing when the run was not published)."""
+    from prefect.artifacts import create_table_artifact
+
+    from .resolve import resolve_credentials
+
+    output = summary.get("output_uri")
+    if not output:
+        return
+    rows = _safely(
+        "read the published rows",
+        lambda: steps.preview(output, PREVIEW_ROWS, credentials=resolve_credentials(credentials)),
+    )
+    if rows is None:
+        return
+    _safely(
+        "create the preview table",
+        create_table_artifact,
+        table=rows,
+        key=f"{key}-preview",
+        description=f"The first {len(rows)} rows of {output} (texts cut at 500 characters)",
+    )
 
 
 def asset_key(uri: str | None) -> str | None:

@@ -46,7 +46,7 @@ from curator_flows.llm import LLM
 from curator_flows.results import FinalizeResult, PrepareResult, ShardResult
 
 from . import tasks
-from .artifacts import PROGRESS_INTERVAL, report, summary_key
+from .artifacts import PROGRESS_INTERVAL, preview, report, summary_key
 from .parameters import curator_flow, refuse_secrets
 from .resolve import load_block, resolve_credentials, resolve_llm
 
@@ -190,7 +190,7 @@ def _finish(
     """``finalize`` (publishing only when at most ``max_failed_fraction`` of the requests
     failed); when it finds shards that still owe answers, ``resend`` them (their tasks'
     caches refreshed: a cached result of an earlier pass would answer for them) and finalize
-    once more. Then the table artifact."""
+    once more. Then the table artifacts (statistics, a preview of the published rows)."""
     dataset, output_uri = opened.dataset, opened.output_uri
     upstream = dataset if isinstance(dataset, str) else None
     if isinstance(dataset, dict):  # an upstream step's result: its published output
@@ -222,7 +222,9 @@ def _finish(
         resend(pending)
         state = finalize(opened.run, **arguments, return_state=True)
     summary = state.result()
-    report(summary, artifact_key or summary_key(type(opened.llm).__name__))
+    key = artifact_key or summary_key(type(opened.llm).__name__)
+    report(summary, key)
+    preview(summary, key, opened.credentials)
     return summary
 
 

@@ -222,7 +222,7 @@ def test_a_night_published_again_replaces_its_partition_alone(sim, params, targe
     replaced = read_marker(f"{root}/date=2026-12-03", options)
     assert replaced["publish_id"] != markers["2026-12-03"]["publish_id"] and replaced["rows"] == 4
     parts = sorted(p.rsplit("/", 1)[-1] for p in after if "2026-12-03" in p)
-    assert parts == sorted(["_SUCCESS", *(entry["path"] for entry in replaced["files"])])
+    assert parts == sorted(["_SUCCESS", "_report.html", *(e["path"] for e in replaced["files"])])
 
     table = ds.dataset(
         path, filesystem=fs, format="parquet", partitioning="hive", ignore_prefixes=LISTING_IGNORES
