@@ -10,7 +10,7 @@ The layout (readers rely on it; see docs/architecture.md, "Published outputs"):
 <dir>/part-<publish_id>-<shard>.parquet          the data files of one publish
 <dir>/README.md                                  the dataset card, without partitions
 <dir>/_part-<publish_id>-<shard>.parquet.tmp     a part not committed yet (listing readers skip it)
-<dir>/_report.html                               the run page for people (after the marker, unlisted)
+<dir>/_report.html                               the run page (after the marker; not listed in it)
 ```
 
 ``<dir>`` is ``output_uri`` itself, or with ``partition={"date": "2026-12-04"}`` the Hive
