@@ -7,15 +7,16 @@ Invariants:
 - Structured output (``output_format`` or ``output_config.format`` of type ``json_schema``)
   yields a text block whose JSON validates against the schema; a request with ``tools`` (unless
   ``tool_choice`` is ``{"type": "none"}``) yields a ``tool_use`` block whose ``input``
-  validates against the tool's ``input_schema``; thinking (``thinking.type`` ``"enabled"``
-  with ``budget_tokens``, at least 1024 and below ``max_tokens``, else Anthropic's 400; or
-  ``"adaptive"``) adds a ``thinking`` block first, whose tokens are output tokens spent from
-  ``max_tokens`` before the answer's.
+  validates against the tool's ``input_schema``; extended thinking (``thinking.type``
+  ``"enabled"``) adds a ``thinking`` block first.
 - Output tokens are charged as ``max_tokens`` when admitted and the unused part is refunded
   (Anthropic's OTPM estimate-then-adjust).
 - `build_message` is shared with the message batches API.
 - An account out of credit is refused before the rate limits with Anthropic's 400 (see
   `account`); Anthropic documents no per-day limits.
+- Thinking (``"enabled"`` with a ``budget_tokens`` of at least 1024 and below ``max_tokens``,
+  else Anthropic's 400; or ``"adaptive"``) is output: its tokens are spent from ``max_tokens``
+  before the answer's and counted in ``output_tokens``.
 """
 
 from __future__ import annotations
