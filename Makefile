@@ -56,6 +56,7 @@ bench: venv
 	$(VENV_PY) benchmarks/read_parquet_input.py
 	$(VENV_PY) benchmarks/vs_bare_client.py
 	$(VENV_PY) benchmarks/publish_parquet.py
+	$(VENV_PY) benchmarks/llm_construction.py
 
 # Prefect's added wall time and the flow process's peak memory (20,000 requests, 4 shards).
 bench-prefect: venv

@@ -16,7 +16,12 @@ _ERRORS = (
     "IncompleteRunError", "ProviderError", "AuthenticationError", "EndpointUnreachableError",
     "RateLimitExhaustedError", "BudgetExceededError", "LeaseHeldError", "StorageWriteError",
     "RunNotFoundError", "LLMRebuildError", "BatchStepError", "BatchNotEnded",
-    "QuotaExceededError", "DailyLimitError", "TooManyFailuresError",
+    "QuotaExceededError", "DailyLimitError", "TooManyFailuresError", "NotSupportedError",
+)  # fmt: skip
+#: Curator's names for what this library leaves out: they raise NotSupportedError when used
+_LEFT_OUT = (
+    "CodeExecutor", "TinkerTrainer", "TinkerTrainerConfig", "FireworksTrainer",
+    "FireworksTrainerConfig", "push_to_viewer", "load_dataset",
 )  # fmt: skip
 _EXPORTS = {
     "LLM": "curator_flows.llm",
@@ -28,8 +33,11 @@ _EXPORTS = {
     "Credentials": "curator_flows.credentials",
     "is_retryable": "curator_flows.errors",
     **{name: "curator_flows.errors" for name in _ERRORS},
+    **{name: "curator_flows.unsupported" for name in _LEFT_OUT},
     "steps": "curator_flows.steps",
+    "types": "curator_flows.types",  # as Curator's ``curator.types`` (Image, File)
 }
+_MODULES = ("steps", "types")
 
 __all__ = sorted(_EXPORTS)
 
@@ -39,7 +47,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'curator_flows' has no attribute {name!r}")
     value = importlib.import_module(module)
-    if name != "steps":
+    if name not in _MODULES:
         value = getattr(value, name)
     globals()[name] = value
     return value

@@ -104,7 +104,19 @@ class OnlineParams(CommonParams):
 
 
 class BatchParams(CommonParams):
+    #: requests per provider batch; ``None`` (or Curator's ``"auto"``, read as ``None``) is as
+    #: many as the provider's per-batch limits of requests and bytes allow
     batch_size: int | None = Field(None, gt=0)
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _auto_batch_size(cls, value: Any) -> Any:
+        if value == "auto":
+            return None
+        if isinstance(value, str) and not value.strip().isdigit():
+            raise ValueError(f"must be a positive integer or 'auto', got {value!r}")
+        return value
+
     batch_check_interval: float = Field(60.0, gt=0)
     delete_successful_batch_files: bool = False
     delete_failed_batch_files: bool = False

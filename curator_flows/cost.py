@@ -42,6 +42,11 @@ def _price_map() -> dict:
         return {}
 
 
+def price_map() -> dict:
+    """litellm's bundled model price map (``{}`` without litellm), read once per process."""
+    return _price_map()
+
+
 def _lookup(model: str) -> dict:
     table = _price_map()
     if model in table:

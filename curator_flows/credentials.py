@@ -7,7 +7,9 @@ Invariants:
 - a base URL: ``Credentials.base_url``, ``backend_params["base_url"]``, the provider's URL
   variable, then the provider's own endpoint (for batch, its batch endpoint when it has one);
 - OpenAI-compatible providers that Curator names as backends (:data:`PROVIDER_ALIASES`) speak
-  the openai wire format with their own endpoint and key variable;
+  the openai wire format with their own endpoint and key variable; Gemini and Mistral go
+  through litellm, which reads their key variables (``GEMINI_API_KEY``, ``MISTRAL_API_KEY``)
+  itself unless a key is given;
 - a :class:`Credentials` value never shows its key: ``repr``, ``str`` and :meth:`public_dict`
   mask it, and nothing here writes to the run directory;
 - a key given to an ``LLM`` (``backend_params["api_key"]``) is held as a :class:`Secret`: shown
@@ -123,8 +125,15 @@ PROVIDER_ENV: dict[str, tuple[str, str, str]] = {
 }
 #: providers whose batch API lives elsewhere than their online API
 BATCH_BASE_URLS: dict[str, str] = {"inference.net": "https://batch.inference.net/v1"}
-#: OpenAI-compatible providers named as backends → the wire format they speak
-PROVIDER_ALIASES: dict[str, str] = {"klusterai": "openai", "inference.net": "openai"}
+#: providers Curator names as backends → the backend that reaches them: the openai wire format
+#: for OpenAI-compatible ones, litellm (model names under the provider's litellm prefix,
+#: ``gemini/...``) for the others
+PROVIDER_ALIASES: dict[str, str] = {
+    "klusterai": "openai",
+    "inference.net": "openai",
+    "gemini": "litellm",
+    "mistral": "litellm",
+}
 
 
 def default_base_url(provider: str, batch: bool = False) -> str:

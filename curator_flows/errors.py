@@ -8,7 +8,9 @@ Invariants:
   config or input, 401/403/404 from the provider, a schema never satisfied, a budget reached);
 - errors also derive from the builtin a caller would have caught before (``ValueError`` for
   bad values, ``RuntimeError`` for failed work, ``FileNotFoundError`` for a missing run), so
-  ``except ValueError`` keeps working;
+  ``except ValueError`` keeps working; what Bespoke Curator raises as ``ValueError`` (a run
+  with failed or missing responses, a ``prompt()`` or ``parse()`` answer it cannot use) is a
+  ``ValueError`` here too, and stays a ``RuntimeError`` for code written against this library;
 - messages never contain an API key.
 
 Orchestrator adapters map ``retryable`` onto their retry rules with :func:`is_retryable`.
@@ -48,16 +50,25 @@ class InputError(CuratorFlowsError, ValueError):
     """A dataset (or one of its rows) that cannot be used; the message names the row."""
 
 
-class PromptError(CuratorFlowsError, RuntimeError):
-    """``prompt()`` raised or returned something unusable; the message names the row."""
+class NotSupportedError(ConfigError):
+    """A Bespoke Curator feature this library leaves out (multimodal ``Image``/``File``
+    prompts, the code executor, trainers, the Curator Viewer), raised where it is used; the
+    message says what to use instead."""
 
 
-class ParseError(CuratorFlowsError, RuntimeError):
-    """``parse()`` returned something unusable; the message names the row."""
+class PromptError(CuratorFlowsError, RuntimeError, ValueError):
+    """``prompt()`` raised or returned something unusable; the message names the row. A
+    ``ValueError``, as Curator raises for a prompt it cannot use."""
 
 
-class OutputError(CuratorFlowsError, RuntimeError):
-    """A parsed value that cannot be stored; the message names the row and the column."""
+class ParseError(CuratorFlowsError, RuntimeError, ValueError):
+    """``parse()`` returned something unusable; the message names the row. A ``ValueError``, as
+    Curator raises for a row it cannot use."""
+
+
+class OutputError(CuratorFlowsError, RuntimeError, ValueError):
+    """A parsed value that cannot be stored; the message names the row and the column. A
+    ``ValueError``, as pyarrow's ``ArrowInvalid`` is in Curator."""
 
 
 class SchemaChangeError(ConfigError):
@@ -191,10 +202,11 @@ class DailyLimitError(RateLimitExhaustedError):
 
 
 # ----------------------------------------------------------------------------- run state
-class IncompleteRunError(CuratorFlowsError, RuntimeError):
+class IncompleteRunError(CuratorFlowsError, RuntimeError, ValueError):
     """Requests failed (``require_all_responses``), every request failed, or shards still have
     pending work. Everything that succeeded is stored. ``retryable`` is ``True`` when work is
-    only pending, or when at least one failure was transient."""
+    only pending, or when at least one failure was transient. A ``ValueError`` too, as Curator
+    raises for missing responses, so ``except ValueError`` around ``llm(...)`` catches it."""
 
     def __init__(
         self,

@@ -2,7 +2,9 @@
 
 Invariants:
 - construction validates everything and sends nothing (no probe call: it would cost money and
-  run at DAG-parse time);
+  run at DAG-parse time): a litellm model id litellm cannot route, a provider batch API or a
+  Curator feature that is left out (``NotSupportedError``), a completion window the provider
+  never accepts all fail here;
 - the constructor's arguments are recorded as given (:meth:`LLM.spec`), so a step that has only
   the run URI rebuilds an equal LLM (:mod:`curator_flows.rebuild`); secrets are never recorded;
 - an API key given to the LLM (``backend_params["api_key"]``, or an ``api_key`` argument) is
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import BackendConfig, Mode
 from .credentials import PROVIDER_ALIASES, hide_keys
-from .errors import ConfigError
+from .errors import ConfigError, NotSupportedError
 from .fingerprint import canonical, code_fingerprint, digest
 from .rebuild import constructor_spec, import_path, load_import_path
 
@@ -35,6 +37,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKENDS = ("openai", "anthropic", "litellm", "vllm")
+#: provider aliases reached through litellm, whose batch APIs are left out: why, and the key
+_NO_BATCH_API = {
+    "gemini": (
+        "Curator's Gemini batch runs on Vertex AI batch prediction (a Google Cloud project and "
+        "a GCS bucket), which curator-flows does not support",
+        "GEMINI_API_KEY",
+    ),
+    "mistral": ("Mistral's batch API is not supported by curator-flows", "MISTRAL_API_KEY"),
+}
+#: backends of Curator that this library leaves out → what to use instead
+_LEFT_OUT_BACKENDS = {
+    "code_executor": (
+        "Curator's code-execution backend is not supported: curator-flows only prompts LLMs; "
+        "run generated code in a task of your own after the LLM stage"
+    ),
+}
 _OPENAI_PREFIXES = (
     "gpt-", "gpt4", "o1", "o3", "o4", "chatgpt-", "ft:gpt", "davinci", "babbage", "codex-",
 )  # fmt: skip
@@ -42,17 +60,29 @@ _OPENAI_PREFIXES = (
 _BASE_STATE = frozenset({"config", "mode", "_init_args"})
 #: values of ``CURATOR_DISABLE_CACHE`` that turn reuse off (as Curator reads it)
 _TRUE = ("1", "true")
+#: values of ``CURATOR_VIEWER`` that ask Curator for its hosted viewer
+_VIEWER_ON = ("1", "true", "t")
 
 
 def resolve_provider(model_name: str, backend: str | None, batch: bool) -> tuple[str, str]:
     """``(backend, provider)``: the wire format and whose endpoint and key it uses (the same
     but for the aliases of :data:`~curator_flows.credentials.PROVIDER_ALIASES`). ``backend``
-    if given (an OpenAI-compatible provider alias counts as ``openai``); else OpenAI model
-    names → openai, Claude models → anthropic (as Curator picks them), anything else →
-    litellm."""
+    if given (an OpenAI-compatible provider alias counts as ``openai``, ``gemini`` and
+    ``mistral`` as ``litellm``, online only); else OpenAI model names → openai, Claude models →
+    anthropic (as Curator picks them), anything else → litellm."""
     if backend is not None:
+        if backend in _NO_BATCH_API and batch:
+            reason, key_var = _NO_BATCH_API[backend]
+            raise NotSupportedError(
+                f"backend={backend!r} with batch=True: {reason}. Use batch=False (backend="
+                f"{backend!r} sends through litellm as '{backend}/<model>', with {key_var}), or "
+                "a provider batch API that is supported: backend='openai' or 'anthropic' with "
+                "batch=True"
+            )
         if backend in PROVIDER_ALIASES:
             return PROVIDER_ALIASES[backend], backend
+        if backend in _LEFT_OUT_BACKENDS:
+            raise NotSupportedError(f"backend={backend!r}: {_LEFT_OUT_BACKENDS[backend]}")
         if backend not in BACKENDS:
             choices = [*BACKENDS, *PROVIDER_ALIASES]
             raise ConfigError(f"unknown backend {backend!r}; choose one of {choices}")
@@ -83,6 +113,25 @@ def _mode(backend: str, batch: bool) -> Mode:
             )
         return "batch"
     return "online"
+
+
+def _check_completion_window(llm: LLM) -> None:
+    """Refuse a ``completion_window`` the provider's own batch API never accepts: OpenAI's
+    takes only ``"24h"`` (a 400 at submit otherwise), and Anthropic's Message Batches have no
+    window to choose (they end within 24 hours). Another endpoint (a ``base_url``, an
+    OpenAI-compatible alias) judges its own windows."""
+    window = llm.config.params.completion_window
+    if window == "24h" or llm.provider != llm.backend or llm.config.params.base_url:
+        return
+    if llm.backend == "openai":
+        raise ConfigError(
+            f"backend_params['completion_window']={window!r}: OpenAI's Batch API accepts only "
+            "'24h' (it answers 400 to anything else); leave it out or set '24h'"
+        )
+    raise ConfigError(
+        f"backend_params['completion_window']={window!r}: Anthropic's Message Batches have no "
+        "completion window to set (each batch ends within 24 hours); leave it out"
+    )
 
 
 def _stable(value: Any) -> Any:
@@ -160,6 +209,10 @@ class LLM:
         check_output_schema(self.output_schema)
         self.batch = bool(batch)
         self.backend, self.provider = resolve_provider(model_name, backend, self.batch)
+        if self.backend == "litellm":  # what litellm is sent: gemini-2.0-flash → gemini/...
+            from .backends.litellm_routing import litellm_model
+
+            self.model_name = litellm_model(model_name, self.provider)
         self.mode: Mode = _mode(self.backend, self.batch)
         if generation_params is not None and not isinstance(generation_params, dict):
             raise ConfigError("generation_params must be a dict")
@@ -185,6 +238,12 @@ class LLM:
                 custom_endpoint=self.config.params.base_url is not None
                 or self.provider != self.backend,
             )
+        if self.mode == "online" and self.backend == "litellm":
+            from .backends.litellm_routing import check_model
+
+            check_model(self.model_name, self.config.params.base_url, self.generation_params)
+        if self.mode == "batch":
+            _check_completion_window(self)
 
     # ------------------------------------------------------------ user hooks
     def prompt(self, input: Any) -> str | list[dict[str, Any]]:
@@ -296,6 +355,7 @@ class LLM:
         a new key generates afresh. ``credentials`` (:class:`~curator_flows.Credentials`)
         supplies the API key, base URL and fsspec storage options without storing them."""
         del batch_cancel_auto_confirm  # nothing is ever asked interactively
+        _warn_if_viewer_asked()
         working_dir = _working_dir_argument(working_dir, cache_dir)
         if cache_disabled():
             run_key = fresh_run_key(run_key)
@@ -337,6 +397,23 @@ class LLM:
             f"{type(self).__name__}(model_name={self.model_name!r}, backend={self.backend!r}, "
             f"mode={self.mode!r})"
         )
+
+
+_viewer_warned = False
+
+
+def _warn_if_viewer_asked() -> None:
+    """Say once per process that ``CURATOR_VIEWER`` (Curator's switch for its hosted viewer)
+    does nothing here, and what does."""
+    global _viewer_warned
+    if _viewer_warned or os.environ.get("CURATOR_VIEWER", "").strip().lower() not in _VIEWER_ON:
+        return
+    from .unsupported import VIEWER_INSTEAD
+
+    _viewer_warned = True
+    log.warning(
+        "CURATOR_VIEWER is set, but the hosted Curator Viewer is not supported: %s", VIEWER_INSTEAD
+    )
 
 
 def _working_dir_argument(working_dir: str | None, cache_dir: Any) -> str | None:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .credentials import Credentials, check_storage_credentials
-from .errors import ConfigError, InputError, PromptError
+from .errors import ConfigError, InputError, NotSupportedError, PromptError
 from .fingerprint import RequestIds, digest
 from .inputs import iter_rows
 from .pending import run_pending
@@ -172,6 +172,8 @@ class _Renderer:
         llm = self.llm
         try:
             value = llm.prompt(row) if self.takes_input else llm.prompt()
+        except NotSupportedError as exc:  # a Curator feature left out (types.Image, ...)
+            raise NotSupportedError(f"prompt() on row {index}: {exc}") from exc
         except Exception as exc:
             raise PromptError(
                 f"prompt() raised on row {index}: {type(exc).__name__}: {exc}"

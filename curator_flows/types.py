@@ -5,6 +5,10 @@ without loss (``to_dict`` / ``from_dict``). Their leading fields are Curator's, 
 order, so code that builds them positionally or by keyword (``TokenUsage(input=, output=,
 total=)``) works unchanged; ours follow.
 
+``Image`` and ``File`` (Curator's ``curator.types`` for multimodal prompts) exist so code written
+for Curator fails where it builds one, with a ``NotSupportedError`` saying what to send instead
+(see :mod:`curator_flows.unsupported`).
+
 ``CuratorResponse.dataset`` is a ``datasets.Dataset``; a response made from a run directory
 holds the output's Arrow table and builds the ``Dataset`` around it on first access (importing
 ``datasets`` costs more than a whole fast run), then keeps it. Pickling a response builds it
@@ -17,7 +21,14 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from .unsupported import File, Image, not_supported
+
+__all__ = [
+    "CostInfo", "CuratorResponse", "File", "Image", "PerformanceStats", "RequestStats",
+    "RunStats", "TokenUsage",
+]  # fmt: skip
 
 
 @dataclass
@@ -148,6 +159,11 @@ class CuratorResponse:
         if path is None:
             return iter(())
         return _iter_jsonl(str(path), storage_options or {})
+
+    def push_to_viewer(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """The hosted Curator Viewer is not supported: raises
+        :class:`~curator_flows.errors.NotSupportedError` naming ``curator-flows view``."""
+        not_supported("push_to_viewer")
 
     def to_dict(self) -> dict[str, Any]:
         """The response as plain JSON values: the dataset's size and columns (not its rows),

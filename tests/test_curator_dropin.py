@@ -586,3 +586,208 @@ def test_curator_response_api(sim, wd):
     assert summary["token_usage"]["total"] == result.token_usage.total > 0
     json.dumps(summary)  # plain JSON
     assert os.path.exists(str(result.failed_requests_path))
+
+
+# --------------------------------------------------------------------------- errors as Curator's
+
+
+class Unparseable(curator.LLM):
+    def prompt(self, input):
+        return f"Say something about {input['topic']}"
+
+    def parse(self, input, response):
+        raise KeyError("no such field")
+
+
+class NumberPrompt(curator.LLM):
+    def prompt(self, input):
+        return 42
+
+
+def test_except_value_error_catches_what_curator_raises_as_value_error(sim, wd):
+    with pytest.raises(ValueError, match="every request of the run failed"):
+        Unparseable(model_name="gpt-4o-mini", backend_params=sim_params(sim))(ROWS, working_dir=wd)
+    strict = FussyParser(
+        model_name="gpt-4o-mini", backend_params=sim_params(sim, require_all_responses=True)
+    )
+    with pytest.raises(ValueError, match="require_all_responses"):
+        strict(TEN, working_dir=wd)
+    with pytest.raises(ValueError, match="row 0"):
+        NumberPrompt(model_name="gpt-4o-mini", backend_params=sim_params(sim))(ROWS, working_dir=wd)
+
+
+# --------------------------------------------------------------------------- batch_size="auto"
+
+
+def test_batch_size_auto_fills_each_batch_up_to_the_providers_limits(sim, wd):
+    from curator_flows.batch.sizing import BATCH_LIMITS
+    from curator_flows.prepare import shard_limits
+
+    sim.configure(batch_timings={"validating": 0.05, "in_progress": 0.1, "finalizing": 0.05})
+    params = sim_params(sim, batch_size="auto", batch_check_interval=0.05)
+    llm = Haiku(model_name="gpt-4o-mini", batch=True, backend_params=params)
+    assert shard_limits(llm) == BATCH_LIMITS["openai"]  # Curator's "auto": the provider's max
+    rows = [{"topic": f"topic {i}"} for i in range(5)]
+    result = llm(rows, working_dir=wd)
+    assert len(result.dataset) == 5
+    assert sim.stats()["batches_created"] == 1 and sim.stats()["batch_items"] == 5
+    with pytest.raises(ConfigError, match="positive integer or 'auto'"):
+        Haiku(model_name="gpt-4o-mini", batch=True, backend_params={"batch_size": "max"})
+
+
+# --------------------------------------------------------------------------- gemini and mistral
+
+
+def test_mistral_and_gemini_backends_go_through_litellm(sim, wd):
+    pytest.importorskip("litellm")
+    mistral = Haiku(
+        model_name="mistral-small-latest", backend="mistral", backend_params=sim_params(sim)
+    )
+    assert (mistral.backend, mistral.provider) == ("litellm", "mistral")
+    assert mistral.model_name == "mistral/mistral-small-latest"  # litellm's provider prefix
+    # litellm's mistral provider speaks the OpenAI wire format: it reaches the simulator
+    result = mistral(ROWS, working_dir=wd)
+    assert [row["topic"] for row in result.dataset] == ["rain", "snow"]
+    assert sim.stats()["chat_completions"] == 2
+    assert result.cost_info.total_cost > 0  # priced as litellm prices mistral/...
+
+    gemini = Haiku(model_name="gemini-2.0-flash", backend="gemini")
+    assert (gemini.backend, gemini.provider) == ("litellm", "gemini")
+    assert gemini.model_name == "gemini/gemini-2.0-flash"
+    vertex = Haiku(model_name="vertex_ai/gemini-2.0-flash", backend="gemini")
+    assert vertex.model_name == "vertex_ai/gemini-2.0-flash"  # a prefix of its own is kept
+    plain = Haiku(model_name="gemini/gemini-2.0-flash", backend="litellm")
+    assert gemini.family_fingerprint() != plain.family_fingerprint()  # the provider is identity
+
+
+@pytest.mark.parametrize("backend", ["gemini", "mistral"])
+def test_gemini_and_mistral_batch_say_what_works_instead(backend):
+    with pytest.raises(ConfigError) as refused:
+        Haiku(model_name=f"{backend}-model", backend=backend, batch=True)
+    message = str(refused.value)
+    assert "batch=False" in message and "backend='openai' or 'anthropic'" in message
+    assert isinstance(refused.value, curator.NotSupportedError)
+
+
+# --------------------------------------------------------------------------- litellm model ids
+
+
+def test_a_model_litellm_cannot_route_fails_at_construction(sim):
+    pytest.importorskip("litellm")
+    with pytest.raises(ConfigError, match="cannot tell which provider serves model 'my-model'"):
+        Haiku(model_name="my-model", backend_params=sim_params(sim))
+    with pytest.raises(ConfigError, match="hosted_vllm/<model>"):
+        Haiku(model_name="Qwen/Qwen2.5-7B-Instruct", backend="litellm")
+    # routable although litellm's price map does not name them
+    Haiku(model_name="hosted_vllm/my-model", backend_params=sim_params(sim))
+    Haiku(model_name="openai/my-model", backend_params=sim_params(sim))
+    Haiku(model_name="my-model", backend_params={"base_url": "https://api.groq.com/openai/v1"})
+    Haiku(model_name="my-model", generation_params={"custom_llm_provider": "openai"})
+    assert sim.stats()["requests"] == 0  # nothing is sent to find out
+
+
+def test_a_model_the_price_map_names_is_checked_without_importing_litellm():
+    import subprocess
+    import sys
+
+    pytest.importorskip("litellm")
+    code = (
+        "import sys\n"
+        "import curator_flows as curator\n"
+        "curator.LLM(model_name='gemini-2.0-flash', backend='gemini')\n"
+        "curator.LLM(model_name='together_ai/meta-llama/Llama-3-8b-chat-hf')\n"
+        "assert 'litellm' not in sys.modules, 'litellm was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+# --------------------------------------------------------------------------- what is left out
+
+
+class Captioner(curator.LLM):
+    def prompt(self, input):
+        return "Describe this image.", curator.types.Image(url=input["url"])
+
+
+def test_left_out_features_are_named_where_they_are_used(sim, wd):
+    not_supported = curator.NotSupportedError
+    llm = Captioner(model_name="gpt-4o-mini", backend_params=sim_params(sim))
+    with pytest.raises(not_supported, match=r"row 0.*types\.Image.*image_url"):
+        llm([{"url": "https://example.com/cat.png"}], working_dir=wd)
+    with pytest.raises(not_supported, match="types.File"):
+        curator.types.File(url="paper.pdf")
+    assert sim.stats()["requests"] == 0
+    with pytest.raises(not_supported, match="code-execution"):
+        curator.CodeExecutor(backend="local")
+    with pytest.raises(not_supported, match="code-execution"):
+        curator.LLM(model_name="gpt-4o-mini", backend="code_executor")
+    for trainer in ("TinkerTrainer", "TinkerTrainerConfig", "FireworksTrainer"):
+        with pytest.raises(not_supported, match=f"{trainer}.*output_uri"):
+            getattr(curator, trainer)(model="some-model")
+    with pytest.raises(not_supported, match="curator-flows view"):
+        curator.push_to_viewer("my-dataset")
+    with pytest.raises(not_supported, match="load_dataset"):
+        curator.load_dataset("session-id")
+    result = Haiku(model_name="gpt-4o-mini", backend_params=sim_params(sim))(ROWS, working_dir=wd)
+    with pytest.raises(not_supported, match="report.html"):
+        result.push_to_viewer()
+
+
+def test_curator_viewer_variable_says_what_to_use_instead(sim, wd, monkeypatch, caplog):
+    import curator_flows.llm as llm_module
+
+    monkeypatch.setattr(llm_module, "_viewer_warned", False)
+    monkeypatch.setenv("CURATOR_VIEWER", "1")
+    with caplog.at_level("WARNING", logger="curator_flows.llm"):
+        Haiku(model_name="gpt-4o-mini", backend_params=sim_params(sim))(ROWS, working_dir=wd)
+    (warning,) = [r for r in caplog.records if "CURATOR_VIEWER" in r.getMessage()]
+    assert "curator-flows view" in warning.getMessage()
+
+
+def test_image_content_parts_are_sent_as_given(sim, wd):
+    """What the NotSupportedError of types.Image points at: the provider's own content parts."""
+
+    class PartsCaptioner(curator.LLM):
+        def prompt(self, input):
+            parts = [
+                {"type": "text", "text": f"Describe image {input['n']}."},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            ]
+            return [{"role": "user", "content": parts}]
+
+        def parse(self, input, response):
+            return {"n": input["n"], "caption": response}
+
+    result = PartsCaptioner(model_name="gpt-4o-mini", backend_params=sim_params(sim))(
+        [{"n": 1}, {"n": 2}], working_dir=wd
+    )
+    assert [row["n"] for row in result.dataset] == [1, 2]
+    assert sim.stats()["by_prompt"] == {"Describe image 1.": 1, "Describe image 2.": 1}
+    (first, _) = request_lines(result.cache_dir)
+    assert first["messages"][0]["content"][1]["type"] == "image_url"
+
+
+# --------------------------------------------------------------------------- completion_window
+
+
+def test_a_completion_window_the_provider_never_accepts_fails_at_construction(sim, wd):
+    with pytest.raises(ConfigError, match="only '24h'"):
+        Haiku(model_name="gpt-4o-mini", batch=True, backend_params={"completion_window": "48h"})
+    with pytest.raises(ConfigError, match="no completion window"):
+        Haiku(
+            model_name="claude-3-5-haiku-20241022",
+            batch=True,
+            backend_params={"completion_window": "48h"},
+        )
+    # another endpoint judges its own windows: the simulator answers OpenAI's 400
+    sim.configure(batch_timings={"validating": 0.05, "in_progress": 0.1, "finalizing": 0.05})
+    params = sim_params(sim, completion_window="48h", batch_check_interval=0.05, max_retries=0)
+    llm = Haiku(model_name="gpt-4o-mini", batch=True, backend_params=params)
+    with pytest.raises(IncompleteRunError) as incomplete:
+        llm(ROWS, working_dir=wd)
+    assert sim.stats()["batches_created"] == 0
+    with open(incomplete.value.failed_requests_uri, "rb") as handle:
+        failed = [orjson.loads(line) for line in handle if line.strip()]
+    assert len(failed) == 2
+    assert all("Supported values are: '24h'" in line["error"] for line in failed)

@@ -79,3 +79,29 @@ def test_steps_raise_library_errors_for_bad_calls(wd):
         steps.run_online(run, parallel_shards=0)
     with pytest.raises(errors.InputError, match="run_key"):
         steps.prepare(llm, [{"n": 1}], wd, run_key=7)
+
+
+#: what Bespoke Curator raises as ``ValueError`` (missing responses, an unusable prompt() or
+#: parse() answer, an unstorable value): code that catches ValueError around llm(...) keeps
+#: catching them, and code written against this library keeps catching RuntimeError
+CURATOR_VALUE_ERRORS = [
+    errors.IncompleteRunError("x"),
+    errors.TooManyFailuresError(
+        "x", failed=2, total=3, failures_by_reason={"http_500": 2}, max_failed_fraction=0.01
+    ),
+    errors.PromptError("x"),
+    errors.ParseError("x"),
+    errors.OutputError("x"),
+]
+
+
+@pytest.mark.parametrize("exc", CURATOR_VALUE_ERRORS, ids=lambda e: type(e).__name__)
+def test_what_curator_raises_as_value_error_is_a_value_error_and_still_a_runtime_error(exc):
+    assert isinstance(exc, ValueError) and isinstance(exc, RuntimeError)
+    assert isinstance(exc, errors.CuratorFlowsError)
+
+
+def test_a_left_out_curator_feature_is_a_permanent_config_error():
+    exc = errors.NotSupportedError("curator_flows.types.Image is not supported")
+    assert isinstance(exc, errors.ConfigError) and isinstance(exc, ValueError)
+    assert not is_retryable(exc)

@@ -215,6 +215,38 @@ def test_max_tokens_truncates_with_length(sim):
     assert body["usage"]["completion_tokens"] <= 2
 
 
+def test_reasoning_models_think_in_output_tokens_within_max_completion_tokens(sim):
+    """What a client reads of a reasoning model: usage.completion_tokens_details."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=sim.base_url, api_key="sk-sim", max_retries=0)
+    messages = [{"role": "user", "content": "a reasoned answer"}]
+    answer = client.chat.completions.create(model="o4-mini", messages=messages)
+    usage = answer.usage
+    reasoning = usage.completion_tokens_details.reasoning_tokens
+    assert reasoning > 0 and answer.choices[0].message.content
+    assert usage.completion_tokens > reasoning  # the visible answer comes on top
+    efforts = {
+        effort: client.chat.completions.create(
+            model="o4-mini", messages=messages, reasoning_effort=effort
+        ).usage.completion_tokens_details.reasoning_tokens
+        for effort in ("low", "high")
+    }
+    assert efforts["low"] < efforts["high"]
+    # max_completion_tokens bounds thinking and answer together: thinking can use all of it
+    cut = client.chat.completions.create(
+        model="o4-mini", messages=messages, max_completion_tokens=20
+    )
+    assert cut.choices[0].finish_reason == "length" and cut.choices[0].message.content == ""
+    assert cut.usage.completion_tokens == cut.usage.completion_tokens_details.reasoning_tokens
+    assert cut.usage.completion_tokens == 20
+    plain = client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+    assert plain.usage.completion_tokens_details.reasoning_tokens == 0
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="o4-mini", messages=messages, max_tokens=100)
+    assert refused.value.code == "unsupported_parameter" and refused.value.param == "max_tokens"
+    assert "Use 'max_completion_tokens' instead." in refused.value.message
+
+
 def test_n_choices(sim):
     body = chat_json(sim, "several", n=3)
     assert [c["index"] for c in body["choices"]] == [0, 1, 2]
@@ -640,6 +672,28 @@ def test_anthropic_max_tokens_and_structured_output(sim):
     body = json.loads(data)
     assert body["stop_reason"] == "tool_use"
     Person.model_validate(body["content"][0]["input"])
+
+
+def test_anthropic_thinking_spends_max_tokens_and_its_budget_stays_below_it(sim):
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    status, _, data = message(sim, "think first", max_tokens=1024, thinking=thinking)
+    assert status == 400
+    error = json.loads(data)["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].startswith(
+        "`max_tokens` must be greater than `thinking.budget_tokens`."
+    )
+    status, _, data = message(sim, "think first", max_tokens=2048, thinking=thinking)
+    assert status == 200, data
+    body = json.loads(data)
+    (thought, answer) = body["content"]
+    assert thought["type"] == "thinking" and thought["thinking"] and thought["signature"]
+    assert answer["type"] == "text"
+    # thinking tokens are output tokens: they come on top of the answer's
+    status, _, plain = message(sim, "think first", max_tokens=2048)
+    assert body["usage"]["output_tokens"] > json.loads(plain)["usage"]["output_tokens"]
+    status, _, data = message(sim, "think first", max_tokens=2048, thinking={"type": "adaptive"})
+    assert status == 200 and json.loads(data)["content"][0]["type"] == "thinking"
 
 
 def test_anthropic_faults(sim):

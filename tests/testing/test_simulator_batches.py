@@ -255,7 +255,14 @@ def test_batch_create_errors(sim):
         call("POST", url, {**body, "input_file_id": file_obj["id"], "endpoint": "/v1/x"})[0] == 400
     )
     bad_window = {**body, "input_file_id": file_obj["id"], "completion_window": "1h"}
-    assert call("POST", url, bad_window)[0] == 400
+    status, refused = call("POST", url, bad_window)
+    assert status == 400
+    assert json.loads(refused)["error"] == {
+        "message": "Invalid value: '1h'. Supported values are: '24h'.",
+        "type": "invalid_request_error",
+        "param": "completion_window",
+        "code": "invalid_value",
+    }
     assert call("GET", f"{url}/batch_missing")[0] == 404
 
 
@@ -513,3 +520,41 @@ def test_message_batch_fail_validation(sim):
     final, _ = wait_message_batch(sim, batch["id"])
     assert final["request_counts"]["errored"] == 2
     assert sim.stats()["batch_items"] == 0
+
+
+def test_batch_usage_details_are_objects_with_the_reasoning_tokens_of_its_lines(sim):
+    """What a client reads of an ended batch: usage with both details objects, never null."""
+    openai = pytest.importorskip("openai")
+    lines = [
+        {
+            "custom_id": f"req-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": model,
+                "messages": [{"role": "user", "content": f"usage {i}"}],
+                "max_completion_tokens": 4000,
+            },
+        }
+        for i, model in enumerate(["o4-mini", "o4-mini"])  # one model per batch, as OpenAI's
+    ]
+    data = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    client = openai.OpenAI(base_url=sim.base_url, api_key="sk-sim", max_retries=0)
+    uploaded = client.files.create(file=("in.jsonl", data), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 5
+    while batch.status != "completed" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed"
+    outputs = [
+        json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()
+    ]
+    usages = {line["custom_id"]: line["response"]["body"]["usage"] for line in outputs}
+    reasoning = [u["completion_tokens_details"]["reasoning_tokens"] for u in usages.values()]
+    assert all(tokens > 0 for tokens in reasoning)
+    assert batch.usage.input_tokens_details.cached_tokens == 0
+    assert batch.usage.output_tokens_details.reasoning_tokens == sum(reasoning)
+    assert batch.usage.output_tokens == sum(u["completion_tokens"] for u in usages.values())

@@ -14,11 +14,15 @@ Invariants:
 - `build_message` is shared with the message batches API.
 - An account out of credit is refused before the rate limits with Anthropic's 400 (see
   `account`); Anthropic documents no per-day limits.
+- Thinking (``"enabled"`` with a ``budget_tokens`` of at least 1024 and below ``max_tokens``,
+  else Anthropic's 400; or ``"adaptive"``) is output: its tokens are spent from ``max_tokens``
+  before the answer's and counted in ``output_tokens``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,16 +120,23 @@ def _tool_call(body: dict[str, Any], digest: bytes) -> tuple[str, Any] | None:
     return tool["name"], tool.get("input_schema") or {"type": "object"}
 
 
-def _thinking_block(body: dict[str, Any], digest: bytes) -> dict[str, Any] | None:
-    """A ``thinking`` block when extended thinking is enabled (``thinking.type`` "enabled")."""
+def _thinking_block(body: dict[str, Any], digest: bytes, max_tokens: int) -> dict[str, Any] | None:
+    """A ``thinking`` block when thinking is on (``thinking.type`` "enabled" or "adaptive")."""
     thinking = body.get("thinking")
-    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "adaptive"):
         return None
-    budget = thinking.get("budget_tokens")
-    if not isinstance(budget, int) or budget < 1024:
-        raise InvalidRequest(
-            "thinking.budget_tokens: Input should be greater than or equal to 1024"
-        )
+    if thinking["type"] == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or budget < 1024:
+            raise InvalidRequest(
+                "thinking.budget_tokens: Input should be greater than or equal to 1024"
+            )
+        if budget >= max_tokens:
+            raise InvalidRequest(
+                "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
+                "documentation at https://docs.claude.com/en/docs/build-with-claude/"
+                "extended-thinking#max-tokens-and-context-window-size"
+            )
     text = gen.generate_text(digest[::-1], 8, 24)
     return {"type": "thinking", "thinking": text, "signature": "sig_" + digest[:16].hex()}
 
@@ -151,6 +162,16 @@ def _content(
             return cached
     config: SimulatorConfig = state.config
     body = req.body
+    thinking = _thinking_block(body, digest, req.max_tokens)
+    thinking_tokens = 0 if thinking is None else estimate_tokens(thinking["thinking"])
+    if thinking is not None and thinking_tokens >= req.max_tokens:  # cut short while thinking
+        thinking["thinking"] = gen.truncate_to_tokens(thinking["thinking"], req.max_tokens)
+        result = ([thinking], "max_tokens", None, req.max_tokens)
+        if fault is None:
+            state.cache_put(cache_key, result)
+        return result
+    if thinking is not None:  # the answer gets the max_tokens thinking left
+        req = dataclasses.replace(req, max_tokens=req.max_tokens - thinking_tokens)
     tool = _tool_call(body, digest)
     stop_sequence = None
     if tool is not None:
@@ -197,11 +218,9 @@ def _content(
                     text, stop, stop_sequence = text[: text.index(seq)], "stop_sequence", seq
                     break
         blocks = [{"type": "text", "text": text}]
-    tokens = min(req.max_tokens, max(1, estimate_tokens(text)))
-    thinking = _thinking_block(body, digest)
+    tokens = thinking_tokens + min(req.max_tokens, max(1, estimate_tokens(text)))
     if thinking is not None:
         blocks = [thinking, *blocks]
-        tokens = min(req.max_tokens, tokens + estimate_tokens(thinking["thinking"]))
     result = (blocks, stop, stop_sequence, tokens)
     if fault is None:
         state.cache_put(cache_key, result)

@@ -297,10 +297,12 @@ class OpenAIBatchesAPI:
                 + ", ".join(SUPPORTED_ENDPOINTS),
                 "endpoint",
             )
-        if window != "24h":
-            return self._fail(
-                f"Invalid value for 'completion_window': {window!r}. Supported: '24h'.",
+        if window != "24h":  # the only window OpenAI's Batch API accepts
+            state.stats.record(400)
+            return openai_error(
+                f"Invalid value: {window!r}. Supported values are: '24h'.",
                 "completion_window",
+                code="invalid_value",
             )
         if metadata is not None and (
             not isinstance(metadata, dict)
@@ -394,7 +396,7 @@ class OpenAIBatchesAPI:
         k = batch.done(status, now)
         outputs: list[dict[str, Any]] = []
         errors: list[dict[str, Any]] = []
-        prompt_tokens = completion_tokens = 0
+        prompt_tokens = completion_tokens = cached_tokens = reasoning_tokens = 0
         for item in batch.items[:k]:
             line_id = state.ids.make("batch_req_")
             request_id = state.ids.make("req_")
@@ -422,6 +424,8 @@ class OpenAIBatchesAPI:
             usage = completion["usage"]
             prompt_tokens += usage["prompt_tokens"]
             completion_tokens += usage["completion_tokens"]
+            cached_tokens += usage["prompt_tokens_details"]["cached_tokens"]
+            reasoning_tokens += usage["completion_tokens_details"]["reasoning_tokens"]
             outputs.append(_line(line_id, item.custom_id, 200, request_id, completion))
         if status == "expired":
             for item in batch.items[k:]:
@@ -445,9 +449,11 @@ class OpenAIBatchesAPI:
             batch.error_file_id = store_file(
                 state, f"{batch.id}_error.jsonl", "batch_output", json_lines(errors, orjson.dumps)
             ).id
-        batch.usage = {
+        batch.usage = {  # OpenAI's BatchUsage: both details objects are always there
             "input_tokens": prompt_tokens,
+            "input_tokens_details": {"cached_tokens": cached_tokens},
             "output_tokens": completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
             "total_tokens": prompt_tokens + completion_tokens,
         }
         batch.finished = True

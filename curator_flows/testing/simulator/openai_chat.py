@@ -14,6 +14,11 @@ Invariants:
   refuses get OpenAI's 400 answer (see `strict`), online and as batch error lines.
 - `build_completion` is shared with the batch API, so batch items get the same content as the
   same request sent online.
+- Reasoning models (:data:`REASONING_PREFIXES`) think first: ``usage.completion_tokens`` holds
+  ``completion_tokens_details.reasoning_tokens`` (more for a higher ``reasoning_effort``), and
+  ``max_completion_tokens`` bounds both, so a small one ends with empty content and
+  ``finish_reason="length"``; they refuse ``max_tokens`` with OpenAI's 400
+  ``unsupported_parameter``.
 - An account out of credit, or over a per-day limit, is refused before the per-minute limits
   with OpenAI's answers (see `account`).
 """
@@ -52,6 +57,13 @@ MODELS = (
 )
 
 
+#: model prefixes of OpenAI's reasoning models (see the module invariants)
+REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+#: reasoning tokens per ``reasoning_effort``: this many, plus up to as many again by the
+#: request's digest (unknown efforts count as the default, ``medium``)
+EFFORT_TOKENS = {"none": 0, "minimal": 16, "low": 64, "medium": 192, "high": 512, "xhigh": 1024}
+
+
 @dataclass(slots=True)
 class ChatRequest:
     """A validated chat completion request."""
@@ -87,6 +99,13 @@ def parse_chat_request(body: Any) -> ChatRequest:
                 f"messages[{i}]",
                 "invalid_value",
             )
+    if model.startswith(REASONING_PREFIXES) and body.get("max_tokens") is not None:
+        raise InvalidRequest(
+            "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+            "'max_completion_tokens' instead.",
+            "max_tokens",
+            "unsupported_parameter",
+        )
     max_tokens = body.get("max_completion_tokens")
     if max_tokens is None:
         max_tokens = body.get("max_tokens")
@@ -181,10 +200,21 @@ def _tool_arguments(schema: Any, digest: bytes) -> str:
         raise InvalidRequest(f"Invalid schema for function: {exc}", "tools") from exc
 
 
+def _reasoning_tokens(req: ChatRequest, digest: bytes) -> int:
+    """Tokens a reasoning model thinks before answering (0 for other models)."""
+    if not req.model.startswith(REASONING_PREFIXES):
+        return 0
+    effort = req.body.get("reasoning_effort")
+    if not isinstance(effort, str) or effort not in EFFORT_TOKENS:
+        effort = "medium"
+    base = EFFORT_TOKENS[effort]
+    return base + int.from_bytes(digest[4:6], "little") % (base + 1)
+
+
 def _choice(
     state: SimState, req: ChatRequest, digest: bytes, index: int, fault: str | None
-) -> tuple[dict[str, Any], int]:
-    """One ``choices[]`` entry and its completion tokens."""
+) -> tuple[dict[str, Any], int, int]:
+    """One ``choices[]`` entry, its completion tokens and the reasoning tokens among them."""
     cache_key = (digest, index) if fault is None else None
     if cache_key is not None:
         cached = state.cache_get(cache_key)
@@ -193,6 +223,22 @@ def _choice(
     config = state.config
     body = req.body
     cdigest = _choice_digest(digest, index)
+    reasoning = _reasoning_tokens(req, cdigest)
+    limit = req.max_tokens  # what is left for the visible answer
+    if limit is not None and reasoning:
+        if reasoning >= limit:  # thinking used the whole budget: nothing visible
+            message = {"role": "assistant", "content": "", "refusal": None, "annotations": []}
+            choice = {
+                "index": index,
+                "message": message,
+                "finish_reason": "length",
+                "logprobs": None,
+            }
+            result = (choice, limit, limit)
+            if cache_key is not None:
+                state.cache_put(cache_key, result)
+            return result
+        limit -= reasoning
     tool = _tool_call(body, cdigest)
     message: dict[str, Any]
     if tool is not None:
@@ -205,8 +251,8 @@ def _choice(
         if fault == "length":
             arguments = arguments[: max(1, len(arguments) // 2)]
             finish = "length"
-        if req.max_tokens is not None and estimate_tokens(arguments) > req.max_tokens:
-            arguments = gen.truncate_to_tokens(arguments, req.max_tokens)
+        if limit is not None and estimate_tokens(arguments) > limit:
+            arguments = gen.truncate_to_tokens(arguments, limit)
             finish = "length"
         message = {
             "role": "assistant",
@@ -237,15 +283,15 @@ def _choice(
         if fault == "length":
             text = text[: max(1, len(text) // 2)]
             finish = "length"
-        if req.max_tokens is not None and estimate_tokens(text) > req.max_tokens:
-            text = gen.truncate_to_tokens(text, req.max_tokens)
+        if limit is not None and estimate_tokens(text) > limit:
+            text = gen.truncate_to_tokens(text, limit)
             finish = "length"
         message = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
         tokens = max(1, estimate_tokens(text))
-        if req.max_tokens is not None:
-            tokens = min(tokens, req.max_tokens)
+        if limit is not None:
+            tokens = min(tokens, limit)
     choice = {"index": index, "message": message, "finish_reason": finish, "logprobs": None}
-    result = (choice, tokens)
+    result = (choice, tokens + reasoning, reasoning)
     if cache_key is not None:
         state.cache_put(cache_key, result)
     return result
@@ -257,11 +303,12 @@ def build_completion(
     """The ``chat.completion`` object for `req` (`fault` may be ``length``/``schema_invalid``)."""
     digest = gen.request_digest(req.body)
     choices = []
-    completion_tokens = 0
+    completion_tokens = reasoning_tokens = 0
     for index in range(req.n):
-        choice, tokens = _choice(state, req, digest, index, fault)
+        choice, tokens, reasoning = _choice(state, req, digest, index, fault)
         choices.append(choice)
         completion_tokens += tokens
+        reasoning_tokens += reasoning
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -274,7 +321,7 @@ def build_completion(
             "total_tokens": req.prompt_tokens + completion_tokens,
             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
             "completion_tokens_details": {
-                "reasoning_tokens": 0,
+                "reasoning_tokens": reasoning_tokens,
                 "audio_tokens": 0,
                 "accepted_prediction_tokens": 0,
                 "rejected_prediction_tokens": 0,

@@ -33,7 +33,9 @@ def test_llm_arguments_are_checked_when_the_dag_is_parsed():
             task_id="c", llm="m:C", llm_kwargs={"backend_params": {"api_key": "sk-in-dag"}}
         )
     with pytest.raises(ValueError, match="import path"):
-        CuratorVLLMOperator(task_id="d", run="/r", shard="0", llm=Numbered("m"), python="/py")
+        CuratorVLLMOperator(
+            task_id="d", run="/r", shard="0", llm=Numbered("gpt-4o-mini"), python="/py"
+        )
 
 
 def test_dataset_argument():
@@ -64,7 +66,9 @@ def test_outlet_asset_of_the_output_uri():
     assert default_asset(templated, None, {"root": "/data"}) == Asset("file:///data/recipes")
     assert default_asset("{{ params['root'] }}/x", None, {"root": "/d"}) == Asset("file:///d/x")
     assert default_asset(templated, None, {"root": "relative"}) is None
-    op = CuratorOperator(task_id="t", llm=Numbered("m"), output_uri="s3://b/out/{{ ds }}")
+    op = CuratorOperator(
+        task_id="t", llm=Numbered("gpt-4o-mini"), output_uri="s3://b/out/{{ run_date }}"
+    )
     assert op.outlets == [Asset("s3://b/out")]
 
 
