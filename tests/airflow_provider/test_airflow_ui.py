@@ -171,7 +171,7 @@ def test_airflow_ui_listens_on_loopback_only_and_sigterm_leaves_nothing(tmp_path
         run = trigger_without_logical_date(opener, base, home, time.monotonic() + 240)
         assert run["state"] == "success", log.read_text(errors="replace")[-5000:]
         night = run["run_after"][:10]  # {{ run_date }}: the date of the run's run_after
-        assert (home / "data" / "datasets" / "recipes" / night / "_SUCCESS").exists()
+        assert (home / "data" / "datasets" / "recipes" / f"date={night}" / "_SUCCESS").exists()
         seen.update(descendants(wrapper.pid))  # the task processes of the run
     finally:
         seen.update(descendants(wrapper.pid))

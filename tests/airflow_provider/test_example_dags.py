@@ -72,10 +72,11 @@ def test_nightly_batch(tmp_path):
     assert extra["rows"] == 12 and extra["output_uri"] == manifest["output_uri"]
     assert manifest["simulated"] is True and extra["simulated"] is True  # not a real bill
     # simulated rows never land where a real run publishes, nor in the real working dir
-    real = str(tmp_path / "out" / "batch-recipes")
-    assert Path(manifest["output_uri"]).parent == Path(real, "_simulated")
+    real = tmp_path / "out" / "batch-recipes"  # the table; each night is a date= partition
+    night = f"date={dr.logical_date.strftime('%Y-%m-%d')}"
+    assert Path(manifest["output_uri"]) == tmp_path / "out" / "_simulated" / "batch-recipes" / night
     assert Path(manifest["run_uri"]).parent == tmp_path / "runs" / "_simulated"
-    assert not Path(real, dr.logical_date.strftime("%Y-%m-%d")).exists()
+    assert not real.exists()
 
 
 @pytest.mark.parametrize(
@@ -94,7 +95,8 @@ def test_a_run_without_a_logical_date(tmp_path, name, dag_id, task_id):
     assert {str(ti.state) for ti in task_instances(dr).values()} == {"success"}
     night = dr.run_after.strftime("%Y-%m-%d")
     manifest = xcom(dr, task_id)
-    assert manifest["rows"] > 0 and manifest["output_uri"].endswith(f"/_simulated/{night}")
+    assert manifest["rows"] > 0 and "/_simulated/" in manifest["output_uri"]
+    assert manifest["output_uri"].endswith(f"/date={night}")  # the night's partition
     run_manifest = json.loads(Path(manifest["run_uri"], "manifest.json").read_text())
     assert run_manifest["run_key"] == night
 

@@ -33,7 +33,7 @@ def test_run_date_is_the_logical_date_else_the_run_after_date():
     assert run_date({}) is None
     op = CuratorOperator(
         task_id="t",
-        llm=Numbered("m"),
+        llm=Numbered("gpt-4o-mini"),
         output_uri="{{ params.root }}/x/{{ run_date }}",
         run_key=RUN_DATE,  # the expression other operators use
     )
@@ -43,8 +43,10 @@ def test_run_date_is_the_logical_date_else_the_run_after_date():
 
 def test_an_undefined_value_names_the_field_and_what_to_use():
     with DAG("templating", schedule=None):  # a DAG's templates: StrictUndefined
-        op = CuratorOperator(task_id="t", llm=Numbered("m"), output_uri="/out/{{ ds }}")
-        other = CuratorOperator(task_id="u", llm=Numbered("m"), run_key="{{ params.nope }}")
+        op = CuratorOperator(task_id="t", llm=Numbered("gpt-4o-mini"), output_uri="/out/{{ ds }}")
+        other = CuratorOperator(
+            task_id="u", llm=Numbered("gpt-4o-mini"), run_key="{{ params.nope }}"
+        )
     with pytest.raises(CuratorPermanentError) as caught:
         op.render_template_fields(context())
     message = str(caught.value)

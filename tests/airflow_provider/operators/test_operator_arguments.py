@@ -77,12 +77,14 @@ def test_every_published_output_gets_an_asset_at_parse_time():
 
     with DAG("assets", schedule=None, params={"root": "/data"}):
         from_params = CuratorOperator(
-            task_id="p", llm=Numbered("m"), output_uri="{{ params.root }}/x/{{ run_date }}"
+            task_id="p",
+            llm=Numbered("gpt-4o-mini"),
+            output_uri="{{ params.root }}/x/{{ run_date }}",
         )
         only_at_run_time = CuratorOperator(
-            task_id="v", llm=Numbered("m"), output_uri="{{ var.value.root }}/x"
+            task_id="v", llm=Numbered("gpt-4o-mini"), output_uri="{{ var.value.root }}/x"
         )
-        unpublished = CuratorOperator(task_id="n", llm=Numbered("m"))
+        unpublished = CuratorOperator(task_id="n", llm=Numbered("gpt-4o-mini"))
     assert from_params.outlets == [Asset("file:///data/x")]
     assert only_at_run_time.outlets == [Asset("curator://assets/v")]  # named after the task
     assert unpublished.outlets == []
