@@ -40,7 +40,7 @@ demo: venv
 
 # A local Prefect server + UI (http://127.0.0.1:4200), the simulator, the nightly flow served.
 prefect-ui: venv
-	$(VENV_PY) -m dags_examples.prefect_ui $(ARGS)
+	exec $(VENV_PY) -m dags_examples.prefect_ui $(ARGS)
 
 lint: venv
 	$(VENV_PY) -m ruff check .
