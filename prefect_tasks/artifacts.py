@@ -399,7 +399,11 @@ def report(summary: FinalizeResult, key: str) -> None:
             create_markdown_artifact,
             markdown=output_note(summary),
             key=f"{key}-output",
-            description=f"Where the dataset of run {summary['run_id']} is",
+            description=(
+                f"Dataset of run {summary['run_id']}: `{output}` (Parquet)"
+                if output
+                else f"Run {summary['run_id']} (not published): `{summary['run_uri']}/output/`"
+            ),
         )
 
 

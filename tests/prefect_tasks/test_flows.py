@@ -412,3 +412,36 @@ def test_refresh_cache_runs_the_steps_again_and_sends_only_what_is_missing(prefe
     assert state.result()["rows"] == 50 and sim.stats()["requests"] == sent
     shards = {k: v for k, v in states_by_task(api.flow_run_id(state)).items() if "shard" in k}
     assert len(shards) == 2 and all(v == ["Completed"] for v in shards.values())
+
+
+def test_the_output_artifact_is_a_link_only_where_a_browser_can_follow_it(
+    prefect_server, sim, wd, tmp_path
+):
+    """A published local dataset gets a markdown note naming its path and how to read it; an
+    ``https://`` output a link artifact; an ``s3://`` one a markdown note again."""
+    from prefect import flow
+
+    from prefect_tasks import curate
+    from prefect_tasks.artifacts import report
+
+    output = str(tmp_path / "published" / "numbers")
+    state = curate(
+        online_llm(sim), [{"n": i} for i in range(5)], wd, output_uri=output,
+        artifact_key="numbers-local", return_state=True,
+    )  # fmt: skip
+    summary = state.result()
+    (note,) = [a for a in api.artifacts(api.flow_run_id(state)) if a.key == "numbers-local-output"]
+    assert note.type == "markdown" and output in note.data and output in note.description
+    assert "read_parquet" in note.data
+
+    @flow
+    def notes() -> None:
+        report({**summary, "output_uri": "https://data.example.org/numbers"}, "numbers-web")
+        report({**summary, "output_uri": "s3://bucket/numbers"}, "numbers-s3")
+
+    notes()
+    (web,) = api.artifacts_by_key("numbers-web-output")  # Prefect stores a link as markdown
+    link = "https://data.example.org/numbers"
+    assert web.type == "markdown" and web.data == f"[{link}]({link})"
+    (s3,) = api.artifacts_by_key("numbers-s3-output")
+    assert "`s3://bucket/numbers`" in s3.data and "](" not in s3.data

@@ -127,6 +127,15 @@ def api(api_url: str, method: str, path: str, body: dict | None = None) -> dict:
         return json.loads(response.read() or b"null")
 
 
+def runner_polls(api_url: str) -> bool:
+    """Whether the flow runner serving the nightly deployment has polled the server."""
+    try:
+        deployment = api(api_url, "GET", "/deployments/name/nightly-recipes/nightly")
+    except OSError:
+        return False
+    return deployment.get("status") == "READY"
+
+
 class Terminal:
     """A pseudo-terminal whose output a thread-free reader collects on demand."""
 
@@ -214,7 +223,7 @@ def test_sigterm_stops_a_wrapper_started_with_sigint_ignored(tmp_path, server_fi
     wrapper and every process it started, also once the server is gone (killed) or no longer
     answers (stopped)."""
     server_signal, bound = SERVER_FIRST[server_first]
-    command, _ = wrapper_command(tmp_path)
+    command, api_url = wrapper_command(tmp_path)
     log = tmp_path / "wrapper.log"
     with open(log, "wb") as output:
         wrapper = subprocess.Popen(
@@ -225,6 +234,7 @@ def test_sigterm_stops_a_wrapper_started_with_sigint_ignored(tmp_path, server_fi
     groups = {wrapper.pid}
     try:
         wait_for(lambda: b"Your deployments are being served" in log.read_bytes(), 180, "serve")
+        wait_for(lambda: runner_polls(api_url), 60, "the flow runner to poll the server")
         groups = groups_of(wrapper.pid)
         started = family(wrapper.pid)
         assert len(started) >= 3  # the wrapper, the server, the simulator (and a flow runner)
