@@ -211,7 +211,7 @@ def _say_which_run(run: PrepareResult) -> None:
     key = f"run key {run['run_key']!r}" if run["run_key"] else "no run key"
     if run["created"]:
         get_run_logger().info(
-            "new run %s (%s): %d requests at %s", run["run_id"], key, run["requests"],
+            "new run %s (%s): %d request(s) at %s", run["run_id"], key, run["requests"],
             run["run_uri"],
         )  # fmt: skip
     else:
