@@ -38,9 +38,10 @@ test-vllm: vllm-venv
 demo: venv
 	$(VENV_PY) -m dags_examples.demo $(ARGS)
 
-# A local Prefect server + UI (http://127.0.0.1:4200), the simulator, the nightly flow served.
+# A local Prefect server + UI (http://127.0.0.1:4200), the simulator, the nightly flow served
+# (runs and datasets under ./curator-output/prefect-ui/); Ctrl-C or SIGTERM stops all of it.
 prefect-ui: venv
-	$(VENV_PY) -m dags_examples.prefect_ui $(ARGS)
+	exec $(VENV_PY) -m dags_examples.prefect_ui $(ARGS)
 
 lint: venv
 	$(VENV_PY) -m ruff check .

@@ -401,7 +401,9 @@ def run_offline(
             llm,
             generator,
             resolve_prices(llm.model_name, params.in_mtok_cost, params.out_mtok_cost),
-            Progress(f"{llm.model_name} {manifest['run_id']}", pending, params.progress),
+            Progress(
+                f"{llm.model_name} {manifest['run_id']}", pending, params.progress, shards=names
+            ),
         )
         runner.ledger = StepLedger(store, "run_offline", names)
         runner.leases = leases

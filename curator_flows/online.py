@@ -659,7 +659,9 @@ def run_online(
             acceptance=Acceptance(llm),
             prices=prices,
             output_estimate=output_estimate(llm),
-            progress=Progress(f"{llm.model_name} {manifest['run_id']}", pending, params.progress),
+            progress=Progress(
+                f"{llm.model_name} {manifest['run_id']}", pending, params.progress, shards=names
+            ),
             ledger=ledger,
             budget=budget,
             leases=leases,

@@ -1,8 +1,11 @@
 """Progress of long work: a one-line bar on a terminal, else a log line every few seconds (what
 Airflow and Prefect task logs show).
 
-Invariant: reporting is rate-limited (≤ 4 redraws or one log line per interval), so it costs
-nothing measurable per request.
+Invariants:
+- reporting is rate-limited (≤ 4 redraws or one log line per interval), so it costs nothing
+  measurable per request;
+- every line names the shards it counts (:func:`shard_label`), so the lines of shards running
+  at once (parallel Airflow tasks, mapped Prefect tasks) can be told apart.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger("curator_flows.progress")
@@ -26,9 +30,35 @@ class Counters:
     cost: float = 0.0
 
 
+#: up to this many shards are named one by one in a progress line; more are summarised
+NAMED_SHARDS = 4
+
+
+def shard_label(shards: Sequence[str]) -> str:
+    """How a progress line names its shards: ``shard 00002``, ``shards 00000,00003`` or, past
+    :data:`NAMED_SHARDS`, ``50 shards 00000..00049`` (first and last)."""
+    names = list(shards)
+    if len(names) == 1:
+        return f"shard {names[0]}"
+    if len(names) <= NAMED_SHARDS:
+        return f"shards {','.join(names)}"
+    return f"{len(names)} shards {names[0]}..{names[-1]}"
+
+
 class Progress:
-    def __init__(self, label: str, total: int, mode: str = "auto", log_interval: float = 5.0):
-        self.label = label
+    """Counters of ``total`` requests and their reporting; ``label`` (the model and the run)
+    and ``shards`` (the shards counted) open every line."""
+
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        mode: str = "auto",
+        log_interval: float = 5.0,
+        *,
+        shards: Sequence[str] = (),
+    ):
+        self.label = f"{label} {shard_label(shards)}" if shards else label
         self.counters = Counters(total=total)
         interactive = sys.stderr.isatty()
         self.mode = ("bar" if interactive else "log") if mode == "auto" else mode

@@ -4,8 +4,9 @@ The flow runs on Prefect's temporary local server (its database in a temporary
 ``PREFECT_HOME``, gone at exit; set ``PREFECT_API_URL`` to use your own server instead) against
 the simulator started in this process: no API key, no network. With ``OPENAI_API_KEY`` set,
 ``--model gpt-4o-mini`` calls the real provider. Datasets land as Parquet under
-``./curator-output/datasets/<name>/date=<date>/`` (``--output`` to change it); the date is the run
-key, so running the demo again the same day resumes instead of generating anew.
+``./curator-output/datasets/<name>/date=<date>/`` (``--output`` to change it); the date (UTC,
+as a deployment's scheduled date) is the run key, so running the demo again the same day resumes
+instead of generating anew. ``make prefect-ui`` keeps its runs apart (``prefect-ui/``).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         from dags_examples.prefect_nightly import nightly_recipes
 
         result = nightly_recipes(
-            run_date=args.date or datetime.date.today().isoformat(),
+            run_date=args.date or datetime.datetime.now(datetime.UTC).date().isoformat(),
             model=model,
             working_dir=f"{root}/runs",
             output_root=f"{root}/datasets",
@@ -103,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             f"\nDatasets (Parquet, _SUCCESS last) under {root}/datasets/ "
             f"(run key {result['run_key']})"
         )
-        print("Watch the same flow in the Prefect UI: make prefect-ui")
+        print(
+            "Watch the same build in the Prefect UI: make prefect-ui (its runs and datasets "
+            f"apart, under {root}/prefect-ui/)"
+        )
     return 0
 
 

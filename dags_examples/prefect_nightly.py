@@ -33,6 +33,14 @@ def _scheduled_date() -> str:
     return flow_run.scheduled_start_time.strftime("%Y-%m-%d")
 
 
+def _night_name() -> str:
+    """The flow run's name: ``nightly-<run key>`` (its subflows are named after their
+    datasets: ``nightly-cuisines-<run key>``, ``nightly-recipes-<run key>``)."""
+    from prefect.runtime import flow_run
+
+    return f"nightly-{flow_run.parameters.get('run_date') or _scheduled_date()}"
+
+
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:
     stats = summary["statistics"]
     return {
@@ -48,7 +56,12 @@ def _brief(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@flow(name="nightly-recipes", result_serializer="json", persist_result=True)
+@flow(
+    name="nightly-recipes",
+    flow_run_name=_night_name,
+    result_serializer="json",
+    persist_result=True,
+)
 def nightly_recipes(
     run_date: str | None = None,
     model: str = "gpt-4o-mini",
@@ -85,24 +98,36 @@ def nightly_recipes(
     return {"run_key": run_key, "cuisines": _brief(cuisines), "recipes": _brief(recipes)}
 
 
-def nightly_deployment(base_url: str | None = None, credentials: str | None = None) -> Any:
+def nightly_deployment(
+    base_url: str | None = None,
+    credentials: str | None = None,
+    working_dir: str | None = None,
+    output_root: str | None = None,
+) -> Any:
     """The nightly build's deployment: every night at 02:00 (UTC), parameters for the
-    endpoint and the credentials block."""
+    endpoint and the credentials block (and, when given, where runs and datasets go)."""
+    parameters: dict[str, Any] = {"base_url": base_url, "credentials": credentials}
+    if working_dir:
+        parameters["working_dir"] = working_dir
+    if output_root:
+        parameters["output_root"] = output_root
     return nightly_recipes.to_deployment(
-        name="nightly",
-        cron=NIGHTLY_CRON,
-        parameters={"base_url": base_url, "credentials": credentials},
-        tags=["curator-flows"],
+        name="nightly", cron=NIGHTLY_CRON, parameters=parameters, tags=["curator-flows"]
     )
 
 
-def serve(base_url: str | None = None, credentials: str | None = None) -> None:
+def serve(
+    base_url: str | None = None,
+    credentials: str | None = None,
+    working_dir: str | None = None,
+    output_root: str | None = None,
+) -> None:
     """Serve the nightly build from this process (Ctrl-C stops it): a run every night at 02:00,
     or now from the UI's "Quick run". (``nightly_recipes.serve(name=..., cron=...)`` does the
     same for one flow.)"""
     from prefect import serve as serve_deployments
 
-    serve_deployments(nightly_deployment(base_url, credentials))
+    serve_deployments(nightly_deployment(base_url, credentials, working_dir, output_root))
 
 
 def deploy_gpu(
@@ -160,14 +185,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--credentials", help="a saved CuratorCredentials block's name")
     parser.add_argument("--model", default="gpt-4o-mini")
     parser.add_argument("--work-pool", default="gpu-pool")
+    parser.add_argument("--working-dir", help=f"where runs go (default {DEFAULT_ROOT}/runs)")
+    parser.add_argument("--output-root", help=f"where datasets go ({DEFAULT_ROOT}/datasets)")
     args = parser.parse_args(argv)
+    where = {k: v for k, v in (("working_dir", args.working_dir),
+                               ("output_root", args.output_root)) if v}  # fmt: skip
     if args.command == "run":
         result = nightly_recipes(
-            model=args.model, base_url=args.base_url, credentials=args.credentials
+            model=args.model, base_url=args.base_url, credentials=args.credentials, **where
         )
         print(result)
     elif args.command == "serve":
-        serve(args.base_url, args.credentials)
+        serve(args.base_url, args.credentials, **where)
     else:
         print(deploy_gpu(args.work_pool))
     return 0

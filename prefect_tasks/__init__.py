@@ -1,6 +1,7 @@
-"""Prefect integration of curator-flows: the ``CuratorCredentials`` block, one task per step
-and the flows ``curate`` (online), ``curate_batch``, ``curate_offline`` and
-``curate_offline_shard``.
+"""Prefect integration of curator-flows: the ``CuratorCredentials`` block, one task per step,
+the flows ``curate`` (online), ``curate_batch``, ``curate_offline`` and
+``curate_offline_shard``, and the automation that marks dead flow runs crashed
+(``zombie_automation``).
 
 Names load lazily: ``import prefect_tasks`` imports neither Prefect nor the engine.
 ``prefect block register -m prefect_tasks`` registers the block type.
@@ -27,6 +28,8 @@ _EXPORTS = {
     "curate_batch": "prefect_tasks.flows",
     "curate_offline": "prefect_tasks.flows",
     "curate_offline_shard": "prefect_tasks.flows",
+    "zombie_automation": "prefect_tasks.automations",
+    "ensure_zombie_automation": "prefect_tasks.automations",
 }
 
 __all__ = sorted(_EXPORTS)

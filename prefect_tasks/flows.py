@@ -46,8 +46,9 @@ from curator_flows.llm import LLM
 from curator_flows.results import FinalizeResult, PrepareResult, ShardResult
 
 from . import tasks
-from .artifacts import PROGRESS_INTERVAL, preview, report, summary_key
+from .artifacts import PROGRESS_INTERVAL, RunProgress, preview, report, summary_key
 from .parameters import curator_flow, refuse_secrets
+from .policy import RETRIES, StepOptions, run_id_of
 from .resolve import load_block, resolve_credentials, resolve_llm
 
 #: shards one flow run sends at once (the default task runner's threads)
@@ -74,6 +75,37 @@ def _dated(value: Any) -> Any:
     from prefect.runtime import flow_run
 
     return value.replace(SCHEDULED_DATE, flow_run.scheduled_start_time.strftime("%Y-%m-%d"))
+
+
+def _llm_name(llm: Any) -> str:
+    """An LLM's class name (of an instance, or the last part of an import path)."""
+    if isinstance(llm, str):
+        return llm.replace(":", ".").rsplit(".", 1)[-1] or llm
+    return type(llm).__name__ if llm is not None else "curate"
+
+
+def _parameters() -> dict[str, Any]:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return dict(context.parameters or {}) if context is not None else {}
+
+
+def dataset_run_name() -> str:
+    """A flow run's name: its dataset (``artifact_key``, else the LLM's class) and its night
+    (``run_key``, the scheduled date put in): ``nightly-recipes-2026-11-27``, so the flow runs
+    list reads like the build's history (Prefect calls this inside the new flow run)."""
+    parameters = _parameters()
+    name = parameters.get("artifact_key") or _llm_name(parameters.get("llm"))
+    run_key = _dated(parameters.get("run_key"))
+    return f"{name}-{run_key}" if run_key else str(name)
+
+
+def shard_run_name() -> str:
+    """A shard flow run's name: ``<run id>-<shard>``."""
+    parameters = _parameters()
+    run, shard = parameters.get("run"), parameters.get("shard")
+    return f"{run_id_of(run)}-{shard}" if run else f"shard-{shard}"
 
 
 def _credentials(value: Any) -> Any:
@@ -121,17 +153,29 @@ _LLMS_OF_MODE = {
 
 @dataclass(frozen=True)
 class _Opened:
-    """What every flow starts from: its arguments resolved and the run prepared."""
+    """What every flow starts from: its arguments resolved, the run prepared, the key of its
+    artifacts and this flow run's progress artifact (held here: it lives while the flow runs)."""
 
     llm: LLM
     dataset: Any
     output_uri: str | None
     credentials: Any
     run: PrepareResult
+    options: StepOptions
+    artifact_key: str
+    progress: RunProgress | None
     #: the Hive partition of ``output_uri`` to publish, and what a publish may change in the
     #: asset's schema contract (see ``steps.finalize``)
     partition: dict[str, Any] | None = None
     schema_evolution: str = "strict"
+
+    @property
+    def progress_id(self) -> str | None:
+        return self.progress.id if self.progress is not None else None
+
+    def step(self, task: Any, refresh: bool = False) -> Any:
+        """``task`` with the flow's retries, its cache refreshed when ``refresh``."""
+        return self.options.apply(task, refresh)
 
 
 def _open(
@@ -144,14 +188,16 @@ def _open(
     run_key: str | None,
     credentials: Any,
     *,
+    options: StepOptions,
+    artifact_key: str | None = None,
     rebuild_check: bool = False,
     partition: dict[str, Any] | None = None,
     schema_evolution: str = "strict",
 ) -> _Opened:
     """The opening every flow shares: the scheduled date put into ``dataset``, ``output_uri``,
     ``run_key`` and ``partition``'s values, the ``LLM`` built and checked against the flow's
-    ``mode``, a block name
-    loaded once, and ``prepare`` (which re-opens the run when it exists)."""
+    ``mode``, a block name loaded once, ``prepare`` (which re-opens the run when it exists: the
+    log says which run it continues) and this flow run's progress artifact."""
     dataset, output_uri, run_key = _dated(dataset), _dated(output_uri), _dated(run_key)
     partition = {key: _dated(value) for key, value in (partition or {}).items()} or None
     built = resolve_llm(llm, llm_kwargs)
@@ -161,15 +207,34 @@ def _open(
             f"{_FLOW_OF_MODE.get(built.mode, 'another flow')}"
         )
     creds = _credentials(credentials)
-    run = tasks.prepare(
+    run = options.apply(tasks.prepare)(
         built, dataset, working_dir, run_key=run_key, credentials=creds,
         rebuild_check=rebuild_check,
     )  # fmt: skip
-    return _Opened(built, dataset, output_uri, creds, run, partition, schema_evolution)
+    _say_which_run(run)
+    key = artifact_key or summary_key(type(built).__name__)
+    progress = RunProgress.start(run, key, resolve_credentials(creds))
+    return _Opened(
+        built, dataset, output_uri, creds, run, options, key, progress, partition,
+        schema_evolution,
+    )  # fmt: skip
 
 
-def _with_refresh(task: Any, refresh: bool) -> Any:
-    return task.with_options(refresh_cache=True) if refresh else task
+def _say_which_run(run: PrepareResult) -> None:
+    from prefect import get_run_logger
+
+    key = f"run key {run['run_key']!r}" if run["run_key"] else "no run key"
+    if run["created"]:
+        get_run_logger().info(
+            "new run %s (%s): %d request(s) at %s", run["run_id"], key, run["requests"],
+            run["run_uri"],
+        )  # fmt: skip
+    else:
+        get_run_logger().info(
+            "continues run %s (%s) at %s: %d of %d requests still owe an answer%s",
+            run["run_id"], key, run["run_uri"], run["pending"], run["requests"],
+            "" if run["pending"] else " (nothing to send; a new run_key generates afresh)",
+        )  # fmt: skip
 
 
 def _pending_shards(state: Any) -> list[str]:
@@ -182,10 +247,7 @@ def _pending_shards(state: Any) -> list[str]:
 
 
 def _finish(
-    opened: _Opened,
-    artifact_key: str | None,
-    resend: Callable[[list[str]], None],
-    max_failed_fraction: float = 0.01,
+    opened: _Opened, resend: Callable[[list[str]], None], max_failed_fraction: float = 0.01
 ) -> FinalizeResult:
     """``finalize`` (publishing only when at most ``max_failed_fraction`` of the requests
     failed); when it finds shards that still owe answers, ``resend`` them (their tasks'
@@ -199,7 +261,7 @@ def _finish(
         from curator_flows import steps
 
         upstream = steps.asset_uri(upstream)  # a Hive partition's asset is its table
-    finalize = tasks.finalize_task(output_uri, upstream)
+    finalize = opened.step(tasks.finalize_task(output_uri, upstream))
     arguments = {
         "llm": opened.llm,
         "credentials": opened.credentials,
@@ -222,14 +284,16 @@ def _finish(
         resend(pending)
         state = finalize(opened.run, **arguments, return_state=True)
     summary = state.result()
-    key = artifact_key or summary_key(type(opened.llm).__name__)
-    report(summary, key)
-    preview(summary, key, opened.credentials)
+    if opened.progress is not None:
+        opened.progress.finish(f"Finalized: {summary['rows']} rows.")
+    report(summary, opened.artifact_key)
+    preview(summary, opened.artifact_key, opened.credentials)
     return summary
 
 
 @curator_flow(
     name="curate",
+    flow_run_name=dataset_run_name,
     task_runner=ONLINE_TASK_RUNNER,
     result_serializer="json",
     persist_result=True,
@@ -250,6 +314,9 @@ def curate(
     retry_failed: bool = False,
     artifact_key: str | None = None,
     progress_interval: float = PROGRESS_INTERVAL,
+    retries: int = RETRIES,
+    retry_delay_seconds: float | list[float] | None = None,
+    refresh_cache: bool = False,
 ) -> FinalizeResult:
     """Build a dataset with the provider's online API: prepare, one task per shard, finalize.
 
@@ -261,6 +328,7 @@ def curate(
     provider's limits."""
     opened = _open(
         "online", llm, llm_kwargs, dataset, working_dir, output_uri, run_key, credentials,
+        options=StepOptions(retries, retry_delay_seconds, refresh_cache), artifact_key=artifact_key,
         partition=partition, schema_evolution=schema_evolution,
     )  # fmt: skip
     llm, creds, run = opened.llm, opened.credentials, opened.run
@@ -268,7 +336,7 @@ def curate(
 
     def send(shards: list[str], refresh: bool) -> None:
         if shards:
-            _with_refresh(tasks.run_online_shard, refresh).map(
+            opened.step(tasks.run_online_shard, refresh).map(
                 unmapped(run),
                 shards,
                 llm=unmapped(llm),
@@ -276,14 +344,16 @@ def curate(
                 parallel_shards=unmapped(parts),
                 concurrency_limit=unmapped(concurrency_limit),
                 progress_interval=unmapped(progress_interval),
+                progress_artifact=unmapped(opened.progress_id),
             ).result()
 
     send(run["shards"], run["created"] or retry_failed)
-    return _finish(opened, artifact_key, lambda shards: send(shards, True), max_failed_fraction)
+    return _finish(opened, lambda shards: send(shards, True), max_failed_fraction)
 
 
 @curator_flow(
     name="curate-batch",
+    flow_run_name=dataset_run_name,
     task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS),
     result_serializer="json",
     persist_result=True,
@@ -303,6 +373,9 @@ def curate_batch(
     deadline_hours: float = tasks.BATCH_DEADLINE_SECONDS / 3600,
     retry_failed: bool = False,
     artifact_key: str | None = None,
+    retries: int = RETRIES,
+    retry_delay_seconds: float | list[float] | None = None,
+    refresh_cache: bool = False,
 ) -> FinalizeResult:
     """Build a dataset through the provider's batch API: prepare → submit every shard → wait
     → collect → resubmit what expired or errored → finalize.
@@ -313,8 +386,10 @@ def curate_batch(
     time is stored in the run, so it survives re-runs)."""
     opened = _open(
         "batch", llm, llm_kwargs, dataset, working_dir, output_uri, run_key, credentials,
+        options=StepOptions(retries, retry_delay_seconds, refresh_cache), artifact_key=artifact_key,
         partition=partition, schema_evolution=schema_evolution,
     )  # fmt: skip
+    board = opened.progress_id
     llm, creds, run = opened.llm, opened.credentials, opened.run
     interval = float(poll_interval or llm.config.params.batch_check_interval)
     next_cycle = 0
@@ -323,9 +398,9 @@ def curate_batch(
         """Submit → wait → collect ``pending`` until no shard owes requests (the cycles
         numbered on from the last one, so each cycle has cache keys of its own)."""
         nonlocal next_cycle
-        submit = _with_refresh(tasks.submit_batch, refresh)
-        wait = _with_refresh(tasks.wait_for_batch, refresh)
-        collect = _with_refresh(tasks.collect_batch, refresh)
+        submit = opened.step(tasks.submit_batch, refresh)
+        wait = opened.step(tasks.wait_for_batch, refresh)
+        collect = opened.step(tasks.collect_batch, refresh)
         for cycle in range(next_cycle, next_cycle + MAX_BATCH_CYCLES):
             if not pending:
                 return
@@ -338,6 +413,7 @@ def curate_batch(
                     llm=llm,
                     credentials=creds,
                     retry_failed=retry_failed and cycle == 0,
+                    progress_artifact=board,
                 )
                 for shard in pending
             }
@@ -352,12 +428,19 @@ def curate_batch(
                     poll_interval=interval,
                     deadline_seconds=deadline_hours * 3600,
                     credentials=creds,
+                    progress_artifact=board,
                 )
                 for shard in live
             }
             collected = {
                 shard: collect.submit(
-                    run, shard, cycle=cycle, llm=llm, credentials=creds, wait_for=[waited[shard]]
+                    run,
+                    shard,
+                    cycle=cycle,
+                    llm=llm,
+                    credentials=creds,
+                    progress_artifact=board,
+                    wait_for=[waited[shard]],
                 )
                 for shard in live
             }
@@ -369,11 +452,12 @@ def curate_batch(
             )
 
     cycles(list(run["shards"]), run["created"] or retry_failed)
-    return _finish(opened, artifact_key, lambda shards: cycles(shards, True), max_failed_fraction)
+    return _finish(opened, lambda shards: cycles(shards, True), max_failed_fraction)
 
 
 @curator_flow(
     name="curate-offline",
+    flow_run_name=dataset_run_name,
     # local shards are called one after the other (one vLLM engine per process); the workers
     # launch and await remote shard flow runs
     task_runner=ThreadPoolTaskRunner(max_workers=BATCH_WORKERS),
@@ -395,6 +479,9 @@ def curate_offline(
     retry_failed: bool = False,
     artifact_key: str | None = None,
     progress_interval: float = PROGRESS_INTERVAL,
+    retries: int = RETRIES,
+    retry_delay_seconds: float | list[float] | None = None,
+    refresh_cache: bool = False,
 ) -> FinalizeResult:
     """Build a dataset with vLLM: prepare, generate every shard, finalize.
 
@@ -410,6 +497,7 @@ def curate_offline(
     remote, llm_path = bool(shard_deployment), isinstance(llm, str)
     opened = _open(
         "offline", llm, llm_kwargs, dataset, working_dir, output_uri, run_key, credentials,
+        options=StepOptions(retries, retry_delay_seconds, refresh_cache), artifact_key=artifact_key,
         rebuild_check=remote and not llm_path,  # the shard flow runs rebuild it from the run
         partition=partition, schema_evolution=schema_evolution,
     )  # fmt: skip
@@ -418,21 +506,25 @@ def curate_offline(
 
     def generate(shards: list[str], refresh: bool) -> None:
         if remote:
-            _with_refresh(tasks.launch_offline_shard, refresh).map(
+            opened.step(tasks.launch_offline_shard, refresh).map(
                 unmapped(run),
                 shards,
                 deployment=unmapped(shard_deployment),
                 credentials=unmapped(block_name),
                 llm=unmapped(llm_arg if llm_path else None),
                 llm_kwargs=unmapped(llm_kwargs if llm_path else None),
+                progress_artifact=unmapped(opened.progress_id),
             ).result()
             return
-        shard_task = _with_refresh(tasks.run_offline_shard, refresh)
+        shard_task = opened.step(tasks.run_offline_shard, refresh)
         for shard in shards:  # in this thread, one after the other: one vLLM engine at a time
-            shard_task(run, shard, llm=llm, credentials=creds, progress_interval=progress_interval)
+            shard_task(
+                run, shard, llm=llm, credentials=creds, progress_interval=progress_interval,
+                progress_artifact=opened.progress_id,
+            )  # fmt: skip
 
     generate(run["shards"], run["created"] or retry_failed)
-    return _finish(opened, artifact_key, lambda shards: generate(shards, True), max_failed_fraction)
+    return _finish(opened, lambda shards: generate(shards, True), max_failed_fraction)
 
 
 def _block_name(credentials: Any) -> str | None:
@@ -449,6 +541,7 @@ def _block_name(credentials: Any) -> str | None:
 
 @curator_flow(
     name="curate-offline-shard",
+    flow_run_name=shard_run_name,
     task_runner=ThreadPoolTaskRunner(max_workers=1),
     result_serializer="json",
     persist_result=True,
@@ -460,12 +553,16 @@ def curate_offline_shard(
     llm: str | None = None,
     llm_kwargs: dict[str, Any] | None = None,
     progress_interval: float = PROGRESS_INTERVAL,
+    retries: int = RETRIES,
+    retry_delay_seconds: float | list[float] | None = None,
+    refresh_cache: bool = False,
 ) -> ShardResult:
     """One vLLM shard of a prepared run, as a flow run of its own: deploy this flow to a GPU
     work pool (``job_variables`` ask for the GPUs) and pass its deployment to
     ``curate_offline(shard_deployment=...)``. The ``LLM`` is rebuilt from the run's manifest
     unless ``llm`` (an import path) and ``llm_kwargs`` are given."""
-    return tasks.run_offline_shard(
+    options = StepOptions(retries, retry_delay_seconds, refresh_cache)
+    return options.apply(tasks.run_offline_shard)(
         run,
         shard,
         llm=resolve_llm(llm, llm_kwargs) if llm else None,

@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from curator_flows.errors import IncompleteRunError, is_retryable
+from curator_flows.errors import ConfigError, IncompleteRunError, is_retryable
 from curator_flows.steps import run_uri
 
 if TYPE_CHECKING:
@@ -68,6 +69,65 @@ def retry_options(condition: Callable[..., bool] = retry_transient) -> dict[str,
         "retry_jitter_factor": JITTER_FACTOR,
         "retry_condition_fn": condition,
     }
+
+
+#: Prefect takes at most this many retry delays
+MAX_RETRY_DELAYS = 50
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """What a flow's parameters set on every step task it runs: ``retries`` and
+    ``retry_delay_seconds`` (``None``: exponential from :data:`BACKOFF_SECONDS`, i.e. 10, 20, 40,
+    80 s for the default 4 retries; a number: that delay before each retry; a list: the delay
+    before each retry, Prefect's meaning), and ``refresh_cache`` (run every step task again
+    instead of taking a cached result: the steps resume from the run directory, so only what
+    is missing is sent). Jitter and the retry condition stay those of :func:`retry_options`."""
+
+    retries: int = RETRIES
+    retry_delay_seconds: float | list[float] | None = None
+    refresh_cache: bool = False
+
+    def __post_init__(self) -> None:
+        retries, delays = self.retries, self.retry_delay_seconds
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ConfigError(f"retries must be a non-negative integer, got {retries!r}")
+        valid = delays is None or _is_number(delays)
+        if isinstance(delays, list | tuple):
+            valid = 0 < len(delays) <= MAX_RETRY_DELAYS and all(_is_number(d) for d in delays)
+        if not valid:
+            raise ConfigError(
+                "retry_delay_seconds must be a number of seconds >= 0, a list of 1 to "
+                f"{MAX_RETRY_DELAYS} of them (one per retry), or None for exponential backoff "
+                f"from {BACKOFF_SECONDS:g} s; got {delays!r}"
+            )
+
+    def delays(self) -> float | list[float]:
+        """The delays Prefect gets (the default's exponential list as long as ``retries``)."""
+        if self.retry_delay_seconds is None:
+            count = max(1, min(self.retries, MAX_RETRY_DELAYS))
+            return [BACKOFF_SECONDS * 2**n for n in range(count)]
+        if isinstance(self.retry_delay_seconds, tuple):
+            return list(self.retry_delay_seconds)
+        return self.retry_delay_seconds
+
+    @property
+    def default_retries(self) -> bool:
+        return self.retries == RETRIES and self.retry_delay_seconds is None
+
+    def apply(self, task: Any, refresh: bool = False) -> Any:
+        """``task`` with these retries (as it is with the defaults: they are its own),
+        refreshing its cache when ``refresh`` or ``refresh_cache`` say so."""
+        options: dict[str, Any] = {}
+        if not self.default_retries:
+            options.update(retries=self.retries, retry_delay_seconds=self.delays())
+        if refresh or self.refresh_cache:
+            options["refresh_cache"] = True
+        return task.with_options(**options) if options else task
 
 
 def slug(text: str) -> str:

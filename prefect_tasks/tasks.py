@@ -116,11 +116,14 @@ def run_online_shard(
     parallel_shards: int = 1,
     concurrency_limit: str | None = None,
     progress_interval: float = PROGRESS_INTERVAL,
+    progress_artifact: str | None = None,
 ) -> ShardResult:
     """Send ``shard``'s pending requests with ``1/parallel_shards`` of the provider's limits,
-    holding a slot of the global concurrency limit ``concurrency_limit`` when given."""
+    holding a slot of the global concurrency limit ``concurrency_limit`` when given; the
+    shard's progress goes to its row of the flow's progress artifact ``progress_artifact``."""
     creds = resolve_credentials(credentials)
-    with _concurrency_slot(concurrency_limit), ShardProgress(run, shard, creds, progress_interval):
+    progress = ShardProgress(run, shard, creds, progress_interval, progress_artifact)
+    with _concurrency_slot(concurrency_limit), progress:
         return steps.run_online(
             run, shard, llm=_llm(llm), credentials=creds, parallel_shards=parallel_shards
         )
@@ -141,11 +144,12 @@ def run_offline_shard(
     llm: Any = None,
     credentials: CredentialsLike = None,
     progress_interval: float = PROGRESS_INTERVAL,
+    progress_artifact: str | None = None,
 ) -> ShardResult:
     """Generate ``shard``'s pending requests with vLLM on this worker (tag ``gpu``: route it
     with a tag concurrency limit or run it on a GPU work pool)."""
     creds = resolve_credentials(credentials)
-    with ShardProgress(run, shard, creds, progress_interval):
+    with ShardProgress(run, shard, creds, progress_interval, progress_artifact):
         return steps.run_offline(run, shard, llm=_llm(llm), credentials=creds)
 
 
@@ -164,13 +168,15 @@ def submit_batch(
     llm: Any = None,
     credentials: CredentialsLike = None,
     retry_failed: bool = False,
+    progress_artifact: str | None = None,
 ) -> BatchShardState:
     """Create ``shard``'s batch, or re-attach to the one an earlier (crashed) call created.
     ``cycle`` counts the flow's submit → wait → collect rounds (it is part of the cache key)."""
-    state = steps.submit(
-        run, shard, llm=_llm(llm), credentials=resolve_credentials(credentials),
-        retry_failed=retry_failed,
-    )  # fmt: skip
+    creds = resolve_credentials(credentials)
+    with ShardProgress(run, shard, creds, 0, progress_artifact, own_artifact=False):
+        state = steps.submit(
+            run, shard, llm=_llm(llm), credentials=creds, retry_failed=retry_failed
+        )
     if state["state"] == "reconciling":
         raise BatchStepError(
             f"shard {shard}: cannot tell yet which of the provider's batches "
@@ -195,13 +201,14 @@ def wait_for_batch(
     poll_interval: float = 60.0,
     deadline_seconds: float = BATCH_DEADLINE_SECONDS,
     credentials: CredentialsLike = None,
+    progress_artifact: str | None = None,
 ) -> BatchShardState:
     """Poll ``shard``'s batch every ``poll_interval`` seconds until it ends; fail with
     :class:`~curator_flows.errors.BatchDeadlineError` ``deadline_seconds`` after this batch was
     submitted (``round_submitted_at``, stored in the run: a re-attached flow run keeps the
     deadline, a resubmitted batch gets a deadline of its own)."""
     creds = resolve_credentials(credentials)
-    progress = BatchProgress(run, shard)
+    progress = BatchProgress(run, shard, progress_artifact)
     started = time.time()
     while True:
         state = steps.poll(run, shard, credentials=creds)
@@ -232,9 +239,12 @@ def collect_batch(
     cycle: int = 0,
     llm: Any = None,
     credentials: CredentialsLike = None,
+    progress_artifact: str | None = None,
 ) -> BatchShardState:
     """Store ``shard``'s ended batch's results; ``resubmit`` says requests are still owed."""
-    return steps.collect(run, shard, llm=_llm(llm), credentials=resolve_credentials(credentials))
+    creds = resolve_credentials(credentials)
+    with ShardProgress(run, shard, creds, 0, progress_artifact, own_artifact=False):
+        return steps.collect(run, shard, llm=_llm(llm), credentials=creds)
 
 
 @task(
@@ -252,22 +262,31 @@ def launch_offline_shard(
     credentials: str | None = None,
     llm: str | None = None,
     llm_kwargs: dict[str, Any] | None = None,
+    progress_artifact: str | None = None,
 ) -> dict[str, Any]:
     """Run ``shard`` as a flow run of ``deployment`` (a ``curate-offline-shard`` deployment on
     a GPU work pool) and wait for it; ``credentials`` is a saved block's name. The flow run's
     parameters are stored on the server as given, so ``llm_kwargs`` holding a secret (an
-    ``api_key`` in ``backend_params``) are refused: keys go in the block."""
+    ``api_key`` in ``backend_params``) are refused: keys go in the block. Meanwhile the
+    shard's row of ``progress_artifact`` follows the run directory (the shard flow run keeps
+    a progress artifact of its own)."""
     from prefect.deployments import run_deployment
 
     refuse_secrets(llm_kwargs, shard)
-    flow_run = run_deployment(
-        deployment,
-        parameters={
-            "run": steps.run_uri(run), "shard": shard, "credentials": credentials,
-            "llm": llm, "llm_kwargs": llm_kwargs,
-        },
-        timeout=None,
+    watch = ShardProgress(
+        run, shard, resolve_credentials(credentials) if progress_artifact else None,
+        PROGRESS_INTERVAL, progress_artifact,
+        own_artifact=False,
     )  # fmt: skip
+    with watch:
+        flow_run = run_deployment(
+            deployment,
+            parameters={
+                "run": steps.run_uri(run), "shard": shard, "credentials": credentials,
+                "llm": llm, "llm_kwargs": llm_kwargs,
+            },
+            timeout=None,
+        )  # fmt: skip
     state = flow_run.state
     if state is None or not state.is_completed():
         name = state.name if state is not None else "unknown"

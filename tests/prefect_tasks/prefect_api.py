@@ -22,6 +22,18 @@ def flow_run(run_id: UUID) -> Any:
         return c.read_flow_run(run_id)
 
 
+def subflow_runs(parent: UUID) -> list[Any]:
+    """The flow runs started as subflows of the flow run ``parent``."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with client() as c:
+        return c.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])
+            )
+        )
+
+
 def _runs(run_ids: list[UUID]) -> Any:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 

@@ -104,3 +104,39 @@ def test_the_key_reaches_the_provider_and_nothing_else(prefect_server, wd, stora
     assert _files_containing(Path(wd), KEY.encode()) == []  # the run directory
     persisted = [p for p in storage_dir.rglob("curator-run-online-*") if p.is_file()]
     assert persisted and all(json.loads(p.read_bytes()) for p in persisted)  # JSON, not pickle
+
+
+def test_the_block_hands_out_credentials_an_endpoint_and_clients(prefect_server, monkeypatch):
+    """``get_credentials`` / ``get_endpoint`` / ``get_client`` / ``get_filesystem``, shaped like
+    prefect-aws's ``AwsCredentials`` accessors; the SDK client really calls the endpoint."""
+    from prefect.blocks.abstract import CredentialsBlock
+
+    from curator_flows.errors import MissingAPIKeyError
+    from prefect_tasks import CuratorCredentials
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with Simulator(require_api_key=KEY) as sim:
+        CuratorCredentials(
+            api_key=KEY, base_url=sim.base_url, storage_options={"auto_mkdir": True}
+        ).save("accessors", overwrite=True)
+        block = CuratorCredentials.load("accessors")
+        assert isinstance(block, CredentialsBlock)
+        creds = block.get_credentials()
+        assert creds.secret() == KEY and creds.base_url == sim.base_url
+        endpoint = block.get_endpoint()
+        assert (endpoint.base_url, endpoint.api_key) == (sim.base_url.rstrip("/"), KEY)
+        client = block.get_client(timeout=30)
+        answer = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "name a dish"}]
+        )
+        assert answer.choices[0].message.content and sim.stats()["status_counts"] == {"200": 1}
+    assert block.get_filesystem("file:///tmp").auto_mkdir is True  # the storage options
+    default = CuratorCredentials(api_key=KEY).get_endpoint()
+    assert default.base_url == "https://api.openai.com/v1"
+    with pytest.raises(MissingAPIKeyError):
+        CuratorCredentials().get_endpoint()
+    with pytest.raises(ConfigError, match="anthropic"):  # an OpenAI key never goes there
+        block.get_client("anthropic")
+    with pytest.raises(ConfigError, match="client_type"):
+        CuratorCredentials(provider="litellm").get_client()

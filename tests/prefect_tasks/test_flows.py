@@ -35,6 +35,16 @@ def batch_llm(sim, **extra):
     return Numbered("gpt-4o-mini", batch=True, backend_params=params)
 
 
+def shard_rows(description: str) -> dict[str, list[str]]:
+    """The rows of a progress artifact's shard table: shard → its other cells."""
+    rows = {}
+    for line in description.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0].isdigit():
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
 def rows_of(summary) -> list[dict]:
     return list(steps.load_response(summary["run_uri"]).dataset)
 
@@ -74,7 +84,13 @@ def test_curate_online_end_to_end_with_artifacts(prefect_server, sim, wd):
     assert table["cost ($)"] == pytest.approx(stats["cost_info"]["total_cost"], abs=1e-6)
     assert table["throughput (requests/min)"] > 0 and table["run"] == summary["run_uri"]
     progress = [a for a in artifacts.values() if a.type == "progress"]
-    assert len(progress) == 4 and all(float(a.data) == 100.0 for a in progress)
+    assert [a.key for a in progress] == ["numbers-online-progress"]  # one per flow run
+    assert float(progress[0].data) == 100.0
+    rows = shard_rows(progress[0].description)
+    assert sorted(rows) == [f"0000{i}" for i in range(4)]
+    assert all(row[:3] == ["done", "25/25", "0"] for row in rows.values()), rows
+    note = artifacts["numbers-online-output"]  # no output_uri: where the run's files are
+    assert note.type == "markdown" and f"{summary['run_uri']}/output/" in note.data
 
 
 def test_a_second_flow_run_reuses_the_first_runs_results(prefect_server, sim, wd):
@@ -189,6 +205,11 @@ def test_curate_batch_resubmits_what_expired_until_max_retries(prefect_server, w
     assert sorted(n for n in runs if n.startswith("submit_batch-00000")) == [
         f"submit_batch-00000-c{c}" for c in range(4)
     ]
+    (progress,) = [a for a in api.artifacts(api.flow_run_id(state)) if a.type == "progress"]
+    assert "| batch |" in progress.description
+    rows = shard_rows(progress.description)
+    assert sorted(rows) == ["00000", "00001", "00002"]
+    assert all(row[0] == "done_with_failures" and row[1] == "10/10" for row in rows.values())
 
 
 def test_curate_offline_shaped_runs_gpu_tagged_shards(prefect_server, wd, monkeypatch):
@@ -220,8 +241,8 @@ def test_a_flow_refuses_an_llm_of_another_mode(prefect_server, sim, wd):
 
 
 def test_the_progress_artifact_moves_while_a_shard_runs(prefect_server, wd):
-    """Read the shard's progress artifact from outside while the flow runs: it shows values
-    strictly between 0 and 100 before it ends at 100."""
+    """Read the flow run's progress artifact from outside while the flow runs: it shows values
+    strictly between 0 and 100, the shard's row "running", before it ends at 100."""
     import contextvars
     import threading
 
@@ -232,27 +253,95 @@ def test_the_progress_artifact_moves_while_a_shard_runs(prefect_server, wd):
     with Simulator(latency=0.05) as sim:
         llm = online_llm(sim, shard_size=200, max_concurrent_requests=4)
         rows = [{"n": i} for i in range(120)]
-        run = steps.prepare(llm, rows, wd)
-        key = progress_key(run, run["shards"][0])
+        key = progress_key("numbers-moving")
         context = contextvars.copy_context()
         flow = threading.Thread(
             target=context.run,
-            args=(lambda: seen.append(curate(llm, rows, wd, progress_interval=0.3)["rows"]),),
+            args=(
+                lambda: seen.append(
+                    curate(llm, rows, wd, progress_interval=0.3, artifact_key="numbers-moving")[
+                        "rows"
+                    ]
+                ),
+            ),
         )
         flow.start()
         values: list[float] = []
+        states: set[str] = set()
         while flow.is_alive():
-            values += [float(a.data) for a in api.artifacts_by_key(key)]
+            for artifact in api.artifacts_by_key(key):
+                values.append(float(artifact.data))
+                states |= {row[0] for row in shard_rows(artifact.description).values()}
             time.sleep(0.2)
         flow.join()
     assert seen == [120]
     assert any(0 < v < 100 for v in values), values
-    assert [float(a.data) for a in api.artifacts_by_key(key)][-1] == 100.0
+    assert "running" in states, states
+    (final,) = api.artifacts_by_key(key)
+    assert float(final.data) == 100.0 and shard_rows(final.description)["00000"][:2] == [
+        "done",
+        "120/120",
+    ]
+
+
+def test_progress_is_one_artifact_per_flow_run_under_the_datasets_key(prefect_server, sim, wd):
+    """Two nights of a 4-shard build: two versions of one progress key (one card on the
+    Artifacts page, the nights as its history), never a key per run or per shard."""
+    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+
+    from prefect_tasks import curate
+    from prefect_tasks.artifacts import progress_key
+
+    llm, rows = online_llm(sim), [{"n": i} for i in range(100)]
+    states = [
+        curate(llm, rows, wd, run_key=night, artifact_key="numbers-nightly", return_state=True)
+        for night in ("2026-11-27", "2026-11-28")
+    ]
+    flow_runs = [api.flow_run_id(state) for state in states]
+    keyed = [a for a in api.artifacts(*flow_runs) if a.type == "progress" and a.key]
+    assert sorted(a.key for a in keyed) == [progress_key("numbers-nightly")] * 2
+    assert {a.flow_run_id for a in keyed} == set(flow_runs)
+    assert not [a for a in api.artifacts(*flow_runs) if a.type == "progress" and not a.key]
+    with api.client() as client:
+        cards = client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(
+                key=ArtifactCollectionFilterKey(like_="numbers-nightly")
+            )
+        )
+    assert sorted(c.key for c in cards) == sorted(
+        ["numbers-nightly", "numbers-nightly-output", "numbers-nightly-progress"]
+    )
+    for artifact in keyed:
+        assert sorted(shard_rows(artifact.description)) == [f"0000{i}" for i in range(4)]
+
+
+def test_a_shard_task_outside_the_flows_keeps_an_unkeyed_progress_artifact(prefect_server, sim, wd):
+    """A flow of the user's own that maps the shard task: each shard's progress is an unkeyed
+    artifact of that flow run (on its page, not on the Artifacts page)."""
+    from prefect import flow, unmapped
+
+    from prefect_tasks import run_online_shard
+
+    llm = online_llm(sim)
+    run = steps.prepare(llm, [{"n": i} for i in range(50)], wd)
+
+    @flow
+    def my_build() -> int:
+        done = run_online_shard.map(unmapped(run), run["shards"], llm=unmapped(llm)).result()
+        return sum(r["succeeded"] for r in done)
+
+    state = my_build(return_state=True)
+    assert state.result() == 50
+    progress = [a for a in api.artifacts(api.flow_run_id(state)) if a.type == "progress"]
+    assert len(progress) == 2 and all(a.key is None for a in progress)
+    assert sorted(a.description.split(":")[0] for a in progress) == ["shard 00000", "shard 00001"]
+    assert all(float(a.data) == 100.0 for a in progress)
 
 
 def test_each_shards_progress_reads_only_that_shard(prefect_server, wd, monkeypatch):
     """The progress thread of a shard task reads the status of its own shard, never every
-    shard's files (four shard tasks each re-reading the whole run every few seconds)."""
+    shard's files (four shard tasks each re-reading the whole run every few seconds); the
+    whole run is read once, when the flow opens its progress artifact."""
     from prefect_tasks import curate
 
     read: list[list[str]] = []
@@ -268,7 +357,8 @@ def test_each_shards_progress_reads_only_that_shard(prefect_server, wd, monkeypa
         llm = online_llm(sim, shard_size=10, max_concurrent_requests=2)
         summary = curate(llm, [{"n": i} for i in range(40)], wd, progress_interval=0.1)
     assert summary["rows"] == 40
-    assert read and all(len(shards) == 1 for shards in read), read
+    assert read[0] == [f"0000{i}" for i in range(4)]  # the flow, once
+    assert read[1:] and all(len(shards) == 1 for shards in read[1:]), read
     assert {shards[0] for shards in read} == {f"0000{i}" for i in range(4)}
 
 
@@ -295,3 +385,63 @@ def test_on_a_task_runner_of_its_own_each_shard_takes_one_part_unless_told(prefe
         assert {t.state.result()["limits"]["max_requests_per_minute"] for t in shard_runs} == {rpm}
     warnings = [line.message for line in api.logs(api.flow_run_id(untold)) if line.level >= 30]
     assert any("parallel_shards=" in message for message in warnings), warnings
+
+
+def test_flow_runs_are_named_after_the_dataset_and_the_night(prefect_server, sim, wd):
+    """``<artifact_key or LLM class>-<run_key>`` (the scheduled date put in), not
+    ``<random name>``: the flow runs list reads like the build's history."""
+    from prefect_tasks import curate
+
+    llm, rows = online_llm(sim), [{"n": i} for i in range(5)]
+    named = curate(llm, rows, wd, run_key="2026-11-27", artifact_key="recipes", return_state=True)
+    dated = curate(llm, rows, wd, run_key="nightly-{scheduled_date}", return_state=True)
+    keyless = curate(llm, rows, wd, return_state=True)
+    names = [api.flow_run(api.flow_run_id(state)).name for state in (named, dated, keyless)]
+    night = json.loads((Path(dated.result()["run_uri"]) / "manifest.json").read_text())["run_key"]
+    assert names == ["recipes-2026-11-27", f"Numbered-{night}", "Numbered"]
+    assert night.startswith("nightly-20")
+
+
+def test_refresh_cache_runs_the_steps_again_and_sends_only_what_is_missing(prefect_server, sim, wd):
+    from prefect_tasks import curate
+
+    llm, rows = online_llm(sim), [{"n": i} for i in range(50)]
+    curate(llm, rows, wd, run_key="2026-11-27")
+    sent = sim.stats()["requests"]
+    state = curate(llm, rows, wd, run_key="2026-11-27", refresh_cache=True, return_state=True)
+    assert state.result()["rows"] == 50 and sim.stats()["requests"] == sent
+    shards = {k: v for k, v in states_by_task(api.flow_run_id(state)).items() if "shard" in k}
+    assert len(shards) == 2 and all(v == ["Completed"] for v in shards.values())
+
+
+def test_the_output_artifact_is_a_link_only_where_a_browser_can_follow_it(
+    prefect_server, sim, wd, tmp_path
+):
+    """A published local dataset gets a markdown note naming its path and how to read it; an
+    ``https://`` output a link artifact; an ``s3://`` one a markdown note again."""
+    from prefect import flow
+
+    from prefect_tasks import curate
+    from prefect_tasks.artifacts import report
+
+    output = str(tmp_path / "published" / "numbers")
+    state = curate(
+        online_llm(sim), [{"n": i} for i in range(5)], wd, output_uri=output,
+        artifact_key="numbers-local", return_state=True,
+    )  # fmt: skip
+    summary = state.result()
+    (note,) = [a for a in api.artifacts(api.flow_run_id(state)) if a.key == "numbers-local-output"]
+    assert note.type == "markdown" and output in note.data and output in note.description
+    assert "read_parquet" in note.data
+
+    @flow
+    def notes() -> None:
+        report({**summary, "output_uri": "https://data.example.org/numbers"}, "numbers-web")
+        report({**summary, "output_uri": "s3://bucket/numbers"}, "numbers-s3")
+
+    notes()
+    (web,) = api.artifacts_by_key("numbers-web-output")  # Prefect stores a link as markdown
+    link = "https://data.example.org/numbers"
+    assert web.type == "markdown" and web.data == f"[{link}]({link})"
+    (s3,) = api.artifacts_by_key("numbers-s3-output")
+    assert "`s3://bucket/numbers`" in s3.data and "](" not in s3.data

@@ -54,6 +54,13 @@ def test_the_nightly_build_chains_cuisines_into_recipes_through_the_output_uri(
     )
     assert events[0]["payload"]["schema"]["columns"]["cuisine"] == "string"
     assert events[0]["payload"]["partition"] == {"date": "2026-11-27"}
+    # the runs list reads like the build's history: the night and its datasets
+    parent = api.flow_run_id(state)
+    assert api.flow_run(parent).name == "nightly-2026-11-27"
+    assert sorted(run.name for run in api.subflow_runs(parent)) == [
+        "nightly-cuisines-2026-11-27",
+        "nightly-recipes-2026-11-27",
+    ]
     sent = sim.stats()["requests"]
     again = nightly_recipes(**kwargs)  # the same night again: resumes, sends nothing
     assert again["recipes"]["rows"] == recipes["rows"] and sim.stats()["requests"] == sent
@@ -67,6 +74,13 @@ def test_the_nightly_deployment_runs_on_a_cron():
     assert deployment.parameters == {
         "base_url": "http://127.0.0.1:8765/v1",
         "credentials": "openai",
+    }
+    apart = nightly_deployment(working_dir="/ui/runs", output_root="/ui/datasets")
+    assert apart.parameters == {
+        "base_url": None,
+        "credentials": None,
+        "working_dir": "/ui/runs",
+        "output_root": "/ui/datasets",
     }
 
 

@@ -286,3 +286,66 @@ def test_an_unreachable_endpoint_is_retried_until_it_answers(prefect_server, wd,
             server.stop()
     (shard,) = [t for t in api.task_runs(api.flow_run_id(state)) if "shard" in t.name]
     assert shard.run_count == 2
+
+
+def unreachable_llm() -> Numbered:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: connections are refused
+    params = {"base_url": f"http://127.0.0.1:{port}/v1", "progress": "off", "max_retries": 0}
+    return Numbered("gpt-4o-mini", backend_params=params)
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_retries_and_their_delays_are_flow_parameters(prefect_server, wd, retries):
+    """An endpoint that never answers: the shard task runs ``1 + retries`` times, with the
+    delays the flow was given (none here), then the flow fails with the transient error."""
+    from prefect_tasks import curate
+
+    state = curate(
+        unreachable_llm(), [{"n": i} for i in range(3)], wd, retries=retries,
+        retry_delay_seconds=0, return_state=True,
+    )  # fmt: skip
+    assert state.is_failed()
+    with pytest.raises(EndpointUnreachableError):
+        state.result()
+    (shard,) = [t for t in api.task_runs(api.flow_run_id(state)) if "shard" in t.name]
+    assert shard.run_count == 1 + retries
+
+
+def test_step_options_keep_the_tasks_retry_rules_and_the_default_backoff():
+    from prefect_tasks import policy, tasks
+    from prefect_tasks.policy import StepOptions
+
+    assert StepOptions().apply(tasks.run_online_shard) is tasks.run_online_shard  # as today
+    six = StepOptions(retries=6).apply(tasks.run_online_shard)
+    assert six.retries == 6 and six.retry_delay_seconds == [10, 20, 40, 80, 160, 320]
+    assert six.retry_condition_fn is policy.retry_transient
+    assert six.retry_jitter_factor == policy.JITTER_FACTOR
+    listed = StepOptions(retries=2, retry_delay_seconds=[1, 5]).apply(tasks.finalize)
+    assert listed.retry_delay_seconds == [1, 5]
+    assert listed.retry_condition_fn is policy.retry_transient_finalize
+    refreshed = StepOptions(refresh_cache=True).apply(tasks.collect_batch)
+    assert refreshed.refresh_cache is True and refreshed.retries == policy.RETRIES
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"retries": -1},
+        {"retry_delay_seconds": -5},
+        {"retry_delay_seconds": []},
+        {"retry_delay_seconds": [10, -1]},
+        {"retry_delay_seconds": [1] * 51},
+    ],
+)
+def test_bad_retry_parameters_fail_the_flow_before_anything_is_sent(
+    prefect_server, sim, wd, options
+):
+    from curator_flows.errors import ConfigError
+    from prefect_tasks import curate
+
+    llm = Numbered("gpt-4o-mini", backend_params={"base_url": sim.base_url, "progress": "off"})
+    with pytest.raises(ConfigError, match="retr"):
+        curate(llm, [{"n": 1}], wd, **options)
+    assert sim.stats()["requests"] == 0
