@@ -5,7 +5,9 @@ submit (or re-attach) → poll → collect → submit the next round while reque
 
 Invariants:
 - ``advance`` never sleeps and never blocks on a batch: it returns ``done`` (nothing more to do
-  for the shard) or ``wait_seconds`` (when to call again);
+  for the shard) or ``wait_seconds`` (when to call again); a shard ``queued`` for room in the
+  provider's batch queue waits too (:mod:`.queue`), and a batch the queue refused is
+  submitted again once there is room, never counted as an attempt;
 - it is built only from the idempotent batch steps, so calling it again after a crash, from any
   process, converges: a shard is never submitted twice, a result never collected twice.
 """
@@ -45,10 +47,15 @@ def _advance(ctx: Context, shard: str, retry_failed: bool) -> BatchShardState:
         name = state["state"]
         if name in ("done", "cancelled"):
             return finished(state, name)
+        if name == "queued":  # no room in the provider's batch queue yet
+            return {**state, "done": False, "wait_seconds": state["wait_seconds"] or interval}
         if name == "reconciling" or state.get("created"):
             return waiting(state)  # a fresh batch: no point in asking at once
         if name == "submitted":
             state = poll_shard(ctx, shard)
+            if state["state"] == "queued":  # the queue refused it: close it, submit again
+                state = submit_shard(ctx, shard)
+                continue
             if not state["done"]:
                 return waiting(state)
             name = "ended"

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..store import RunStore
+from .queue import refusal_of
 from .records import (
+    COLLECTED,
     ENDED,
     SUBMITTED,
     UNSENT,
@@ -60,6 +62,8 @@ def shard_status(
         if pending:
             if entry is None:
                 state = "not_submitted"
+            elif refusal_of(entry) is not None and entry["state"] in (ENDED, COLLECTED):
+                state = "queued"  # a batch queue limit refused it: it waits for room
             elif entry["state"] in UNSENT:
                 state = "submitting"
             elif entry["state"] == SUBMITTED:
