@@ -107,16 +107,26 @@ def prepare(
     run_key: str | None = None,
     credentials: CredentialsLike = None,
     rebuild_check: bool = True,
+    max_shards: int | None = None,
 ) -> PrepareResult:
     """Render ``dataset`` into request shards and write the manifest (idempotent).
 
     ``run_key`` (e.g. a nightly build's date) joins the run's identity: the same key resumes,
     a new key makes a new run with fresh generations. ``rebuild_check``: fail here, before
     anything is sent, when a later step given only the run URI could not rebuild ``llm`` (set it
-    to ``False`` when every step gets ``llm=``)."""
+    to ``False`` when every step gets ``llm=``). ``max_shards``: at most this many shards (what
+    the orchestrator can fan out to); shards grow past ``shard_size`` to fit, and the log says
+    so."""
     from .prepare import prepare as _prepare
 
-    result = _prepare(llm, dataset, working_dir, run_key=run_key, credentials=credentials)
+    result = _prepare(
+        llm,
+        dataset,
+        working_dir,
+        run_key=run_key,
+        credentials=credentials,
+        max_shards=max_shards,
+    )
     if rebuild_check:
         from .rebuild import verify_rebuild
 
