@@ -18,7 +18,9 @@ Invariants:
   :data:`LEARNED_TTL` seconds). While nothing of the run is live a shard is always admitted (a
   probe of the provider's queue), unless a refusal that came with nothing of the run live set a
   backoff (the queue is full of other work): then it waits for that backoff, doubling up to
-  :data:`MAX_BACKOFF`;
+  :data:`MAX_BACKOFF`. While no limit is known at all, the run starts slowly: at most
+  :data:`SLOW_START` live batches plus two for each one the provider took (past validation),
+  so the first burst of a many-shard run learns the limit from a few refusals;
 - what is live is shared through the run directory, so every worker submitting shards of one
   run paces with the others: ``batches/_queue/<shard>.r<round>.json`` is a *claim* (tokens,
   requests, time) written before the round's intent and removed when the round leaves the
@@ -61,6 +63,12 @@ LEARNED_TTL = 600.0
 #: the longest wait after refusals that came while nothing of the run was live
 MAX_BACKOFF = 900.0
 KINDS = ("tokens", "requests")
+#: batches submitted at once while no queue limit is known, plus two for each live batch the
+#: provider took: a first burst of a many-shard run learns the limit without paying for
+#: (uploading, creating) a refused batch per shard
+SLOW_START = 4
+#: provider statuses of a batch not yet taken (OpenAI refuses at the end of validation)
+PROBATION = ("validating", None)
 PARAMS = {"tokens": "max_enqueued_tokens", "requests": "max_enqueued_requests"}
 #: OpenAI's words for a batch its model's enqueued limit refused (an ``errors.data`` item)
 _OPENAI_REFUSAL = re.compile(r"Enqueued (token|request) limit reached.*?Limit: ([\d,]+)", re.S)
@@ -190,12 +198,6 @@ class BatchQueue:
                 out[kind] = (limit, f"{limit:,} enqueued {kind} ({source})", exact)
         return out
 
-    def active(self, now: float | None = None) -> bool:
-        """Whether any limit paces this run (a shard without a batch may have to wait)."""
-        now = time.time() if now is None else now
-        learned = self.learned()
-        return bool(self.limits(learned, now)) or float(learned.get("probe_after", 0)) > now
-
     # ------------------------------------------------------------------ claims
     def claims(self) -> list[dict[str, Any]]:
         out = []
@@ -210,17 +212,20 @@ class BatchQueue:
                 out.append(data)
         return out
 
-    def _live(self, claim: dict[str, Any], now: float) -> bool:
-        """Whether an admitted claim's round is still in the provider's queue."""
+    def _live(self, claim: dict[str, Any], now: float) -> tuple[bool, bool]:
+        """``(live, proven)`` of an admitted claim: whether its round is still in the
+        provider's queue, and whether the provider took it (created it, past validation)."""
         from .records import SUBMITTED, UNSENT, BatchRecord
 
         try:
             rounds = BatchRecord.load(self.store, claim["shard"]).rounds
         except BatchStepError:
-            return True  # an unreadable record: count its claim (waiting errs on the safe side)
+            return True, False  # an unreadable record: count its claim (waiting errs safe)
         if claim["round"] < len(rounds):
-            return rounds[claim["round"]]["state"] in (*UNSENT, SUBMITTED)
-        return now - float(claim["at"]) < self.lease_seconds
+            entry = rounds[claim["round"]]
+            proven = bool(entry.get("batch_id")) and entry.get("status") not in PROBATION
+            return entry["state"] in (*UNSENT, SUBMITTED), proven
+        return now - float(claim["at"]) < self.lease_seconds, False
 
     def _load(
         self,
@@ -228,10 +233,11 @@ class BatchQueue:
         claims: list[dict[str, Any]],
         now: float,
         mine: dict[str, Any] | None = None,
-    ) -> tuple[Load, list[str], list[dict[str, Any]]]:
-        """``(load, shards, stale claims)``: what the run's live batches other than ``shard``'s
-        hold. Pending claims count only when ordered before ``mine``."""
-        tokens = requests = 0
+    ) -> tuple[Load, list[str], list[dict[str, Any]], int]:
+        """``(load, shards, stale claims, proven)``: what the run's live batches other than
+        ``shard``'s hold, and how many of them the provider took. Pending claims count only
+        when ordered before ``mine``."""
+        tokens = requests = proven = 0
         names: list[str] = []
         stale: list[dict[str, Any]] = []
         for claim in claims:
@@ -243,16 +249,21 @@ class BatchQueue:
                 if now - float(claim["at"]) > self.lease_seconds:
                     stale.append(claim)
                     continue
-            elif not self._live(claim, now):
-                stale.append(claim)
-                continue
+            else:
+                live, taken = self._live(claim, now)
+                if not live:
+                    stale.append(claim)
+                    continue
+                proven += taken
             tokens += claim["tokens"]
             requests += claim["requests"]
             names.append(claim["shard"])
-        return Load(tokens, requests), sorted(names), stale
+        return Load(tokens, requests), sorted(names), stale, proven
 
     # ------------------------------------------------------------------ deciding
-    def _verdict(self, shard: str, own: Load, load: Load, names: list[str], now: float) -> Verdict:
+    def _verdict(
+        self, shard: str, own: Load, load: Load, names: list[str], now: float, proven: int = 0
+    ) -> Verdict:
         learned = self.learned()
         limits = self.limits(learned, now)
         for kind, (limit, source, exact) in limits.items():
@@ -272,6 +283,13 @@ class BatchQueue:
                     f"nothing of this run was live); trying again in {probe_after - now:.0f}s",
                 )
             return Verdict(True)
+        if not limits and len(names) >= SLOW_START + 2 * proven:
+            return Verdict(
+                False,
+                self.interval,
+                f"the provider to take the run's {len(names)} live batches (no queue limit is "
+                f"known: at most {SLOW_START} + twice those it took are submitted at once)",
+            )
         for kind, (limit, source, _) in limits.items():
             if load.of(kind) + own.of(kind) > limit:
                 return Verdict(
@@ -286,8 +304,8 @@ class BatchQueue:
     def check(self, shard: str, own: Load, now: float | None = None) -> Verdict:
         """Whether ``shard`` would be admitted now (reads only; for ``poll``)."""
         now = time.time() if now is None else now
-        load, names, _ = self._load(shard, self.claims(), now)
-        return self._verdict(shard, own, load, names, now)
+        load, names, _, proven = self._load(shard, self.claims(), now)
+        return self._verdict(shard, own, load, names, now, proven)
 
     def admit(self, shard: str, round_index: int, own: Load) -> Verdict:
         """Claim room for ``shard``'s round ``round_index`` holding ``own``; admitted or not
@@ -307,9 +325,9 @@ class BatchQueue:
         }
         self.store.write_json(path, mine)
         claims = self.claims()
-        load, names, stale = self._load(shard, claims, now, mine)
+        load, names, stale, proven = self._load(shard, claims, now, mine)
         try:
-            verdict = self._verdict(shard, own, load, names, now)
+            verdict = self._verdict(shard, own, load, names, now, proven)
         except ConfigError:
             self.store.remove(path)
             raise
@@ -361,7 +379,7 @@ class BatchQueue:
         limit (see the module doc), warn, and say how long the shard waits."""
         self.release(shard, round_index)
         now = time.time()
-        load, names, _ = self._load(shard, self.claims(), now)
+        load, names, _, _ = self._load(shard, self.claims(), now)
         kind, named = refusal.get("kind"), refusal.get("limit")
         data = self.learned()
         if kind in KINDS:

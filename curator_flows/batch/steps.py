@@ -195,8 +195,6 @@ def next_load(ctx: Context, record: BatchRecord, owed: int) -> Load:
 def _no_room_yet(ctx: Context, record: BatchRecord, owed: int) -> BatchShardState | None:
     """The ``queued`` state when the provider's queue clearly has no room for the shard's next
     round (checked before its input is written; the exact admission follows in ``_send``)."""
-    if not ctx.queue.active():
-        return None
     try:
         verdict = ctx.queue.check(record.shard, next_load(ctx, record, owed))
     except ConfigError:  # the estimate errs high: the exact admission decides
@@ -523,11 +521,12 @@ def poll_shard(ctx: Context, shard: str) -> BatchShardState:
 
 def _queued_poll(ctx: Context, record: BatchRecord) -> BatchShardState | None:
     """The ``queued`` state of a shard that waits for room in the provider's batch queue (its
-    last round was refused, or it has none and a limit paces the run); ``done`` once it would be
-    admitted. ``None``: the shard is not waiting for the queue."""
+    last round was refused, or a submit found no room for its first: its record has no round);
+    ``done`` once it would be admitted. ``None``: the shard is not waiting for the queue (a
+    shard never submitted has no record at all)."""
     entry = record.current
     if entry is None:
-        if not ctx.queue.active():
+        if not record.stored:
             return None
         scan = scan_responses(ctx.store, record.shard, record.campaign_start)
         owed = ctx.sizes[record.shard] - len(scan.succeeded) - len(scan.final_failed)
