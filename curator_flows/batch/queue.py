@@ -16,11 +16,11 @@ Invariants:
   (backend params) and the limits refusals taught (``batches/_queue_limits.json``: OpenAI's
   message names its limit; otherwise what was live when the provider refused, less one, for
   :data:`LEARNED_TTL` seconds). While nothing of the run is live a shard is always admitted (a
-  probe of the provider's queue), unless a refusal that came with nothing of the run live set a
-  backoff (the queue is full of other work): then it waits for that backoff, doubling up to
-  :data:`MAX_BACKOFF`. While no limit is known at all, the run starts slowly: at most
-  :data:`SLOW_START` live batches plus two for each one the provider took (past validation),
-  so the first burst of a many-shard run learns the limit from a few refusals;
+  probe of the provider's queue), unless other work fills the queue (a batch admitted under a
+  limit the refusal confirms, or refused with nothing of the run live): then the run backs off
+  in time, doubling up to :data:`MAX_BACKOFF`. While no limit is known at all, the run starts
+  slowly: at most :data:`SLOW_START` live batches plus two for each one the provider took (past
+  validation), so the first burst of a many-shard run learns the limit from a few refusals;
 - what is live is shared through the run directory, so every worker submitting shards of one
   run paces with the others: ``batches/_queue/<shard>.r<round>.json`` is a *claim* (tokens,
   requests, time) written before the round's intent and removed when the round leaves the
@@ -110,6 +110,9 @@ class Verdict:
     admitted: bool
     wait_seconds: float = 0.0
     waiting_for: str = ""
+    #: the limits it was admitted under (``kind -> limit``): a refusal of a batch admitted
+    #: under a limit the provider confirms means other work fills the queue
+    limits: dict[str, int] | None = None
 
 
 def refusal_of(entry: dict[str, Any]) -> dict[str, Any] | None:
@@ -282,7 +285,7 @@ class BatchQueue:
                     "the provider's batch queue to drain (it refused the run's last batch while "
                     f"nothing of this run was live); trying again in {probe_after - now:.0f}s",
                 )
-            return Verdict(True)
+            return Verdict(True, limits={kind: item[0] for kind, item in limits.items()})
         if not limits and len(names) >= SLOW_START + 2 * proven:
             return Verdict(
                 False,
@@ -299,7 +302,7 @@ class BatchQueue:
                     f"({source}; {load.of(kind):,} held by the live batches of shard(s) "
                     f"{', '.join(names[:10])}{' ...' if len(names) > 10 else ''})",
                 )
-        return Verdict(True)
+        return Verdict(True, limits={kind: item[0] for kind, item in limits.items()})
 
     def check(self, shard: str, own: Load, now: float | None = None) -> Verdict:
         """Whether ``shard`` would be admitted now (reads only; for ``poll``)."""
@@ -374,41 +377,51 @@ class BatchQueue:
         own: Load,
         refusal: dict[str, Any],
         retry_after: float | None = None,
+        admitted_under: dict[str, int] | None = None,
     ) -> Verdict:
         """The provider refused round ``round_index`` of ``shard``: release its claim, learn the
-        limit (see the module doc), warn, and say how long the shard waits."""
+        limit, warn, and say how long the shard waits.
+
+        The limit: the one the provider named (OpenAI), else what the run's live batches held
+        when it refused, plus the shard, less one (Anthropic answers at once, so the run's load
+        now is its load then). Other work fills the queue (so the shard backs off in time)
+        when the round was admitted under a limit the refusal does not lower, or when nothing of
+        the run is live and no limit was named."""
         self.release(shard, round_index)
         now = time.time()
         load, names, _, _ = self._load(shard, self.claims(), now)
         kind, named = refusal.get("kind"), refusal.get("limit")
         data = self.learned()
         if kind in KINDS:
-            bounds = [int(named)] if named else []
-            if names:
-                bounds.append(max(1, load.of(kind) + own.of(kind) - 1))
-            if bounds:
-                limit = min(bounds)
+            limit = int(named) if named else (load.of(kind) + own.of(kind) - 1 if names else 0)
+            if limit > 0:
                 data[kind] = {
                     "limit": limit,
-                    "exact": bool(named) and limit == int(named),
+                    "exact": bool(named),
                     "learned_at": now,
                     "message": str(refusal.get("message") or "")[:500],
                 }
+        under = (admitted_under or {}).get(kind) if kind in KINDS else None
+        crowded = (under is not None and (not named or int(named) >= under)) or (
+            not named and not names
+        )
         wait = max(self.interval, retry_after or 0.0)
-        if names:
-            data["refusals_in_a_row"] = 0
-            data.pop("probe_after", None)
-            waits = (
-                f"the live batches of shard(s) {', '.join(names[:10])}"
-                f"{' ...' if len(names) > 10 else ''} ({load.of(kind or 'requests'):,} {kind}) "
-                "to finish"
-            )
-        else:
+        if crowded:
             refusals = int(data.get("refusals_in_a_row") or 0) + 1
             wait = max(wait, min(MAX_BACKOFF, self.interval * 2 ** (refusals - 1)))
             data["refusals_in_a_row"] = refusals
             data["probe_after"] = now + wait
-            waits = f"{wait:.0f}s (nothing of this run is live: other work fills the queue)"
+            waits = f"{wait:.0f}s (other work than this run's fills the queue)"
+        else:
+            data["refusals_in_a_row"] = 0
+            data.pop("probe_after", None)
+            holding = (
+                f"the live batches of shard(s) {', '.join(names[:10])}"
+                f"{' ...' if len(names) > 10 else ''}"
+                if names
+                else "the run's live batches"
+            )
+            waits = f"room under the limit: {holding} to finish"
         self.store.write_json(LIMITS_FILE, data)
         log.warning(
             "shard %s round %d: the provider's batch queue for %s is full (%s). Not counted as "
@@ -419,7 +432,7 @@ class BatchQueue:
             refusal.get("message") or "refused",
             waits,
         )
-        return Verdict(False, wait, waits)
+        return Verdict(False, wait if crowded else self.interval, waits)
 
     def settled(self) -> None:
         """A batch of the run ran: the provider's queue took it, so no backoff holds."""

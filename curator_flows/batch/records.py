@@ -16,6 +16,7 @@ Format::
         "results_url", "errors": [...], "ended_at": ..., "collected_at": ...,
         "collected": {"succeeded": n, "failed": n, "retry": n}, "files_deleted": bool,
         "input_tokens": <estimated input tokens of its requests>,
+        "admitted_under": {"tokens" | "requests": limit} (the queue limits it was admitted under),
         "refused": {"kind", "limit", "message"} (a batch queue limit refused it: see .queue),
         "adopted": "provider" | "lost" (rebuilt from the provider after the record was lost)}]}
 

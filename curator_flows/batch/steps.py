@@ -227,7 +227,9 @@ def close_refused_round(ctx: Context, record: BatchRecord, entry: dict[str, Any]
     own = Load(int(entry.get("input_tokens") or 0), int(entry["requests"]))
     record.close_refused(entry, refusal)
     record.save()
-    verdict = ctx.queue.learn(record.shard, entry["round"], own, refusal)
+    verdict = ctx.queue.learn(
+        record.shard, entry["round"], own, refusal, admitted_under=entry.get("admitted_under")
+    )
     if entry.get("input_file_id") and ctx.backend == "openai":
         try:
             ctx.provider().delete_files(info_of(entry), entry["input_file_id"])
@@ -278,6 +280,8 @@ def _send(
             ctx.reported_waiting.discard(shard)
             entry = record.new_round(count, size, now)
             entry["input_tokens"] = tally.tokens
+            if verdict.limits:
+                entry["admitted_under"] = verdict.limits
             record.save()  # the intent: before anything that could bill
         elif count == 0:  # nothing left to send for an unsent round: close it empty
             entry.update(
@@ -360,7 +364,12 @@ def _create_refused(
     record.close_refused(entry, refusal)
     record.save()
     verdict = ctx.queue.learn(
-        record.shard, entry["round"], own, refusal, getattr(error, "retry_after", None)
+        record.shard,
+        entry["round"],
+        own,
+        refusal,
+        getattr(error, "retry_after", None),
+        admitted_under=entry.get("admitted_under"),
     )
     return _queued(ctx, record, verdict, entry["requests"])
 
