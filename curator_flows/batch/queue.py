@@ -332,15 +332,15 @@ class BatchQueue:
         try:
             verdict = self._verdict(shard, own, load, names, now, proven)
         except ConfigError:
-            self.store.remove(path)
+            self._discard(path)
             raise
         if not verdict.admitted:
-            self.store.remove(path)
+            self._discard(path)
             return verdict
         self.store.write_json(path, {**mine, "state": "admitted"})
         older = [c for c in claims if c["shard"] == shard and c["round"] != round_index]
         for claim in stale + older:
-            self.store.remove(claim_path(claim["shard"], claim["round"]))
+            self._discard(claim_path(claim["shard"], claim["round"]))
         return verdict
 
     def claim(self, shard: str, round_index: int, own: Load) -> None:
@@ -360,7 +360,14 @@ class BatchQueue:
 
     def release(self, shard: str, round_index: int) -> None:
         """Round ``round_index`` of ``shard`` left the provider's queue."""
-        self.store.remove(claim_path(shard, round_index))
+        self._discard(claim_path(shard, round_index))
+
+    def _discard(self, rel: str) -> None:
+        """Remove ``rel`` if it is there (another worker may remove the same stale claim)."""
+        try:
+            self.store.remove(rel)
+        except FileNotFoundError:
+            pass
 
     def _read_claim(self, path: str) -> dict[str, Any] | None:
         try:
