@@ -19,7 +19,7 @@ from typing import Any
 from ..results import BatchShardState
 from .collect import collect_shard
 from .context import Context
-from .steps import poll_shard, submit_shard
+from .steps import poll_shard, still_queued, submit_shard
 
 #: the most moves one call makes (each round needs at most submit, poll, collect)
 MAX_MOVES = 12
@@ -28,7 +28,12 @@ MAX_MOVES = 12
 def advance(ctx: Context, shard: str, *, retry_failed: bool = False) -> BatchShardState:
     """Move ``shard`` forward; ``retry_failed`` also starts a new campaign for requests that
     failed finally (a fresh ``LLM(...)(dataset)`` call does, an orchestrator retry need not).
-    Holds the shard's lease for the whole move."""
+    Holds the shard's lease for the whole move, except for a shard that still waits for room in
+    the provider's batch queue (read without its lease)."""
+    waiting = still_queued(ctx, shard)
+    if waiting is not None:
+        interval = float(ctx.config("batch_check_interval", 60.0))
+        return {**waiting, "done": False, "wait_seconds": waiting["wait_seconds"] or interval}
     with ctx.leased(shard):
         return _advance(ctx, shard, retry_failed)
 

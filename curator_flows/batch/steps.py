@@ -528,6 +528,23 @@ def poll_shard(ctx: Context, shard: str) -> BatchShardState:
     )
 
 
+def still_queued(ctx: Context, shard: str) -> BatchShardState | None:
+    """The ``queued`` state of a shard that waits for room in the provider's batch queue and
+    still has none, read without taking its lease (so a long wait leaves no lease behind);
+    ``None`` when the shard is not such a one or may go on (take the lease and submit)."""
+    record = ctx.record(shard)
+    entry = record.current
+    waiting = (entry is None and record.stored) or (
+        entry is not None and entry["state"] == COLLECTED and entry.get("refused")
+    )
+    if not waiting or cancelled(ctx.store, record):
+        return None
+    state = _queued_poll(ctx, record)
+    if state is None or state["done"]:
+        return None
+    return state
+
+
 def _queued_poll(ctx: Context, record: BatchRecord) -> BatchShardState | None:
     """The ``queued`` state of a shard that waits for room in the provider's batch queue (its
     last round was refused, or a submit found no room for its first: its record has no round);
