@@ -407,7 +407,12 @@ def _adopt(ctx: Context, record: BatchRecord, scan: ShardScan) -> BatchShardStat
         others = [BatchRecord.load(ctx.store, s) for s in ctx.shards if s != shard]
         claimed = {batch_id for other in others for batch_id in other.batch_ids()}
         intent = RoundIntent(ctx.run_id, shard, 0, len(members), since + RECONCILE_SKEW)
-        rivals = sum(1 for other in others if not other.rounds)
+        # shards that may own a batch of this size unseen: never submitted, or mid-create
+        rivals = sum(
+            1
+            for other in others
+            if not other.rounds or _unsent_of_size(other.current, len(members))
+        )
         try:
             info = provider.find(intent, claimed, members.__contains__, rivals)  # type: ignore[call-arg]
         except Ambiguous as exc:
