@@ -88,8 +88,21 @@ def run_step(args: dict[str, Any]) -> dict[str, Any]:
     else:
         raise ValueError(args["step"])
     out["seconds"] = round(time.perf_counter() - started, 2)
-    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    out["peak_rss_mb"] = round(step_peak_rss_mb(), 1)
     return out
+
+
+def step_peak_rss_mb() -> float:
+    """This process's own peak RSS: ``VmHWM`` (which ``exec`` resets, unlike ``ru_maxrss``,
+    which may keep the high-water mark of the process that forked it), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return peak_rss_mb()
 
 
 def advance_all(run_uri: str, llm: Numbered) -> dict[str, Any]:
