@@ -60,8 +60,8 @@ def shard_status(
             out["batch"]["round_submitted_at"] = entry.get("submitted_at")
             out["rounds"] = len(record.rounds)
         if pending:
-            if entry is None:
-                state = "not_submitted"
+            if entry is None:  # a submit that found no room in the batch queue left a record
+                state = "queued" if record.stored else "not_submitted"
             elif refusal_of(entry) is not None and entry["state"] in (ENDED, COLLECTED):
                 state = "queued"  # a batch queue limit refused it: it waits for room
             elif entry["state"] in UNSENT:
