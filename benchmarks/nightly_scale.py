@@ -16,6 +16,7 @@ not grow with them (compare two ``--rows``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import peak_rss_mb, simulator_process  # noqa: E402
+from _common import peak_rss_mb  # noqa: E402
 
 from curator_flows import LLM  # noqa: E402
 
@@ -126,6 +127,24 @@ def advance_all(run_uri: str, llm: Numbered) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ the build, step by step
+@contextlib.contextmanager
+def simulator_process(**config: Any):
+    """The simulator in a child process; stopped (killed if it lingers: a simulator that held a
+    million batch items can take a while to shut down on a busy machine) when the block ends."""
+    from curator_flows.testing.simulator import run_in_subprocess
+
+    process, base_url = run_in_subprocess(**config)
+    try:
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def in_child(args: dict[str, Any]) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, __file__, "--step-json", json.dumps(args)],
