@@ -122,6 +122,11 @@ class BatchParams(CommonParams):
     delete_failed_batch_files: bool = False
     completion_window: str = "24h"
     max_tokens: int | None = Field(None, gt=0)
+    #: the provider's batch queue limits, to pace submission up front (see curator_flows.batch
+    #: .queue): input tokens (OpenAI's enqueued token limit) / requests (Anthropic's processing
+    #: queue) the run's live batches may hold at once; limits, so never part of a run's identity
+    max_enqueued_tokens: int | None = Field(None, gt=0)
+    max_enqueued_requests: int | None = Field(None, gt=0)
 
 
 class OfflineParams(CommonParams):

@@ -19,17 +19,27 @@ Invariants:
   ``generation_params`` (a dict or its JSON string) is validated and carried by its request
   line (``params``) and covered by its request id, since both change what is sent;
 - a bad row fails with an error that names the row (and column), before any request is sent;
-- shards respect the mode's limits on requests and bytes per shard.
+- shards respect the mode's limits on requests and bytes per shard: ``shard_size`` in every
+  mode (in batch mode with ``batch_size``, both capped by the provider's per-batch limits, which
+  are the default there), and at most ``max_shards`` shards (what an orchestrator can fan out
+  to): when the rows need more, shards grow to hold them (never past a batch provider's
+  per-batch limits: then a ``ConfigError``), and the log says so. Sharding never changes a
+  run's id (the id hashes the request lines, not where the shards split them);
+- a batch run's shards carry their estimated input tokens (``input_tokens``), what they hold of
+  the provider's batch queue (see ``curator_flows.batch.queue``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
+import math
 import os
 import shutil
 import tempfile
 import time
+from array import array
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -47,6 +57,8 @@ from .store import MANIFEST, RunStore, default_working_dir, join_uri, shard_name
 
 if TYPE_CHECKING:
     from .llm import LLM
+
+log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 2
 _BATCH_LINE_OVERHEAD = 160  # custom_id, method, url and JSON punctuation of one batch line
@@ -70,16 +82,33 @@ def to_messages(index: int, value: Any) -> list[dict[str, Any]]:
 
 
 def shard_limits(llm: LLM) -> tuple[int, int]:
-    """(max requests, max bytes) per shard for the LLM's mode."""
+    """(max requests, max bytes) per shard for the LLM's mode: ``shard_size``; in batch mode
+    also ``batch_size`` (the smaller of the two given), capped by the provider's per-batch
+    limits, which are the default there."""
     params = llm.config.params
     if llm.mode == "batch":
-        from .batch.sizing import BATCH_LIMITS
-
-        max_requests, max_bytes = BATCH_LIMITS[llm.backend]
-        if params.batch_size:
-            max_requests = min(max_requests, params.batch_size)
-        return max_requests, max_bytes
+        max_requests, max_bytes = provider_batch_limits(llm)
+        asked = [params.batch_size] if params.batch_size else []
+        if "shard_size" in params.model_fields_set:
+            asked.append(params.shard_size)
+        if asked and min(asked) > max_requests:
+            log.warning(
+                "%s batches hold at most %d requests: shards of %d requests would not fit, so "
+                "shards hold %d",
+                llm.backend,
+                max_requests,
+                min(asked),
+                max_requests,
+            )
+        return min([max_requests, *asked]), max_bytes
     return params.shard_size, 1 << 62
+
+
+def provider_batch_limits(llm: LLM) -> tuple[int, int]:
+    """(requests, bytes) one provider batch may hold."""
+    from .batch.sizing import BATCH_LIMITS
+
+    return BATCH_LIMITS[llm.backend]
 
 
 def run_id_for(family: str, content_fp: str, mode: str) -> str:
@@ -98,6 +127,13 @@ class _Renderer:
         self.takes_input = bool(inspect.signature(llm.prompt).parameters)
         self.ids = RequestIds(family)
         self.checked_params: set[bytes] = set()
+        #: the estimated input tokens of the last request (batch mode only, else 0)
+        self.last_tokens = 0
+        self._tokens = None
+        if llm.mode == "batch":
+            from .batch.queue import request_tokens
+
+            self._tokens = request_tokens
 
     def row_params(self, index: int, row: Any) -> bytes | None:
         """The row's own generation params as canonical JSON (``None``: the LLM's apply)."""
@@ -179,6 +215,8 @@ class _Renderer:
                 f"prompt() raised on row {index}: {type(exc).__name__}: {exc}"
             ) from exc
         messages = self.messages(index, value)
+        if self._tokens is not None:
+            self.last_tokens = self._tokens(messages)
         try:
             messages_json = orjson.dumps(messages)
         except TypeError as exc:
@@ -229,10 +267,16 @@ def _unencodable_messages(index: int, messages: list[dict[str, Any]], exc: TypeE
 
 
 def _render_shards(
-    llm: LLM, dataset: Any, family: str, spool_dir: str, storage_options: dict[str, Any]
+    llm: LLM,
+    dataset: Any,
+    family: str,
+    spool_dir: str,
+    storage_options: dict[str, Any],
+    max_shards: int | None = None,
 ) -> tuple[list[dict[str, Any]], str, int]:
     """Render every row into ``spool_dir/<shard>.jsonl``; return ``(shards, content
-    fingerprint, rows)``."""
+    fingerprint, rows)``. Each spooled shard has a ``<shard>.meta`` next to it: per request its
+    batch-line bytes and estimated input tokens (``uint32`` pairs), for regrouping."""
     max_requests, max_bytes = shard_limits(llm)
     overhead = _line_overhead(llm)
     renderer = _Renderer(llm, family)
@@ -240,6 +284,7 @@ def _render_shards(
     shards: list[dict[str, Any]] = []
     current: dict[str, Any] | None = None
     handle = None
+    meta = array("I")
     rows = 0
     try:
         for index, row in enumerate(iter_rows(dataset, storage_options)):
@@ -253,17 +298,128 @@ def _render_shards(
             ):
                 if handle is not None:
                     handle.close()
-                current = {"name": shard_name(len(shards)), "requests": 0, "bytes": 0}
+                    _write_meta(spool_dir, current, meta)
+                current = _new_shard(llm, len(shards))
                 shards.append(current)
                 handle = open(os.path.join(spool_dir, f"{current['name']}.jsonl"), "wb", 1 << 20)
             handle.write(line)
             hasher.update(line)
             current["requests"] += 1
             current["bytes"] += size
+            meta.append(size)
+            meta.append(renderer.last_tokens)
+            if "input_tokens" in current:
+                current["input_tokens"] += renderer.last_tokens
     finally:
         if handle is not None:
             handle.close()
+            _write_meta(spool_dir, current, meta)
+    if max_shards is not None and len(shards) > max_shards:
+        shards = _regroup(llm, spool_dir, shards, max_shards, max_requests, max_bytes)
     return shards, hasher.hexdigest(), rows
+
+
+def _new_shard(llm: LLM, index: int) -> dict[str, Any]:
+    shard: dict[str, Any] = {"name": shard_name(index), "requests": 0, "bytes": 0}
+    if llm.mode == "batch":
+        shard["input_tokens"] = 0
+    return shard
+
+
+def _write_meta(spool_dir: str, shard: dict[str, Any] | None, meta: array) -> None:
+    if shard is None:
+        return
+    with open(os.path.join(spool_dir, f"{shard['name']}.meta"), "wb") as handle:
+        meta.tofile(handle)
+    del meta[:]
+
+
+def _regroup(
+    llm: LLM,
+    spool_dir: str,
+    shards: list[dict[str, Any]],
+    max_shards: int,
+    max_requests: int,
+    max_bytes: int,
+) -> list[dict[str, Any]]:
+    """The spooled ``shards`` (more than ``max_shards``) regrouped, in order, into at most
+    ``max_shards`` larger ones; raises ``ConfigError`` when a batch provider's per-batch limits
+    cannot hold the run in that many."""
+    total = sum(s["requests"] for s in shards)
+    target = math.ceil(total / max_shards)
+    if llm.mode == "batch":
+        cap_requests, cap_bytes = provider_batch_limits(llm)
+        if target > cap_requests:
+            raise ConfigError(
+                f"{total:,} requests do not fit in max_shards={max_shards} batch shards: one "
+                f"{llm.backend} batch holds at most {cap_requests:,} requests. Raise max_shards "
+                "(Airflow: [core] max_map_length), or split the dataset into several runs"
+            )
+        max_bytes = cap_bytes
+    log.warning(
+        "%d requests make %d shards of up to %d requests, more than max_shards=%d (what the "
+        "orchestrator can fan out to): shards grow to up to %d requests",
+        total,
+        len(shards),
+        max_requests,
+        max_shards,
+        target,
+    )
+    out_dir = os.path.join(spool_dir, "regrouped")
+    os.makedirs(out_dir)
+    regrouped: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
+    handle = None
+    meta = array("I")
+    try:
+        for old in shards:
+            sizes = array("I")
+            with open(os.path.join(spool_dir, f"{old['name']}.meta"), "rb") as source:
+                sizes.fromfile(source, 2 * old["requests"])
+            with open(os.path.join(spool_dir, f"{old['name']}.jsonl"), "rb", 1 << 20) as lines:
+                for position, line in enumerate(lines):
+                    size, tokens = sizes[2 * position], sizes[2 * position + 1]
+                    if (
+                        current is None
+                        or current["requests"] >= target
+                        or (current["requests"] and current["bytes"] + size > max_bytes)
+                    ):
+                        if handle is not None:
+                            handle.close()
+                            _write_meta(out_dir, current, meta)
+                        current = _new_shard(llm, len(regrouped))
+                        regrouped.append(current)
+                        path = os.path.join(out_dir, f"{current['name']}.jsonl")
+                        handle = open(path, "wb", 1 << 20)
+                    handle.write(line)
+                    current["requests"] += 1
+                    current["bytes"] += size
+                    meta.append(size)
+                    meta.append(tokens)
+                    if "input_tokens" in current:
+                        current["input_tokens"] += tokens
+    finally:
+        if handle is not None:
+            handle.close()
+            _write_meta(out_dir, current, meta)
+    if len(regrouped) > max_shards:
+        raise ConfigError(
+            f"{total:,} requests ({sum(s['bytes'] for s in shards):,} bytes) do not fit in "
+            f"max_shards={max_shards} batch shards: one {llm.backend} batch holds at most "
+            f"{max_bytes:,} bytes. Raise max_shards (Airflow: [core] max_map_length), or "
+            "split the dataset into several runs"
+        )
+    for old in shards:
+        for suffix in (".jsonl", ".meta"):
+            os.remove(os.path.join(spool_dir, old["name"] + suffix))
+    for shard in regrouped:
+        for suffix in (".jsonl", ".meta"):
+            os.replace(
+                os.path.join(out_dir, shard["name"] + suffix),
+                os.path.join(spool_dir, shard["name"] + suffix),
+            )
+    os.rmdir(out_dir)
+    return regrouped
 
 
 def _line_overhead(llm: LLM) -> int:
@@ -285,11 +441,14 @@ def prepare_run(
     *,
     run_key: str | None = None,
     credentials: Credentials | None = None,
+    max_shards: int | None = None,
 ) -> tuple[RunStore, dict[str, Any], bool]:
     """Prepare (or re-open, when already prepared) the run of ``llm`` over ``dataset``;
-    return ``(store, manifest, created)``."""
+    return ``(store, manifest, created)``. ``max_shards``: at most this many shards (a run
+    prepared before keeps its shards)."""
     if run_key is not None and not isinstance(run_key, str):
         raise InputError(f"run_key must be a string, got {type(run_key).__name__}")
+    check_max_shards(max_shards)
     credentials = credentials or Credentials()
     storage_options = credentials.storage_options
     working_dir = (working_dir or default_working_dir()).rstrip("/")
@@ -297,11 +456,19 @@ def prepare_run(
     family = llm.family_fingerprint(run_key)
     spool_dir = tempfile.mkdtemp(prefix="curator-flows-spool-")
     try:
-        shards, content_fp, rows = _render_shards(llm, dataset, family, spool_dir, storage_options)
+        shards, content_fp, rows = _render_shards(
+            llm, dataset, family, spool_dir, storage_options, max_shards
+        )
         run_id = run_id_for(family, content_fp, llm.mode)
         store = RunStore(join_uri(working_dir, run_id), storage_options)
         prepared = read_manifest(store)
         if prepared is not None:
+            if max_shards is not None and len(prepared["shards"]) > max_shards:
+                raise ConfigError(
+                    f"run {store.uri} was prepared before in {len(prepared['shards'])} shards, "
+                    f"more than max_shards={max_shards}; its shards cannot change once prepared. "
+                    "Prepare it under a new run_key or working_dir, or raise max_shards"
+                )
             return store, prepared, False
         store.remove("responses")  # copies a prepare that crashed before its manifest left
         siblings = [s for s in sibling_runs(working_dir, family, storage_options) if s != run_id]
@@ -338,6 +505,13 @@ def prepare_run(
     return store, manifest, True
 
 
+def check_max_shards(max_shards: Any) -> None:
+    if max_shards is not None and (
+        not isinstance(max_shards, int) or isinstance(max_shards, bool) or max_shards < 1
+    ):
+        raise ConfigError(f"max_shards must be a positive integer or None, got {max_shards!r}")
+
+
 def prepare(
     llm: LLM,
     dataset: Any = None,
@@ -345,11 +519,12 @@ def prepare(
     *,
     run_key: str | None = None,
     credentials: Credentials | dict[str, Any] | None = None,
+    max_shards: int | None = None,
 ) -> PrepareResult:
     """Write the request shards and manifest (idempotent); see ``steps.prepare``."""
     credentials = Credentials.coerce(credentials)
     store, manifest, created = prepare_run(
-        llm, dataset, working_dir, run_key=run_key, credentials=credentials
+        llm, dataset, working_dir, run_key=run_key, credentials=credentials, max_shards=max_shards
     )
     return make(
         PrepareResult,

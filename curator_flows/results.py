@@ -57,7 +57,9 @@ class ShardResult(TypedDict):
 class BatchShardState(TypedDict):
     """The state of one shard of a batch run after ``submit``, ``poll``, ``collect`` or
     ``advance``. ``state`` is one of ``submitted`` (poll it), ``ended`` (collect it),
-    ``collected``, ``reconciling`` (ask again later), ``done`` or ``cancelled``."""
+    ``collected``, ``reconciling`` (ask again later), ``queued`` (the provider's batch queue
+    has no room for it yet: ask again after ``wait_seconds``; a ``poll`` says ``done`` once it
+    may be submitted), ``done`` or ``cancelled``."""
 
     run_uri: str
     run_id: str

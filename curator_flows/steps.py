@@ -119,16 +119,26 @@ def prepare(
     run_key: str | None = None,
     credentials: CredentialsLike = None,
     rebuild_check: bool = True,
+    max_shards: int | None = None,
 ) -> PrepareResult:
     """Render ``dataset`` into request shards and write the manifest (idempotent).
 
     ``run_key`` (e.g. a nightly build's date) joins the run's identity: the same key resumes,
     a new key makes a new run with fresh generations. ``rebuild_check``: fail here, before
     anything is sent, when a later step given only the run URI could not rebuild ``llm`` (set it
-    to ``False`` when every step gets ``llm=``)."""
+    to ``False`` when every step gets ``llm=``). ``max_shards``: at most this many shards (what
+    the orchestrator can fan out to); shards grow past ``shard_size`` to fit, and the log says
+    so."""
     from .prepare import prepare as _prepare
 
-    result = _prepare(llm, dataset, working_dir, run_key=run_key, credentials=credentials)
+    result = _prepare(
+        llm,
+        dataset,
+        working_dir,
+        run_key=run_key,
+        credentials=credentials,
+        max_shards=max_shards,
+    )
     if rebuild_check:
         from .rebuild import verify_rebuild
 
@@ -192,7 +202,9 @@ def submit(
     Writes the intent record first; re-attaches to a batch an earlier crashed call created.
     ``retry_failed``: also start a new campaign for requests that failed finally (or were
     cancelled). ``state`` is ``submitted`` (poll it), ``ended`` (collect it), ``reconciling``
-    (call again later), ``done`` or ``cancelled``."""
+    (call again later), ``queued`` (the provider's batch queue has no room for it yet: call
+    again after ``wait_seconds``), ``done`` or ``cancelled``. A shard without a batch record
+    adopts the batch its run already made for it at the provider."""
     from .batch.steps import submit_shard
 
     return submit_shard(_batch(run, llm, credentials), shard, retry_failed=retry_failed)
@@ -200,7 +212,9 @@ def submit(
 
 def poll(run: RunRef, shard: str, *, credentials: CredentialsLike = None) -> BatchShardState:
     """One non-blocking status check of ``shard``'s current batch (a sensor's poke); ``done``
-    means the batch ended and ``collect`` can run. Needs no LLM class, only the run URI."""
+    means the batch ended and ``collect`` can run, or, for a ``queued`` shard (waiting for room
+    in the provider's batch queue), that it may be submitted now. Needs no LLM class, only the
+    run URI."""
     from .batch.steps import poll_shard
 
     return poll_shard(_batch(run, None, credentials), shard)
@@ -225,8 +239,8 @@ def advance(
     retry_failed: bool = False,
 ) -> BatchShardState:
     """Move a batch shard as far as it goes without waiting: submit (or re-attach), poll,
-    collect, resubmit what expired. ``done`` when the shard needs nothing more, else call again
-    after ``wait_seconds``."""
+    collect, resubmit what expired (and what a full batch queue refused: never an attempt).
+    ``done`` when the shard needs nothing more, else call again after ``wait_seconds``."""
     from .batch.advance import advance as _advance
 
     return _advance(_batch(run, llm, credentials), shard, retry_failed=retry_failed)

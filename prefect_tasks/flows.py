@@ -25,6 +25,11 @@ Invariants:
 - a run this flow run created refreshes the tasks' caches (a stale cache of a deleted run
   directory never answers for a new one); ``retry_failed=True`` does too, and retries the
   requests that failed finally;
+- a flow creates task runs per shard, so a run is prepared in at most ``max_shards`` shards (a
+  flow parameter, :data:`MAX_SHARDS` by default): shards grow to fit;
+- a batch shard ``queued`` for room in the provider's batch queue waits (``wait_for_batch``
+  polls it until it may be submitted) and is submitted again; waiting never counts against
+  :data:`MAX_BATCH_CYCLES`;
 - when ``finalize`` finds shards that still owe answers (``IncompleteRunError.pending_shards``:
   stored answers a tightened ``response_format`` refuses are taken back, or requests were
   never answered), the flow sends exactly those shards again with their caches refreshed and
@@ -60,6 +65,8 @@ ONLINE_TASK_RUNNER = ThreadPoolTaskRunner(max_workers=ONLINE_WORKERS)
 BATCH_WORKERS = 8
 #: a guard on submit → wait → collect cycles (the engine stops resubmitting after max_retries)
 MAX_BATCH_CYCLES = 50
+#: the most shards a flow prepares a run into by default (each shard makes task runs)
+MAX_SHARDS = 1000
 
 
 #: in ``run_key``, ``output_uri`` and a ``dataset`` URI this placeholder becomes the flow run's
@@ -193,6 +200,7 @@ def _open(
     rebuild_check: bool = False,
     partition: dict[str, Any] | None = None,
     schema_evolution: str = "strict",
+    max_shards: int | None = MAX_SHARDS,
 ) -> _Opened:
     """The opening every flow shares: the scheduled date put into ``dataset``, ``output_uri``,
     ``run_key`` and ``partition``'s values, the ``LLM`` built and checked against the flow's
@@ -209,7 +217,7 @@ def _open(
     creds = _credentials(credentials)
     run = options.apply(tasks.prepare)(
         built, dataset, working_dir, run_key=run_key, credentials=creds,
-        rebuild_check=rebuild_check,
+        rebuild_check=rebuild_check, max_shards=max_shards,
     )  # fmt: skip
     _say_which_run(run)
     key = artifact_key or summary_key(type(built).__name__)
@@ -317,6 +325,7 @@ def curate(
     retries: int = RETRIES,
     retry_delay_seconds: float | list[float] | None = None,
     refresh_cache: bool = False,
+    max_shards: int | None = MAX_SHARDS,
 ) -> FinalizeResult:
     """Build a dataset with the provider's online API: prepare, one task per shard, finalize.
 
@@ -325,11 +334,11 @@ def curate(
     takes ``1/<shards>`` and a warning says so). ``concurrency_limit``: the name of a Prefect
     global concurrency limit; each shard holds one slot while it sends and takes ``1/slots`` of
     the limits, so every flow run on every worker using that limit together stays within the
-    provider's limits."""
+    provider's limits. ``max_shards``: the run is prepared in at most this many shards."""
     opened = _open(
         "online", llm, llm_kwargs, dataset, working_dir, output_uri, run_key, credentials,
         options=StepOptions(retries, retry_delay_seconds, refresh_cache), artifact_key=artifact_key,
-        partition=partition, schema_evolution=schema_evolution,
+        partition=partition, schema_evolution=schema_evolution, max_shards=max_shards,
     )  # fmt: skip
     llm, creds, run = opened.llm, opened.credentials, opened.run
     parts = _parallelism(parallel_shards, len(run["shards"]), concurrency_limit)
@@ -376,18 +385,22 @@ def curate_batch(
     retries: int = RETRIES,
     retry_delay_seconds: float | list[float] | None = None,
     refresh_cache: bool = False,
+    max_shards: int | None = MAX_SHARDS,
 ) -> FinalizeResult:
     """Build a dataset through the provider's batch API: prepare → submit every shard → wait
-    → collect → resubmit what expired or errored → finalize.
+    → collect → resubmit what expired or errored → finalize. A shard waits for room in the
+    provider's batch queue when it is full (``max_enqueued_tokens`` / ``max_enqueued_requests``,
+    or a refusal), and is submitted once there is.
 
     ``poll_interval``: seconds between status checks (default: the LLM's
     ``batch_check_interval``); ``deadline_hours``: a batch still running this long after it
     was submitted fails the flow run (each resubmitted batch counts from its own submit; the
-    time is stored in the run, so it survives re-runs)."""
+    time is stored in the run, so it survives re-runs); ``max_shards``: the run is prepared in
+    at most this many shards."""
     opened = _open(
         "batch", llm, llm_kwargs, dataset, working_dir, output_uri, run_key, credentials,
         options=StepOptions(retries, retry_delay_seconds, refresh_cache), artifact_key=artifact_key,
-        partition=partition, schema_evolution=schema_evolution,
+        partition=partition, schema_evolution=schema_evolution, max_shards=max_shards,
     )  # fmt: skip
     board = opened.progress_id
     llm, creds, run = opened.llm, opened.credentials, opened.run
@@ -401,10 +414,9 @@ def curate_batch(
         submit = opened.step(tasks.submit_batch, refresh)
         wait = opened.step(tasks.wait_for_batch, refresh)
         collect = opened.step(tasks.collect_batch, refresh)
-        for cycle in range(next_cycle, next_cycle + MAX_BATCH_CYCLES):
-            if not pending:
-                return
-            next_cycle = cycle + 1
+        resubmits = 0
+        while pending and resubmits < MAX_BATCH_CYCLES:
+            cycle, next_cycle = next_cycle, next_cycle + 1
             submitted = {
                 shard: submit.submit(
                     run,
@@ -417,9 +429,9 @@ def curate_batch(
                 )
                 for shard in pending
             }
-            live = [
-                s for s, f in submitted.items() if f.result()["state"] in ("submitted", "ended")
-            ]
+            states = {s: f.result()["state"] for s, f in submitted.items()}
+            live = [s for s, state in states.items() if state in ("submitted", "ended")]
+            queued = [s for s, state in states.items() if state == "queued"]
             waited = {
                 shard: wait.submit(
                     run,
@@ -430,7 +442,7 @@ def curate_batch(
                     credentials=creds,
                     progress_artifact=board,
                 )
-                for shard in live
+                for shard in live + queued  # a queued shard's wait ends when it may submit
             }
             collected = {
                 shard: collect.submit(
@@ -444,7 +456,11 @@ def curate_batch(
                 )
                 for shard in live
             }
-            pending = [s for s, f in collected.items() if f.result()["resubmit"]]
+            resubmit = [s for s, f in collected.items() if f.result()["resubmit"]]
+            for shard in queued:
+                waited[shard].result()
+            resubmits += bool(resubmit)  # waiting for the queue is not a resubmit cycle
+            pending = queued + resubmit
         if pending:
             raise BatchStepError(
                 f"shards {pending} still owe requests after {MAX_BATCH_CYCLES} submit cycles; "
@@ -482,8 +498,10 @@ def curate_offline(
     retries: int = RETRIES,
     retry_delay_seconds: float | list[float] | None = None,
     refresh_cache: bool = False,
+    max_shards: int | None = MAX_SHARDS,
 ) -> FinalizeResult:
-    """Build a dataset with vLLM: prepare, generate every shard, finalize.
+    """Build a dataset with vLLM: prepare, generate every shard, finalize (in at most
+    ``max_shards`` shards).
 
     Without ``shard_deployment`` the shards run here, one at a time, as ``run_offline_shard``
     tasks tagged ``gpu`` (run this flow on a GPU work pool, or cap GPU tasks with a ``gpu`` tag
@@ -499,7 +517,7 @@ def curate_offline(
         "offline", llm, llm_kwargs, dataset, working_dir, output_uri, run_key, credentials,
         options=StepOptions(retries, retry_delay_seconds, refresh_cache), artifact_key=artifact_key,
         rebuild_check=remote and not llm_path,  # the shard flow runs rebuild it from the run
-        partition=partition, schema_evolution=schema_evolution,
+        partition=partition, schema_evolution=schema_evolution, max_shards=max_shards,
     )  # fmt: skip
     llm_arg, llm, creds, run = llm, opened.llm, opened.credentials, opened.run
     block_name = _block_name(credentials) if remote else None

@@ -84,8 +84,10 @@ def prepare(
     credentials: CredentialsLike = None,
     llm_kwargs: dict[str, Any] | None = None,
     rebuild_check: bool = True,
+    max_shards: int | None = None,
 ) -> PrepareResult:
-    """Render ``dataset`` into request shards (re-opens the run when it exists)."""
+    """Render ``dataset`` into request shards (re-opens the run when it exists); at most
+    ``max_shards`` of them (shards grow to fit)."""
     llm = resolve_llm(llm, llm_kwargs)
     block = load_block(credentials)
     if block is not None:
@@ -97,6 +99,7 @@ def prepare(
         run_key=run_key,
         credentials=resolve_credentials(block or credentials),
         rebuild_check=rebuild_check,
+        max_shards=max_shards,
     )
 
 

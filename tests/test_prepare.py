@@ -278,3 +278,105 @@ def test_a_system_message_beside_system_prompt_is_refused(wd):
 
     with pytest.raises(PromptError, match="row 0 returned a system message"):
         steps.prepare(Both("gpt-4o-mini", system_prompt="z"), [{}], wd, rebuild_check=False)
+
+
+# --------------------------------------------------------------------------- shard sizes
+
+
+class Counter(LLM):
+    def prompt(self, row):
+        return f"count {row['n']}"
+
+    def parse(self, row, response):
+        return {"n": row["n"]}
+
+
+def _shard_lines(run: dict, shard: str) -> list[dict]:
+    path = os.path.join(run["run_uri"], "requests", f"{shard}.jsonl")
+    with open(path, "rb") as handle:
+        return [orjson.loads(line) for line in handle]
+
+
+def _manifest(run: dict) -> dict:
+    with open(os.path.join(run["run_uri"], "manifest.json"), "rb") as handle:
+        return orjson.loads(handle.read())
+
+
+@pytest.mark.parametrize("backend", ["openai", "anthropic"])
+def test_shard_size_is_honoured_in_batch_mode(wd, backend):
+    rows = [{"n": i} for i in range(600)]
+
+    def shard_sizes(backend_params: dict, where: str) -> list[int]:
+        llm = Counter("gpt-4o-mini", backend=backend, batch=True, backend_params=backend_params)
+        run = steps.prepare(llm, rows, os.path.join(wd, where))
+        return [s["requests"] for s in _manifest(run)["shards"]]
+
+    assert shard_sizes({"shard_size": 100}, "a") == [100] * 6
+    # the default stays the provider's per-batch limit; batch_size works too, the smaller wins
+    assert shard_sizes({}, "b") == [600]
+    assert shard_sizes({"shard_size": 300, "batch_size": 200}, "c") == [200] * 3
+    # a batch run's shards carry what they hold of the provider's batch queue
+    llm = Counter("gpt-4o-mini", backend=backend, batch=True, backend_params={"shard_size": 100})
+    manifest = _manifest(steps.prepare(llm, rows, os.path.join(wd, "a")))
+    assert all(s["input_tokens"] >= 100 * 4 for s in manifest["shards"])
+
+
+def test_shard_size_past_the_providers_batch_limit_is_capped(wd, monkeypatch, caplog):
+    from curator_flows.batch import sizing
+
+    monkeypatch.setitem(sizing.BATCH_LIMITS, "openai", (50, 200_000_000))
+    llm = Counter("gpt-4o-mini", batch=True, backend_params={"shard_size": 80})
+    with caplog.at_level("WARNING", logger="curator_flows.prepare"):
+        run = steps.prepare(llm, [{"n": i} for i in range(120)], wd)
+    assert [len(_shard_lines(run, s)) for s in run["shards"]] == [50, 50, 20]
+    assert "batches hold at most 50 requests" in caplog.text
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_max_shards_grows_shards_to_fit_and_says_so(wd, batch, caplog):
+    llm = Counter("gpt-4o-mini", batch=batch, backend_params={"shard_size": 10})
+    rows = [{"n": i} for i in range(95)]
+    reference = steps.prepare(llm, rows, wd)  # 10 shards of up to 10
+    assert len(reference["shards"]) == 10
+    other = os.path.join(wd, "capped")
+    with caplog.at_level("WARNING", logger="curator_flows.prepare"):
+        run = steps.prepare(llm, rows, other, max_shards=4)
+    assert "more than max_shards=4" in caplog.text and "grow to up to 24 requests" in caplog.text
+    assert run["shards"] == ["00000", "00001", "00002", "00003"]
+    sizes = [len(_shard_lines(run, s)) for s in run["shards"]]
+    assert sizes == [24, 24, 24, 23]
+    # the same requests, in the same order: the run is the same run
+    assert run["run_id"] == reference["run_id"]
+    order = [line["row"] for s in run["shards"] for line in _shard_lines(run, s)]
+    assert order == list(range(95))
+    manifest = _manifest(run)
+    assert [s["requests"] for s in manifest["shards"]] == sizes
+    if batch:
+        assert sum(s["input_tokens"] for s in manifest["shards"]) == sum(
+            s["input_tokens"] for s in _manifest(reference)["shards"]
+        )
+    # under the cap nothing changes, and a generator (read once) is capped the same way
+    assert len(steps.prepare(llm, rows, os.path.join(wd, "roomy"), max_shards=50)["shards"]) == 10
+    generated = steps.prepare(llm, (r for r in rows), os.path.join(wd, "gen"), max_shards=3)
+    assert [len(_shard_lines(generated, s)) for s in generated["shards"]] == [32, 32, 31]
+
+
+def test_max_shards_beyond_the_providers_batch_limit_is_a_config_error(wd, monkeypatch):
+    from curator_flows import ConfigError
+    from curator_flows.batch import sizing
+
+    monkeypatch.setitem(sizing.BATCH_LIMITS, "openai", (30, 200_000_000))
+    llm = Counter("gpt-4o-mini", batch=True, backend_params={"shard_size": 10})
+    with pytest.raises(
+        ConfigError, match=r"max_shards=2 batch shards: one openai batch holds at most 30"
+    ):
+        steps.prepare(llm, [{"n": i} for i in range(95)], wd, max_shards=2)
+    assert not os.listdir(wd) or not any(
+        os.path.exists(os.path.join(wd, d, "manifest.json")) for d in os.listdir(wd)
+    )
+    with pytest.raises(ConfigError, match="max_shards must be a positive integer"):
+        steps.prepare(llm, [{"n": 1}], wd, max_shards=0)
+    # a run prepared in more shards than a later caller can fan out to says so
+    steps.prepare(llm, [{"n": i} for i in range(25)], wd)
+    with pytest.raises(ConfigError, match=r"prepared before in 3 shards, more than max_shards=2"):
+        steps.prepare(llm, [{"n": i} for i in range(25)], wd, max_shards=2)

@@ -35,7 +35,8 @@ class CuratorPrepareOperator(CuratorBaseOperator):
     ``llm``, ``dataset``, ``working_dir`` and ``run_key`` as in
     :class:`~airflow_provider.operators.curator.CuratorOperator`. ``rebuild_check``: fail now
     (permanently) when the later tasks, which get only the run URI, could not rebuild the LLM
-    from the run manifest (turn it off when every task gets ``llm=``).
+    from the run manifest (turn it off when every task gets ``llm=``). The run gets at most
+    ``[core] max_map_length`` shards (what a mapped task may expand to): shards grow to fit.
     """
 
     template_fields = ("dataset", "working_dir", "run_key")
@@ -63,6 +64,8 @@ class CuratorPrepareOperator(CuratorBaseOperator):
         self.rebuild_check = rebuild_check
 
     def execute(self, context: Context) -> list[str]:
+        from airflow.sdk.configuration import conf
+
         from curator_flows import steps
 
         credentials = self.credentials()
@@ -74,6 +77,7 @@ class CuratorPrepareOperator(CuratorBaseOperator):
             run_key=self.run_key or None,
             credentials=credentials,
             rebuild_check=self.rebuild_check,
+            max_shards=conf.getint("core", "max_map_length", fallback=1024),
         )
         self.log.info(
             "run %s: %d requests in shards %s (%d pending, %d reused)",

@@ -30,8 +30,10 @@ from ..pending import read_retry_log, retries_stem
 from ..results import BatchShardState
 from .base import BatchInfo, ItemResult
 from .context import Context, describe, info_of
+from .queue import refusal_of
 from .records import (
     COLLECTED,
+    ENDED,
     SUBMITTED,
     UNSENT,
     BatchRecord,
@@ -41,7 +43,7 @@ from .responses import (
     pending_ids,
     scan_responses,
 )
-from .steps import poll_shard
+from .steps import close_refused_round, poll_shard
 from .transport import BatchAPIError, backoff
 
 log = logging.getLogger(__name__)
@@ -90,11 +92,14 @@ def _collect_shard(ctx: Context, shard: str) -> BatchShardState:
         polled = poll_shard(ctx, shard)
         record = ctx.record(shard)
         entry = record.current
-        if not polled["done"]:
+        if not polled["done"] and refusal_of(entry) is None:
             raise BatchNotEnded(
                 f"shard {shard}: batch {entry.get('batch_id')} is {polled['status']}; poll until "
                 "done before collecting"
             )
+    if entry["state"] == ENDED and refusal_of(entry) is not None:
+        close_refused_round(ctx, record, entry)  # it ran nothing: no line, not an attempt
+        return describe(ctx, record, "collected", **_collected_summary(ctx, record, entry))
     llm = ctx.llm
     params = llm.config.params
     prices = resolve_prices(llm.model_name, params.in_mtok_cost, params.out_mtok_cost, batch=True)
@@ -116,6 +121,9 @@ def _collect_shard(ctx: Context, shard: str) -> BatchShardState:
     if counts["mismatch"]:
         entry["mismatch"] = True
     record.save()
+    ctx.queue.release(shard, entry["round"])
+    if entry.get("batch_id"):
+        ctx.queue.settled()
     _maybe_delete(ctx, record, entry)
     return describe(
         ctx,

@@ -17,6 +17,7 @@ from ..results import BatchShardState, make
 from ..runs import RunRef, open_run
 from ..store import RunStore
 from .base import BatchInfo, BatchProvider, RoundIntent
+from .queue import BatchQueue
 from .records import (
     COLLECTED,
     ENDED,
@@ -51,6 +52,9 @@ class Context:
         self.credentials = credentials or Credentials()
         self._clients: dict[bool, BatchProvider] = {}
         self._leases: dict[str, ShardLeases] = {}
+        self._queue: BatchQueue | None = None
+        #: shards this context already reported waiting for room in the provider's queue
+        self.reported_waiting: set[str] = set()
 
     @contextlib.contextmanager
     def leased(self, shard: str) -> Iterator[None]:
@@ -73,6 +77,20 @@ class Context:
         lease over (their own thread keeps them alive during long work)."""
         for leases in self._leases.values():
             leases.check()
+
+    @property
+    def queue(self) -> BatchQueue:
+        """The run's view of the provider's batch queue (:mod:`.queue`)."""
+        if self._queue is None:
+            self._queue = BatchQueue(
+                self.store,
+                self.manifest["model_name"],
+                max_tokens=self.config("max_enqueued_tokens"),
+                max_requests=self.config("max_enqueued_requests"),
+                lease_seconds=float(self.config("lease_seconds", 60.0)),
+                interval=float(self.config("batch_check_interval", 60.0)),
+            )
+        return self._queue
 
     @property
     def llm(self) -> LLM:

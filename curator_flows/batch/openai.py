@@ -12,7 +12,9 @@ Reconciliation: every batch carries ``metadata = {curator_run_id, curator_shard,
 After a crash between the create call and the record, :meth:`OpenAIBatches.find` lists batches
 newest first (``GET /v1/batches?limit=&after=``) back to the intent's time (less a clock-skew
 margin) and re-attaches to the one whose metadata names this run, shard and round, or whose
-``input_file_id`` is the file this round uploaded. The match is exact: metadata is ours.
+``input_file_id`` is the file this round uploaded. The match is exact: metadata is ours. A
+shard whose record was lost altogether adopts the batch of its highest round found by the same
+metadata (:meth:`OpenAIBatches.find_shard`).
 """
 
 from __future__ import annotations
@@ -218,6 +220,27 @@ class OpenAIBatches:
                 info.matched_by = "metadata" if tagged else "input_file"
                 return info
         return None
+
+    def find_shard(self, run_id: str, shard: str, since: float) -> BatchInfo | None:
+        """The batch of ``shard``'s highest round that names ``run_id`` in its metadata,
+        created after ``since`` (the newest of that round), if any: what a shard whose record
+        was lost adopts."""
+        best: BatchInfo | None = None
+        for info in self.list():
+            if info.created_at is not None and info.created_at < since:
+                break  # newest first: everything further is older
+            tags = info.metadata
+            if tags.get("curator_run_id") != run_id or tags.get("curator_shard") != shard:
+                continue
+            try:
+                round_index = int(tags.get("curator_round"))
+            except (TypeError, ValueError):
+                continue
+            if best is None or round_index > int(best.metadata["curator_round"]):
+                best = info
+        if best is not None:
+            best.matched_by = "metadata"
+        return best
 
     # --------------------------------------------------------------- results
     def results(self, info: BatchInfo) -> Iterator[ItemResult]:

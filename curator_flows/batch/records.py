@@ -14,7 +14,11 @@ Format::
         "created_at": <provider time, epoch s>, "submitted_at": ..., "reconciled": "metadata"|...,
         "status": <provider status>, "request_counts": {...}, "output_file_id", "error_file_id",
         "results_url", "errors": [...], "ended_at": ..., "collected_at": ...,
-        "collected": {"succeeded": n, "failed": n, "retry": n}, "files_deleted": bool}]}
+        "collected": {"succeeded": n, "failed": n, "retry": n}, "files_deleted": bool,
+        "input_tokens": <estimated input tokens of its requests>,
+        "admitted_under": {"tokens" | "requests": limit} (the queue limits it was admitted under),
+        "refused": {"kind", "limit", "message"} (a batch queue limit refused it: see .queue),
+        "adopted": "provider" | "lost" (rebuilt from the provider after the record was lost)}]}
 
 Invariants:
 - a round is appended in state ``intent`` (with its request count and time) and saved before any
@@ -22,11 +26,14 @@ Invariants:
 - round ``n + 1`` holds exactly the requests of the shard without a success line and without a
   final failure in the current campaign, once round ``n`` is ``collected``; so every request of
   a round was in every earlier round of its campaign, and ``attempt`` (1-based, per campaign)
-  is how often each of its requests was sent in this campaign;
+  is how often each of its requests was sent in this campaign; a round a batch queue limit
+  refused (``refused``) ran nothing, so the round after it keeps its ``attempt``;
 - a round in ``submitted``/``ended``/``collected`` state is never submitted again;
 - a *campaign* is one series of rounds capped by ``max_retries``; a new one starts only when
   asked (``retry_failed=True``), after the previous one concluded;
-- the record is written whole and atomically (``RunStore.write_json``).
+- the record is written whole and atomically (``RunStore.write_json``); a record that cannot be
+  read (torn, not JSON, not this shape) is a :class:`~curator_flows.errors.BatchStepError`
+  naming the file, never a raw decoding error.
 
 The cancel flag (``batches/_cancelled.json``, ``{"at": ts}``) is a separate file: cancelling
 takes effect without rewriting any record, so a poller rewriting a record at the same time can
@@ -40,6 +47,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
+
+from ..errors import BatchStepError
 from ..store import RunStore
 
 VERSION = 1
@@ -51,6 +61,7 @@ SUBMITTED = "submitted"
 ENDED = "ended"
 COLLECTED = "collected"
 UNSENT = (INTENT, UPLOADED)
+STATES = (INTENT, UPLOADED, SUBMITTED, ENDED, COLLECTED)
 
 
 def record_path(shard: str) -> str:
@@ -60,16 +71,27 @@ def record_path(shard: str) -> str:
 class BatchRecord:
     """The record of one shard; mutate through the methods, then :meth:`save`."""
 
-    def __init__(self, store: RunStore, shard: str, data: dict[str, Any]) -> None:
+    def __init__(
+        self, store: RunStore, shard: str, data: dict[str, Any], stored: bool = True
+    ) -> None:
         self.store = store
         self.shard = shard
         self.data = data
         self.loaded_updated_at = data.get("updated_at")
+        #: whether the record was read from its file (``False``: the shard has none yet)
+        self.stored = stored
 
     @classmethod
     def load(cls, store: RunStore, shard: str, run_id: str = "", provider: str = "") -> BatchRecord:
-        data = store.read_json_if_exists(record_path(shard))
+        path = record_path(shard)
+        try:
+            data = store.read_json_if_exists(path)
+        except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise corrupt(store, path, f"it is not JSON ({exc})") from None
         if data is not None:
+            problem = shape_problem(data)
+            if problem is not None:
+                raise corrupt(store, path, problem)
             return cls(store, shard, data)
         data = {
             "version": VERSION,
@@ -80,11 +102,12 @@ class BatchRecord:
             "campaign_started_at": None,
             "rounds": [],
         }
-        return cls(store, shard, data)
+        return cls(store, shard, data, stored=False)
 
     def save(self) -> None:
         self.data["updated_at"] = time.time()
         self.store.write_json(record_path(self.shard), self.data)
+        self.stored = True
 
     def save_if_unchanged(self) -> bool:
         """Save unless another writer saved the record since this copy was loaded (then this
@@ -145,9 +168,12 @@ class BatchRecord:
         in_campaign = previous is not None and previous["round"] >= self.campaign_start
         if self.data.get("campaign_started_at") is None:
             self.data["campaign_started_at"] = now
+        attempt = 1
+        if in_campaign:  # a refused round ran nothing: it is not an attempt
+            attempt = previous["attempt"] + (0 if previous.get("refused") else 1)
         entry = {
             "round": len(self.rounds),
-            "attempt": (previous["attempt"] + 1) if in_campaign else 1,
+            "attempt": attempt,
             "state": INTENT,
             "intent_at": time.time(),
             "requests": requests,
@@ -156,8 +182,51 @@ class BatchRecord:
         self.rounds.append(entry)
         return entry
 
+    def close_refused(self, entry: dict[str, Any], refusal: dict[str, Any]) -> None:
+        """Close ``entry``, which a batch queue limit refused (nothing ran): no response line is
+        written, every one of its requests is still owed (not saved)."""
+        entry.update(
+            state=COLLECTED,
+            refused=refusal,
+            collected_at=time.time(),
+            collected={"succeeded": 0, "failed": 0, "retry": entry["requests"], "foreign": 0},
+        )
+
     def batch_ids(self) -> set[str]:
         return {r["batch_id"] for r in self.rounds if r.get("batch_id")}
+
+
+def shape_problem(data: Any) -> str | None:
+    """What makes ``data`` not a batch record (``None``: it is one)."""
+    if not isinstance(data, dict):
+        return f"it holds a JSON {type(data).__name__}, not an object"
+    rounds = data.get("rounds")
+    if not isinstance(rounds, list):
+        return "it has no list of rounds"
+    if not isinstance(data.get("campaign_start", 0), int):
+        return "its campaign_start is not an integer"
+    for index, entry in enumerate(rounds):
+        if not isinstance(entry, dict):
+            return f"round {index} is not an object"
+        if entry.get("round") != index:
+            return f"round {index} is numbered {entry.get('round')!r}"
+        if entry.get("state") not in STATES:
+            return f"round {index} has an unknown state {entry.get('state')!r}"
+        for key in ("attempt", "requests"):
+            if not isinstance(entry.get(key), int):
+                return f"round {index} has no integer {key!r}"
+        if not isinstance(entry.get("intent_at"), int | float):
+            return f"round {index} has no intent time"
+    return None
+
+
+def corrupt(store: RunStore, path: str, problem: str) -> BatchStepError:
+    """The error of an unreadable batch record: names the file, says what to do."""
+    return BatchStepError(
+        f"the batch record {store.path(path)} cannot be read: {problem}. Delete it and call "
+        "submit (or advance) again: a shard without a record is looked up at the provider by "
+        "its run and shard, and its batch is adopted rather than created again"
+    )
 
 
 def read_cancel_flag(store: RunStore) -> dict[str, Any] | None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..store import RunStore
+from .queue import refusal_of
 from .records import (
+    COLLECTED,
     ENDED,
     SUBMITTED,
     UNSENT,
@@ -64,10 +66,12 @@ def shard_status(
             out["rounds"] = len(record.rounds)
             out["uncollected"] = uncollected(entry)
         if pending:
-            if entry is None:
-                state = "not_submitted"
+            if entry is None:  # a submit that found no room in the batch queue left a record
+                state = "queued" if record.stored else "not_submitted"
             elif cancelled(store, record):
                 state = "cancelled"
+            elif refusal_of(entry) is not None and entry["state"] in (ENDED, COLLECTED):
+                state = "queued"  # a batch queue limit refused it: it waits for room
             elif entry["state"] in UNSENT:
                 state = "submitting"
             elif entry["state"] == SUBMITTED:

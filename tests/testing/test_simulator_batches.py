@@ -558,3 +558,133 @@ def test_batch_usage_details_are_objects_with_the_reasoning_tokens_of_its_lines(
     assert batch.usage.input_tokens_details.cached_tokens == 0
     assert batch.usage.output_tokens_details.reasoning_tokens == sum(reasoning)
     assert batch.usage.output_tokens == sum(u["completion_tokens"] for u in usages.values())
+
+
+# --------------------------------------------------------------------------- batch queue limits
+
+
+def _prompt_tokens(prompt: str) -> int:
+    """The simulator's count of a one-message request: its text's quarter, + 4, + 3."""
+    return (len(prompt) + 3) // 4 + 4 + 3
+
+
+def test_openai_enqueued_token_limit_fails_the_batch_at_validation():
+    prompts = [f"enqueued {i} " + "x" * 30 for i in range(10)]
+    tokens = sum(_prompt_tokens(p) for p in prompts)
+    timings = {**FAST, "in_progress": 1.0}
+    with Simulator(batch_timings=timings, batch_enqueued_token_limit=tokens + tokens // 2) as sim:
+        first = create_batch(sim, prompts[:], metadata={"n": "1"})
+        second = create_batch(sim, [p + " again" for p in prompts])
+        assert second["status"] == "validating"  # created: the limit is found at validation
+        other_model = ok(
+            "POST",
+            sim.base_url + "/batches",
+            {
+                "input_file_id": upload(
+                    sim,
+                    b"".join(
+                        json.dumps(
+                            {
+                                "custom_id": f"o-{i}",
+                                "method": "POST",
+                                "url": "/v1/chat/completions",
+                                "body": {**chat_body(p), "model": "gpt-4o"},
+                            }
+                        ).encode()
+                        + b"\n"
+                        for i, p in enumerate(prompts)
+                    ),
+                )[1]["id"],
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+            },
+        )
+        failed, seen = wait_batch(sim, second["id"], {"failed", "completed"})
+        assert seen[-1] == "failed"
+        assert failed["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
+        assert failed["errors"]["object"] == "list"
+        (error,) = failed["errors"]["data"]
+        assert error["code"] == "token_limit_exceeded"
+        assert error["param"] is None and error["line"] is None
+        assert error["message"] == (
+            "Enqueued token limit reached for gpt-4o-mini in organization org-simulator. "
+            f"Limit: {tokens + tokens // 2:,} enqueued tokens. Please try again once some "
+            "in_progress batches have been completed."
+        )
+        # another model has a queue of its own; the first batch runs to the end
+        assert wait_batch(sim, other_model["id"], {"completed", "failed"})[0]["status"] == (
+            "completed"
+        )
+        assert wait_batch(sim, first["id"], {"completed", "failed"})[0]["status"] == "completed"
+        # once it completed, the same input fits
+        third = create_batch(sim, [p + " again" for p in prompts])
+        assert wait_batch(sim, third["id"], {"completed", "failed"})[0]["status"] == "completed"
+        stats = sim.stats()
+        assert stats["batch_queue_refusals"] == {"openai": 1}
+        assert tokens <= stats["peak_enqueued_tokens"] <= tokens + tokens // 2
+        # the refused batch's items were never admitted
+        assert stats["batch_items_by_prompt"][prompts[0] + " again"] == 1
+
+
+def test_openai_enqueued_tokens_are_input_tokens_only():
+    """``max_tokens`` (the output cap) does not count: only the prompt's tokens are enqueued."""
+    prompt = "just the input " + "y" * 20
+    with Simulator(batch_timings=FAST, batch_enqueued_token_limit=_prompt_tokens(prompt)) as sim:
+        batch = create_batch(sim, [prompt])  # chat_body asks max_tokens=200, far past the limit
+        assert wait_batch(sim, batch["id"], {"completed", "failed"})[0]["status"] == "completed"
+        too_big = create_batch(sim, [prompt + "z" * 8])
+        done = wait_batch(sim, too_big["id"], {"completed", "failed"})[0]
+        assert done["errors"]["data"][0]["code"] == "token_limit_exceeded"
+
+
+def _post_message_batch(sim: Simulator, prompts: list[str]) -> tuple[int, Any, Any]:
+    requests = [
+        {"custom_id": f"item-{i}", "params": message_params(p)} for i, p in enumerate(prompts)
+    ]
+    req = urllib.request.Request(
+        sim.url + "/v1/messages/batches",
+        data=json.dumps({"requests": requests}).encode(),
+        method="POST",
+        headers={**ANTHROPIC_HEADERS, "content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read()), resp.headers
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), exc.headers
+
+
+def test_anthropic_processing_queue_limit_refuses_with_429():
+    timings = {**FAST, "in_progress": 1.0}
+    with Simulator(batch_timings=timings, batch_queue_request_limit=15) as sim:
+        status, first, _ = _post_message_batch(sim, [f"queued {i}" for i in range(10)])
+        assert status == 200
+        status, body, headers = _post_message_batch(sim, [f"more {i}" for i in range(6)])
+        assert status == 429
+        assert body["type"] == "error"
+        assert body["error"]["type"] == "rate_limit_error"
+        assert "15 batch requests in the processing queue" in body["error"]["message"]
+        assert int(headers["retry-after"]) >= 1 and headers["request-id"].startswith("req_")
+        assert len(sim.stats()["by_prompt"]) == 10  # the refused requests were never admitted
+        # what still fits is accepted; once the first batch ended, the rest fits too
+        assert _post_message_batch(sim, [f"more {i}" for i in range(5)])[0] == 200
+        wait_message_batch(sim, first["id"])
+        assert _post_message_batch(sim, [f"later {i}" for i in range(6)])[0] == 200
+        stats = sim.stats()
+        assert stats["batch_queue_refusals"] == {"anthropic": 1}
+        assert stats["peak_queued_batch_requests"] == 15
+        assert stats["batches_created"] == 3
+
+
+def test_queue_limit_options_on_the_command_line():
+    from curator_flows.testing.simulator.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(
+        ["--batch-enqueued-token-limit", "90000", "--batch-queue-request-limit", "100000"]
+    )
+    config = config_from_args(args)
+    assert config.batch_enqueued_token_limit == 90000
+    assert config.batch_queue_request_limit == 100000
+    assert config_from_args(build_parser().parse_args([])).batch_enqueued_token_limit is None
+    with pytest.raises(ValueError, match="batch_enqueued_token_limit"):
+        Simulator(batch_enqueued_token_limit=0)

@@ -12,6 +12,10 @@ Invariants:
   ``schema_invalid`` make it succeed with degraded content.
 - ``batch_expire_fraction`` ends the batch with only that fraction processed, the rest
   ``expired``; a cancel processes the elapsed share, the rest ``canceled``.
+- With ``batch_queue_request_limit`` set, a create whose requests would take the requests of the
+  batches not yet ended (the processing queue) past the limit is refused: 429
+  ``rate_limit_error`` with a ``retry-after`` header (seconds until the first queued batch ends);
+  nothing is created and no item is admitted.
 - ``batch_fail_validation`` (no ``failed`` state exists here) makes every item ``errored`` with
   ``invalid_request_error``; such items are not counted in ``by_prompt``.
 """
@@ -48,6 +52,7 @@ from .batch_common import (
 )
 from .faults import ERROR_KINDS, decide
 from .prompts import prompt_key
+from .ratelimit import retry_after_headers
 from .responses import InvalidRequest, anthropic_error_body, json_response
 from .state import SimState
 
@@ -121,9 +126,15 @@ class AnthropicBatchesAPI:
             )
         return None
 
-    def _fail(self, status: int, message: str, type_: str = "invalid_request_error"):
+    def _fail(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
+    ):
         self.state.stats.record(status)
-        return anthropic_error(status, type_, message)
+        return anthropic_error(status, type_, message, headers)
 
     def _ok(self, payload: Any, status: int = 200) -> web.Response:
         self.state.stats.record(status)
@@ -189,6 +200,9 @@ class AnthropicBatchesAPI:
                 req, error = None, exc.message
             key = req.key if req is not None else prompt_key(params.get("messages"))
             items.append(MessageBatchItem(custom_id, key, req, error))
+        refused = self._queue_refusal(len(items))
+        if refused is not None:
+            return refused
         if config.batch_fail_validation:
             for item in items:
                 item.error = "Request validation failed (simulated: batch_fail_validation)."
@@ -214,6 +228,32 @@ class AnthropicBatchesAPI:
         state.anthropic_batches[batch.id] = batch
         state.stats.batch_created("anthropic", None)
         return self._ok(self._view(batch, request))
+
+    def _queue_refusal(self, requests: int) -> web.Response | None:
+        """The 429 of a create of ``requests`` requests that the processing queue limit
+        refuses (``None``: they fit, or there is no limit)."""
+        state = self.state
+        limit = state.config.batch_queue_request_limit
+        if limit is None:
+            return None
+        now = time.time()
+        live = [b for b in state.anthropic_batches.values() if b.status(now) != "ended"]
+        queued = sum(len(b.items) for b in live)
+        refused = queued + requests > limit
+        state.stats.batch_queue("anthropic", queued + (0 if refused else requests), refused)
+        if not refused:
+            return None
+        first_end = min((b.ended_at() for b in live), default=now + 1.0)
+        headers = retry_after_headers(first_end - now)
+        headers["request-id"] = state.ids.make("req_")
+        return self._fail(
+            429,
+            f"This request would exceed your organization's rate limit of {limit:,} batch "
+            f"requests in the processing queue ({queued:,} queued, {requests:,} in this batch). "
+            "Please try again once some of your message batches have ended.",
+            "rate_limit_error",
+            headers,
+        )
 
     def _view(self, batch: MessageBatch, request: web.Request) -> dict[str, Any]:
         now = time.time()

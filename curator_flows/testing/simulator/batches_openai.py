@@ -10,6 +10,10 @@ Invariants:
 - Every item of a batch that passed validation is counted in ``by_prompt`` and
   ``batch_items_by_prompt`` when the batch is created; its fault (markers / rates) is decided
   from that attempt number, like an online request.
+- With ``batch_enqueued_token_limit`` set, a batch whose input tokens (the prompt tokens of its
+  requests, as usage would count them; ``max_tokens`` is not counted) would take its model's
+  live batches (validating, in_progress, finalizing, cancelling) past the limit is created and
+  fails validation with OpenAI's ``token_limit_exceeded`` error; its items are never admitted.
 - Items "done" at a cancel are the first ``floor(n * elapsed share of in_progress)`` items in
   processing order; an expired batch completes ``floor(n * batch_expire_fraction)`` items and
   lists every other one in the error file with code ``batch_expired``.
@@ -45,12 +49,29 @@ from .openai_chat import (
     parse_chat_request,
     unauthorized,
 )
-from .prompts import prompt_key
+from .prompts import count_prompt_tokens, prompt_key
 from .responses import InvalidRequest, json_response, openai_error_body
 from .state import SimState
 
 SUPPORTED_ENDPOINTS = ("/v1/chat/completions",)
 MAX_VALIDATION_ERRORS = 100
+#: the statuses whose batches hold their input tokens in the model's batch queue
+ENQUEUED_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
+#: the organization named in the enqueued-limit message
+ORGANIZATION = "org-simulator"
+
+
+def enqueued_limit_error(model: str, limit: int) -> dict[str, Any]:
+    """The ``errors.data`` item of a batch past its model's enqueued token limit (OpenAI's
+    code and wording)."""
+    return {
+        "code": "token_limit_exceeded",
+        "message": f"Enqueued token limit reached for {model} in organization {ORGANIZATION}. "
+        f"Limit: {limit:,} enqueued tokens. Please try again once some in_progress batches "
+        "have been completed.",
+        "param": None,
+        "line": None,
+    }
 
 
 @dataclass
@@ -81,6 +102,8 @@ class OpenAIBatch:
     error_file_id: str | None = None
     finished: bool = False
     usage: dict[str, int] = field(default_factory=dict)
+    #: prompt tokens of its requests: what it holds of its model's enqueued token limit
+    input_tokens: int = 0
 
     # ---- timeline
     @property
@@ -336,6 +359,12 @@ class OpenAIBatchesAPI:
             )
         else:
             records, errors, model = _validate_lines(stored.data, endpoint, config.max_batch_lines)
+        input_tokens = 0
+        if not errors:
+            input_tokens = sum(count_prompt_tokens(r["body"].get("messages")) for r in records)
+            refusal = self._enqueued_refusal(model, input_tokens)
+            if refusal is not None:
+                records, errors = [], [refusal]
 
         items: list[BatchItem] = []
         if not errors:
@@ -375,6 +404,7 @@ class OpenAIBatchesAPI:
             items=items,
             fail_prefix=fail_prefix,
             model=model,
+            input_tokens=0 if errors else input_tokens,
         )
         state.openai_batches[batch.id] = batch
         run_shard = None
@@ -382,6 +412,22 @@ class OpenAIBatchesAPI:
             run_shard = f"{metadata['curator_run_id']}/{metadata['curator_shard']}"
         state.stats.batch_created("openai", run_shard)
         return self._ok(self._view(batch))
+
+    def _enqueued_refusal(self, model: str | None, tokens: int) -> dict[str, Any] | None:
+        """The validation error of a new batch of ``tokens`` input tokens that its model's
+        enqueued token limit refuses (``None``: it fits, or there is no limit)."""
+        limit = self.state.config.batch_enqueued_token_limit
+        if limit is None:
+            return None
+        now = time.time()
+        enqueued = sum(
+            batch.input_tokens
+            for batch in self.state.openai_batches.values()
+            if batch.model == model and batch.status(now) in ENQUEUED_STATUSES
+        )
+        refused = enqueued + tokens > limit
+        self.state.stats.batch_queue("openai", enqueued + (0 if refused else tokens), refused)
+        return enqueued_limit_error(model or "unknown", limit) if refused else None
 
     def _view(self, batch: OpenAIBatch) -> dict[str, Any]:
         now = time.time()

@@ -76,6 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-fail-validation", action="store_true", default=None)
     p.add_argument("--batch-expire-fraction", type=float)
+    p.add_argument(
+        "--batch-enqueued-token-limit",
+        type=int,
+        metavar="TOKENS",
+        help="OpenAI: input tokens of one model's live batches; a batch past it fails "
+        "validation with token_limit_exceeded (default: unlimited)",
+    )
+    p.add_argument(
+        "--batch-queue-request-limit",
+        type=int,
+        metavar="REQUESTS",
+        help="Anthropic: batch requests in the processing queue; a create past it gets 429 "
+        "rate_limit_error (default: unlimited)",
+    )
     p.add_argument("--config-json", help="a JSON object of SimulatorConfig fields")
     p.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
     p.add_argument("--no-uvloop", action="store_true", help="use asyncio's default loop")
@@ -108,6 +122,8 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         "require_api_key",
         "batch_fail_validation",
         "batch_expire_fraction",
+        "batch_enqueued_token_limit",
+        "batch_queue_request_limit",
     ):
         value = getattr(args, name)
         if value is not None:

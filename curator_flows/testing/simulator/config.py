@@ -72,6 +72,14 @@ class SimulatorConfig:
     max_batch_lines: int = 50_000
     max_anthropic_batch_requests: int = 100_000
     max_anthropic_batch_bytes: int = 256 * 1024 * 1024
+    # --- batch queue limits (the providers' limits on work waiting in their batch queues) ---
+    #: OpenAI's enqueued token limit: input tokens of one model's live batches (validating,
+    #: in_progress, finalizing, cancelling); a batch past it is created, then fails validation
+    #: with ``token_limit_exceeded`` (``None``: unlimited)
+    batch_enqueued_token_limit: int | None = None
+    #: Anthropic's limit on batch requests in the processing queue (requests of batches not yet
+    #: ended); a create past it is answered 429 ``rate_limit_error`` (``None``: unlimited)
+    batch_queue_request_limit: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "input_tpm", "output_tpm"):
@@ -107,6 +115,12 @@ class SimulatorConfig:
                 raise ValueError("batch_timings must be >= 0")
         if self.batch_expire_fraction is not None and not 0.0 <= self.batch_expire_fraction <= 1:
             raise ValueError("batch_expire_fraction must be within [0, 1]")
+        for name in ("batch_enqueued_token_limit", "batch_queue_request_limit"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         if self.min_words < 1 or self.max_words < self.min_words:
             raise ValueError("need 1 <= min_words <= max_words")
 

@@ -11,6 +11,9 @@ Invariants:
   status and is only counted in ``faults["drop"]``.
 - ``refused`` counts what the account refused (``insufficient_quota``, ``credit_balance``,
   ``rpd``, ``tpd``: see `account`); those 429s are not in ``rate_limited``.
+- ``batch_queue_refusals[api]`` counts batches refused by a batch queue limit (OpenAI's enqueued
+  token limit, Anthropic's processing queue); ``peak_enqueued_tokens`` (OpenAI, one model) and
+  ``peak_queued_batch_requests`` (Anthropic) are the most the queue held right after a create.
 - `snapshot` returns deep copies; mutating them does not affect the simulator.
 """
 
@@ -46,6 +49,9 @@ class Stats:
             self.batches_created_by_api: dict[str, int] = {}
             self.batches_by_run_shard: dict[str, int] = {}
             self.batches_cancelled = 0
+            self.batch_queue_refusals: dict[str, int] = {}
+            self.peak_enqueued_tokens = 0
+            self.peak_queued_batch_requests = 0
             self.files_created = 0
 
     # ---- request lifecycle
@@ -124,6 +130,17 @@ class Stats:
                     self.batches_by_run_shard.get(run_shard, 0) + 1
                 )
 
+    def batch_queue(self, api: str, level: int, refused: bool) -> None:
+        """A create met a batch queue limit: the queue holds ``level`` (tokens for OpenAI,
+        requests for Anthropic) after it; ``refused``: the limit refused it."""
+        with self._lock:
+            if refused:
+                self.batch_queue_refusals[api] = self.batch_queue_refusals.get(api, 0) + 1
+            elif api == "openai":
+                self.peak_enqueued_tokens = max(self.peak_enqueued_tokens, level)
+            else:
+                self.peak_queued_batch_requests = max(self.peak_queued_batch_requests, level)
+
     def batch_cancelled(self) -> None:
         with self._lock:
             self.batches_cancelled += 1
@@ -154,5 +171,8 @@ class Stats:
                 "batches_created_by_api": dict(self.batches_created_by_api),
                 "batches_by_run_shard": dict(self.batches_by_run_shard),
                 "batches_cancelled": self.batches_cancelled,
+                "batch_queue_refusals": dict(self.batch_queue_refusals),
+                "peak_enqueued_tokens": self.peak_enqueued_tokens,
+                "peak_queued_batch_requests": self.peak_queued_batch_requests,
                 "files_created": self.files_created,
             }
