@@ -49,7 +49,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import BatchStepError
+from ..errors import BatchStepError, CorruptRunError
 from ..store import RunStore
 
 VERSION = 1
@@ -86,7 +86,7 @@ class BatchRecord:
         path = record_path(shard)
         try:
             data = store.read_json_if_exists(path)
-        except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (orjson.JSONDecodeError, UnicodeDecodeError, CorruptRunError) as exc:
             raise corrupt(store, path, f"it is not JSON ({exc})") from None
         if data is not None:
             problem = shape_problem(data)
