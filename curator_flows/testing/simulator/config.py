@@ -45,7 +45,6 @@ class SimulatorConfig:
     input_tpm: int | None = None
     output_tpm: int | None = None
     burst_seconds: float = 2.0
-    default_max_tokens: int = 256
     # --- latency ---
     latency: float = 0.0
     latency_jitter: float = 0.0
@@ -58,6 +57,9 @@ class SimulatorConfig:
     # --- content ---
     min_words: int = 6
     max_words: int = 30
+    #: every text answer is exactly this many tokens (``None``: min_words..max_words words);
+    #: deterministic costs for tests and benchmarks (capped by the request's max_tokens)
+    completion_tokens: int | None = None
     # --- batches ---
     batch_timings: Mapping[str, float] | None = None
     batch_fail_validation: bool = False
@@ -96,6 +98,8 @@ class SimulatorConfig:
             raise ValueError("batch_expire_fraction must be within [0, 1]")
         if self.min_words < 1 or self.max_words < self.min_words:
             raise ValueError("need 1 <= min_words <= max_words")
+        if self.completion_tokens is not None and self.completion_tokens < 1:
+            raise ValueError("completion_tokens must be >= 1 or None")
 
     @property
     def timings(self) -> dict[str, float]:
