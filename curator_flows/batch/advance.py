@@ -45,8 +45,8 @@ def _advance(ctx: Context, shard: str, retry_failed: bool) -> BatchShardState:
         name = state["state"]
         if name in ("done", "cancelled"):
             return finished(state, name)
-        if name == "reconciling" or state.get("created"):
-            return waiting(state)  # a fresh batch: no point in asking at once
+        if name in ("reconciling", "waiting_for_budget") or state.get("created"):
+            return waiting(state)  # a fresh batch (or the budget's): no point in asking at once
         if name == "submitted":
             state = poll_shard(ctx, shard)
             if not state["done"]:

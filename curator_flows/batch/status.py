@@ -1,9 +1,16 @@
-"""``status``: per-shard state, counts and cost so far of any run, from its files alone."""
+"""``status``: per-shard state, counts and cost so far of any run, from its files alone.
+
+The run's ``totals`` add to the shards' line costs what steps paid beyond their lines
+(:func:`curator_flows.ledger.unlined`, ``unlined_cost``), and report what is ``reserved`` for work
+in flight (:func:`curator_flows.budget.run_committed`) apart from what was spent."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..budget import open_batch_reservations
+from ..ledger import live_reserved, read_ledgers, unlined
+from ..pending import Charge
 from ..store import RunStore
 from .records import (
     ENDED,
@@ -22,6 +29,7 @@ def shard_status(
     """Counts, cost so far and (batch runs) the batch state of one shard; reads only files."""
     name = shard["name"]
     counts = count_responses(store, name, batch=manifest["mode"] == "batch")
+    steps = counts.by_step
     pending = max(0, shard["requests"] - counts.succeeded - counts.failed)
     out: dict[str, Any] = {
         "shard": name,
@@ -33,6 +41,7 @@ def shard_status(
         "input_tokens": counts.input_tokens,
         "output_tokens": counts.output_tokens,
     }
+    out["_by_step"] = steps
     if pending == 0:
         state = "done_with_failures" if counts.failed else "done"
     else:
@@ -95,6 +104,18 @@ def run_status(
             "output_tokens",
         )
     }
+    by_step: dict[str, Charge] = {}
+    for shard in shards:
+        for step, charge in shard.pop("_by_step").items():
+            by_step.setdefault(step, Charge()).add(
+                charge.input_tokens, charge.output_tokens, charge.cost
+            )
+    beyond = unlined(read_ledgers(store), by_step) if names is None else Charge()
+    totals["unlined_cost"] = beyond.cost
+    totals["cost"] += beyond.cost
+    totals["input_tokens"] += beyond.input_tokens
+    totals["output_tokens"] += beyond.output_tokens
+    totals["reserved"] = live_reserved(read_ledgers(store)) + open_batch_reservations(store)
     return {
         "run_uri": store.uri,
         "run_id": manifest["run_id"],
