@@ -344,7 +344,11 @@ class OnlineRunner:
             reserved = await self.reserve_budget(item, rule)
             if reserved < 0:
                 return  # not sent: stays pending
-        reservation = Reservation(item.est_input, rule.reserve(self.outputs.high(rule.cap)))
+
+        def reservation() -> Reservation:  # what the run has observed when its turn comes
+            output = rule.reserve(self.outputs.high(rule.cap))
+            return Reservation(item.est_input, output, rule.counted)
+
         charge = await self.limiter.acquire(reservation)
         if self.stop_error is not None:
             self.limiter.refund(charge)

@@ -8,23 +8,26 @@ Invariants:
 - each limit is a token bucket refilled continuously at ``limit / 60`` per second up to its
   capacity: one second of the limit until the provider's headers show it holds more
   (``remaining`` plus what refills by its ``reset``), never more than the limit;
-- a reservation is at least what the provider counts when it admits the request (the input
-  estimate, and the whole ``max_tokens`` where the provider counts it up front:
-  :class:`~curator_flows.backends.factory.OutputRule`); a reservation larger than a bucket's
-  capacity goes only into a bucket that is full, and that the provider's last ``reset`` says is
-  full too;
-- **settling loses nothing**: it adds the reservation minus the usage to the level, uncapped
+- a bucket's ``level`` mirrors the provider's: it is charged what the provider counts when it
+  admits a request (the input estimate, and ``max_tokens`` where the provider counts it up
+  front: :class:`~curator_flows.backends.factory.OutputRule`) and settled to the usage when
+  the request is answered, exactly as the provider adjusts; what the request is expected to use
+  beyond that (the output the run has observed, when the provider counts none up front) is held
+  apart as ``pending`` until the answer. A request goes out when ``level - pending`` holds its
+  whole reservation; one whose counted part exceeds the capacity only into a full bucket that
+  the provider's last ``reset`` says is full too;
+- **settling loses nothing**: the provider's adjustment is added to the level uncapped
   (refilling only stops adding at capacity, it never lowers a level), so a refund that arrives
   while a bucket is near capacity lifts it above capacity until it is spent, as the provider's
-  own adjustment does; over a run every limit holds exactly what the requests used. A request
-  refused with 429 is refunded whole (the provider did not count it); an answered failure is
-  settled to what the provider counts up front; a request that got no answer keeps its
-  reservation (it may have been counted);
-- the client stays below the provider: it charges no less and no earlier, settles no earlier,
-  and its capacity is no larger, so its level never exceeds the provider's (refilling and
-  settling are monotone); each answer's ``remaining`` header lowers a level above it and, for a
-  runner alone (``share == 1``) with nothing else in flight, sets the level to it (the
-  provider's burst, learned at the first answer);
+  own adjustment does, and the expected part never enters the level (it cannot be lost at
+  capacity either). A request refused with 429 gets back all it was charged (the provider did
+  not count it); an answered failure keeps what the provider counts up front; a request that
+  got no answer is charged its expected part too (it may have been counted);
+- the client stays below the provider: it counts what the provider counts, no later, settles no
+  earlier, and its capacity is no larger, so its level never exceeds the provider's (refilling
+  and settling are monotone, capped alike); each answer's ``remaining`` header lowers a level
+  above it and, for a runner alone (``share == 1``) with nothing else in flight, sets the level
+  to it (the provider's burst, learned at the first answer);
 - waiters are served first come, first served (one lock) and wake when a settlement may let
   them through;
 - a 429 pauses *all* dispatch until the pause ends; limits learned from headers only fill in
@@ -39,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .backends.base import LearnedLimits
@@ -60,6 +64,8 @@ class Bucket:
     #: when the provider's own bucket is full again (its last ``reset``, plus what was charged
     #: since); a reservation above capacity waits for it
     full_at: float = 0.0
+    #: what requests in flight are expected to use beyond what the provider counted up front
+    pending: float = 0.0
 
     @classmethod
     def per_minute(cls, limit: int, now: float) -> Bucket:
@@ -73,25 +79,31 @@ class Bucket:
                 self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
             self.updated = now
 
-    def wait_for(self, cost: float, now: float) -> float:
-        """Seconds until ``cost`` may be taken; 0 if it may now (call :meth:`refill` first).
-        A cost above capacity that the level does not hold needs a full bucket, here and at
-        the provider."""
-        if self.level >= cost:
+    def wait_for(self, counted: float, expected: float, now: float) -> float:
+        """Seconds until a request counted ``counted`` by the provider and expected to use
+        ``expected`` more may go; 0 if it may now (call :meth:`refill` first). A counted part
+        above capacity that the level does not hold needs a full bucket, here and at the
+        provider."""
+        available = self.level - self.pending
+        cost = counted + expected
+        if available >= cost:
             return 0.0
-        need = min(cost, self.capacity) - self.level
+        need = min(cost, self.capacity) - available
         wait = 0.0 if need <= 0 else need / self.rate
-        if cost > self.capacity:
+        if counted > self.capacity:
             wait = max(wait, self.full_at - now)
         return wait
 
-    def take(self, cost: float, now: float) -> None:
-        self.level -= cost
-        self.full_at = max(self.full_at, now) + cost / self.rate
+    def take(self, counted: float, expected: float, now: float) -> None:
+        self.level -= counted
+        self.pending += expected
+        self.full_at = max(self.full_at, now) + counted / self.rate
 
-    def adjust(self, amount: float) -> None:
-        """Give back (``amount > 0``) or take more of a reservation; never capped."""
+    def adjust(self, amount: float, expected: float = 0.0) -> None:
+        """The provider's adjustment of a request (``amount > 0``: gives back, ``< 0``:
+        takes more), never capped; ``expected``: its pending part, released."""
         self.level += amount
+        self.pending = max(0.0, self.pending - expected)
 
     def follow(self, remaining: float, charged_since: float, full_in: float | None, now: float):
         """A provider's ``remaining`` (this runner's share) and, when it says, the seconds
@@ -103,23 +115,38 @@ class Bucket:
         if full_in is not None:
             self.full_at = now + full_in + charged_since / self.rate
         self.level = min(self.level, remaining)
-        if charged_since == 0:
+        if charged_since == 0 and remaining > 0:  # (0 may hide an overdrawn bucket)
             self.level = remaining
 
     def grow(self, remaining: float, full_in: float | None, resolution: float) -> None:
-        """Learn the capacity from a provider's not-full bucket: what remains plus what refills
-        it (less the uncertainty of ``full_in``), never more than the limit."""
-        if full_in is not None and full_in > resolution:
+        """Learn the capacity from a provider's bucket that is neither full nor overdrawn (a
+        remaining count of 0 may hide a negative level): what remains plus what refills it
+        (less the uncertainty of ``full_in``), never more than the limit."""
+        if full_in is not None and full_in > resolution and remaining > 0:
             shown = remaining + (full_in - resolution) * self.rate
             self.capacity = max(self.capacity, min(shown, self.limit))
 
 
 @dataclass(frozen=True)
 class Reservation:
-    """What one request holds in the limiter: input and output tokens."""
+    """What one request holds in the limiter: input and output tokens, of which the provider
+    counts ``counted_output`` when it admits the request (default: all of them)."""
 
     input_tokens: int
     output_tokens: int
+    counted_output: int | None = None
+
+    @property
+    def counted(self) -> int:
+        """Output tokens the provider counts up front."""
+        if self.counted_output is None:
+            return self.output_tokens
+        return min(self.counted_output, self.output_tokens)
+
+    @property
+    def expected(self) -> int:
+        """Output tokens beyond those, expected to be used."""
+        return self.output_tokens - self.counted
 
 
 class RateLimiter:
@@ -172,25 +199,28 @@ class RateLimiter:
             "max_output_tokens_per_minute": per_minute(self.output_tokens),
         }
 
-    async def acquire(self, reservation: Reservation) -> int:
-        """Wait until a request holding ``reservation`` may be sent, then charge it; returns
-        the charge's number, for :meth:`settle` (or :meth:`refund`, :meth:`keep`) and
+    async def acquire(self, reservation: Reservation | Callable[[], Reservation]) -> int:
+        """Wait until a request holding ``reservation`` (or what the callable says it holds
+        when its turn comes: estimates move while requests queue) may be sent, then charge it;
+        returns the charge's number, for :meth:`settle` (or :meth:`refund`, :meth:`keep`) and
         :meth:`observe` once the request ends."""
+        current = reservation if callable(reservation) else (lambda: reservation)
         if self.unlimited and self.paused_until == 0.0:
-            return self._remember(reservation, time.monotonic())
+            return self._remember(current(), time.monotonic())
         async with self.lock:
             while True:
                 now = time.monotonic()
+                held = current()
                 wait = self.paused_until - now
                 if wait <= 0:
                     wait = 0.0
-                    for bucket, cost in self._charges(reservation):
+                    for bucket, counted, expected in self._charges(held):
                         bucket.refill(now)
-                        wait = max(wait, bucket.wait_for(cost, now))
+                        wait = max(wait, bucket.wait_for(counted, expected, now))
                 if wait <= 0:
-                    for bucket, cost in self._charges(reservation):
-                        bucket.take(cost, now)
-                    return self._remember(reservation, now)
+                    for bucket, counted, expected in self._charges(held):
+                        bucket.take(counted, expected, now)
+                    return self._remember(held, now)
                 self.settled.clear()
                 try:  # a settlement may let this request through before the wait ends
                     await asyncio.wait_for(self.settled.wait(), wait)
@@ -206,31 +236,33 @@ class RateLimiter:
         return self.sequence
 
     def _charges(self, reservation: Reservation):
+        """``(bucket, counted up front, expected beyond)`` of each bucket a request uses."""
+        counted_out, expected = reservation.counted, reservation.expected
         if self.requests:
-            yield self.requests, 1
+            yield self.requests, 1, 0
         if self.tokens:
-            yield self.tokens, reservation.input_tokens + reservation.output_tokens
+            yield self.tokens, reservation.input_tokens + counted_out, expected
         if self.input_tokens:
-            yield self.input_tokens, reservation.input_tokens
+            yield self.input_tokens, reservation.input_tokens, 0
         if self.output_tokens:
-            yield self.output_tokens, reservation.output_tokens
+            yield self.output_tokens, counted_out, expected
 
     def settle(self, charge: int, used_in: int, used_out: int) -> None:
-        """Replace charge ``charge``'s reservation by what the request used (a refund, or a
-        further charge)."""
+        """Charge ``charge``'s request was answered having used ``used_in`` / ``used_out``:
+        replace what the provider counted by that (a refund, or a further charge) and release
+        its expected part."""
         reservation = self.outstanding.pop(charge, None)
         if reservation is None:
             return
-        extra_in = reservation.input_tokens - used_in
-        extra_out = reservation.output_tokens - used_out
+        counted_in, counted_out = reservation.input_tokens, reservation.counted
+        expected = reservation.expected
         if self.tokens:
-            self.tokens.adjust(extra_in + extra_out)
+            self.tokens.adjust(counted_in + counted_out - used_in - used_out, expected)
         if self.input_tokens:
-            self.input_tokens.adjust(extra_in)
+            self.input_tokens.adjust(counted_in - used_in)
         if self.output_tokens:
-            self.output_tokens.adjust(extra_out)
-        if extra_in > 0 or extra_out > 0:
-            self.settled.set()
+            self.output_tokens.adjust(counted_out - used_out, expected)
+        self.settled.set()
 
     def refund(self, charge: int) -> None:
         """A request the provider refused (429): nothing of it was counted."""
@@ -239,8 +271,14 @@ class RateLimiter:
         self.settle(charge, 0, 0)
 
     def keep(self, charge: int) -> None:
-        """A request that got no answer: it may have been counted, its reservation stays."""
-        self.outstanding.pop(charge, None)
+        """A request that got no answer: it may have been counted, and may have used what it
+        was expected to use."""
+        reservation = self.outstanding.pop(charge, None)
+        if reservation is not None:
+            expected = reservation.expected
+            for bucket in (self.tokens, self.output_tokens):
+                if bucket is not None:
+                    bucket.adjust(-expected, expected)
 
     def pause(self, seconds: float) -> None:
         """Stop all dispatch for ``seconds`` (extends, never shortens, a running pause)."""

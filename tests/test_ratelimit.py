@@ -226,3 +226,41 @@ def test_two_parallel_shards_hold_one_tpm_limit_together(sim, wd):
         )
     assert sum(r["succeeded"] for r in results) == 120
     assert sim.stats()["status_counts"] == {"200": 120}
+
+
+def test_the_client_bucket_never_holds_more_than_the_providers():
+    """The client's bucket mirrors the provider's (the simulator's, from the providers'
+    documentation): OpenAI counts the prompt when it admits a request and the output when it is
+    generated. The client holds the expected output apart (``pending``), so while the provider's
+    bucket sits full the refunds of generous early estimates never lift the client above it,
+    and the provider admits every request the client sends."""
+    import random
+
+    from curator_flows.ratelimit import Bucket
+    from curator_flows.testing.simulator.ratelimit import LimitSet
+
+    clock = [0.0]
+    provider = LimitSet({"tokens": 60_000}, burst_seconds=2.0, clock=lambda: clock[0])
+    client = Bucket.per_minute(60_000, 0.0)
+    client.capacity = 2000.0  # learned from the provider's headers
+    rng = random.Random(7)
+    in_flight: list[tuple[float, int]] = []  # (answered at, expected output held)
+    sent = 0
+    while sent < 3000:
+        clock[0] += rng.uniform(0.0, 0.01)
+        now = clock[0]
+        for done in [f for f in in_flight if f[0] <= now]:  # answers: 20 output tokens each
+            in_flight.remove(done)
+            provider.settle({"tokens": 11}, {"tokens": 31})
+            client.refill(now)
+            client.adjust(11 - 31, done[1])
+        expected = 256 if sent < 200 else 20  # a generous prior, then what was observed
+        client.refill(now)
+        if client.wait_for(11, expected, now) == 0:
+            provider.acquire({"tokens": 11})  # raises RateLimited (a 429) if the client erred
+            client.take(11, expected, now)
+            in_flight.append((now + 0.5, expected))
+            sent += 1
+        bucket = provider.get("tokens")
+        bucket.refill(now)
+        assert client.level <= bucket.level + 1e-6

@@ -24,12 +24,20 @@ from .responses import count_responses
 
 
 def shard_status(
-    store: RunStore, manifest: dict[str, Any], shard: dict[str, Any]
+    store: RunStore,
+    manifest: dict[str, Any],
+    shard: dict[str, Any],
+    by_step: dict[str, Charge] | None = None,
 ) -> dict[str, Any]:
-    """Counts, cost so far and (batch runs) the batch state of one shard; reads only files."""
+    """Counts, cost so far and (batch runs) the batch state of one shard; reads only files.
+    ``by_step``: what the shard's lines charge per step is added there."""
     name = shard["name"]
     counts = count_responses(store, name, batch=manifest["mode"] == "batch")
-    steps = counts.by_step
+    for step, charge in counts.by_step.items():
+        if by_step is not None:
+            by_step.setdefault(step, Charge()).add(
+                charge.input_tokens, charge.output_tokens, charge.cost
+            )
     pending = max(0, shard["requests"] - counts.succeeded - counts.failed)
     out: dict[str, Any] = {
         "shard": name,
@@ -41,7 +49,6 @@ def shard_status(
         "input_tokens": counts.input_tokens,
         "output_tokens": counts.output_tokens,
     }
-    out["_by_step"] = steps
     if pending == 0:
         state = "done_with_failures" if counts.failed else "done"
     else:
@@ -87,8 +94,9 @@ def run_status(
     """The run's status; ``names``: only these shards (and totals over them)."""
     from ..store import OUTPUT_STATS
 
+    by_step: dict[str, Charge] = {}
     shards = [
-        shard_status(store, manifest, s)
+        shard_status(store, manifest, s, by_step)
         for s in manifest["shards"]
         if names is None or s["name"] in names
     ]
@@ -104,18 +112,13 @@ def run_status(
             "output_tokens",
         )
     }
-    by_step: dict[str, Charge] = {}
-    for shard in shards:
-        for step, charge in shard.pop("_by_step").items():
-            by_step.setdefault(step, Charge()).add(
-                charge.input_tokens, charge.output_tokens, charge.cost
-            )
-    beyond = unlined(read_ledgers(store), by_step) if names is None else Charge()
+    ledgers = read_ledgers(store)
+    beyond = unlined(ledgers, by_step) if names is None else Charge()
     totals["unlined_cost"] = beyond.cost
     totals["cost"] += beyond.cost
     totals["input_tokens"] += beyond.input_tokens
     totals["output_tokens"] += beyond.output_tokens
-    totals["reserved"] = live_reserved(read_ledgers(store)) + open_batch_reservations(store)
+    totals["reserved"] = live_reserved(ledgers) + open_batch_reservations(store)
     return {
         "run_uri": store.uri,
         "run_id": manifest["run_id"],
