@@ -7,7 +7,9 @@ reservation when it is sent and settled to its usage when it is answered.
 Invariants:
 - each limit is a token bucket refilled continuously at ``limit / 60`` per second up to its
   capacity: one second of the limit until the provider's headers show it holds more
-  (``remaining`` plus what refills by its ``reset``), never more than the limit;
+  (``remaining`` plus what refills by its ``reset``, less ``ADMISSION_SLACK_SECONDS`` of refill:
+  a full provider bucket refills nothing while a request is on its way), never more than the
+  limit;
 - a bucket's ``level`` mirrors the provider's: it is charged what the provider counts when it
   admits a request (the input estimate, and ``max_tokens`` where the provider counts it up
   front: :class:`~curator_flows.backends.factory.OutputRule`) and settled to the usage when
@@ -49,6 +51,10 @@ from .backends.base import LearnedLimits
 from .errors import ConfigError
 
 _EFFECTIVELY_UNLIMITED = 100_000_000
+#: a request reaches the provider a little after it is charged here; while the provider's
+#: bucket is full it refills nothing meanwhile, so what this runner learns of the provider's
+#: burst is taken this many seconds of refill short
+ADMISSION_SLACK_SECONDS = 0.25
 #: how long charges are remembered for raising a level to what an answer's header says
 _CHARGE_MEMORY_SECONDS = 600.0
 
@@ -116,14 +122,14 @@ class Bucket:
             self.full_at = now + full_in + charged_since / self.rate
         self.level = min(self.level, remaining)
         if charged_since == 0 and remaining > 0:  # (0 may hide an overdrawn bucket)
-            self.level = remaining
+            self.level = max(self.level, remaining - ADMISSION_SLACK_SECONDS * self.rate)
 
     def grow(self, remaining: float, full_in: float | None, resolution: float) -> None:
         """Learn the capacity from a provider's bucket that is neither full nor overdrawn (a
         remaining count of 0 may hide a negative level): what remains plus what refills it
         (less the uncertainty of ``full_in``), never more than the limit."""
         if full_in is not None and full_in > resolution and remaining > 0:
-            shown = remaining + (full_in - resolution) * self.rate
+            shown = remaining + (full_in - resolution - ADMISSION_SLACK_SECONDS) * self.rate
             self.capacity = max(self.capacity, min(shown, self.limit))
 
 

@@ -198,6 +198,24 @@ def test_a_tpm_bound_run_reserves_from_observed_answers_without_a_429(sim, wd, m
     assert stats["status_counts"] == {"200": 12}
 
 
+def test_a_tpm_bound_openai_run_without_max_tokens_gets_no_429(sim, wd):
+    """OpenAI counts the prompt when it admits a request and the output when it is generated:
+    the client holds the output the run observed until each answer, learns the limit and the
+    burst from the headers, and the provider refuses nothing."""
+    from curator_flows import LLM, steps
+
+    sim.configure(tpm=60_000, latency=0.2, completion_tokens=20)  # 1,000 tokens/s
+    llm = LLM(
+        "gpt-4o-mini",
+        backend_params={"base_url": sim.base_url, "api_key": "k", "progress": "off"},
+    )
+    run = steps.prepare(llm, [f"paced prompt {i}" for i in range(200)], wd)
+    result = steps.run_online(run, llm=llm)
+    assert result["succeeded"] == 200 and result["rate_limited"] == 0
+    assert sim.stats()["status_counts"] == {"200": 200}
+    assert result["limits"]["max_tokens_per_minute"] == 60_000
+
+
 def test_two_parallel_shards_hold_one_tpm_limit_together(sim, wd):
     """Two runners at once (threads here, each its own event loop), each told it is one of two:
     together they stay within the provider's TPM limit (learned from headers): no 429."""
