@@ -15,8 +15,10 @@ Invariants:
 - a request is sent (a batch submitted) only when committed + its reservation stays within
   ``max_cost``. A request reserves its cost estimated from what the run observed: its input
   estimate (times the largest ratio of reported to estimated input seen) and the longest output
-  seen, capped by ``max_tokens`` (the cap, or a default, before the first answer); it settles to
-  what the answer cost. A batch reserves its worst case: every request's input and its
+  seen (this step's answers, the run's lines, other steps' ledgers; the cap or a default until
+  five answers are in), capped by ``max_tokens``, or its ``max_tokens`` worst case once a window
+  of worst cases no longer fits; it settles to what the answer cost. A batch reserves its worst
+  case: every request's input and its
   ``max_tokens`` (without one, the most the model may answer, else the longest output the
   run's lines hold or the default);
 - a reservation that does not fit while others are outstanding (they may refund) waits for

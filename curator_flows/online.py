@@ -25,9 +25,9 @@ Invariants:
   (:class:`~curator_flows.errors.AuthenticationError`), the endpoint cannot be reached at all
   (:class:`~curator_flows.errors.EndpointUnreachableError`), the budget is reached and nothing in
   flight could make room (:class:`~curator_flows.errors.BudgetExceededError`), a write to the
-  run directory fails
-  (:class:`~curator_flows.errors.StorageWriteError`, after retrying the write of what arrived)
-  or the shard lease was lost (:class:`~curator_flows.errors.LeaseLostError`).
+  run directory fails (:class:`~curator_flows.errors.StorageWriteError`, after retrying the
+  write of what arrived) or the shard lease was lost
+  (:class:`~curator_flows.errors.LeaseLostError`).
 """
 
 from __future__ import annotations
@@ -429,7 +429,7 @@ class OnlineRunner:
     def settle_limits(self, charge: int, item: WorkItem, rule: OutputRule, attempt: Attempt):
         """Settle the request's rate-limit reservation: an answer to its usage (and the run
         learns from it), a 429 refunded whole, another answered failure to what the provider
-        counts up front; a request that got no answer keeps its reservation."""
+        counts up front; a request that got no answer (or no usage) is charged all it held."""
         if attempt.kind == "ok" and (attempt.input_tokens or attempt.output_tokens):
             self.limiter.settle(charge, attempt.input_tokens, attempt.output_tokens)
             self.outputs.observe(attempt.output_tokens / rule.choices)

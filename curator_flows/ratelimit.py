@@ -111,18 +111,33 @@ class Bucket:
         self.level += amount
         self.pending = max(0.0, self.pending - expected)
 
-    def follow(self, remaining: float, charged_since: float, full_in: float | None, now: float):
+    def follow(
+        self,
+        remaining: float,
+        charged_since: float,
+        full_in: float | None,
+        now: float,
+        rounding: float = 0.0,
+    ):
         """A provider's ``remaining`` (this runner's share) and, when it says, the seconds
         until its bucket is full again (``full_in``, an upper bound): a level above
-        ``remaining`` is lowered to it; when this runner charged nothing the provider may not
-        have counted yet (``charged_since``: no other request in flight, none sent since), the
-        level is what the provider holds, above capacity if it holds that much."""
+        ``remaining`` is lowered to it (one that may not be, when the provider rounds its
+        count down by up to ``rounding``, is left alone); when this runner charged nothing the
+        provider may not have counted yet (``charged_since``: no other request in flight, none
+        sent since), the level is what the provider holds, above capacity if it holds that
+        much."""
         self.refill(now)
         if full_in is not None:
             self.full_at = now + full_in + charged_since / self.rate
-        self.level = min(self.level, remaining)
+        self.lower(remaining, rounding)
         if charged_since == 0 and remaining > 0:  # (0 may hide an overdrawn bucket)
             self.level = max(self.level, remaining - ADMISSION_SLACK_SECONDS * self.rate)
+
+    def lower(self, remaining: float, rounding: float = 0.0) -> None:
+        """A level certainly above what the provider holds (more than ``remaining`` plus its
+        ``rounding``) is lowered to ``remaining``."""
+        if self.level > remaining + rounding:
+            self.level = remaining
 
     def grow(self, remaining: float, full_in: float | None, resolution: float) -> None:
         """Learn the capacity from a provider's bucket that is neither full nor overdrawn (a
@@ -333,26 +348,39 @@ class RateLimiter:
         since = self._charged_since(charge)
         share = self.share
         resolution = limits.reset_resolution
-        for bucket, remaining, full_in, charged in (
-            (self.requests, limits.remaining_requests, limits.reset_seconds, since[0]),
-            (self.tokens, limits.remaining_tokens, limits.reset_tokens, since[1] + since[2]),
-            (self.input_tokens, limits.remaining_input_tokens, limits.reset_input_tokens, since[1]),
+        rounding = limits.tokens_rounding * share
+        for bucket, remaining, full_in, charged, rounded in (
+            (self.requests, limits.remaining_requests, limits.reset_seconds, since[0], 0.0),
+            (
+                self.tokens,
+                limits.remaining_tokens,
+                limits.reset_tokens,
+                since[1] + since[2],
+                rounding,
+            ),
+            (
+                self.input_tokens,
+                limits.remaining_input_tokens,
+                limits.reset_input_tokens,
+                since[1],
+                rounding,
+            ),
             (
                 self.output_tokens,
                 limits.remaining_output_tokens,
                 limits.reset_output_tokens,
                 since[2],
+                rounding,
             ),
         ):
             if bucket is None or remaining is None:
                 continue
+            bucket.grow(float(remaining) * share, full_in, resolution)
             if charge is None or share < 1:  # other runners' charges are unknown: only lower
                 bucket.refill(now)
-                bucket.level = min(bucket.level, float(remaining) * share)
-                bucket.grow(float(remaining) * share, full_in, resolution)
+                bucket.lower(float(remaining) * share, rounded)
                 continue
-            bucket.grow(float(remaining) * share, full_in, resolution)
-            bucket.follow(float(remaining) * share, charged, full_in, now)
+            bucket.follow(float(remaining) * share, charged, full_in, now, rounded)
 
     def _charged_since(self, charge: int | None) -> tuple[float, float, float]:
         """Requests, input and output tokens the provider may not have counted when charge

@@ -282,3 +282,28 @@ def test_the_client_bucket_never_holds_more_than_the_providers():
         bucket = provider.get("tokens")
         bucket.refill(now)
         assert client.level <= bucket.level + 1e-6
+
+
+def test_a_rounded_remaining_header_lowers_only_a_level_certainly_above_it():
+    """Anthropic rounds its token remaining headers to the nearest thousand: a small bucket that
+    reads "0" (up to 499 left) is not dragged to empty by every answer, while a level certainly
+    above what the header allows is lowered (OpenAI's exact counts lower at once)."""
+
+    async def run():
+        limiter = RateLimiter(output_tpm=12_000)  # 200 tokens/s, capacity 200
+        charge = await limiter.acquire(Reservation(10, 100))
+        limiter.settle(charge, 10, 100)
+        level = limiter.output_tokens.level
+        rounded = LearnedLimits(remaining_output_tokens=0, tokens_rounding=1000.0)
+        limiter.observe(rounded, charge)
+        kept = limiter.output_tokens.level
+        limiter.output_tokens.level = 5000.0
+        limiter.observe(rounded, charge)
+        lowered = limiter.output_tokens.level
+        limiter.output_tokens.level = 150.0
+        limiter.observe(LearnedLimits(remaining_output_tokens=0), charge)
+        return level, kept, lowered, limiter.output_tokens.level
+
+    level, kept, lowered, exact = asyncio.run(run())
+    assert kept >= level > 90  # not dragged to 0
+    assert lowered == 0.0 and exact == 0.0

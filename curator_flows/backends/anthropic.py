@@ -164,4 +164,5 @@ class AnthropicMessagesBackend(HttpBackendBase):
             reset_input_tokens=reset("input-tokens"),
             reset_output_tokens=reset("output-tokens"),
             reset_resolution=1.0,  # RFC 3339 timestamps to the second
+            tokens_rounding=2 * TOKENS_ROUNDING,
         )

@@ -39,8 +39,9 @@ class LearnedLimits:
     """Limits read from a provider's rate-limit headers (``None`` = not advertised).
 
     ``remaining_*`` never exceed what the provider holds (a header rounded by the provider is
-    read down by its rounding); ``reset_*`` are the seconds until that bucket is full again,
-    never below the truth, and at most ``reset_resolution`` seconds above it."""
+    read down by its rounding), and the tokens ones fall short of it by less than
+    ``tokens_rounding``; ``reset_*`` are the seconds until that bucket is full again, never
+    below the truth, and at most ``reset_resolution`` seconds above it."""
 
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
@@ -56,6 +57,7 @@ class LearnedLimits:
     reset_input_tokens: float | None = None
     reset_output_tokens: float | None = None
     reset_resolution: float = 0.001
+    tokens_rounding: float = 0.0
 
 
 class OnlineBackend(Protocol):
