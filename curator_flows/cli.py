@@ -79,7 +79,8 @@ def format_status(report: dict[str, Any]) -> str:
         f"run {report['run_id']} ({report['mode']}, {report['backend']}, {report['model_name']})",
         f"  {report['run_uri']}",
         f"  {totals['succeeded']}/{totals['requests']} succeeded, {totals['failed']} failed, "
-        f"{totals['pending']} pending; cost so far {_money(totals['cost'])}; "
+        f"{totals['pending']} pending; cost so far {_money(totals['cost'])}"
+        f"{'' if not totals.get('reserved') else ', reserved ' + _money(totals['reserved'])}; "
         f"tokens in/out {totals['input_tokens']}/{totals['output_tokens']}"
         + ("; finalized" if report.get("finalized") else "")
         + ("; CANCELLED" if report.get("cancelled") else ""),
@@ -130,7 +131,8 @@ def format_estimate(report: dict[str, Any]) -> str:
             f"~{report['estimated_input_tokens']} input + ~{report['estimated_output_tokens']} "
             "output tokens",
             f"  projected {_money(report['projected_cost'])}; spent so far "
-            f"{_money(report['spent'])}; {budget}",
+            f"{_money(report['spent'])}, reserved {_money(report.get('reserved') or 0.0)}; "
+            f"{budget}",
             f"  prices: {prices}",
         ]
     )

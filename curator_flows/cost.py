@@ -3,7 +3,9 @@
 Prices, in dollars per million tokens, come from (first that applies): the user's
 ``in_mtok_cost`` / ``out_mtok_cost``; litellm's bundled model price map, read as a JSON file
 without importing litellm (no network, no import cost); else unknown (cost 0, prices ``None``).
-Batch prices use the map's batch rates, else half the online price.
+Batch prices use the map's batch rates, else half the online price. The same map says how many
+tokens a model may answer at most (:func:`max_output_tokens`), the worst case of a request that
+sets no ``max_tokens``.
 """
 
 from __future__ import annotations
@@ -78,3 +80,10 @@ def resolve_prices(
     return Prices(
         side(in_mtok_cost, "input_cost_per_token"), side(out_mtok_cost, "output_cost_per_token")
     )
+
+
+def max_output_tokens(model: str) -> int | None:
+    """The most tokens ``model`` may answer with (litellm's map), ``None`` when unknown."""
+    entry = _lookup(model)
+    value = entry.get("max_output_tokens") or entry.get("max_tokens")
+    return int(value) if isinstance(value, int | float) and value > 0 else None

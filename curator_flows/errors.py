@@ -110,16 +110,18 @@ class LLMRebuildError(ConfigError):
 
 
 class BudgetExceededError(CuratorFlowsError, RuntimeError):
-    """Sending more would spend past ``max_cost``; raise the budget and run again to resume."""
+    """Sending more would spend past ``max_cost``; raise the budget and run again to resume.
+    ``spent``: what the run paid; ``reserved``: what was still held for work in flight."""
 
-    def __init__(self, message: str, *, spent: float, budget: float) -> None:
+    def __init__(self, message: str, *, spent: float, budget: float, reserved: float = 0.0) -> None:
         super().__init__(message, retryable=False)
         self.spent = spent
         self.budget = budget
+        self.reserved = reserved
 
     @property
     def remaining(self) -> float:
-        return max(0.0, self.budget - self.spent)
+        return max(0.0, self.budget - self.spent - self.reserved)
 
 
 # ----------------------------------------------------------------------------- provider

@@ -6,8 +6,9 @@ Invariants:
   editing ``parse()``) rewrites the same files from the same responses;
 - per request id the standing line decides, and the statistics charge what the lines cost,
   both under the one rule of :mod:`curator_flows.pending`: every paid line once (taken back or
-  superseded too), a copy from a sibling run only while it stands; rows come out in input
-  order (shards in order, rows in order within a shard);
+  superseded too), a copy from a sibling run only while it stands; plus what a step's ledger
+  paid beyond its lines (:func:`curator_flows.ledger.unlined`: a line a crash destroyed); rows
+  come out in input order (shards in order, rows in order within a shard);
 - every stored success is judged again by the current acceptance rule
   (:class:`~curator_flows.acceptance.Acceptance`); one it refuses is taken back with an
   invalidation line, so the request is pending again and the next run sends it; what the
@@ -59,8 +60,8 @@ from .failures import (
     reason_of,
 )
 from .fingerprint import digest
-from .ledger import run_totals
-from .pending import INVALIDATED, invalidation_line, iter_requests, read_shard
+from .ledger import read_ledgers, run_totals, unlined
+from .pending import INVALIDATED, Charge, invalidation_line, iter_requests, read_shard
 from .results import FinalizeResult, make
 from .rowcodec import decode as decode_input
 from .runs import RunRef, llm_for, open_run
@@ -211,6 +212,8 @@ class _Tally:
     resend_input_tokens: int = 0
     #: what the acceptance rule made of the stored successes it accepted
     judged: Judged = field(default_factory=Judged)
+    #: what the lines of each step that tags its lines charge
+    lines_by_step: dict[str, Charge] = field(default_factory=dict)
 
 
 def _judge(record: dict[str, Any] | None, acceptance: Acceptance) -> tuple[Any, str | None, bool]:
@@ -256,6 +259,10 @@ def _finalize_shard(
     stats.token_usage.output += charge.output_tokens
     stats.cost_info.cached_cost += lines.cached_cost
     stats.request_stats.cached += len(lines.copies)
+    for step, paid in lines.by_step.items():
+        tally.lines_by_step.setdefault(step, Charge()).add(
+            paid.input_tokens, paid.output_tokens, paid.cost
+        )
     latest = lines.lines
     rows: list[dict[str, Any]] = []
     origins: list[Any] = []
@@ -388,6 +395,10 @@ def finalize_run(store: RunStore, manifest: dict[str, Any], llm: LLM) -> dict[st
         )
     columns = _conform_shards(store, outputs)
     totals = run_totals(store)
+    beyond = unlined(read_ledgers(store), tally.lines_by_step)  # paid, its line lost
+    stats.cost_info.total_cost += beyond.cost
+    stats.token_usage.input += beyond.input_tokens
+    stats.token_usage.output += beyond.output_tokens
     stats.request_stats.attempts = totals["sent"]
     stats.request_stats.rate_limited = totals["rate_limited"]
     params = llm.config.params

@@ -4,9 +4,11 @@ budget reads.
 Layout: ``stats/<step>-<start ns>-<uuid8>.json``, one file per step invocation, written whole
 (atomically) every ``flush_seconds`` while the step runs and once more when it ends::
 
-    {"step": "run_online", "shards": [...], "started_at": ..., "ended_at": ...,
+    {"step": "run_online", "id": "run_online-<ns>-<uuid8>", "shards": [...],
+     "started_at": ..., "ended_at": ..., "closed": bool, "tags_lines": bool,
      "sent": n, "succeeded": n, "failed": n, "rate_limited": n, "input_tokens": n,
-     "output_tokens": n, "cost": $, "latency_total": s, "max_in_flight": n}
+     "output_tokens": n, "cost": $, "reserved": $, "longest_output": n, "latency_total": s,
+     "max_in_flight": n}
 
 Invariants:
 - a step's counters reach the store at most ``flush_seconds`` late, so a killed step loses at
@@ -14,6 +16,14 @@ Invariants:
 - statistics are the same whether a run was driven in one process or one step per process:
   both read the same ledger files; ``total_time`` is the union of the steps' intervals (parallel
   shards are not counted twice, idle time between steps is not counted);
+- **what a run paid** is its response lines' charge (:mod:`curator_flows.pending`: every paid
+  line once, duplicates once) plus, per step whose lines carry its id (``tags_lines``), what its
+  ledger counted beyond those lines (:func:`unlined`): an attempt whose line a crash destroyed,
+  or whose request dispatch stopped before it got a line. Neither deleting ``stats/`` (lines
+  remain) nor losing lines (the ledger remains) forgets a paid attempt that either still holds,
+  and an attempt both hold counts once;
+- ``reserved`` is what a running step holds for requests in flight; it counts while the ledger
+  is live (written within ``LIVE_SECONDS`` and not closed);
 - ledgers hold counts only: no prompts, no content, no secrets.
 """
 
@@ -23,6 +33,7 @@ import time
 import uuid
 from typing import Any
 
+from .pending import Charge
 from .store import RunStore
 
 STATS_DIR = "stats"
@@ -53,9 +64,11 @@ class StepLedger:
         self.store = store
         self.flush_seconds = flush_seconds
         self.started_at = time.time() if started_at is None else started_at
-        self.rel = f"{STATS_DIR}/{step}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
+        self.id = f"{step}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        self.rel = f"{STATS_DIR}/{self.id}.json"
         self.data: dict[str, Any] = {
             "step": step,
+            "id": self.id,
             "shards": list(shards),
             "started_at": self.started_at,
             "ended_at": self.started_at,
@@ -90,10 +103,16 @@ class StepLedger:
         self.data["ended_at"] = max(time.time(), self.started_at)
         self.store.write_json(self.rel, self.data)
 
+    def tag_lines(self) -> None:
+        """The step writes its id into every response line it appends (``"step"``), so what it
+        paid beyond its lines can be told (:func:`unlined`)."""
+        self.data["tags_lines"] = True
+
     def close(self, ended_at: float | None = None) -> None:
         """Write the final counters (``ended_at``: the end of the work, default now); nothing
         stays reserved."""
         self.data["reserved"] = 0.0
+        self.data["closed"] = True
         self.data["ended_at"] = max(time.time(), self.started_at) if ended_at is None else ended_at
         self.dirty = False
         self.store.write_json(self.rel, self.data)
@@ -101,31 +120,73 @@ class StepLedger:
 
 def read_ledgers(store: RunStore, exclude: str | None = None) -> list[dict[str, Any]]:
     """Every step ledger of the run (``exclude``: one ledger's path, e.g. the caller's own)."""
-    out = []
-    for rel in store.glob(f"{STATS_DIR}/*.json"):
-        if rel == exclude or ".tmp-" in rel:
-            continue
-        try:
-            out.append(store.read_json(rel))
-        except (OSError, ValueError):
-            continue  # a ledger being replaced right now; counted at the next read
-    return out
+    return LedgerReader(store).read(exclude)
+
+
+class LedgerReader:
+    """Reads a run's ledgers again and again cheaply: a closed ledger never changes, so it is
+    read once."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        self.closed: dict[str, dict[str, Any]] = {}
+
+    def read(self, exclude: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for rel in self.store.glob(f"{STATS_DIR}/*.json"):
+            if rel == exclude or ".tmp-" in rel:
+                continue
+            entry = self.closed.get(rel)
+            if entry is None:
+                try:
+                    entry = self.store.read_json(rel)
+                except (OSError, ValueError):
+                    continue  # a ledger being replaced right now; counted at the next read
+                entry.setdefault("id", ledger_id(entry, rel))
+                if entry.get("closed"):
+                    self.closed[rel] = entry
+            out.append(entry)
+        return out
 
 
 #: a ledger updated this recently belongs to a step still running: its reservations count
 LIVE_SECONDS = 10.0
 
 
-def spent(store: RunStore, exclude: str | None = None) -> float:
-    """Dollars the run's steps have spent, as far as their ledgers say, plus what running steps
-    have reserved for requests in flight (so parallel steps hold one budget together)."""
-    now = time.time()
-    total = 0.0
-    for entry in read_ledgers(store, exclude):
-        total += float(entry.get("cost") or 0.0)
-        if now - float(entry.get("ended_at") or 0.0) < LIVE_SECONDS:
-            total += float(entry.get("reserved") or 0.0)
-    return total
+def ledger_id(entry: dict[str, Any], rel: str | None = None) -> str:
+    """A ledger's step id (older ledgers: their file's stem)."""
+    if entry.get("id"):
+        return str(entry["id"])
+    return (rel or "").rsplit("/", 1)[-1].removesuffix(".json")
+
+
+def live_reserved(entries: list[dict[str, Any]], now: float | None = None) -> float:
+    """What running steps hold for requests in flight (ledgers written within
+    ``LIVE_SECONDS`` and not closed)."""
+    now = time.time() if now is None else now
+    return sum(
+        float(entry.get("reserved") or 0.0)
+        for entry in entries
+        if not entry.get("closed") and now - float(entry.get("ended_at") or 0.0) < LIVE_SECONDS
+    )
+
+
+def unlined(entries: list[dict[str, Any]], lines_by_step: dict[str, Charge]) -> Charge:
+    """What steps that tag their lines paid beyond the lines they wrote: per step, its ledger's
+    counters less its lines' charge, when more (see the module's invariants)."""
+    extra = Charge()
+    for entry in entries:
+        if not entry.get("tags_lines"):
+            continue
+        lines = lines_by_step.get(ledger_id(entry)) or Charge()
+        cost = float(entry.get("cost") or 0.0) - lines.cost
+        if cost > 1e-12:
+            extra.add(
+                max(0, int(entry.get("input_tokens") or 0) - lines.input_tokens),
+                max(0, int(entry.get("output_tokens") or 0) - lines.output_tokens),
+                cost,
+            )
+    return extra
 
 
 def _busy_seconds(intervals: list[tuple[float, float]]) -> float:

@@ -9,9 +9,14 @@ Invariants:
 - every answered request ends with exactly one line: success (content, usage, cost, timings)
   or final failure (reason), written the moment it is known; on object stores buffered lines
   reach the store within ``flush_seconds`` (a timer flushes them, not the next response);
-- dispatch waits for the first answer (it carries the provider's limits) at most
-  ``WARMUP_SECONDS``, then proceeds with the configured or conservative limits and keeps
-  learning from every answer's rate-limit headers;
+- dispatch waits for the first answer (it carries the provider's limits): one request in
+  flight, twice as many every ``WARMUP_SECONDS`` without an answer (slow answers, such as a
+  reasoning model's, never release a burst the provider refuses), up to the configured or
+  conservative limits; then it keeps learning from every answer's rate-limit headers;
+- every request reserves, before it is sent, what its provider counts up front and what the run
+  has observed its answers to use (:mod:`curator_flows.ratelimit`), and its estimated cost
+  (:mod:`curator_flows.budget`: a reservation that does not fit waits for those in flight); both
+  are settled on every answer;
 - 429s pause all dispatch and are not counted against ``max_retries``; 5xx, timeouts, dropped
   connections, malformed bodies, invalid finish reasons and schema-invalid content are; other
   4xx fail at once;
@@ -24,8 +29,8 @@ Invariants:
   (:class:`~curator_flows.errors.AuthenticationError`), the account is out of credit or over a
   spend limit (:class:`~curator_flows.errors.QuotaExceededError`) or a per-day limit
   (:class:`~curator_flows.errors.DailyLimitError`, retryable), the endpoint never accepts a
-  connection (:class:`~curator_flows.errors.EndpointUnreachableError`), the budget would be
-  exceeded
+  connection (:class:`~curator_flows.errors.EndpointUnreachableError`), the budget is
+  reached and nothing in flight could make room
   (:class:`~curator_flows.errors.BudgetExceededError`), a write to the run directory fails
   (:class:`~curator_flows.errors.StorageWriteError`, after retrying the write of what arrived
   for ``WRITE_RETRY_SECONDS``; answers that still cannot be written, every one of them paid,
@@ -52,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 from .acceptance import Acceptance
 from .backends.account import DAILY_LIMIT, QUOTA, refusal_error
 from .backends.base import Attempt, OnlineBackend
-from .backends.factory import build_online_backend, output_estimate
+from .backends.factory import OutputRule, build_online_backend, output_estimate, output_rule
 from .budget import Budget
 from .cost import Prices, resolve_prices
 from .credentials import Credentials
@@ -69,11 +74,12 @@ from .lease import ShardLeases
 from .ledger import StepLedger
 from .pending import WorkItem, count_pending, done_ids, pending_items
 from .progress import Progress
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, Reservation
 from .results import ShardResult, make
 from .runs import RunRef, llm_for, open_run, shard_names, shard_sizes
 from .spill import spill
 from .store import RunStore
+from .tokens import Observed
 
 if TYPE_CHECKING:
     from .llm import LLM
@@ -86,7 +92,7 @@ MAX_RATE_LIMIT_RETRIES = 100
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 WARMUP_IN_FLIGHT = 1  # requests in flight before the first answer tells us the limits
-#: the longest dispatch waits for that first answer before it proceeds without it
+#: every this long without that first answer, twice as many requests may be in flight
 WARMUP_SECONDS = 3.0
 #: in-flight cap when neither the user nor the provider's headers say anything about limits
 UNKNOWN_LIMITS_CONCURRENCY = 64
@@ -129,8 +135,9 @@ class OnlineRunner:
         pause_on_rate_limit: float,
         acceptance: Acceptance,
         prices: Prices,
-        output_estimate: int,
+        output_rule: OutputRule,
         progress: Progress,
+        output_prior: int | None = None,
         ledger: StepLedger | None = None,
         budget: Budget | None = None,
         leases: ShardLeases | None = None,
@@ -154,7 +161,9 @@ class OnlineRunner:
         self.budget = budget
         self.leases = leases
         self.prices = prices
-        self.output_estimate = output_estimate
+        self.output_rule = output_rule
+        #: output tokens per answer (per choice) observed so far: what requests reserve
+        self.outputs = Observed(output_prior or output_rule.cap or 256)
         self.progress = progress
         self.summary = OnlineSummary()
         self.appenders: dict[str, Any] = {}
@@ -164,6 +173,7 @@ class OnlineRunner:
         self.active = 0
         self.in_flight = 0
         self.warm = False
+        self.warm_in_flight = WARMUP_IN_FLIGHT
         self.warm_event: asyncio.Event | None = None
         self.warm_deadline = 0.0
         self.last_answer_at: float | None = None
@@ -172,7 +182,8 @@ class OnlineRunner:
         self.ledger_lock = threading.Lock()
         self.ledger_closed = False
         if budget is not None:
-            budget.sync = self.sync_budget
+            budget.publish = self.sync_budget
+            budget.window = concurrency
 
     async def run(self, pending: Iterator[WorkItem]) -> OnlineSummary:
         """Send everything pending; raise the reason dispatch stopped, if it did (after every
@@ -237,9 +248,8 @@ class OnlineRunner:
             self.budget.refresh()
 
     def sync_budget(self) -> None:
-        """Near the budget: publish this step's spending and reservations, read the others'."""
+        """Announce this step's spending and what it holds now (the budget's allotments)."""
         self.record_ledger(force=True)
-        self.budget.refresh(force=True)
 
     def record_ledger(self, final: bool = False, force: bool = False) -> None:
         """Write the step's counters (from the housekeeping thread, or finally from the loop;
@@ -262,6 +272,7 @@ class OnlineRunner:
                 max_in_flight=s.max_in_flight,
                 limits=self.limiter.limits(),
                 reserved=self.budget.reserved if self.budget is not None else 0.0,
+                longest_output=int(self.outputs.largest or 0),
             )
             try:
                 if final:
@@ -295,13 +306,14 @@ class OnlineRunner:
         while True:
             if self.stop_error is not None:
                 return None
-            if not self.warm and self.active >= WARMUP_IN_FLIGHT:
+            if not self.warm and self.active >= self.warm_in_flight:
                 remaining = self.warm_deadline - time.monotonic()
                 if remaining <= 0:
-                    log.info(
-                        "no answer after %.0fs: dispatching without known limits", WARMUP_SECONDS
-                    )
-                    self.warm_up()
+                    self.warm_in_flight *= 2
+                    self.warm_deadline = time.monotonic() + WARMUP_SECONDS
+                    if self.warm_in_flight >= UNKNOWN_LIMITS_CONCURRENCY:
+                        log.info("no answer yet: dispatching without known limits")
+                        self.warm_up()
                     continue
                 try:
                     await asyncio.wait_for(self.warm_event.wait(), min(remaining, 0.05))
@@ -351,15 +363,21 @@ class OnlineRunner:
 
     async def process(self, item: WorkItem) -> None:
         counters = self.progress.counters
+        rule = self.output_rule.for_row(item.params)
         reserved = 0.0
         if self.budget is not None:
-            reserved = self.prices.cost(item.est_input, self.output_estimate)
-            if not self.budget.reserve(reserved):
-                self.stop(self.budget.exceeded(reserved))
+            reserved = await self.reserve_budget(item, rule)
+            if reserved < 0:
                 return  # not sent: stays pending
-        await self.limiter.acquire(item.est_input, self.output_estimate)
+
+        def reservation() -> Reservation:  # what the run has observed when its turn comes
+            output = rule.reserve(self.outputs.high(rule.cap))
+            return Reservation(item.est_input, output, rule.counted)
+
+        charge = await self.limiter.acquire(reservation)
         self.fence()
         if self.stop_error is not None:
+            self.limiter.refund(charge)
             if self.budget is not None:
                 self.budget.settle(reserved, 0.0)
             return  # dispatch stopped while this one waited for its turn: not sent
@@ -378,12 +396,10 @@ class OnlineRunner:
         paid = self.prices.cost(attempt.input_tokens, attempt.output_tokens)
         if self.budget is not None:
             self.budget.settle(reserved, paid if attempt.kind == "ok" else 0.0)
-        self.observe(attempt)
+        self.settle_limits(charge, item, rule, attempt)
+        self.observe(attempt, charge)
         if attempt.kind == "ok":
             self.charge(attempt.input_tokens, attempt.output_tokens, paid)
-            self.limiter.settle(
-                item.est_input, self.output_estimate, attempt.input_tokens, attempt.output_tokens
-            )
             problem = self.check(attempt)
             if problem is None:
                 self.succeed(item, attempt, latency)
@@ -441,7 +457,39 @@ class OnlineRunner:
             except LeaseLostError as exc:
                 self.stop(exc)
 
-    def observe(self, attempt: Attempt) -> None:
+    async def reserve_budget(self, item: WorkItem, rule: OutputRule) -> float:
+        """Reserve the request's estimated cost; while it does not fit but reservations are
+        in flight (here or in parallel steps), wait for them to settle. ``-1.0``: dispatch
+        stopped (the budget is reached, or another reason) and nothing is held."""
+        budget = self.budget
+        while self.stop_error is None:
+            estimate, worst = budget.cost_of(item.est_input, rule, self.outputs)
+            held = budget.reserve(estimate, worst)
+            if held is not None:
+                return held
+            if not budget.outstanding():
+                self.stop(budget.exceeded())
+                break
+            await budget.wait()
+        return -1.0
+
+    def settle_limits(self, charge: int, item: WorkItem, rule: OutputRule, attempt: Attempt):
+        """Settle the request's rate-limit reservation: an answer to its usage (and the run
+        learns from it), a 429 refunded whole, another answered failure to what the provider
+        counts up front; a request that got no answer (or no usage) is charged all it held."""
+        if attempt.kind == "ok" and (attempt.input_tokens or attempt.output_tokens):
+            self.limiter.settle(charge, attempt.input_tokens, attempt.output_tokens)
+            self.outputs.observe(attempt.output_tokens / rule.choices)
+            if self.budget is not None:
+                self.budget.observe(item.est_input, attempt.input_tokens)
+        elif attempt.kind == "rate_limited":
+            self.limiter.refund(charge)
+        elif attempt.status is not None:
+            self.limiter.settle(charge, item.est_input, rule.counted)
+        else:
+            self.limiter.keep(charge)
+
+    def observe(self, attempt: Attempt, charge: int | None = None) -> None:
         """Learn from an answer: it proves the endpoint reachable, its headers carry limits."""
         if attempt.status is not None or attempt.kind == "ok":
             self.last_answer_at = time.monotonic()
@@ -449,7 +497,7 @@ class OnlineRunner:
             # (once the provider said "no limits", its headers have nothing left to teach)
             learned = self.backend.learn(attempt.headers)
             if learned is not None:
-                self.limiter.observe(learned)
+                self.limiter.observe(learned, charge)
                 if self.warm and self.allowed < self.concurrency and not self.limiter.unlimited:
                     self.allowed = self.concurrency  # limits known now: the pacer holds them
         if not self.warm and (attempt.kind != "retryable" or attempt.headers is not None):
@@ -582,6 +630,8 @@ class OnlineRunner:
             item.attempts + 1,
             {"completion": attempt.raw} if self.keep_completions else None,
         )
+        if self.ledger is not None:
+            record["step"] = self.ledger.id
         self.write(item.shard, record)
         self.summary.succeeded += 1
         self.summary.latency_total += latency
@@ -590,6 +640,8 @@ class OnlineRunner:
     def fail(self, item: WorkItem, reason: str, retryable: bool) -> None:
         record = item.failure_line(reason)
         record["retryable"] = retryable
+        if self.ledger is not None:
+            record["step"] = self.ledger.id
         self.write(item.shard, record)
         self.summary.failed += 1
         self.progress.counters.failed += 1
@@ -630,7 +682,7 @@ def run_online(
     concurrency = max(1, math.ceil((params.max_concurrent_requests or DEFAULT_CONCURRENCY) * share))
     backend = build_online_backend(llm, credentials, concurrency)
     prices = resolve_prices(llm.model_name, params.in_mtok_cost, params.out_mtok_cost)
-    budget = Budget.for_run(store, params.max_cost, prices) if params.max_cost else None
+    budget = Budget.for_run(store, manifest, params.max_cost, prices) if params.max_cost else None
     with ShardLeases(store, names, params.lease_seconds) as leases:
         done = done_ids(store, names)  # read under the lease: nobody else is appending now
         pending = count_pending(shard_sizes(manifest), done)
@@ -640,8 +692,9 @@ def run_online(
         ledger = StepLedger(
             store, "run_online", names, flush_seconds=0.5 if budget is not None else 2.0
         )
+        ledger.tag_lines()
         if budget is not None:
-            budget.exclude(ledger.rel)
+            budget.exclude(ledger.rel, ledger.id)
         runner = OnlineRunner(
             store,
             backend,
@@ -658,7 +711,8 @@ def run_online(
             pause_on_rate_limit=params.seconds_to_pause_on_rate_limit,
             acceptance=Acceptance(llm),
             prices=prices,
-            output_estimate=output_estimate(llm),
+            output_rule=output_rule(llm),
+            output_prior=output_estimate(llm),
             progress=Progress(
                 f"{llm.model_name} {manifest['run_id']}", pending, params.progress, shards=names
             ),

@@ -11,7 +11,11 @@ the next run sends it.
 
 **What it costs.** Every line a run paid for is charged exactly once, whether it stands or
 not: a success's ``cost`` (which includes what its failed attempts wasted), a failure's
-``cost`` (what its paid attempts wasted), and their tokens (``usage`` plus ``wasted``). A
+``cost`` (what its paid attempts wasted), and their tokens (``usage`` plus ``wasted``). A line
+found twice (the same id and ``ts``: a line duplicated in the file) is one line, charged and
+judged once. Lines a step tagged with its ledger id (``step``) are also summed per step
+(``by_step``), so what that step's ledger paid beyond its lines can be added once
+(:func:`curator_flows.ledger.unlined`). A
 *copy* (a success copied from a sibling run, marked ``reused_from``) was paid by that run: it
 is charged only while it stands, once per id, and is what ``cached_cost`` reports. Batch
 per-item errors that were retried are logged apart (``batches/<shard>.retries.jsonl``, one
@@ -201,7 +205,17 @@ class ShardLines:
     fold point of its retries); ``paid``: every line this run paid for; ``copies``: the
     standing copies (``reused_from``) by id."""
 
-    __slots__ = ("keep", "kinds", "lines", "rounds", "paid", "copies")
+    __slots__ = (
+        "keep",
+        "kinds",
+        "lines",
+        "rounds",
+        "paid",
+        "copies",
+        "by_step",
+        "seen",
+        "longest_output",
+    )
 
     def __init__(self, keep: bool = False) -> None:
         self.keep = keep
@@ -210,14 +224,29 @@ class ShardLines:
         self.rounds: dict[str, int] = {}
         self.paid = Charge()
         self.copies: dict[str, Charge] = {}
+        self.by_step: dict[str, Charge] = {}
+        self.seen: set[tuple[Any, Any]] = set()
+        #: the most output tokens one paid answer used
+        self.longest_output = 0
 
     def add(self, record: dict[str, Any]) -> bool:
         """Take the next line; ``True`` when it becomes the line that stands for its id."""
         request_id = record.get("id")
+        stamp = record.get("ts")
+        if stamp is not None:
+            if (request_id, stamp) in self.seen:
+                return False  # the same line again: it was paid and judged once
+            self.seen.add((request_id, stamp))
         kind = kind_of(record)
         copy = "reused_from" in record  # charged below, only while it stands
         if not copy and kind != INVALIDATED:
             self.paid.add_line(record)
+            step = record.get("step")
+            if step is not None:
+                self.by_step.setdefault(step, Charge()).add_line(record)
+            usage = record.get("usage")
+            if usage and usage[1] > self.longest_output:
+                self.longest_output = int(usage[1])
             round_index = record.get("round")
             if type(round_index) is int and round_index > self.rounds.get(request_id, -1):
                 self.rounds[request_id] = round_index

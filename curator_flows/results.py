@@ -59,7 +59,8 @@ class BatchShardState(TypedDict):
     ``advance``. ``state`` is one of ``submitted`` (poll it), ``ended`` (collect it),
     ``collected``, ``reconciling`` (ask again later), ``queued`` (the provider's batch queue
     has no room for it yet: ask again after ``wait_seconds``; a ``poll`` says ``done`` once it
-    may be submitted), ``done`` or ``cancelled``."""
+    may be submitted), ``waiting_for_budget`` (``max_cost`` holds no room for this batch until
+    other batches of the run are collected: submit again later), ``done`` or ``cancelled``."""
 
     run_uri: str
     run_id: str
@@ -149,10 +150,12 @@ class EstimateResult(TypedDict):
     output_cost_per_million: float | None
     #: dollars spent by this run so far (every step, every shard)
     spent: float
+    #: dollars held for work in flight (running steps' requests, batches not yet collected)
+    reserved: float
     #: projected dollars for the pending requests
     projected_cost: float
     max_cost: float | None
-    #: ``max_cost - spent - projected_cost`` (``None`` without a budget)
+    #: ``max_cost - spent - reserved - projected_cost`` (``None`` without a budget)
     headroom: float | None
     within_budget: bool
 
@@ -221,7 +224,7 @@ _DEFAULTS: dict[type, dict[str, Any]] = {
         "schema": None,
     },
     CancelResult: {"batches": [], "errors": []},
-    EstimateResult: {"max_cost": None, "headroom": None, "within_budget": True},
+    EstimateResult: {"max_cost": None, "headroom": None, "within_budget": True, "reserved": 0.0},
     StatusResult: {"cancelled": False, "finalized": False},
 }
 

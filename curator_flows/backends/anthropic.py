@@ -18,6 +18,8 @@ DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
 STRUCTURED_OUTPUTS_BETA = "structured-outputs-2025-11-13"
 DEFAULT_MAX_TOKENS = 4096
+#: Anthropic's token ``remaining`` headers are "rounded to the nearest thousand"
+TOKENS_ROUNDING = 500
 
 
 def anthropic_params(
@@ -139,11 +141,28 @@ class AnthropicMessagesBackend(HttpBackendBase):
         tpm = as_int(headers.get("anthropic-ratelimit-tokens-limit"))
         if rpm is None and itpm is None and otpm is None and tpm is None:
             return None
+        combined = itpm is None and otpm is None
+
+        def remaining(kind: str) -> int | None:  # documented as rounded to the nearest thousand
+            value = as_int(headers.get(f"anthropic-ratelimit-{kind}-remaining"))
+            return None if value is None else max(0, value - TOKENS_ROUNDING)
+
+        def reset(kind: str) -> float | None:
+            return _seconds_until(headers.get(f"anthropic-ratelimit-{kind}-reset"))
+
         return LearnedLimits(
             requests_per_minute=rpm,
-            tokens_per_minute=tpm if itpm is None and otpm is None else None,
+            tokens_per_minute=tpm if combined else None,
             input_tokens_per_minute=itpm,
             output_tokens_per_minute=otpm,
             remaining_requests=as_int(headers.get("anthropic-ratelimit-requests-remaining")),
-            reset_seconds=_seconds_until(headers.get("anthropic-ratelimit-requests-reset")),
+            remaining_tokens=remaining("tokens") if combined else None,
+            remaining_input_tokens=remaining("input-tokens"),
+            remaining_output_tokens=remaining("output-tokens"),
+            reset_seconds=reset("requests"),
+            reset_tokens=reset("tokens") if combined else None,
+            reset_input_tokens=reset("input-tokens"),
+            reset_output_tokens=reset("output-tokens"),
+            reset_resolution=1.0,  # RFC 3339 timestamps to the second
+            tokens_rounding=2 * TOKENS_ROUNDING,
         )

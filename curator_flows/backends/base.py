@@ -44,7 +44,12 @@ class Attempt:
 
 @dataclass(slots=True)
 class LearnedLimits:
-    """Limits read from a provider's rate-limit headers (``None`` = not advertised)."""
+    """Limits read from a provider's rate-limit headers (``None`` = not advertised).
+
+    ``remaining_*`` never exceed what the provider holds (a header rounded by the provider is
+    read down by its rounding), and the tokens ones fall short of it by less than
+    ``tokens_rounding``; ``reset_*`` are the seconds until that bucket is full again, never
+    below the truth, and at most ``reset_resolution`` seconds above it."""
 
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
@@ -52,7 +57,15 @@ class LearnedLimits:
     output_tokens_per_minute: int | None = None
     remaining_requests: int | None = None
     remaining_tokens: int | None = None
+    remaining_input_tokens: int | None = None
+    remaining_output_tokens: int | None = None
+    #: the requests bucket's reset
     reset_seconds: float | None = None
+    reset_tokens: float | None = None
+    reset_input_tokens: float | None = None
+    reset_output_tokens: float | None = None
+    reset_resolution: float = 0.001
+    tokens_rounding: float = 0.0
 
 
 class OnlineBackend(Protocol):

@@ -144,6 +144,7 @@ def learn_openai_headers(headers: Any) -> LearnedLimits | None:
         remaining_requests=as_int(headers.get("x-ratelimit-remaining-requests")),
         remaining_tokens=as_int(headers.get("x-ratelimit-remaining-tokens")),
         reset_seconds=parse_duration(headers.get("x-ratelimit-reset-requests")),
+        reset_tokens=parse_duration(headers.get("x-ratelimit-reset-tokens")),
     )
 
 

@@ -54,8 +54,8 @@ def _advance(ctx: Context, shard: str, retry_failed: bool) -> BatchShardState:
             return finished(state, name)
         if name == "queued":  # no room in the provider's batch queue yet
             return {**state, "done": False, "wait_seconds": state["wait_seconds"] or interval}
-        if name == "reconciling" or state.get("created"):
-            return waiting(state)  # a fresh batch: no point in asking at once
+        if name in ("reconciling", "waiting_for_budget") or state.get("created"):
+            return waiting(state)  # a fresh batch (or the budget's): no point in asking at once
         if name == "submitted":
             state = poll_shard(ctx, shard)
             if state["state"] == "queued":  # the queue refused it: close it, submit again

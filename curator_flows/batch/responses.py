@@ -19,7 +19,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..pending import FAILURE, SUCCESS, ShardLines, iter_requests, read_shard, responses_pattern
+from ..pending import (
+    FAILURE,
+    SUCCESS,
+    Charge,
+    ShardLines,
+    iter_requests,
+    read_shard,
+    responses_pattern,
+)
 from ..store import RunStore
 
 
@@ -101,6 +109,8 @@ class ShardCounts:
     cost: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
+    #: what the lines of each step that tags its lines charge
+    by_step: dict[str, Charge] = field(default_factory=dict)
 
 
 def count_responses(store: RunStore, shard: str, batch: bool = False) -> ShardCounts:
@@ -115,4 +125,5 @@ def count_responses(store: RunStore, shard: str, batch: bool = False) -> ShardCo
         cost=charge.cost,
         input_tokens=charge.input_tokens,
         output_tokens=charge.output_tokens,
+        by_step=lines.by_step,
     )

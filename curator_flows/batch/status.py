@@ -3,12 +3,19 @@
 A batch shard whose campaign the run's cancel flag stopped is ``cancelled`` while requests are
 pending, whatever its batch's last known state; ``uncollected`` counts the requests its current
 batch completed at the provider (its last known ``request_counts``: billed) that no response
-line holds yet (``collect`` stores them), so a cancelled run does not look idle and free."""
+line holds yet (``collect`` stores them), so a cancelled run does not look idle and free.
+
+The run's ``totals`` add to the shards' line costs what steps paid beyond their lines
+(:func:`curator_flows.ledger.unlined`, ``unlined_cost``), and report what is ``reserved`` for work
+in flight (:func:`curator_flows.budget.run_committed`) apart from what was spent."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..budget import open_batch_reservations
+from ..ledger import live_reserved, read_ledgers, unlined
+from ..pending import Charge
 from ..store import RunStore
 from .queue import refusal_of
 from .records import (
@@ -24,11 +31,20 @@ from .responses import count_responses
 
 
 def shard_status(
-    store: RunStore, manifest: dict[str, Any], shard: dict[str, Any]
+    store: RunStore,
+    manifest: dict[str, Any],
+    shard: dict[str, Any],
+    by_step: dict[str, Charge] | None = None,
 ) -> dict[str, Any]:
-    """Counts, cost so far and (batch runs) the batch state of one shard; reads only files."""
+    """Counts, cost so far and (batch runs) the batch state of one shard; reads only files.
+    ``by_step``: what the shard's lines charge per step is added there."""
     name = shard["name"]
     counts = count_responses(store, name, batch=manifest["mode"] == "batch")
+    for step, charge in counts.by_step.items():
+        if by_step is not None:
+            by_step.setdefault(step, Charge()).add(
+                charge.input_tokens, charge.output_tokens, charge.cost
+            )
     pending = max(0, shard["requests"] - counts.succeeded - counts.failed)
     out: dict[str, Any] = {
         "shard": name,
@@ -99,8 +115,9 @@ def run_status(
     """The run's status; ``names``: only these shards (and totals over them)."""
     from ..store import OUTPUT_STATS
 
+    by_step: dict[str, Charge] = {}
     shards = [
-        shard_status(store, manifest, s)
+        shard_status(store, manifest, s, by_step)
         for s in manifest["shards"]
         if names is None or s["name"] in names
     ]
@@ -117,6 +134,13 @@ def run_status(
             "uncollected",
         )
     }
+    ledgers = read_ledgers(store)
+    beyond = unlined(ledgers, by_step) if names is None else Charge()
+    totals["unlined_cost"] = beyond.cost
+    totals["cost"] += beyond.cost
+    totals["input_tokens"] += beyond.input_tokens
+    totals["output_tokens"] += beyond.output_tokens
+    totals["reserved"] = live_reserved(ledgers) + open_batch_reservations(store)
     return {
         "run_uri": store.uri,
         "run_id": manifest["run_id"],

@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 
 from ..backends.account import account_refusal, refusal_error
+from ..budget import reserve_batch
 from ..errors import BatchStepError, ConfigError, LeaseHeldError
 from ..ledger import StepLedger
 from ..results import BatchShardState
@@ -261,6 +262,10 @@ def _send(
     else:  # judged for the campaign this round belongs to (it may have started just now)
         scan = scan.for_campaign(record.campaign_start)
     max_requests, max_bytes = BATCH_LIMITS[ctx.backend]
+    if entry is None and not reserve_batch(  # max_cost: a new round's worst case must fit
+        ctx.store, ctx.llm, shard, len(record.rounds), pending_requests(ctx.store, shard, scan)
+    ):
+        return describe(ctx, record, "waiting_for_budget", created=False)
     tally = InputTally()
     fd, path = tempfile.mkstemp(prefix=f"curator-batch-{shard}-", suffix=".jsonl")
     try:

@@ -9,8 +9,9 @@ Invariants:
   ``tool_choice`` is ``{"type": "none"}``) yields a ``tool_use`` block whose ``input``
   validates against the tool's ``input_schema``; extended thinking (``thinking.type``
   ``"enabled"``) adds a ``thinking`` block first.
-- Output tokens are charged as ``max_tokens`` when admitted and the unused part is refunded
-  (Anthropic's OTPM estimate-then-adjust).
+- A request is counted up front as its input tokens (ITPM) and its ``max_tokens`` (OTPM), and
+  settled to its usage when the answer is complete (Anthropic's estimate-then-adjust; see
+  :mod:`.ratelimit`); the answer's headers are read after that.
 - `build_message` is shared with the message batches API.
 - An account out of credit is refused before the rate limits with Anthropic's 400 (see
   `account`); Anthropic documents no per-day limits.
@@ -34,7 +35,7 @@ from .account import anthropic_credit_body
 from .config import SimulatorConfig
 from .faults import decide
 from .prompts import count_prompt_tokens, estimate_tokens, prompt_key, system_text
-from .ratelimit import RateLimited, anthropic_headers, retry_after_headers
+from .ratelimit import LimitSet, RateLimited, anthropic_headers, retry_after_headers
 from .responses import JSON, InvalidRequest, anthropic_error_body, json_response
 from .state import SimState
 from .streaming import stream_message
@@ -207,7 +208,14 @@ def _content(
             text = gen.invalid_text_for_mode(mode, schema, digest)
         else:
             try:
-                text = gen.text_for_mode(mode, schema, digest, config.min_words, config.max_words)
+                text = gen.text_for_mode(
+                    mode,
+                    schema,
+                    digest,
+                    config.min_words,
+                    config.max_words,
+                    config.completion_tokens,
+                )
             except gen.SchemaError as exc:
                 raise InvalidRequest(f"output_format.schema: invalid schema: {exc}") from exc
         text, stop = _truncate(text, req.max_tokens, fault)
@@ -263,6 +271,51 @@ def fault_error(fault: str) -> tuple[int, dict[str, Any]]:
     """Status and Anthropic error body for an error fault (used online and in batches)."""
     status, type_, message = FAULT_ERRORS.get(fault, FAULT_ERRORS["500"])
     return status, anthropic_error_body(type_, message)
+
+
+def counted_up_front(req: MessagesRequest) -> dict[str, int]:
+    """What Anthropic counts when it admits a request: one request, its input tokens (ITPM),
+    its ``max_tokens`` (OTPM), and both in a combined bucket (see :mod:`.ratelimit`)."""
+    return {
+        "requests": 1,
+        "input_tokens": req.input_tokens,
+        "output_tokens": req.max_tokens,
+        "tokens": req.input_tokens + req.max_tokens,
+    }
+
+
+def settled_headers(
+    limits: LimitSet, req: MessagesRequest, usage: dict[str, Any], request_id: str
+) -> dict[str, str]:
+    """Settle an answered request to its usage (ITPM counts ``input_tokens`` and
+    ``cache_creation_input_tokens``, not cache reads); the answer's headers after it."""
+    if limits.active:
+        used_in = usage["input_tokens"] + (usage.get("cache_creation_input_tokens") or 0)
+        used_out = usage["output_tokens"]
+        limits.settle(
+            counted_up_front(req),
+            {"input_tokens": used_in, "output_tokens": used_out, "tokens": used_in + used_out},
+        )
+    headers = anthropic_headers(limits)
+    headers["request-id"] = request_id
+    return headers
+
+
+#: the organization named in rate-limit messages (the real API names the caller's)
+ORGANIZATION = "5a1e0c3d-7b2f-4e9a-8c6d-0f1e2d3c4b5a"
+
+
+def rate_limit_message(exc: RateLimited) -> str:
+    """Anthropic's 429 message for the bucket that refused the request."""
+    label = exc.bucket.replace("_", " ")
+    return (
+        f"This request would exceed the rate limit for your organization ({ORGANIZATION}) of "
+        f"{int(exc.limit):,} {label} per minute. For details, refer to: "
+        "https://docs.anthropic.com/en/api/rate-limits. You can see the response headers for "
+        "current usage. Please reduce the prompt length or the maximum tokens requested, or try "
+        "again later. You may also contact sales at https://www.anthropic.com/contact-sales to "
+        "discuss your options for a rate limit increase."
+    )
 
 
 def check_anthropic_auth(config: SimulatorConfig, request: web.Request) -> bool:
@@ -327,27 +380,13 @@ class AnthropicMessagesAPI:
             return json_response(anthropic_credit_body(request_id), 400, {"request-id": request_id})
         if limits.active:
             try:
-                limits.acquire(
-                    {
-                        "requests": 1,
-                        "input_tokens": req.input_tokens,
-                        "output_tokens": req.max_tokens,
-                        "tokens": req.input_tokens + req.max_tokens,
-                    }
-                )
+                limits.acquire(counted_up_front(req))
             except RateLimited as exc:
                 headers = anthropic_headers(limits)
                 headers.update(retry_after_headers(exc.wait))
                 headers["request-id"] = request_id
                 stats.record(429)
-                label = exc.bucket.replace("_", " ")
-                return anthropic_error(
-                    429,
-                    "rate_limit_error",
-                    f"This request would exceed the rate limit for your organization of "
-                    f"{int(exc.limit)} {label} per minute. Please try again later.",
-                    headers,
-                )
+                return anthropic_error(429, "rate_limit_error", rate_limit_message(exc), headers)
 
         state.account.spend()
         attempt = stats.admit("messages", req.key, req.system)
@@ -362,12 +401,7 @@ class AnthropicMessagesAPI:
             stats.record(exc.status)
             return anthropic_error(exc.status, "invalid_request_error", exc.message)
         output_tokens = message["usage"]["output_tokens"]
-        if limits.active:
-            unused = req.max_tokens - output_tokens
-            limits.refund("output_tokens", unused)
-            limits.refund("tokens", unused)
-        headers = anthropic_headers(limits)
-        headers["request-id"] = request_id
+        headers = settled_headers(limits, req, message["usage"], request_id)
         stats.record(200, fault, req.input_tokens, output_tokens)
         if body_streams(req):
             return await stream_message(request, message, headers)
@@ -396,12 +430,15 @@ class AnthropicMessagesAPI:
             stats.count_fault("hang")
             await asyncio.sleep(config.hang_seconds)
             message = build_message(state, req, None, state.ids.make("msg_"))
+            headers = settled_headers(state.anthropic_limits, req, message["usage"], request_id)
             stats.record(200)
             if body_streams(req):
                 return await stream_message(request, message, headers)
             return json_response(message, 200, headers)
         if fault == "malformed":
-            body = orjson.dumps(build_message(state, req, None, state.ids.make("msg_")))
+            message = build_message(state, req, None, state.ids.make("msg_"))
+            headers = settled_headers(state.anthropic_limits, req, message["usage"], request_id)
+            body = orjson.dumps(message)
             stats.record(200, fault)
             return web.Response(
                 body=body[: len(body) // 2], headers=headers, content_type=JSON, status=200

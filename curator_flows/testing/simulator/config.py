@@ -47,7 +47,6 @@ class SimulatorConfig:
     input_tpm: int | None = None
     output_tpm: int | None = None
     burst_seconds: float = 2.0
-    default_max_tokens: int = 256
     # --- the account (see `account`) ---
     rpd: int | None = None
     tpd: int | None = None
@@ -64,6 +63,9 @@ class SimulatorConfig:
     # --- content ---
     min_words: int = 6
     max_words: int = 30
+    #: every text answer is exactly this many tokens (``None``: min_words..max_words words);
+    #: deterministic costs for tests and benchmarks (capped by the request's max_tokens)
+    completion_tokens: int | None = None
     # --- batches ---
     batch_timings: Mapping[str, float] | None = None
     batch_fail_validation: bool = False
@@ -123,6 +125,8 @@ class SimulatorConfig:
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         if self.min_words < 1 or self.max_words < self.min_words:
             raise ValueError("need 1 <= min_words <= max_words")
+        if self.completion_tokens is not None and self.completion_tokens < 1:
+            raise ValueError("completion_tokens must be >= 1 or None")
 
     @property
     def timings(self) -> dict[str, float]:

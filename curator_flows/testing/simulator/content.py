@@ -96,6 +96,25 @@ def generate_text(digest: bytes, min_words: int = 6, max_words: int = 30) -> str
     return " ".join(words) + "."
 
 
+def text_of_tokens(digest: bytes, tokens: int) -> str:
+    """A pseudo-random text of exactly `tokens` estimated tokens (``4 * tokens`` characters,
+    ending with a period), determined by `digest`."""
+    chars = 4 * max(1, tokens)
+    stream = _byte_stream(digest, 2 + chars // 2)
+    words: list[str] = []
+    length = -1
+    for byte in stream:
+        if length >= chars:
+            break
+        words.append(WORDS[byte])
+        length += len(words[-1]) + 1
+    words[0] = words[0].capitalize()
+    text = " ".join(words)[: chars - 1]
+    if text.endswith(" "):
+        text = text[:-1] + "s"
+    return text + "."
+
+
 def truncate_to_tokens(text: str, max_tokens: int) -> str:
     """The longest prefix of `text` whose estimated token count is <= `max_tokens`."""
     return text[: max(0, max_tokens) * 4]
@@ -609,13 +628,20 @@ def violate_schema(schema: Any, digest: bytes) -> str:
 
 
 def text_for_mode(
-    mode: str, schema: Any, digest: bytes, min_words: int = 6, max_words: int = 30
+    mode: str,
+    schema: Any,
+    digest: bytes,
+    min_words: int = 6,
+    max_words: int = 30,
+    tokens: int | None = None,
 ) -> str:
     """Response text for an output mode: ``text``, ``json_object`` or ``json_schema``.
 
-    ``json_schema`` without a schema yields a JSON object. Raises `SchemaError` for a schema
-    that cannot be satisfied.
+    ``json_schema`` without a schema yields a JSON object; ``tokens``: a text answer of exactly
+    that many tokens. Raises `SchemaError` for a schema that cannot be satisfied.
     """
+    if mode == "text" and tokens is not None:
+        return text_of_tokens(digest, tokens)
     if mode == "json_schema":
         if schema is None:
             return orjson.dumps({"result": generate_text(digest, 3, 12)}).decode()

@@ -40,7 +40,13 @@ from .anthropic import anthropic_error, check_anthropic_auth
 from .config import SimulatorConfig
 from .faults import decide
 from .prompts import count_prompt_tokens, estimate_tokens, prompt_key, system_text
-from .ratelimit import RateLimited, go_duration, openai_headers, retry_after_headers
+from .ratelimit import (
+    LimitSet,
+    RateLimited,
+    go_duration,
+    openai_headers,
+    retry_after_headers,
+)
 from .responses import JSON, InvalidRequest, json_response, openai_error_body
 from .state import SimState
 from .streaming import stream_chat_completion
@@ -274,7 +280,14 @@ def _choice(
             text = gen.invalid_text_for_mode(mode, schema, cdigest)
         else:
             try:
-                text = gen.text_for_mode(mode, schema, cdigest, config.min_words, config.max_words)
+                text = gen.text_for_mode(
+                    mode,
+                    schema,
+                    cdigest,
+                    config.min_words,
+                    config.max_words,
+                    config.completion_tokens,
+                )
             except gen.SchemaError as exc:
                 raise InvalidRequest(
                     f"Invalid schema for response_format: {exc}", "response_format"
@@ -365,10 +378,29 @@ def rate_limit_body(exc: RateLimited, model: str) -> dict[str, Any]:
     else:
         message = (
             f"Rate limit reached for {model} in organization org-simulator on {label}: "
-            f"Limit {int(exc.limit)}, Requested {int(exc.cost)}. "
-            f"Please try again in {go_duration(exc.wait)}."
+            f"Limit {int(exc.limit)}, Used {exc.used}, Requested {int(exc.cost)}. "
+            f"Please try again in {go_duration(exc.wait)}. "
+            "Visit https://platform.openai.com/account/rate-limits to learn more."
         )
     return openai_error_body(message, unit, None, "rate_limit_exceeded")
+
+
+def counted_up_front(req: ChatRequest) -> dict[str, int]:
+    """What OpenAI counts against the limits when it admits a request: one request, and the
+    tokens estimated from its characters plus ``n * max_tokens`` when it sets a cap (see
+    :mod:`.ratelimit`)."""
+    return {"requests": 1, "tokens": req.prompt_tokens + (req.max_tokens or 0) * req.n}
+
+
+def settled_headers(
+    limits: LimitSet, charged: dict[str, int], usage: dict[str, Any], request_id: str
+) -> dict[str, str]:
+    """Settle an answered request to its usage; the answer's rate-limit headers after it."""
+    if limits.active:
+        limits.settle(charged, {"tokens": usage["total_tokens"]})
+    headers = openai_headers(limits)
+    headers["x-request-id"] = request_id
+    return headers
 
 
 def check_openai_auth(config: SimulatorConfig, request: web.Request) -> bool:
@@ -445,12 +477,9 @@ class OpenAIChatAPI:
             headers["x-request-id"] = request_id
             stats.record(429, refused="insufficient_quota")
             return json_response(openai_quota_body(), 429, headers)
-        costs = {
-            "requests": 1,
-            "tokens": req.prompt_tokens + (req.max_tokens or config.default_max_tokens) * req.n,
-        }
+        charged = counted_up_front(req)
         try:
-            account.day_check(costs)
+            account.day_check(charged)
         except DayLimited as exc:
             headers = openai_headers(limits)
             headers["x-request-id"] = request_id
@@ -458,14 +487,14 @@ class OpenAIChatAPI:
             return json_response(openai_day_body(exc, req.model), 429, headers)
         if limits.active:
             try:
-                limits.acquire(costs)
+                limits.acquire(charged)
             except RateLimited as exc:
                 headers = openai_headers(limits)
                 headers.update(retry_after_headers(exc.wait))
                 headers["x-request-id"] = request_id
                 stats.record(429)
                 return json_response(rate_limit_body(exc, req.model), 429, headers)
-        account.day_charge(costs)
+        account.day_charge(charged)
         account.spend()
         headers = openai_headers(limits)
         headers["x-request-id"] = request_id
@@ -486,6 +515,7 @@ class OpenAIChatAPI:
                 headers,
             )
         usage = completion["usage"]
+        headers = settled_headers(limits, charged, usage, request_id)
         stats.record(200, None, usage["prompt_tokens"], usage["completion_tokens"])
         if req.body.get("stream") is True:
             return await _stream(request, req, completion, headers)
@@ -503,6 +533,8 @@ class OpenAIChatAPI:
     ) -> web.StreamResponse:
         state = self.state
         stats = state.stats
+        limits, charged = state.openai_limits, counted_up_front(req)
+        request_id = headers["x-request-id"]
         if fault == "drop":
             stats.record(None, "drop")
             transport = request.transport
@@ -514,6 +546,7 @@ class OpenAIChatAPI:
             stats.count_fault("hang")
             await asyncio.sleep(config.hang_seconds)
             completion = build_completion(state, req, None, state.ids.make("chatcmpl-"))
+            headers = settled_headers(limits, charged, completion["usage"], request_id)
             stats.record(200)
             if req.body.get("stream") is True:
                 return await _stream(request, req, completion, headers)
@@ -522,6 +555,7 @@ class OpenAIChatAPI:
             inner = None if fault == "malformed" else fault
             completion = build_completion(state, req, inner, state.ids.make("chatcmpl-"))
             usage = completion["usage"]
+            headers = settled_headers(limits, charged, usage, request_id)
             stats.record(200, fault, usage["prompt_tokens"], usage["completion_tokens"])
             if fault != "malformed" and req.body.get("stream") is True:
                 return await _stream(request, req, completion, headers)

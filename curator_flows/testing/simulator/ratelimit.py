@@ -1,13 +1,33 @@
-"""Token-bucket rate limits and the providers' rate-limit headers.
+"""Token-bucket rate limits, what each provider counts against them, and the providers'
+rate-limit headers.
+
+What is counted (from the providers' rate-limit documentation):
+- **OpenAI** counts a request up front as the tokens estimated from its characters plus
+  ``n * max_tokens`` (``max_completion_tokens``) when the request sets one ("your rate limit is
+  calculated as the maximum of max_tokens and the estimated number of tokens based on the
+  character count of your request"; OpenAI's own parallel-processing example counts prompt +
+  ``n * max_tokens``). The documentation does not say how the count is settled; the simulator
+  adjusts it to the reported usage (``prompt_tokens + completion_tokens``) when the answer is
+  complete, so over a run the limit holds the tokens actually processed. An unsuccessful request
+  keeps its up-front count ("unsuccessful requests contribute to your per-minute limit").
+- **Anthropic** estimates ITPM at the start of a request and OTPM "based on ``max_tokens`` at the
+  beginning of each request", and adjusts both "at the end of the request to reflect the actual
+  number of output tokens used"; ``input_tokens`` and ``cache_creation_input_tokens`` count
+  towards ITPM, ``cache_read_input_tokens`` do not (on most models). Its ``*-tokens-remaining``
+  headers are "rounded to the nearest thousand".
 
 Invariants:
 - A bucket with a per-minute limit L refills continuously at L/60 per second up to a capacity of
-  ``max(1, L/60 * burst_seconds)``; it starts full.
+  ``max(1, L/60 * burst_seconds)``; it starts full. Refilling never lowers a level: an
+  adjustment that gives back more than was taken since may lift a level above capacity, and the
+  excess stays until it is spent (a request counts what it used, never more).
 - `LimitSet.acquire` is all-or-nothing: either every bucket is charged, or none is and the
   caller gets the wait (> 0) until the most constrained bucket could admit the request.
 - A cost larger than a bucket's capacity (but within the per-minute limit) is admitted when the
   bucket is full and drives it negative; a cost above the per-minute limit is never admitted
   (`too_large`).
+- `LimitSet.settle` replaces what a request was charged up front by what it used, in every
+  bucket (a refund or a further charge); it is applied once per admitted request.
 """
 
 from __future__ import annotations
@@ -34,7 +54,8 @@ class TokenBucket:
 
     def refill(self, now: float) -> None:
         if now > self.stamp:
-            self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+            if self.level < self.capacity:
+                self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
             self.stamp = now
 
     def wait_for(self, amount: float) -> float:
@@ -47,12 +68,18 @@ class TokenBucket:
     def take(self, amount: float) -> None:
         self.level -= amount
 
-    def give_back(self, amount: float) -> None:
-        self.level = min(self.capacity, self.level + amount)
+    def adjust(self, amount: float) -> None:
+        """Give back (``amount > 0``) or take more (``< 0``) of what a request was charged."""
+        self.level += amount
 
     @property
     def remaining(self) -> int:
         return max(0, int(self.level))
+
+    @property
+    def used(self) -> int:
+        """What the bucket's window holds now (capacity minus level, never negative)."""
+        return max(0, math.ceil(self.capacity - self.level))
 
     @property
     def reset_seconds(self) -> float:
@@ -63,13 +90,16 @@ class TokenBucket:
 class RateLimited(Exception):
     """Raised by `LimitSet.acquire` when a request is over a limit."""
 
-    def __init__(self, bucket: str, wait: float, limit: float, cost: float, too_large: bool):
+    def __init__(
+        self, bucket: str, wait: float, limit: float, cost: float, too_large: bool, used: int = 0
+    ):
         super().__init__(bucket)
         self.bucket = bucket
         self.wait = wait
         self.limit = limit
         self.cost = cost
         self.too_large = too_large
+        self.used = used
 
 
 class LimitSet:
@@ -100,7 +130,7 @@ class LimitSet:
                 raise RateLimited(name, 60.0, bucket.limit, cost, too_large=True)
             wait = bucket.wait_for(cost)
             if wait > 0 and (worst is None or wait > worst.wait):
-                worst = RateLimited(name, wait, bucket.limit, cost, too_large=False)
+                worst = RateLimited(name, wait, bucket.limit, cost, False, bucket.used)
         if worst is not None:
             raise worst
         for name, cost in costs.items():
@@ -109,10 +139,15 @@ class LimitSet:
                 bucket.take(cost)
         return now
 
-    def refund(self, name: str, amount: float) -> None:
-        bucket = self.buckets.get(name)
-        if bucket is not None and amount > 0:
-            bucket.give_back(amount)
+    def settle(self, charged: Mapping[str, float], used: Mapping[str, float]) -> None:
+        """Replace what a request was charged up front (`charged`, as given to `acquire`) by
+        what it used, bucket by bucket (a bucket missing from `used` keeps its charge)."""
+        now = self.clock()
+        for name, cost in charged.items():
+            bucket = self.buckets.get(name)
+            if bucket is not None and name in used:
+                bucket.refill(now)
+                bucket.adjust(cost - used[name])
 
     def get(self, name: str) -> TokenBucket | None:
         return self.buckets.get(name)
@@ -200,8 +235,14 @@ _ANTHROPIC_BUCKETS = (
 )
 
 
+def nearest_thousand(value: float) -> int:
+    """Anthropic's token ``remaining`` headers: rounded to the nearest thousand, never < 0."""
+    return max(0, int(math.floor(value / 1000.0 + 0.5)) * 1000)
+
+
 def anthropic_headers(limits: LimitSet) -> dict[str, str]:
-    """Anthropic ``anthropic-ratelimit-*`` headers (reset as an RFC 3339 timestamp).
+    """Anthropic ``anthropic-ratelimit-*`` headers (reset as an RFC 3339 timestamp; token
+    ``remaining`` rounded to the nearest thousand, as documented).
 
     ``tokens`` reports the combined bucket when ``tpm`` is set, else the more restrictive of
     the input and output buckets.
@@ -221,8 +262,9 @@ def anthropic_headers(limits: LimitSet) -> dict[str, str]:
             headers[f"anthropic-ratelimit-{header}-reset"] = now_text
         else:
             bucket.refill(mono)
+            remaining = bucket.remaining if name == "requests" else nearest_thousand(bucket.level)
             headers[f"anthropic-ratelimit-{header}-limit"] = str(int(bucket.limit))
-            headers[f"anthropic-ratelimit-{header}-remaining"] = str(bucket.remaining)
+            headers[f"anthropic-ratelimit-{header}-remaining"] = str(remaining)
             headers[f"anthropic-ratelimit-{header}-reset"] = rfc3339(
                 math.ceil(wall + bucket.reset_seconds)
             )
