@@ -1,5 +1,6 @@
 """Airflow provider of curator-flows: the ``curator`` connection, ``CuratorOperator`` (a whole
-job), granular step operators, ``CuratorBatchSensor`` and ``CuratorBatchTrigger``.
+job) and its TaskFlow form ``@task.curator`` (``curator_task``), granular step operators,
+``CuratorBatchSensor`` and ``CuratorBatchTrigger``.
 
 Every class is a few lines around one :mod:`curator_flows.steps` call (see
 ``docs/architecture.md``). Public names load lazily: importing this package imports neither
@@ -15,6 +16,7 @@ from typing import Any
 _EXPORTS = {
     "CuratorHook": "airflow_provider.hooks.curator",
     "CuratorOperator": "airflow_provider.operators.curator",
+    "curator_task": "airflow_provider.decorators.curator",
     "CuratorPrepareOperator": "airflow_provider.operators.steps",
     "CuratorOnlineShardOperator": "airflow_provider.operators.steps",
     "CuratorFinalizeOperator": "airflow_provider.operators.steps",

@@ -1,6 +1,6 @@
 """The provider info Airflow reads from the ``apache_airflow_provider`` entry point: the
 ``curator`` connection type (with its form fields, declared so the UI needs no hook import),
-hooks, operators, sensors and triggers.
+hooks, operators, sensors, triggers and the ``@task.curator`` TaskFlow decorator.
 
 Invariant: importing this module imports nothing from Airflow or curator_flows (every Airflow
 process loads it).
@@ -42,5 +42,8 @@ def get_provider_info() -> dict[str, Any]:
         ),
         "sensors": modules("airflow_provider.sensors.batch"),
         "triggers": modules("airflow_provider.triggers.batch"),
+        "task-decorators": [
+            {"name": "curator", "class-name": "airflow_provider.decorators.curator.curator_task"}
+        ],
         "connection-types": [connection_type_info()],
     }

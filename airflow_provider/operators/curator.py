@@ -141,7 +141,7 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
             return self.run_batches(
                 context, pointer["run_uri"], pointer["shards"], llm, credentials
             )
-        dataset = resolve_dataset(self.dataset, self.dataset_callable, context)
+        dataset = self.input_dataset(context)
         run = self.step(
             steps.prepare,
             llm,
@@ -176,6 +176,12 @@ class CuratorOperator(PublishMixin, BatchOptionsMixin, BatchWaitMixin, CuratorBa
             result["cost"],
         )
         return self.batches_done(context, run["run_uri"], llm, credentials)
+
+    def input_dataset(self, context: Context) -> Any:
+        """The dataset this try prepares its run from: called once per try, before ``prepare``;
+        never by a later reschedule-mode poke that finds the try's run, nor on resuming from a
+        deferral (``@task.curator`` calls its function here)."""
+        return resolve_dataset(self.dataset, self.dataset_callable, context)
 
     def batches_done(
         self, context: Context, run_uri: str, llm: Any, credentials: Any

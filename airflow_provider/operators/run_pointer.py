@@ -10,7 +10,8 @@ Invariants:
   again, which resumes the same run;
 - it belongs to one try: a retry or a cleared task (a new try number) prepares again, so new
   inputs give their new run;
-- it holds a run URI, the shard names and the mode; never a key or a row.
+- it holds a run URI, the shard names and the mode (and, for ``@task.curator``, the URI its
+  function returned, for lineage); never a key or a row.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ def test_example_dags_parse_without_llm_libraries():
         "curator_nightly_batch",
         "curator_nightly_batch_steps",
         "curator_nightly_online",
+        "curator_nightly_taskflow",
         "curator_vllm_gpu",
     ]
     assert parsed["heavy"] == []

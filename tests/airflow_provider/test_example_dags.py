@@ -84,6 +84,7 @@ def test_nightly_batch(tmp_path):
     [
         ("airflow_nightly_online.py", "curator_nightly_online", "publish_recipes"),
         ("airflow_nightly_batch.py", "curator_nightly_batch", "recipes"),
+        ("airflow_nightly_taskflow.py", "curator_nightly_taskflow", "recipes"),
     ],
 )
 def test_a_run_without_a_logical_date(tmp_path, name, dag_id, task_id):
@@ -138,6 +139,26 @@ def test_nightly_online_chains_cuisines_into_recipes(tmp_path):
     assert extra["partition"] == recipes["partition"] == {"date": day}
     assert extra["schema"]["columns"]["title"] == "string"
     assert extra["schema"] == recipes["schema"] and extra["invalid_rows"] == 0
+
+
+def test_nightly_taskflow_chains_two_curator_tasks(tmp_path):
+    dag = example("airflow_nightly_taskflow.py", "curator_nightly_taskflow")
+    dr = run_dag(dag, **conf(tmp_path))
+    assert {str(ti.state) for ti in task_instances(dr).values()} == {"success"}
+    cuisines = xcom(dr, "cuisines")
+    _, cuisine_rows = published(cuisines["output_uri"])
+    recipes = xcom(dr, "recipes")
+    _, recipe_rows = published(recipes["output_uri"])
+    assert len(recipe_rows) == len(cuisine_rows) == cuisines["rows"] > 0
+    assert sorted(r["cuisine"] for r in recipe_rows) == sorted(r["cuisine"] for r in cuisine_rows)
+    assert all(r["title"] and r["ingredients"] for r in recipe_rows)
+    day = dr.logical_date.strftime("%Y-%m-%d")
+    assert recipes["output_uri"] == str(
+        tmp_path / "out" / "_simulated" / "taskflow-recipes" / f"date={day}"
+    )
+    assert recipes["simulated"] is True
+    extra = asset_events("curator://nightly/taskflow-recipes")[-1]
+    assert extra["rows"] == len(recipe_rows) and extra["partition"] == {"date": day}
 
 
 @pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="needs the vLLM venv (make vllm-venv)")
