@@ -184,6 +184,20 @@ class ShardLeases:
                 f"shard {shard} of {self.store.uri} was just taken by another worker; retry later"
             )
         self.held[shard] = generation
+        self._prune(shard, generation)
+
+    def _prune(self, shard: str, generation: int) -> None:
+        """Remove the generations before ``generation``, which this worker now holds: only the
+        newest decides, so a shard taken again and again (a batch shard advanced every few
+        minutes for a day) keeps one file, not one per take. A worker that still reads an
+        older one reads its removal as a lease being written (held), never as free."""
+        for rel in self.store.glob(f"leases/{shard}/*.json"):
+            try:
+                older = int(rel.rsplit("/", 1)[1].split(".", 1)[0]) < generation
+                if older:
+                    self.store.remove(rel)
+            except (OSError, ValueError):
+                pass  # another worker pruned it first, or a name that is not a generation
 
     def renew(self) -> None:
         """Extend every held lease; raise :class:`LeaseLostError` when another worker took one

@@ -179,6 +179,20 @@ def test_acquiring_several_shards_is_all_or_nothing(wd):
     holder.release()
 
 
+def test_a_shard_taken_again_and_again_keeps_one_lease_file(wd):
+    store = RunStore(wd)
+    for _ in range(5):
+        with ShardLeases(store, ["00000"]):
+            pass
+    assert store.glob("leases/00000/*.json") == ["leases/00000/00000004.json"]
+    holder = ShardLeases(store, ["00000"])
+    holder.acquire()  # the next generation still follows the newest
+    assert store.glob("leases/00000/*.json") == ["leases/00000/00000005.json"]
+    with pytest.raises(LeaseHeldError):
+        ShardLeases(store, ["00000"]).acquire()
+    holder.release()
+
+
 def test_leases_on_s3_use_a_conditional_create(s3_bucket):
     store = RunStore(f"{s3_bucket}/run")
     assert store.create_exclusive("leases/x/00000000.json", {"a": 1})
