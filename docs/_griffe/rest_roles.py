@@ -7,7 +7,9 @@ into the Markdown mkdocstrings renders, without changing a word of it:
   ``:func:`make``` → `` `make` ``, ``:mod:`a.b``` → `` `a.b` ``);
 - a paragraph's closing ``::`` becomes ``:`` (the indented block under it is a code block);
 - a list that starts right under a line of text gets the blank line Markdown needs;
-- ``<`` outside code is escaped, so ``<run id>`` shows instead of vanishing as an HTML tag.
+- ``<`` outside code is escaped, so ``<run id>`` shows instead of vanishing as an HTML tag;
+- an attribute without a docstring takes the ``#:`` comment lines right above it (the
+  repository's way of documenting fields and constants) as its docstring.
 
 Loaded by mkdocs.yml (``extensions: [docs/_griffe/rest_roles.py]``); nothing else imports it.
 """
@@ -74,9 +76,24 @@ def to_markdown(docstring: str) -> str:
     return "\n".join(out)
 
 
+def comment_docstring(code: str, lineno: int) -> str | None:
+    """The ``#:`` comment lines right above line ``lineno`` (1-based) of ``code``, as text."""
+    lines = code.splitlines()
+    found: list[str] = []
+    index = lineno - 2
+    while index >= 0 and lines[index].strip().startswith("#:"):
+        found.insert(0, lines[index].strip()[2:].strip())
+        index -= 1
+    return " ".join(found) or None
+
+
 class RestRoles(griffe.Extension):
     """Rewrites every docstring once, when its object is created."""
 
-    def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
+    def on_instance(self, *, obj: griffe.Object, agent: Any, **kwargs: Any) -> None:
+        if obj.docstring is None and obj.is_attribute and obj.lineno and hasattr(agent, "code"):
+            text = comment_docstring(agent.code, obj.lineno)
+            if text is not None:
+                obj.docstring = griffe.Docstring(text, lineno=obj.lineno, parent=obj)
         if obj.docstring is not None:
             obj.docstring.value = to_markdown(obj.docstring.value)
