@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 # uv on PATH, else the one `make uv` installs with pip (run as a module: no PATH assumptions).
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
-EXTRAS := --extra litellm --extra airflow --extra prefect --extra s3 --extra gcs --extra dev
+EXTRAS := --extra litellm --extra airflow --extra prefect --extra s3 --extra gcs --extra dev --extra docs
 VENV_PY := .venv/bin/python
 VLLM_PY := .venv-vllm/bin/python
 
@@ -85,3 +85,16 @@ airflow-ui: venv
 bench-airflow: venv
 	$(VENV_PY) benchmarks/airflow_overhead.py $(ARGS)
 	$(VENV_PY) benchmarks/airflow_parse_time.py
+
+.PHONY: docs docs-build
+
+# The documentation site (mkdocs.yml, docs/): served on 127.0.0.1 only, rebuilt on every change.
+# NO_MKDOCS_2_WARNING: Material's console banner about MkDocs 2.0, not a build warning.
+DOCS_PORT ?= 8000
+docs: venv
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
+
+# Strict: a broken link, anchor or API reference entry fails the build (make test runs it as
+# tests/docs/test_site_build.py).
+docs-build: venv
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir site

@@ -63,7 +63,7 @@ class CommonParams(_Params):
     max_cost: float | None = Field(None, gt=0)
     #: seconds a shard lease lasts without renewal (a dead worker's shard is free after this)
     lease_seconds: float = Field(60.0, ge=1)
-    # Ours, not Curator's: see README "backend_params".
+    # Ours, not Curator's: see docs/online.md, "backend_params".
     shard_size: int = Field(10_000, ge=1)
     progress: Literal["auto", "bar", "log", "off"] = "auto"
 
