@@ -20,7 +20,7 @@ from .errors import NotSupportedError
 VIEWER_INSTEAD = (
     "to look at a run, `curator-flows view RUN_URI` serves a local read-only page of it (progress, "
     "failures by reason, rows next to their prompts and responses), and every publish writes "
-    "report.html beside the data; to share a dataset, push result.dataset with datasets' own "
+    "_report.html beside the data; to share a dataset, push result.dataset with datasets' own "
     "push_to_hub"
 )
 
