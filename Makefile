@@ -1,5 +1,7 @@
 # Every target bootstraps its own environment: uv (installed with pip if missing), then .venv
-# synced from uv.lock with every extra but vllm. The vLLM tests get their own pip venv.
+# synced from uv.lock with every extra but vllm (the newest Airflow, and the newest Prefect that
+# can share its environment). The vLLM tests get their own pip venv, and each end of a declared
+# version range its own venv from committed pins (scripts/envs/NAME.txt, scripts/setup_env.sh).
 SHELL := /bin/bash
 PYTHON ?= python3
 # uv on PATH, else the one `make uv` installs with pip (run as a module: no PATH assumptions).
@@ -7,8 +9,13 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 EXTRAS := --extra litellm --extra airflow --extra prefect --extra s3 --extra gcs --extra dev --extra docs
 VENV_PY := .venv/bin/python
 VLLM_PY := .venv-vllm/bin/python
+# The version-range environments: .venv-NAME from scripts/envs/NAME.txt (one integration each).
+RANGE_ENVS := airflow-oldest prefect-oldest prefect-newest
+# The engine's quick smoke, run in every range environment beside the integration's own tests.
+SMOKE := tests/test_steps.py tests/test_llm_online.py
+PYTEST := -m pytest -q -p no:cacheprovider
 
-.PHONY: uv venv test test-fast test-vllm demo prefect-ui lint bench bench-prefect bench-vllm vllm-venv
+.PHONY: uv venv test test-fast test-vllm test-ranges demo prefect-ui lint bench bench-prefect bench-vllm vllm-venv range-envs pin-envs
 
 uv:
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || \
@@ -20,10 +27,33 @@ venv: uv
 vllm-venv:
 	@bash scripts/setup_vllm_venv.sh
 
-test: venv vllm-venv
+range-envs: uv
+	@for env in $(RANGE_ENVS); do bash scripts/setup_env.sh $$env || exit 1; done
+
+# Recompile scripts/envs/*.txt after editing a .in (or pyproject.toml's dependencies).
+pin-envs: uv
+	@bash scripts/pin_env.sh
+
+# The Prefect suite runs at both ends of its range (test-ranges), not again at the dev
+# environment's Prefect in between (make test-fast runs it there): CI's 25 minutes.
+test: venv vllm-venv range-envs
 	.venv/bin/lint-imports --no-cache
-	$(VENV_PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/vllm
-	$(VLLM_PY) -m pytest -q -p no:cacheprovider tests/vllm
+	$(VENV_PY) $(PYTEST) tests --ignore=tests/vllm --ignore=tests/prefect_tasks
+	$(VLLM_PY) $(PYTEST) tests/vllm
+	@$(MAKE) --no-print-directory test-ranges
+
+# Each integration at the other ends of its range, without the other orchestrator: the oldest
+# Airflow (the newest runs in .venv, in make test), the oldest and the newest Prefect. The three
+# suites run at once (the Prefect ones mostly wait on their servers and simulators: two cores
+# hold all three), each one's output printed together when it ends (-O).
+test-ranges: range-envs
+	@$(MAKE) --no-print-directory -j3 -O $(addprefix test-range-,$(RANGE_ENVS))
+
+test-range-airflow-%:
+	.venv-airflow-$*/bin/python $(PYTEST) tests/airflow_provider $(SMOKE)
+
+test-range-prefect-%:
+	.venv-prefect-$*/bin/python $(PYTEST) tests/prefect_tasks $(SMOKE)
 
 test-fast: venv
 	.venv/bin/lint-imports --no-cache

@@ -24,13 +24,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
-from airflow.sdk.exceptions import (
-    AirflowException,
-    AirflowFailException,
-    AirflowNotFoundException,
-)
-
 from curator_flows.errors import BatchDeadlineError, BatchStepError, CuratorFlowsError
+
+from .compat import AirflowException, AirflowFailException, AirflowNotFoundException
 
 __all__ = [
     "CuratorBatchCancelled",

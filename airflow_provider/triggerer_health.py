@@ -19,7 +19,7 @@ HEALTH_PATH = "/api/v2/monitor/health"
 
 def health_url() -> str | None:
     """The health check's URL on the API server the task talks to (``None``: not HTTP)."""
-    from airflow.sdk.configuration import conf
+    from .compat import conf
 
     execution = conf.get("core", "execution_api_server_url", fallback=None) or ""
     parts = urllib.parse.urlsplit(execution)

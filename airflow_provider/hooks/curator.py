@@ -26,11 +26,11 @@ from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowNotFoundException
 
 from curator_flows.credentials import PROVIDER_ENV, Credentials
 from curator_flows.errors import ConfigError
 
+from ..compat import AirflowNotFoundException
 from .connection_fields import CONN_TYPE, HOOK_NAME, PROVIDERS, ui_field_behaviour
 from .embedded import EMBEDDED_HOST, SIMULATED_DIR, is_embedded_connection
 

@@ -93,7 +93,7 @@ def split_dataset(dataset: Any) -> tuple[Any, Any]:
     if callable(dataset) and not isinstance(dataset, type) and not hasattr(dataset, "__iter__"):
         return None, dataset
     if isinstance(dataset, list | tuple):
-        from airflow.sdk import literal
+        from ..compat import literal
 
         return literal(list(dataset)), None
     return dataset, None
@@ -105,7 +105,7 @@ def resolve_dataset(dataset: Any, dataset_callable: Any, context: Mapping[str, A
     ``CuratorResponse``) as is."""
     if dataset_callable is not None:
         return call_with_context(dataset_callable, context)
-    from airflow.sdk import literal
+    from ..compat import literal
 
     # The wrapper's class is not public; its type is taken from the public ``literal()``.
     if isinstance(dataset, type(literal(None))):  # not rendered (execute called directly)
@@ -155,6 +155,15 @@ class CuratorBaseOperator(BaseOperator):
 
                 raise_for(ConfigError(undefined_message(self.task_id, field, template, exc)))
 
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        """Airflow's ``.partial()``, whose mapped tasks keep this operator's own defaults
+        (``map_index_template``, a GPU ``queue``) on every supported Airflow
+        (:func:`~airflow_provider.compat.partial_with_init_defaults`)."""
+        from ..compat import partial_with_init_defaults
+
+        return partial_with_init_defaults(cls, super().partial(**kwargs), kwargs)
+
     @property
     def hook(self) -> CuratorHook:
         """A hook on the connection as it is now (a new one per use: an operator object can
@@ -178,7 +187,7 @@ class CuratorBaseOperator(BaseOperator):
         Airflow 3.3's secrets-backend chain reports an Execution API failure during the lookup
         as the same ``AirflowNotFoundException`` as a missing connection (its backend returns
         nothing on any error), so that case is permanent too; the message says so."""
-        from airflow.sdk.exceptions import AirflowNotFoundException
+        from ..compat import AirflowNotFoundException
 
         if isinstance(exc, AirflowNotFoundException):
             from curator_flows.errors import ConfigError

@@ -26,9 +26,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from airflow.sdk.configuration import conf
-
 from ..batch_watch import BatchWatch
+from ..compat import conf
 from ..exceptions import CuratorBatchCancelled, wait_error
 from .base import CuratorBaseOperator, run_uri_of
 
@@ -283,7 +282,8 @@ class BatchWaitMixin:
 
     def reschedule(self) -> NoReturn:
         from airflow.sdk import timezone
-        from airflow.sdk.exceptions import AirflowRescheduleException
+
+        from ..compat import AirflowRescheduleException
 
         raise AirflowRescheduleException(timezone.utcnow() + timedelta(seconds=self.interval()))
 

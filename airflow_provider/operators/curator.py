@@ -15,8 +15,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.configuration import conf
-
+from ..compat import conf
 from .base import (
     CuratorBaseOperator,
     PublishMixin,

@@ -64,9 +64,9 @@ class CuratorPrepareOperator(CuratorBaseOperator):
         self.rebuild_check = rebuild_check
 
     def execute(self, context: Context) -> list[str]:
-        from airflow.sdk.configuration import conf
-
         from curator_flows import steps
+
+        from ..compat import conf
 
         credentials = self.credentials()
         run = self.step(

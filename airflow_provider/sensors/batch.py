@@ -18,8 +18,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from airflow.sdk.configuration import conf
 
+from ..compat import conf
 from ..exceptions import CuratorPermanentError
 from ..operators.base import CuratorBaseOperator, run_uri_of
 from ..operators.batch import (

@@ -15,7 +15,8 @@ Invariants:
   settings; never a key;
 - ``cancel_on_kill`` cancels the run's batches only when the task is no longer deferred (see
   :meth:`CuratorBatchTrigger.on_kill`): a triggerer restart or a move to another triggerer
-  leaves them running;
+  leaves them running; before Airflow 3.3 (no ``on_kill``) it cannot, and the trigger says so
+  in one log line when it starts (:func:`airflow_provider.compat.cancel_on_kill_note`);
 - with the embedded simulator, it runs only in the process whose simulator holds the batches
   (``dag.test()``): anywhere else it ends at once with a permanent error saying why, instead of
   a provider 404 for a batch that simulator never saw.
@@ -47,6 +48,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from curator_flows import steps
 
 from ..batch_watch import BatchWatch
+from ..compat import cancel_on_kill_note
 from ..hooks.curator import CuratorHook
 
 #: seconds a deadline's cancel may take before the trigger gives up on it
@@ -80,7 +82,7 @@ def kill_cancel_timeout() -> float:
     """Seconds ``on_kill``'s cancel may take: the triggerer's ``[triggerer] on_kill_timeout``
     (30 s by default; Airflow abandons ``on_kill`` after it) less :data:`KILL_MARGIN`, so the
     trigger logs the outcome itself instead of being cut off (25 s by default)."""
-    from airflow.sdk.configuration import conf
+    from ..compat import conf
 
     bound = conf.getfloat("triggerer", "on_kill_timeout", fallback=30.0)
     return max(1.0, bound - KILL_MARGIN)
@@ -170,6 +172,8 @@ class CuratorBatchTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        if self.cancel_on_kill and (note := cancel_on_kill_note(self.run_uri)):
+            self.log.warning(note)
         watch = BatchWatch(
             self.run_uri, self.shards, timeout=self.timeout, max_poll_errors=self.max_poll_errors
         )

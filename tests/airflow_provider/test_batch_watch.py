@@ -5,9 +5,9 @@ from __future__ import annotations
 import botocore.exceptions
 import httpx
 import pytest
-from airflow.sdk.exceptions import AirflowException, AirflowNotFoundException
 
 from airflow_provider.batch_watch import BatchWatch, shard_outcome
+from airflow_provider.compat import AirflowException, AirflowNotFoundException
 from curator_flows.errors import AuthenticationError, BatchStepError, EndpointUnreachableError
 
 

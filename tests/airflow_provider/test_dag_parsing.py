@@ -8,12 +8,13 @@ import os
 import subprocess
 import sys
 
-from airflow_env import REPO
+from airflow_env import REPO, SUPPORT
 
 HEAVY = ("litellm", "vllm", "datasets", "openai")
 PARSE = f"""
 import json, sys
-from airflow.dag_processing.dagbag import DagBag
+sys.path.insert(0, {str(SUPPORT)!r})
+from airflow_moved import DagBag
 bag = DagBag(dag_folder={str(REPO / "dags_examples")!r})
 print(json.dumps({{
     "dags": sorted(bag.dag_ids),

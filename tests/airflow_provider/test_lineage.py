@@ -54,13 +54,13 @@ def test_the_schema_facet_of_a_publish_is_the_assets_contract(fsim, curator_conn
 
 
 class _OutletEvents(dict):
-    """``context["outlet_events"]`` outside a task run: an accessor per asset."""
+    """``context["outlet_events"]`` outside a task run: an accessor per asset (by URI, as
+    Airflow keys them: an Asset is not hashable in Airflow 3.1)."""
 
-    def __missing__(self, asset):
+    def __getitem__(self, asset):
         from types import SimpleNamespace
 
-        self[asset] = SimpleNamespace(extra={})
-        return self[asset]
+        return self.setdefault(asset.uri, SimpleNamespace(extra={}))
 
 
 def test_dataset_names_follow_openlineage_naming():

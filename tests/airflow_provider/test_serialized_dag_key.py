@@ -16,7 +16,7 @@ def test_the_serialized_dag_holds_no_key():
     import pendulum
     from airflow.providers.standard.operators.python import PythonOperator
     from airflow.sdk import DAG
-    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow_moved import DagSerialization
 
     from airflow_provider import CuratorOperator
 

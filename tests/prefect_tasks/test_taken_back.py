@@ -30,9 +30,11 @@ FAST_BATCHES = {"validating": 0.05, "in_progress": 0.1, "finalizing": 0.05, "can
 
 def states_by_task(state) -> dict[str, list[str]]:
     """Task run states in start order, by task run name (a name Prefect generated,
-    ``finalize-d51``, without its random suffix)."""
+    ``finalize-d51``, without its random suffix); a run that never started (``Cached``: Prefect
+    before 3.7 gives it no start time) counts from its creation."""
     out: dict[str, list[str]] = {}
-    for task_run in sorted(api.task_runs(api.flow_run_id(state)), key=lambda t: t.start_time):
+    runs = api.task_runs(api.flow_run_id(state))
+    for task_run in sorted(runs, key=lambda t: t.start_time or t.created):
         name = re.sub(r"-[0-9a-f]{3}$", "", task_run.name)
         out.setdefault(name, []).append(task_run.state.name)
     return out

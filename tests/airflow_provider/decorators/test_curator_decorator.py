@@ -117,8 +117,11 @@ def test_deferred_batch_calls_the_function_once(fsim, curator_conn, tmp_path):
     ti = task_instances(dr)[("facts", -1)]
     assert str(ti.state) == "success" and ti.try_number == 1
     # it deferred to the batch trigger and resumed from its event...
-    events = task_events(dr, "facts")
-    assert events.count("deferred") == 1 and events[-1] == "success"
+    from airflow_moved import airflow_at_least
+
+    if airflow_at_least("3.2"):  # Airflow 3.1's dag.test() writes no audit log
+        events = task_events(dr, "facts")
+        assert events.count("deferred") == 1 and events[-1] == "success"
     assert trigger_classpath(ti) == "airflow_provider.triggers.batch.CuratorBatchTrigger"
     # ...without calling the function again
     assert calls(tmp_path / "wd") == [{"task_id": "facts", "try_number": 1}]
@@ -222,8 +225,7 @@ def test_the_function_is_not_called_on_resume_and_lineage_keeps_its_uri(
 ):
     """A deferral ends the worker's process: the resumed task (a new operator object) gets the
     trigger's event and the deferral's kwargs, and never calls the function."""
-    from airflow.sdk.exceptions import TaskDeferred
-
+    from airflow_provider.compat import TaskDeferred
     from airflow_provider.decorators.curator import _CuratorDecoratedOperator
 
     source = tmp_path / "rows.jsonl"
@@ -272,8 +274,7 @@ def test_later_pokes_keep_the_uri_from_the_try_pointer(fsim, curator_conn, tmp_p
     the later ones find the run (and the dataset's URI, for lineage) in the try's pointer."""
     from types import SimpleNamespace
 
-    from airflow.sdk.exceptions import AirflowRescheduleException
-
+    from airflow_provider.compat import AirflowRescheduleException
     from airflow_provider.decorators.curator import _CuratorDecoratedOperator
 
     source = tmp_path / "rows.jsonl"

@@ -8,21 +8,23 @@ import json
 import threading
 
 import pytest
-from airflow.sdk.exceptions import AirflowNotFoundException
 from airflow_env import TEST_KEY, airflow_cli, connection_json
 
+from airflow_provider.compat import AirflowNotFoundException
 from airflow_provider.hooks.curator import CuratorHook
 
 
 def test_provider_registers_the_connection_type_and_its_form():
     from airflow.providers_manager import ProvidersManager
-    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+    from airflow_moved import airflow_at_least, task_runtime_hooks
 
     manager = ProvidersManager()
     assert "curator-flows" in manager.providers
-    hook = ProvidersManagerTaskRuntime().hooks["curator"]  # what Connection.get_hook uses
+    hook = task_runtime_hooks()["curator"]  # what Connection.get_hook uses
     assert hook.hook_class_name == "airflow_provider.hooks.curator.CuratorHook"
     assert hook.connection_type == "curator"
+    if not airflow_at_least("3.2"):  # 3.1 reads no conn-fields, and its form needs FAB
+        return
     widgets = manager.connection_form_widgets
     assert {"extra__curator__provider", "extra__curator__backend_params"} <= set(widgets)
     assert widgets["extra__curator__storage_options"].is_sensitive
@@ -129,9 +131,12 @@ def test_cli_lists_the_provider_adds_and_tests_a_curator_connection(fsim):
         "--conn-host", fsim.base_url, "--conn-password", TEST_KEY,
         "--conn-extra", json.dumps({"provider": "openai"}),
     )  # fmt: skip
-    tested = airflow_cli("connections", "test", "curator_cli")
-    assert "Connection success!" in tested.stdout, tested.stdout + tested.stderr
-    assert TEST_KEY not in tested.stdout + tested.stderr
+    from airflow_moved import airflow_at_least
+
+    if airflow_at_least("3.1.6"):  # before, the CLI's hook finds no connection of the database
+        tested = airflow_cli("connections", "test", "curator_cli")
+        assert "Connection success!" in tested.stdout, tested.stdout + tested.stderr
+        assert TEST_KEY not in tested.stdout + tested.stderr
     airflow_cli("connections", "delete", "curator_cli")
 
 

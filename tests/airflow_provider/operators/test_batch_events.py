@@ -8,7 +8,6 @@ import json
 import time
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 from airflow_env import TEST_KEY
 from airflow_llms import FactWriter
 
@@ -22,6 +21,7 @@ from airflow_provider import (
     CuratorPollError,
 )
 from airflow_provider.batch_watch import BatchWatch
+from airflow_provider.compat import AirflowFailException, TaskDeferred
 from curator_flows.errors import AuthenticationError, EndpointUnreachableError
 
 

@@ -6,11 +6,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+from airflow_moved import airflow_at_least
 from airflow_runs import load_dag, task_instances, xcom
 
 DAG_FILE = Path(__file__).parents[1] / "dags" / "provider_test_dags.py"
 
 
+@pytest.mark.skipif(
+    not airflow_at_least("3.2"),
+    reason="Airflow 3.1's dag.test(use_executor=True) loses task states (its executor reports "
+    "tasks done that the API server still has queued or up for reschedule)",
+)
 def test_four_mapped_shards_at_once_hold_the_providers_limit(
     fsim, local_executor, db_connection, tmp_path
 ):

@@ -139,8 +139,7 @@ def test_an_llm_the_interpreter_cannot_build_is_a_permanent_library_error(tmp_pa
 
 
 def test_an_interpreter_that_ends_without_a_result_is_retryable(tmp_path):
-    from airflow.sdk.exceptions import AirflowFailException
-
+    from airflow_provider.compat import AirflowFailException
     from curator_flows.errors import CuratorFlowsError
 
     run = offline_run(tmp_path)

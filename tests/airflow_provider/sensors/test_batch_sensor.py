@@ -10,7 +10,6 @@ from datetime import timedelta
 
 import pytest
 from airflow.sdk import PokeReturnValue
-from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_provider import (
     CuratorBatchFailed,
@@ -19,6 +18,7 @@ from airflow_provider import (
     CuratorBatchTrigger,
     CuratorPermanentError,
 )
+from airflow_provider.compat import TaskDeferred
 
 
 def sensor(run, shard="00000", **options) -> CuratorBatchSensor:

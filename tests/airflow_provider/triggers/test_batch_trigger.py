@@ -47,8 +47,8 @@ def events_of(trigger, *, slow: float = 0.1) -> tuple[list[TriggerEvent], list[s
 
 
 def test_serialize_round_trip_holds_no_secret():
-    from airflow.sdk._shared.module_loading import import_string
     from airflow.serialization.serialized_objects import BaseSerialization
+    from airflow_moved import import_string
 
     trigger = CuratorBatchTrigger(
         "file:///runs/abc", ["00000", "00001"], conn_id="c", poll_interval=5, timeout=3600,
@@ -254,3 +254,31 @@ def test_a_task_state_read_that_never_answers_is_abandoned(monkeypatch):
         assert asyncio.run(trigger.task_state()) is None  # unknown: on_kill cancels
     finally:
         wedged.set()
+
+
+def test_an_airflow_whose_triggerer_calls_no_on_kill_gets_one_line_not_an_error(
+    batch_run, monkeypatch
+):
+    from airflow.triggers.base import BaseTrigger
+
+    from airflow_provider.compat import triggerer_calls_on_kill
+
+    run, _, _ = batch_run(rows=4, batch_size=4)
+
+    def notes_of(trigger) -> list[str]:
+        lines: list[str] = []
+        monkeypatch.setattr(
+            trigger.log, "warning", lambda msg, *a: lines.append(msg % a if a else msg)
+        )
+        (event,), _ = events_of(trigger)
+        assert event.payload["kind"] == "ended"  # the wait itself is the same
+        return [line for line in lines if "cancel_on_kill needs Airflow 3.3" in line]
+
+    # this environment's Airflow: a note exactly when its triggerer calls no on_kill (< 3.3)
+    expected = 0 if triggerer_calls_on_kill() else 1
+    assert len(notes_of(trigger_for(run))) == expected
+    # an Airflow before 3.3 (no BaseTrigger.on_kill): one line naming the run and what to do
+    monkeypatch.delattr(BaseTrigger, "on_kill", raising=False)
+    (note,) = notes_of(trigger_for(run))
+    assert run["run_uri"] in note and "curator-flows cancel" in note
+    assert notes_of(trigger_for(run, cancel_on_kill=False)) == []  # nothing to degrade
