@@ -20,8 +20,11 @@ LIMIT = 60
     "dag_id", ["curator_test_batch", "curator_test_batch_reschedule", "curator_test_batch_steps"]
 )
 def test_batch_dags_wait_for_room_in_the_providers_queue(fsim, curator_conn, tmp_path, dag_id):
-    # batches long enough that the next shard's submit comes while the first one runs
-    timings = {"validating": 0.1, "in_progress": 1.5, "finalizing": 0.1, "cancelling": 0.1}
+    # batches long enough that the next shard's submit comes while the first one runs (the
+    # steps DAG submits its mapped shards one task after another: give it more time, so a
+    # loaded machine still overlaps them)
+    running = 4.0 if dag_id == "curator_test_batch_steps" else 1.5
+    timings = {"validating": 0.1, "in_progress": running, "finalizing": 0.1, "cancelling": 0.1}
     fsim.configure(batch_enqueued_token_limit=LIMIT, batch_timings=timings)
     dag = load_dag(DAG_FILE, dag_id)
     dr = run_dag(dag, working_dir=str(tmp_path), rows=10, run_key=f"queue-{dag_id}")
