@@ -281,57 +281,73 @@ def _render_shards(
     overhead = _line_overhead(llm)
     renderer = _Renderer(llm, family)
     hasher = hashlib.blake2b(digest_size=16)
-    shards: list[dict[str, Any]] = []
-    current: dict[str, Any] | None = None
-    handle = None
-    meta = array("I")
     rows = 0
-    try:
+    with _ShardPacker(llm, spool_dir, max_requests, max_bytes) as packer:
         for index, row in enumerate(iter_rows(dataset, storage_options)):
             rows += 1
             line, _, messages_size = renderer.request(index, row)
-            size = messages_size + overhead
-            if (
-                current is None
-                or current["requests"] >= max_requests
-                or (current["requests"] and current["bytes"] + size > max_bytes)
-            ):
-                if handle is not None:
-                    handle.close()
-                    _write_meta(spool_dir, current, meta)
-                current = _new_shard(llm, len(shards))
-                shards.append(current)
-                handle = open(os.path.join(spool_dir, f"{current['name']}.jsonl"), "wb", 1 << 20)
-            handle.write(line)
+            packer.add(line, messages_size + overhead, renderer.last_tokens)
             hasher.update(line)
-            current["requests"] += 1
-            current["bytes"] += size
-            meta.append(size)
-            meta.append(renderer.last_tokens)
-            if "input_tokens" in current:
-                current["input_tokens"] += renderer.last_tokens
-    finally:
-        if handle is not None:
-            handle.close()
-            _write_meta(spool_dir, current, meta)
+    shards = packer.shards
     if max_shards is not None and len(shards) > max_shards:
         shards = _regroup(llm, spool_dir, shards, max_shards, max_requests, max_bytes)
     return shards, hasher.hexdigest(), rows
 
 
-def _new_shard(llm: LLM, index: int) -> dict[str, Any]:
-    shard: dict[str, Any] = {"name": shard_name(index), "requests": 0, "bytes": 0}
-    if llm.mode == "batch":
-        shard["input_tokens"] = 0
-    return shard
+class _ShardPacker:
+    """Writes request lines into ``<directory>/<shard>.jsonl`` in order, starting the next shard
+    when the current one holds ``max_requests`` or the next line would pass ``max_bytes``; each
+    shard gets a ``<shard>.meta`` beside it (per request its batch-line bytes and estimated
+    input tokens, ``uint32`` pairs), so its shards can be regrouped without rendering again."""
 
+    def __init__(self, llm: LLM, directory: str, max_requests: int, max_bytes: int) -> None:
+        self.llm, self.directory = llm, directory
+        self.max_requests, self.max_bytes = max_requests, max_bytes
+        self.shards: list[dict[str, Any]] = []
+        self.current: dict[str, Any] | None = None
+        self.handle: Any = None
+        self.meta = array("I")
 
-def _write_meta(spool_dir: str, shard: dict[str, Any] | None, meta: array) -> None:
-    if shard is None:
-        return
-    with open(os.path.join(spool_dir, f"{shard['name']}.meta"), "wb") as handle:
-        meta.tofile(handle)
-    del meta[:]
+    def add(self, line: bytes, size: int, tokens: int) -> None:
+        current = self.current
+        if (
+            current is None
+            or current["requests"] >= self.max_requests
+            or (current["requests"] and current["bytes"] + size > self.max_bytes)
+        ):
+            current = self._next_shard()
+        self.handle.write(line)
+        current["requests"] += 1
+        current["bytes"] += size
+        self.meta.append(size)
+        self.meta.append(tokens)
+        if "input_tokens" in current:
+            current["input_tokens"] += tokens
+
+    def _next_shard(self) -> dict[str, Any]:
+        self._close_shard()
+        shard: dict[str, Any] = {"name": shard_name(len(self.shards)), "requests": 0, "bytes": 0}
+        if self.llm.mode == "batch":
+            shard["input_tokens"] = 0
+        self.shards.append(shard)
+        self.current = shard
+        self.handle = open(os.path.join(self.directory, f"{shard['name']}.jsonl"), "wb", 1 << 20)
+        return shard
+
+    def _close_shard(self) -> None:
+        if self.handle is None:
+            return
+        self.handle.close()
+        self.handle = None
+        with open(os.path.join(self.directory, f"{self.current['name']}.meta"), "wb") as meta:
+            self.meta.tofile(meta)
+        del self.meta[:]
+
+    def __enter__(self) -> _ShardPacker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close_shard()
 
 
 def _regroup(
@@ -367,41 +383,15 @@ def _regroup(
     )
     out_dir = os.path.join(spool_dir, "regrouped")
     os.makedirs(out_dir)
-    regrouped: list[dict[str, Any]] = []
-    current: dict[str, Any] | None = None
-    handle = None
-    meta = array("I")
-    try:
+    with _ShardPacker(llm, out_dir, target, max_bytes) as packer:
         for old in shards:
             sizes = array("I")
             with open(os.path.join(spool_dir, f"{old['name']}.meta"), "rb") as source:
                 sizes.fromfile(source, 2 * old["requests"])
             with open(os.path.join(spool_dir, f"{old['name']}.jsonl"), "rb", 1 << 20) as lines:
                 for position, line in enumerate(lines):
-                    size, tokens = sizes[2 * position], sizes[2 * position + 1]
-                    if (
-                        current is None
-                        or current["requests"] >= target
-                        or (current["requests"] and current["bytes"] + size > max_bytes)
-                    ):
-                        if handle is not None:
-                            handle.close()
-                            _write_meta(out_dir, current, meta)
-                        current = _new_shard(llm, len(regrouped))
-                        regrouped.append(current)
-                        path = os.path.join(out_dir, f"{current['name']}.jsonl")
-                        handle = open(path, "wb", 1 << 20)
-                    handle.write(line)
-                    current["requests"] += 1
-                    current["bytes"] += size
-                    meta.append(size)
-                    meta.append(tokens)
-                    if "input_tokens" in current:
-                        current["input_tokens"] += tokens
-    finally:
-        if handle is not None:
-            handle.close()
-            _write_meta(out_dir, current, meta)
+                    packer.add(line, sizes[2 * position], sizes[2 * position + 1])
+    regrouped = packer.shards
     if len(regrouped) > max_shards:
         raise ConfigError(
             f"{total:,} requests ({sum(s['bytes'] for s in shards):,} bytes) do not fit in "

@@ -147,16 +147,7 @@ class RunProgress:
             self._publish()
 
     def _publish(self) -> None:
-        from prefect.artifacts import update_progress_artifact
-
-        percent, text = self._render()
-        _safely(
-            "update the progress artifact",
-            update_progress_artifact,
-            self.artifact_id,
-            progress=percent,
-            description=text,
-        )
+        _update_progress(self.artifact_id, *self._render())
 
     def _render(self) -> tuple[float, str]:
         rows = self.rows
@@ -196,7 +187,7 @@ class _OwnArtifact:
         self.artifact_id: Any = None
 
     def show(self, percent: float, text: str) -> None:
-        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+        from prefect.artifacts import create_progress_artifact
 
         if self.artifact_id is None:
             self.artifact_id = _safely(
@@ -206,13 +197,19 @@ class _OwnArtifact:
                 description=text,
             )
         else:
-            _safely(
-                "update the progress artifact",
-                update_progress_artifact,
-                self.artifact_id,
-                progress=percent,
-                description=text,
-            )
+            _update_progress(self.artifact_id, percent, text)
+
+
+def _update_progress(artifact_id: Any, percent: float, text: str) -> None:
+    from prefect.artifacts import update_progress_artifact
+
+    _safely(
+        "update the progress artifact",
+        update_progress_artifact,
+        artifact_id,
+        progress=percent,
+        description=text,
+    )
 
 
 class ShardProgress:
