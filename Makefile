@@ -14,6 +14,9 @@ RANGE_ENVS := airflow-oldest prefect-oldest prefect-newest
 # The engine's quick smoke, run in every range environment beside the integration's own tests.
 SMOKE := tests/test_steps.py tests/test_llm_online.py
 PYTEST := -m pytest -q -p no:cacheprovider
+# The suites wait on servers, simulators and subprocesses far more than they compute: pytest-xdist
+# workers overlap those waits (each file stays on one worker, so its module fixtures start once).
+PARALLEL := --dist loadfile -n
 
 .PHONY: uv venv test test-fast test-vllm test-ranges demo prefect-ui lint bench bench-prefect bench-vllm vllm-venv range-envs pin-envs
 
@@ -38,14 +41,15 @@ pin-envs: uv
 # environment's Prefect in between (make test-fast runs it there): CI's 25 minutes.
 test: venv vllm-venv range-envs
 	.venv/bin/lint-imports --no-cache
-	$(VENV_PY) $(PYTEST) tests --ignore=tests/vllm --ignore=tests/prefect_tasks
+	$(VENV_PY) $(PYTEST) $(PARALLEL) 4 tests --ignore=tests/vllm --ignore=tests/prefect_tasks
 	$(VLLM_PY) $(PYTEST) tests/vllm
 	@$(MAKE) --no-print-directory test-ranges
 
 # Each integration at the other ends of its range, without the other orchestrator: the oldest
 # Airflow (the newest runs in .venv, in make test), the oldest and the newest Prefect. The three
 # suites run at once (the Prefect ones mostly wait on their servers and simulators: two cores
-# hold all three), each one's output printed together when it ends (-O).
+# hold all three; xdist workers on top of them overload two cores), each one's output printed
+# together when it ends (-O).
 test-ranges: range-envs
 	@$(MAKE) --no-print-directory -j3 -O $(addprefix test-range-,$(RANGE_ENVS))
 
@@ -57,7 +61,7 @@ test-range-prefect-%:
 
 test-fast: venv
 	.venv/bin/lint-imports --no-cache
-	$(VENV_PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/vllm
+	$(VENV_PY) $(PYTEST) $(PARALLEL) 4 tests --ignore=tests/vllm
 
 # The real vLLM engine on CPU (tests/vllm: generator, offline LLM, OpenAI-compatible server).
 test-vllm: vllm-venv
