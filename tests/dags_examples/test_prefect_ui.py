@@ -1,7 +1,8 @@
 """``make prefect-ui`` (``dags_examples/prefect_ui.py``) as a user runs it: in a terminal (a
 pseudo-terminal) its first start asks nothing, the server comes up and a flow run of the served
 deployment runs into the UI's own directories; Ctrl-C, or SIGTERM to a wrapper started from a
-script with SIGINT ignored (also once the server is gone), stops every process it started."""
+script with SIGINT ignored (also once the server is gone), stops every process it started.
+Tested where ``make prefect-ui`` runs: the development environment (``.venv``)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ import pytest
 
 from curator_flows import steps
 from curator_flows.testing.simulator import Simulator
+
+pytest.importorskip("prefect", reason="make prefect-ui needs the prefect extra")
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ("How would you like to proceed", "Enter a new profile name", "Which profile")
@@ -155,7 +158,10 @@ class Terminal:
         return self.output.decode(errors="replace")
 
     def wait_for(self, text: str, timeout: float) -> None:
-        wait_for(lambda: text in self.read(), timeout, f"{text!r} in the terminal")
+        try:
+            wait_for(lambda: text in self.read(), timeout, f"{text!r} in the terminal")
+        except AssertionError as timed_out:
+            raise AssertionError(f"{timed_out}; it shows:\n{self.read()[-3000:]}") from None
 
 
 def make_controlling_terminal() -> None:
