@@ -199,16 +199,31 @@ class CuratorResponse:
 
 
 def _iter_jsonl(path: str, storage_options: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL file finalize wrote whole; a line that is not a JSON object
+    raises :class:`~curator_flows.errors.CorruptRunError` naming the file and the line."""
     import fsspec
     import orjson
+
+    from .errors import CorruptRunError
 
     fs, fs_path = fsspec.core.url_to_fs(path, **storage_options)
     if not fs.exists(fs_path):
         return
     with fs.open(fs_path, "rb") as handle:
-        for line in handle:
-            if line.strip():
-                yield orjson.loads(line)
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+                problem = None if isinstance(record, dict) else "not a JSON object"
+            except orjson.JSONDecodeError as exc:
+                problem = str(exc)
+            if problem is not None:
+                raise CorruptRunError(
+                    f"{path} line {number} is damaged ({problem}): finalize the run again to "
+                    "rewrite it from the stored responses (nothing is sent)"
+                )
+            yield record
 
 
 # the dataclass's ``dataset`` field, read through a property so a lazy one is built on access

@@ -151,6 +151,25 @@ def test_damaged_or_missing_output_files_are_rewritten_by_the_next_call(sim, par
     assert _sent(sim) == 6
 
 
+def test_a_damaged_failed_requests_line_is_named_and_finalizing_again_rewrites_it(sim, params, wd):
+    llm = Topic("gpt-4o-mini", backend_params=params())
+    rows = [{"t": 0, "generation_params": {"max_tokens": 2}}, *ROWS[1:4]]  # the first one fails
+    first = llm(rows, working_dir=wd)
+    (failed,) = first.get_failed_requests()
+    path, sent = Path(first.failed_requests_path), _sent(sim)
+
+    _cut(path, -20)
+    with pytest.raises(CorruptRunError, match=r"failed_requests.jsonl line 1 is damaged.*finalize"):
+        list(first.get_failed_requests())
+    path.write_bytes(b"[1, 2]\n")
+    with pytest.raises(CorruptRunError, match=r"line 1 is damaged \(not a JSON object\)"):
+        list(first.get_failed_requests())
+
+    again = steps.finalize(first.cache_dir, llm=llm)
+    assert list(steps.load_response(again["run_uri"], llm=llm).get_failed_requests()) == [failed]
+    assert _sent(sim) == sent  # nothing sent again
+
+
 def test_a_damaged_publish_marker_is_named_and_publishing_again_replaces_it(sim, params, wd):
     llm = Topic("gpt-4o-mini", backend_params=params())
     run = steps.prepare(llm, ROWS[:5], wd)
