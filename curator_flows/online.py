@@ -32,9 +32,10 @@ Invariants:
   connection (:class:`~curator_flows.errors.EndpointUnreachableError`), the budget is
   reached and nothing in flight could make room
   (:class:`~curator_flows.errors.BudgetExceededError`), a write to the run directory fails
-  (:class:`~curator_flows.errors.StorageWriteError`, after retrying the write of what arrived
-  for ``WRITE_RETRY_SECONDS``; answers that still cannot be written, every one of them paid,
-  are kept in a spill file that the next step of the run merges, :mod:`curator_flows.spill`)
+  (:class:`~curator_flows.errors.StorageWriteError`, retryable as its cause is, after retrying
+  the write of what arrived for ``WRITE_RETRY_SECONDS`` unless the cause is permanent, such as
+  a refused permission; answers that still cannot be written, every one of them paid, are kept
+  in a spill file that the next step of the run merges, :mod:`curator_flows.spill`)
   or the shard lease was lost (:class:`~curator_flows.errors.LeaseLostError`);
 - every send is fenced: right before it, the worker checks (no I/O) that its shard leases are
   still certainly its own, so a worker that was frozen past its lease sends nothing more when
@@ -69,6 +70,7 @@ from .errors import (
     EndpointUnreachableError,
     LeaseLostError,
     StorageWriteError,
+    is_retryable,
 )
 from .lease import ShardLeases
 from .ledger import StepLedger
@@ -555,13 +557,17 @@ class OnlineRunner:
             self.stop(self._write_error(exc))
 
     def _write_error(self, exc: OSError) -> StorageWriteError:
+        retryable = is_retryable(exc)
+        kept = "in memory while the write is retried" if retryable else "for a spill file"
         return StorageWriteError(
             f"writing to {self.store.uri} failed ({type(exc).__name__}: {exc}); dispatch stopped "
-            "and the responses that arrived are kept in memory while the write is retried"
+            f"and the responses that arrived are kept {kept}",
+            retryable=retryable,
         )
 
     async def close_appenders(self) -> None:
-        """Write what is still buffered, retrying a failing store for ``WRITE_RETRY_SECONDS``;
+        """Write what is still buffered, retrying a failing store for ``WRITE_RETRY_SECONDS``
+        (not at all when the failure is permanent);
         lines that still cannot be written are spilled to a local file that the next step of
         the run merges (:mod:`curator_flows.spill`), and reported in a
         :class:`StorageWriteError` that says where they are."""
@@ -574,7 +580,7 @@ class OnlineRunner:
                     appender.flush()
                 except OSError as exc:
                     error = exc
-            if error is None or time.monotonic() >= deadline:
+            if error is None or not is_retryable(error) or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(2 * delay, 5.0)
@@ -592,19 +598,23 @@ class OnlineRunner:
         lost = sum(data.count(b"\n") for data in unwritten.values())
         problem = f"{lost} paid response line(s) could not be written to {self.store.uri} "
         problem += f"({type(error).__name__}: {error})"
+        retryable = error is None or is_retryable(error)
         try:
             folder = spill(self.store, self.run_id, unwritten, self.spill_dir)
         except OSError as exc:
             return StorageWriteError(
                 f"{problem}, nor kept in a spill file ({type(exc).__name__}: {exc}); those "
-                "requests stay pending and the next run sends them again"
+                "requests stay pending and the next run sends them again",
+                retryable=retryable,
             )
         for shard in unwritten:
             self.appenders[shard].discard()
+        first = "free space in the run directory" if retryable else "fix what the error names"
         return StorageWriteError(
             f"{problem}; they were kept in {folder}, which the next step of this run on this "
-            "machine merges before it sends anything (free space in the run directory first; "
-            "a step on another machine cannot see them and sends those requests again)"
+            f"machine merges before it sends anything ({first} first; a step on another "
+            "machine cannot see them and sends those requests again)",
+            retryable=retryable,
         )
 
     def charge(self, input_tokens: int, output_tokens: int, cost: float) -> None:

@@ -447,25 +447,31 @@ class LocalAppender:
     """One ``write()`` per line on an ``O_APPEND`` descriptor: a line survives ``kill -9`` as soon
     as :meth:`append` returns (it is in the kernel's page cache).
 
-    A failed or partial write (a full disk) keeps the unwritten bytes and raises; the next
-    :meth:`flush` (or append) writes the rest first, so a line is never torn by a retry. What
-    could not be written is available whole (:meth:`unwritten_lines`, a line torn by a partial
-    write included from its start) for a caller that keeps it elsewhere and then drops it
-    (:meth:`discard`)."""
+    A line is accepted before any I/O: the file is opened by the first write, so a file that
+    cannot be opened (a refused permission) fails that write like a full disk does. A failed or
+    partial write keeps the unwritten bytes and raises; the next :meth:`flush` (or append)
+    writes the rest first, so a line is never torn by a retry. What could not be written is
+    available whole (:meth:`unwritten_lines`, a line torn by a partial write included from its
+    start) for a caller that keeps it elsewhere and then drops it (:meth:`discard`)."""
 
     def __init__(self, path: str) -> None:
-        with access_errors(path, "append to"):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.path = path
+        self.fd = -1
         self.pending: list[bytes] = []
         self.offset = 0  # bytes of pending[0] already written
+
+    def _open(self) -> None:
+        """Open the file for appending; a torn last line (a crash mid-write) is terminated
+        first, so the next line starts clean. Nothing is written before this succeeds."""
+        with access_errors(self.path, "append to"):
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         size = os.fstat(self.fd).st_size
         if size:
-            with open(path, "rb") as handle:
+            with open(self.path, "rb") as handle:
                 handle.seek(size - 1)
                 if handle.read(1) != b"\n":
-                    self.pending.append(b"\n")  # isolate a torn tail from the next line
-                    self.flush()
+                    self.pending.insert(0, b"\n")  # isolate a torn tail from the next line
 
     def append(self, record: Any) -> None:
         self.pending.append(dumps(record))
@@ -497,6 +503,8 @@ class LocalAppender:
         self.offset = 0
 
     def flush(self) -> None:
+        if self.pending and self.fd < 0:
+            self._open()
         while self.pending:
             data = self.pending[0]
             self.offset += os.write(self.fd, memoryview(data)[self.offset :])
@@ -508,10 +516,10 @@ class LocalAppender:
         pass
 
     def close(self) -> None:
-        if self.fd >= 0:
-            try:
-                self.flush()
-            finally:
+        try:
+            self.flush()
+        finally:
+            if self.fd >= 0:
                 os.close(self.fd)
                 self.fd = -1
 

@@ -4,6 +4,7 @@ is kept in a spill file on this machine, and the next step merges it before send
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -130,3 +131,51 @@ def test_a_spill_in_the_configured_spill_dir_is_merged_once(tmp_path, wd):
     records = [r["id"] for r in store.iter_records("responses/*.*jsonl")]
     assert sorted(records) == sorted(line["id"] for line in lines)  # each once
     assert steps.run_online(run, llm=llm)["pending_before"] == 0
+
+
+def test_answers_a_refused_permission_will_not_take_are_spilled_and_the_error_is_permanent(
+    sim, tmp_path, wd, monkeypatch
+):
+    """A shard's responses file the worker may not write (a refused permission, which no retry
+    fixes): the answers that arrive for it are paid, so they are spilled at once (no 30 s of
+    write retries), the error says a retry alone cannot help, and once access is given the
+    next step merges them and pays for none of them again. Run in a child that cannot bypass
+    file permissions (as root: without the capabilities that override them)."""
+    prefix = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: permissions are not enforced")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    params = {"base_url": sim.base_url, "api_key": "k", "progress": "off", "shard_size": 5}
+    llm = Numbered("gpt-4o-mini", backend_params=params)
+    run = steps.prepare(llm, [{"n": i} for i in range(10)], wd)
+    locked = Path(run["run_uri"]) / "responses" / "00001.jsonl"
+    locked.parent.mkdir(exist_ok=True)
+    locked.touch(mode=0o444)
+    code = (
+        "import sys\n"
+        "from curator_flows import steps, StorageWriteError, is_retryable\n"
+        "try:\n"
+        f"    steps.run_online({run['run_uri']!r})\n"
+        "except StorageWriteError as exc:\n"
+        "    print('RETRYABLE' if is_retryable(exc) else 'PERMANENT', exc); sys.exit(3)\n"
+    )
+    child = subprocess.run(
+        [*prefix, sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(SUPPORT), "TMPDIR": str(temp)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == 3, (child.stdout, child.stderr[-3000:])
+    assert child.stdout.startswith("PERMANENT") and "permission denied" in child.stdout
+    assert "5 paid response line(s)" in child.stdout and "fix what the error names" in child.stdout
+    assert sim.stats()["requests"] == 10
+
+    locked.chmod(0o644)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where the child spilled
+    assert steps.run_online(run, llm=llm)["pending_before"] == 0  # the spill merged
+    assert sim.stats()["requests"] == 10 and set(sim.stats()["by_prompt"].values()) == {1}
+    assert len(_answered(RunStore(run["run_uri"]))) == 10
