@@ -40,25 +40,28 @@ def _runs(run_ids: list[UUID]) -> Any:
     return FlowRunFilter(id=FlowRunFilterId(any_=list(run_ids)))
 
 
-def task_runs(*run_ids: UUID, settle: float = 0.5, timeout: float = 30.0) -> list[Any]:
+def task_runs(*run_ids: UUID, settle: float = 2.0, timeout: float = 30.0) -> list[Any]:
     """The task runs of the flow runs, once the server has recorded them: Prefect records task
     runs from the events a flow process sends, after the flow run itself may have ended, so
-    this reads until every task run is in a final state and two reads ``settle`` seconds apart
+    this reads until every task run is in a final state and the reads of ``settle`` seconds
     agree (or ``timeout`` passes: then what the server has)."""
     from prefect.events.worker import EventsWorker
 
     EventsWorker.drain_all(timeout=5)
     deadline = time.monotonic() + timeout
-    seen: list[tuple[Any, str]] | None = None
+    seen: list[tuple[str, str]] | None = None
+    seen_since = time.monotonic()
     while True:
         with client() as c:
             runs = c.read_task_runs(flow_run_filter=_runs(list(run_ids)), limit=200)
         now = sorted((str(r.id), r.state.name if r.state else "") for r in runs)
+        if now != seen:
+            seen, seen_since = now, time.monotonic()
         final = all(r.state is not None and r.state.is_final() for r in runs)
-        if (final and now == seen) or time.monotonic() > deadline:
+        settled = final and time.monotonic() - seen_since >= settle
+        if settled or time.monotonic() > deadline:
             return runs
-        seen = now
-        time.sleep(settle)
+        time.sleep(0.25)
 
 
 def artifacts(*run_ids: UUID) -> list[Any]:
