@@ -34,6 +34,12 @@ def _decoy(sim, size: int, folder) -> str:
     return client.create(path, None, RoundIntent("other", "0", 0, size, time.time())).id
 
 
+def _end_now(sim, batch_id: str) -> None:
+    """End a simulated batch at once: tests decide when a batch ends, not the machine's load."""
+    batch = sim.state.anthropic_batches[batch_id]
+    batch.timings = {**batch.timings, "validating": 0.0, "in_progress": 0.0, "finalizing": 0.0}
+
+
 class Crash(Exception):
     pass
 
@@ -41,7 +47,7 @@ class Crash(Exception):
 def test_ambiguous_candidates_wait_until_results_tell_which_is_ours(
     bsim, wd, monkeypatch, tmp_path
 ):
-    bsim.configure(batch_timings={**FAST, "in_progress": 0.6})
+    bsim.configure(batch_timings={**FAST, "in_progress": 60.0})  # both unended until ended here
     llm = make_llm(Numbered, "anthropic", bsim)
     run = steps.prepare(llm, [{"n": i} for i in range(5)], wd)
     with monkeypatch.context() as patch:  # crash right after the create call returned
@@ -49,7 +55,7 @@ def test_ambiguous_candidates_wait_until_results_tell_which_is_ours(
         with pytest.raises(Crash):
             steps.submit(run, "00000", llm=llm)
     ours = next(iter(bsim.state.anthropic_batches))
-    _decoy(bsim, 5, tmp_path)
+    decoy = _decoy(bsim, 5, tmp_path)
 
     waiting = steps.submit(run, "00000", llm=llm)
     assert waiting["state"] == "reconciling" and not waiting["created"]
@@ -57,7 +63,8 @@ def test_ambiguous_candidates_wait_until_results_tell_which_is_ours(
     assert steps.poll(run, "00000")["state"] == "reconciling"
     assert bsim.stats()["batches_created"] == 2  # nothing new while in doubt
 
-    time.sleep(0.8)
+    _end_now(bsim, ours)
+    _end_now(bsim, decoy)
     attached = steps.submit(run, "00000", llm=llm)
     assert attached["batch_id"] == ours and attached["reattached"]
     assert record(run["run_uri"], "00000")["rounds"][0]["reconciled"] == "results"
@@ -69,7 +76,7 @@ def test_ambiguous_candidates_wait_until_results_tell_which_is_ours(
 def test_a_wrong_count_match_is_detected_and_costs_a_round_not_correctness(
     bsim, wd, monkeypatch, tmp_path
 ):
-    bsim.configure(batch_timings={**FAST, "in_progress": 0.3})
+    bsim.configure(batch_timings={**FAST, "in_progress": 60.0})  # the decoy is unended when found
     llm = make_llm(Numbered, "anthropic", bsim)
     run = steps.prepare(llm, [{"n": i} for i in range(4)], wd)
     with monkeypatch.context() as patch:  # crash before the create call is sent
@@ -80,6 +87,8 @@ def test_a_wrong_count_match_is_detected_and_costs_a_round_not_correctness(
 
     taken = steps.submit(run, "00000", llm=llm)  # the only candidate: weakly matched
     assert taken["batch_id"] == decoy
+    bsim.configure(batch_timings=FAST)
+    _end_now(bsim, decoy)
     wait_done(run, "00000")
     collected = steps.collect(run, "00000", llm=llm)
     assert collected["succeeded"] == 0 and collected["resubmit"]
