@@ -30,9 +30,16 @@ Invariants:
   steps reserving at once, at least one sees the other, so together they never pass it. An
   online step announces an allotment for about a window of requests at a time and uses it
   without I/O (see :class:`Budget`);
-- the run passes ``max_cost`` only by what answers cost beyond their reservation: an output
-  longer than any seen before, when no ``max_tokens`` bounds it (with ``max_tokens``, the last
-  requests before the ceiling hold their worst case).
+- a reservation is valued at what the run knows *now*, not when it was made: a hold without
+  ``max_tokens`` records the output it assumed (``open_output`` tokens for ``open_choices``
+  choices, in the step's ledger too), and whoever adds up the run's commitments (the step
+  itself, a parallel step, a batch about to be submitted) tops it up to the longest output the
+  run has seen since. Requests sent before the first answers assume a default length; once
+  answers show longer ones, every step counts the requests still in flight anywhere at that
+  length;
+- the run passes ``max_cost`` only by what answers cost beyond that: an output longer than any
+  the run had seen when the last request was sent, when no ``max_tokens`` bounds it (with
+  ``max_tokens``, the last requests before the ceiling hold their worst case).
 """
 
 from __future__ import annotations
@@ -42,13 +49,14 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .backends.factory import DEFAULT_OUTPUT_ESTIMATE, OutputRule, output_estimate, output_rule
 from .cost import Prices, max_output_tokens, resolve_prices
 from .credentials import Credentials
 from .errors import BudgetExceededError, ConfigError
-from .ledger import LedgerReader, ledger_id, live_reserved
+from .ledger import LedgerReader, ledger_id, live_reserved, live_shortfall
 from .pending import Charge, done_ids, pending_items, read_shard, responses_pattern, retries_stem
 from .results import EstimateResult, make
 from .runs import RunRef, llm_for, open_run
@@ -108,13 +116,30 @@ def paid_by_steps(
     return total
 
 
-def run_committed(store: RunStore, manifest: dict[str, Any]) -> tuple[float, float]:
-    """``(spent, reserved)`` of the run now, from its files alone."""
+def longest_known(lines: RunLines, entries: list[dict[str, Any]]) -> int:
+    """The longest output (tokens per choice) the run's lines and step ledgers have seen."""
+    return max([lines.longest_output] + [int(e.get("longest_output") or 0) for e in entries])
+
+
+def held_by_steps(entries: list[dict[str, Any]], prices: Prices, longest: float) -> float:
+    """Dollars running steps hold: their reservations, topped up to ``longest`` output tokens
+    per choice for holds that assumed less (see the module's invariants)."""
+    return live_reserved(entries) + prices.cost(0, math.ceil(live_shortfall(entries, longest)))
+
+
+def run_committed(
+    store: RunStore, manifest: dict[str, Any], prices: Prices | None = None
+) -> tuple[float, float]:
+    """``(spent, reserved)`` of the run now, from its files alone (with ``prices``, holds are
+    topped up to the longest output seen)."""
     lines = RunLines(store, manifest)
     entries = LedgerReader(store).read()
     spent = lines.untagged + paid_by_steps(entries, lines.by_step)
-    reserved = live_reserved(entries) + open_batch_reservations(store)
-    return spent, reserved
+    if prices is None:
+        held = live_reserved(entries)
+    else:
+        held = held_by_steps(entries, prices, longest_known(lines, entries))
+    return spent, held + open_batch_reservations(store)
 
 
 def estimate_run(
@@ -139,7 +164,7 @@ def estimate_run(
         tokens_in += item.est_input
     tokens_out = pending * per_output
     projected = prices.cost(tokens_in, tokens_out)
-    spent, reserved = run_committed(store, manifest)
+    spent, reserved = run_committed(store, manifest, prices)
     max_cost = getattr(params, "max_cost", None)
     headroom = None if max_cost is None else max_cost - spent - reserved - projected
     return make(
@@ -187,6 +212,40 @@ def exceeded_error(
 
 
 # ------------------------------------------------------------------------------ online
+@dataclass(frozen=True)
+class Quote:
+    """What a request may cost: ``estimate`` (the longest output seen, ``output`` tokens per
+    choice) and ``worst`` (its ``max_tokens``; without one, the estimate). ``open_choices``:
+    its choices when no ``max_tokens`` bounds it (its hold may fall short), else 0."""
+
+    estimate: float
+    worst: float
+    output: float
+    open_choices: int
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Dollars held for one request in flight; ``open_output``: the output tokens (all
+    choices) it assumed when no ``max_tokens`` bounds it, for ``open_choices`` choices."""
+
+    dollars: float
+    open_output: int = 0
+    open_choices: int = 0
+
+
+#: a request sent without a budget holds nothing
+NO_HOLD = Hold(0.0)
+
+
+@dataclass(frozen=True)
+class LedgerRead:
+    """Other steps' ledgers as read at ``started`` (``time.monotonic()``)."""
+
+    entries: list[dict[str, Any]]
+    started: float
+
+
 class Budget:
     """``max_cost`` for one sending step: what the run spent (lines and ledgers when the step
     started, other steps' ledgers since) and reserved (other live steps), plus this step's own
@@ -214,12 +273,19 @@ class Budget:
         self.own = 0.0
         self.in_flight = 0.0
         self.free = 0.0
+        #: the output tokens (all choices) this step's unbounded holds in flight assumed
+        self.open_output = 0
+        self.open_choices = 0
+        #: the output (tokens per choice) the run expects now: holds are valued at it
+        self.expected_output = 0.0
+        #: other live steps' holds, as their ledgers announced them
+        self.others_entries: list[dict[str, Any]] = []
         #: the longest answer the run's lines and other steps have seen
         self.longest_seen = 0
         #: requests a new allotment is made for (the runner's concurrency)
         self.window = 1
         self.refused = 0.0
-        self.refreshed_at = 0.0
+        self.refreshed_at = self.absorbed_at = float("-inf")
         self.input_ratio = Observed(1.0)
         self.settled: asyncio.Event | None = None
         self.publish: Callable[[], None] | None = None  # the runner's: write own ledger now
@@ -248,64 +314,84 @@ class Budget:
 
     @property
     def committed(self) -> float:
-        return self.others_spent + self.others_reserved + self.own + self.reserved
+        return (
+            self.others_spent + self.others_reserved + self.own + self.reserved + self.shortfall()
+        )
+
+    def shortfall(self) -> float:
+        """Dollars by which holds in flight (this step's and other live steps') fall short
+        of the output the run expects now."""
+        own = max(0.0, self.open_choices * self.expected_output - self.open_output)
+        others = live_shortfall(self.others_entries, self.expected_output)
+        return self.prices.cost(0, math.ceil(own + others))
 
     # ----------------------------------------------------------------- estimates
-    def cost_of(self, est_input: int, rule: OutputRule, outputs: Observed) -> tuple[float, float]:
-        """A request's ``(estimate, worst case)``: its input estimate scaled by the largest
-        reported/estimated ratio seen, with the longest output seen (the estimate: this step's
-        answers, the run's lines, other steps' ledgers) or its ``max_tokens`` (the worst case;
-        without one, the estimate)."""
+    def cost_of(self, est_input: int, rule: OutputRule, outputs: Observed) -> Quote:
+        """A request's quote: its input estimate scaled by the largest reported/estimated ratio
+        seen, with the longest output seen (the estimate: this step's answers, the run's lines,
+        other steps' ledgers) or its ``max_tokens`` (the worst case; without one, the
+        estimate)."""
         tokens_in = math.ceil(est_input * max(1.0, self.input_ratio.most()))
         longest = max(outputs.most(rule.cap), min(self.longest_seen, rule.cap or math.inf))
         estimate = self.prices.cost(tokens_in, math.ceil(longest) * rule.choices)
         if rule.cap is None:
-            return estimate, estimate
-        return estimate, self.prices.cost(tokens_in, rule.cap * rule.choices)
+            return Quote(estimate, estimate, math.ceil(longest), rule.choices)
+        worst = self.prices.cost(tokens_in, rule.cap * rule.choices)
+        return Quote(estimate, worst, math.ceil(longest), 0)
 
     def observe(self, est_input: int, used_input: int) -> None:
         if est_input > 0 and used_input > 0:
             self.input_ratio.observe(used_input / est_input)
 
     # ------------------------------------------------------------- reservations
-    def reserve(self, estimate: float, worst: float | None = None) -> float | None:
-        """Hold dollars for a request about to be sent and return them; ``None`` (nothing
-        held, ``free`` given up) when the run's committed total would pass ``max_cost``. A
-        request holds its ``estimate``, or its ``worst`` case once a window of worst cases no
-        longer fits in what is left."""
+    def reserve(self, quote: Quote) -> Hold | None:
+        """Hold dollars for a request about to be sent; ``None`` (nothing held, ``free`` given
+        up) when the run's committed total would pass ``max_cost``. A request holds its
+        estimate, or its worst case once a window of worst cases no longer fits in what is
+        left; holds in flight are valued at the quote's output (see the module's invariants)."""
+        if quote.open_choices:  # what the run expects of an unbounded output now
+            self.expected_output = quote.output
         base = self.committed - self.free
-        amount = estimate
-        if worst is not None and base + self.window * worst > self.max_cost:
-            amount = max(estimate, worst)
+        amount = quote.estimate
+        if base + self.window * quote.worst > self.max_cost:
+            amount = max(quote.estimate, quote.worst)
+        hold = Hold(amount)
+        if amount == quote.estimate and quote.open_choices:
+            hold = Hold(amount, math.ceil(quote.output) * quote.open_choices, quote.open_choices)
         if amount <= self.free:
             self.free -= amount
-            self.in_flight += amount
-            return amount
+            self._take(hold, +1)
+            return hold
         self.refresh(force=True)
         room = self.max_cost - (self.committed - self.free)
         if amount <= room:
             self.free = min(self.window * amount, room) - amount
-            self.in_flight += amount
+            self._take(hold, +1)
             self._publish()  # announce, then read the others: see the module's invariants
             self.refresh(force=True)
             if self.committed <= self.max_cost + _ROUNDING:
-                return amount
-            self.in_flight -= amount
+                return hold
+            self._take(hold, -1)
         self.refused = amount
         self.free = 0.0
         self._publish()
         return None
 
+    def _take(self, hold: Hold, sign: int) -> None:
+        self.in_flight += sign * hold.dollars
+        self.open_output += sign * hold.open_output
+        self.open_choices += sign * hold.open_choices
+
     def _publish(self) -> None:
         if self.publish is not None:
             self.publish()
 
-    def settle(self, reserved: float, actual: float) -> None:
+    def settle(self, hold: Hold, actual: float) -> None:
         """A request answered (``actual`` dollars paid) or not sent (0): its reservation less
         what it cost goes back to ``free``."""
-        self.in_flight -= reserved
+        self._take(hold, -1)
         self.own += actual
-        self.free = max(0.0, self.free + reserved - actual)
+        self.free = max(0.0, self.free + hold.dollars - actual)
         if self.in_flight < _ROUNDING:  # nothing in flight: no float residue
             self.in_flight = 0.0
         if self.settled is not None:
@@ -327,27 +413,42 @@ class Budget:
         self.refresh()
 
     def refresh(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self.refreshed_at < REFRESH_SECONDS:
-            return
-        self.refreshed_at = time.monotonic()
+        """Read what parallel steps spent and hold (at most every ``REFRESH_SECONDS`` unless
+        ``force``) and apply it."""
+        read = self.read_others(force)
+        if read is not None:
+            self.absorb(read)
+
+    def read_others(self, force: bool = False) -> LedgerRead | None:
+        """The other steps' ledgers, when it is time to read them (I/O only: safe in a thread
+        while the loop uses the budget); ``None`` when not due or unreadable."""
+        started = time.monotonic()
+        if not force and started - self.refreshed_at < REFRESH_SECONDS:
+            return None
+        self.refreshed_at = started
         try:
-            entries = self.reader.read(exclude=self.own_rel)
+            return LedgerRead(self.reader.read(exclude=self.own_rel), started)
         except OSError:
-            return  # keep the last known figures
+            return None  # keep the last known figures
+
+    def absorb(self, read: LedgerRead) -> None:
+        """Apply what a read found, unless a read begun later was applied already."""
+        if read.started < self.absorbed_at:
+            return
+        self.absorbed_at = read.started
+        entries = read.entries
         by_step = self.lines.by_step
         self.others_spent = self.lines.untagged + paid_by_steps(entries, by_step, self.own_id)
         self.others_reserved = live_reserved(entries)
-        self.longest_seen = max(
-            [self.lines.longest_output] + [int(e.get("longest_output") or 0) for e in entries]
-        )
+        self.others_entries = entries
+        self.longest_seen = longest_known(self.lines, entries)
 
     def exceeded(self, estimate: float | None = None) -> BudgetExceededError:
         """The error that stops dispatch (``estimate``: the request refused; default the last)."""
         self.refresh(force=True)
         estimate = self.refused if estimate is None else estimate
-        return exceeded_error(
-            self.max_cost, self.spent, self.others_reserved + self.in_flight, estimate, "request"
-        )
+        held = self.others_reserved + self.in_flight + self.shortfall()
+        return exceeded_error(self.max_cost, self.spent, held, estimate, "request")
 
 
 # ------------------------------------------------------------------------------- batch
@@ -425,8 +526,9 @@ def reserve_batch(
     # then what others hold, then what was spent: a batch collected in between is counted
     # twice (its reservation and its lines), never not at all
     entries = LedgerReader(store).read()
-    others = live_reserved(entries) + open_batch_reservations(store, exclude=rel)
+    batches = open_batch_reservations(store, exclude=rel)
     lines = RunLines(store, manifest)
+    others = batches + held_by_steps(entries, prices, longest_known(lines, entries))
     spent = lines.untagged + paid_by_steps(entries, lines.by_step)
     if spent + others + worst <= max_cost + _ROUNDING:
         return True

@@ -7,8 +7,8 @@ Layout: ``stats/<step>-<start ns>-<uuid8>.json``, one file per step invocation, 
     {"step": "run_online", "id": "run_online-<ns>-<uuid8>", "shards": [...],
      "started_at": ..., "ended_at": ..., "closed": bool, "tags_lines": bool,
      "sent": n, "succeeded": n, "failed": n, "rate_limited": n, "input_tokens": n,
-     "output_tokens": n, "cost": $, "reserved": $, "longest_output": n, "latency_total": s,
-     "max_in_flight": n}
+     "output_tokens": n, "cost": $, "reserved": $, "open_output": n, "open_choices": n,
+     "longest_output": n, "latency_total": s, "max_in_flight": n}
 
 Invariants:
 - a step's counters reach the store at most ``flush_seconds`` late, so a killed step loses at
@@ -23,7 +23,9 @@ Invariants:
   remain) nor losing lines (the ledger remains) forgets a paid attempt that either still holds,
   and an attempt both hold counts once;
 - ``reserved`` is what a running step holds for requests in flight; it counts while the ledger
-  is live (written within ``LIVE_SECONDS`` and not closed);
+  is live (written within ``LIVE_SECONDS`` and not closed). ``open_output`` / ``open_choices``:
+  the output tokens its holds without ``max_tokens`` assumed, for how many choices, so a reader
+  tops them up to the longest output the run has seen since (:mod:`curator_flows.budget`);
 - ledgers hold counts only: no prompts, no content, no secrets.
 """
 
@@ -160,14 +162,27 @@ def ledger_id(entry: dict[str, Any], rel: str | None = None) -> str:
     return (rel or "").rsplit("/", 1)[-1].removesuffix(".json")
 
 
+def _live(entries: list[dict[str, Any]], now: float | None) -> list[dict[str, Any]]:
+    now = time.time() if now is None else now
+    return [
+        entry
+        for entry in entries
+        if not entry.get("closed") and now - float(entry.get("ended_at") or 0.0) < LIVE_SECONDS
+    ]
+
+
 def live_reserved(entries: list[dict[str, Any]], now: float | None = None) -> float:
     """What running steps hold for requests in flight (ledgers written within
     ``LIVE_SECONDS`` and not closed)."""
-    now = time.time() if now is None else now
+    return sum(float(entry.get("reserved") or 0.0) for entry in _live(entries, now))
+
+
+def live_shortfall(entries: list[dict[str, Any]], output: float, now: float | None = None) -> float:
+    """Output tokens by which running steps' unbounded holds fall short of ``output`` tokens
+    per choice (each ledger's ``open_choices`` and the ``open_output`` they assumed)."""
     return sum(
-        float(entry.get("reserved") or 0.0)
-        for entry in entries
-        if not entry.get("closed") and now - float(entry.get("ended_at") or 0.0) < LIVE_SECONDS
+        max(0.0, int(entry.get("open_choices") or 0) * output - int(entry.get("open_output") or 0))
+        for entry in _live(entries, now)
     )
 
 

@@ -59,7 +59,7 @@ from .acceptance import Acceptance
 from .backends.account import DAILY_LIMIT, QUOTA, refusal_error
 from .backends.base import Attempt, OnlineBackend
 from .backends.factory import OutputRule, build_online_backend, output_estimate, output_rule
-from .budget import Budget
+from .budget import NO_HOLD, Budget, Hold, LedgerRead
 from .cost import Prices, resolve_prices
 from .credentials import Credentials
 from .errors import (
@@ -183,6 +183,7 @@ class OnlineRunner:
         self.timeout_warned = False
         self.ledger_lock = threading.Lock()
         self.ledger_closed = False
+        self.snapshots = self.snapshot_written = 0
         if budget is not None:
             budget.publish = self.sync_budget
             budget.window = concurrency
@@ -210,7 +211,7 @@ class OnlineRunner:
             await self.close_appenders()
             self.summary.elapsed = time.monotonic() - started
             self.summary.limits = self.limiter.limits()
-            self.record_ledger(final=True)
+            self.record_ledger(self.ledger_snapshot(), final=True)
             self.progress.close()
         if isinstance(self.stop_error, BudgetExceededError) and self.budget is not None:
             self.stop_error = self.budget.exceeded()  # with what in-flight requests cost
@@ -228,8 +229,10 @@ class OnlineRunner:
     async def housekeeping(self) -> None:
         """Twice a second: buffered response lines whose time has come reach the store (a slow
         request never holds paid responses back), a lost lease stops dispatch, and, in a
-        thread (their I/O never stalls requests in flight), the ledger is updated and the
-        budget refreshed with what parallel steps spent and reserved."""
+        thread (their I/O never stalls requests in flight), the ledger is written and what
+        parallel steps spent and reserved is read. The ledger's figures are taken, and what
+        was read is applied, in the loop: a thread never sees a request half settled (paid
+        but still held, or neither)."""
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
             try:
@@ -242,40 +245,58 @@ class OnlineRunner:
                     self.leases.check()  # renewed by their own thread; lost = stop sending
                 except CuratorFlowsError as exc:
                     self.stop(exc)
-            await asyncio.to_thread(self._bookkeeping)
+            snapshot = self.ledger_snapshot()
+            read = await asyncio.to_thread(self._bookkeeping, snapshot)
+            if read is not None and self.budget is not None:
+                self.budget.absorb(read)
 
-    def _bookkeeping(self) -> None:
-        self.record_ledger()
-        if self.budget is not None:
-            self.budget.refresh()
+    def _bookkeeping(self, snapshot: dict[str, Any]) -> LedgerRead | None:
+        self.record_ledger(snapshot)
+        return self.budget.read_others() if self.budget is not None else None
 
     def sync_budget(self) -> None:
         """Announce this step's spending and what it holds now (the budget's allotments)."""
-        self.record_ledger(force=True)
+        self.record_ledger(self.ledger_snapshot(), force=True)
 
-    def record_ledger(self, final: bool = False, force: bool = False) -> None:
-        """Write the step's counters (from the housekeeping thread, or finally from the loop;
-        once the final write happened, a late periodic one never overwrites it)."""
+    def ledger_snapshot(self) -> dict[str, Any]:
+        """The step's counters and holds at one instant of the loop (taken in the loop, never
+        between a request's settlement and its charge)."""
+        s = self.summary
+        budget = self.budget
+        self.snapshots += 1
+        return {
+            "sent": s.sent,
+            "succeeded": s.succeeded,
+            "failed": s.failed,
+            "rate_limited": s.rate_limited,
+            "input_tokens": s.input_tokens,
+            "output_tokens": s.output_tokens,
+            "cost": s.cost,
+            "latency_total": s.latency_total,
+            "max_in_flight": s.max_in_flight,
+            "limits": self.limiter.limits(),
+            "reserved": budget.reserved if budget is not None else 0.0,
+            "open_output": budget.open_output if budget is not None else 0,
+            "open_choices": budget.open_choices if budget is not None else 0,
+            "longest_output": int(self.outputs.largest or 0),
+            "_seq": self.snapshots,
+        }
+
+    def record_ledger(
+        self, snapshot: dict[str, Any], final: bool = False, force: bool = False
+    ) -> None:
+        """Write a snapshot of the step's counters (from the housekeeping thread, or from the
+        loop; a snapshot older than one already written is dropped, and once the final write
+        happened, a late periodic one never overwrites it)."""
         if self.ledger is None:
             return
+        counters = dict(snapshot)
+        seq = counters.pop("_seq")
         with self.ledger_lock:
-            if self.ledger_closed:
+            if self.ledger_closed or seq <= self.snapshot_written:
                 return
-            s = self.summary
-            self.ledger.set(
-                sent=s.sent,
-                succeeded=s.succeeded,
-                failed=s.failed,
-                rate_limited=s.rate_limited,
-                input_tokens=s.input_tokens,
-                output_tokens=s.output_tokens,
-                cost=s.cost,
-                latency_total=s.latency_total,
-                max_in_flight=s.max_in_flight,
-                limits=self.limiter.limits(),
-                reserved=self.budget.reserved if self.budget is not None else 0.0,
-                longest_output=int(self.outputs.largest or 0),
-            )
+            self.snapshot_written = seq
+            self.ledger.set(**counters)
             try:
                 if final:
                     self.ledger_closed = True
@@ -366,11 +387,12 @@ class OnlineRunner:
     async def process(self, item: WorkItem) -> None:
         counters = self.progress.counters
         rule = self.output_rule.for_row(item.params)
-        reserved = 0.0
+        hold = NO_HOLD
         if self.budget is not None:
-            reserved = await self.reserve_budget(item, rule)
-            if reserved < 0:
+            held = await self.reserve_budget(item, rule)
+            if held is None:
                 return  # not sent: stays pending
+            hold = held
 
         def reservation() -> Reservation:  # what the run has observed when its turn comes
             output = rule.reserve(self.outputs.high(rule.cap))
@@ -381,7 +403,7 @@ class OnlineRunner:
         if self.stop_error is not None:
             self.limiter.refund(charge)
             if self.budget is not None:
-                self.budget.settle(reserved, 0.0)
+                self.budget.settle(hold, 0.0)
             return  # dispatch stopped while this one waited for its turn: not sent
         self.in_flight += 1
         counters.in_flight = self.in_flight
@@ -397,7 +419,7 @@ class OnlineRunner:
         latency = time.perf_counter() - started
         paid = self.prices.cost(attempt.input_tokens, attempt.output_tokens)
         if self.budget is not None:
-            self.budget.settle(reserved, paid if attempt.kind == "ok" else 0.0)
+            self.budget.settle(hold, paid if attempt.kind == "ok" else 0.0)
         self.settle_limits(charge, item, rule, attempt)
         self.observe(attempt, charge)
         if attempt.kind == "ok":
@@ -459,21 +481,20 @@ class OnlineRunner:
             except LeaseLostError as exc:
                 self.stop(exc)
 
-    async def reserve_budget(self, item: WorkItem, rule: OutputRule) -> float:
+    async def reserve_budget(self, item: WorkItem, rule: OutputRule) -> Hold | None:
         """Reserve the request's estimated cost; while it does not fit but reservations are
-        in flight (here or in parallel steps), wait for them to settle. ``-1.0``: dispatch
+        in flight (here or in parallel steps), wait for them to settle. ``None``: dispatch
         stopped (the budget is reached, or another reason) and nothing is held."""
         budget = self.budget
         while self.stop_error is None:
-            estimate, worst = budget.cost_of(item.est_input, rule, self.outputs)
-            held = budget.reserve(estimate, worst)
+            held = budget.reserve(budget.cost_of(item.est_input, rule, self.outputs))
             if held is not None:
                 return held
             if not budget.outstanding():
                 self.stop(budget.exceeded())
                 break
             await budget.wait()
-        return -1.0
+        return None
 
     def settle_limits(self, charge: int, item: WorkItem, rule: OutputRule, attempt: Attempt):
         """Settle the request's rate-limit reservation: an answer to its usage (and the run

@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 
 from curator_flows import BudgetExceededError, ConfigError, steps
+from curator_flows.backends.factory import OutputRule
+from curator_flows.budget import Budget
 from curator_flows.cli import main as cli
-from curator_flows.tokens import estimate_prompt_tokens
+from curator_flows.cost import resolve_prices
+from curator_flows.ledger import StepLedger
+from curator_flows.runs import open_run
+from curator_flows.tokens import Observed, estimate_prompt_tokens
 
 sys.path.insert(0, str(Path(__file__).parent / "support"))
 
@@ -236,6 +241,42 @@ def test_two_workers_hold_one_budget_and_reach_it(sim, wd, answer_tokens):
     for shard in run["shards"]:
         steps.run_online(run, shard, llm=more)
     assert sim.stats()["chat_completions"] == ROWS
+
+
+def test_holds_in_flight_are_valued_at_the_longest_output_seen_since(sim, wd):
+    """A parallel step's requests in flight assumed the default output length (its ledger
+    says so); once answers show longer outputs, this step counts them at that length: a
+    request that fits beside them only at the length they assumed waits (they may settle)
+    instead of being sent, and the stop reports them at that length."""
+    llm = numbered(sim, max_cost=1.0)
+    run = steps.prepare(llm, [{"n": i} for i in range(ROWS)], wd)
+    store, manifest = open_run(run["run_uri"])
+    prices = resolve_prices("gpt-4o-mini", 1.0, 1.0)
+    default, longest, prompt = 256, 600, 10
+    parallel = StepLedger(store, "run_online", [run["shards"][0]])
+    parallel.tag_lines()
+    parallel.set(  # ten requests in flight, each holding the default output
+        reserved=prices.cost(10 * prompt, 10 * default), open_output=10 * default, open_choices=10
+    )
+    parallel.flush(force=True)
+    held_as_assumed = prices.cost(10 * prompt, 10 * default)
+    request = prices.cost(prompt, longest)
+    max_cost = held_as_assumed + 2.5 * request  # room for two more at the length assumed
+
+    budget = Budget.for_run(store, manifest, max_cost, prices)
+    outputs = Observed(default)
+    for _ in range(5):
+        outputs.observe(longest)
+    quote = budget.cost_of(prompt, OutputRule(None, False), outputs)
+    assert quote.estimate == pytest.approx(request)
+    assert budget.reserve(quote) is None and budget.outstanding()  # waits for them
+    stop = budget.exceeded()
+    assert stop.reserved == pytest.approx(prices.cost(10 * prompt, 10 * longest))
+
+    parallel.set(reserved=0.0, open_output=0, open_choices=0)  # they settled unanswered: nothing paid
+    parallel.flush(force=True)
+    budget.refresh(force=True)
+    assert budget.reserve(quote) is not None
 
 
 def _batch_billed(sim, answer_tokens: int) -> float:
