@@ -273,7 +273,7 @@ def test_holds_in_flight_are_valued_at_the_longest_output_seen_since(sim, wd):
     stop = budget.exceeded()
     assert stop.reserved == pytest.approx(prices.cost(10 * prompt, 10 * longest))
 
-    parallel.set(reserved=0.0, open_output=0, open_choices=0)  # they settled unanswered: nothing paid
+    parallel.set(reserved=0.0, open_output=0, open_choices=0)  # settled unanswered: nothing paid
     parallel.flush(force=True)
     budget.refresh(force=True)
     assert budget.reserve(quote) is not None
