@@ -18,6 +18,7 @@ import subprocess
 import sys
 import termios
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -122,12 +123,25 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def api(api_url: str, method: str, path: str, body: dict | None = None) -> dict:
+    """One call to the Prefect API; a 503 (the server's database busy: Prefect's own client
+    retries it) is retried for up to a minute, as Prefect's client would."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        f"{api_url}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"null")
+    deadline = time.monotonic() + 60
+    while True:
+        request = urllib.request.Request(
+            f"{api_url}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or time.monotonic() > deadline:
+                raise
+            retry_after = exc.headers.get("Retry-After") or ""
+            time.sleep(min(5.0, float(retry_after)) if retry_after.isdigit() else 1.0)
 
 
 def runner_polls(api_url: str) -> bool:
