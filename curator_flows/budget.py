@@ -276,7 +276,8 @@ class Budget:
         #: the output tokens (all choices) this step's unbounded holds in flight assumed
         self.open_output = 0
         self.open_choices = 0
-        #: the output (tokens per choice) the run expects now: holds are valued at it
+        #: the output (tokens per choice) the last unbounded quote expected; holds are valued
+        #: at it or at the longest output the run's lines and ledgers show, if longer
         self.expected_output = 0.0
         #: other live steps' holds, as their ledgers announced them
         self.others_entries: list[dict[str, Any]] = []
@@ -321,8 +322,9 @@ class Budget:
     def shortfall(self) -> float:
         """Dollars by which holds in flight (this step's and other live steps') fall short
         of the output the run expects now."""
-        own = max(0.0, self.open_choices * self.expected_output - self.open_output)
-        others = live_shortfall(self.others_entries, self.expected_output)
+        expected = max(self.expected_output, self.longest_seen)
+        own = max(0.0, self.open_choices * expected - self.open_output)
+        others = live_shortfall(self.others_entries, expected)
         return self.prices.cost(0, math.ceil(own + others))
 
     # ----------------------------------------------------------------- estimates

@@ -253,7 +253,7 @@ def test_holds_in_flight_are_valued_at_the_longest_output_seen_since(sim, wd):
     store, manifest = open_run(run["run_uri"])
     prices = resolve_prices("gpt-4o-mini", 1.0, 1.0)
     default, longest, prompt = 256, 600, 10
-    parallel = StepLedger(store, "run_online", [run["shards"][0]])
+    parallel = StepLedger(store, "run_online", run["shards"])
     parallel.tag_lines()
     parallel.set(  # ten requests in flight, each holding the default output
         reserved=prices.cost(10 * prompt, 10 * default), open_output=10 * default, open_choices=10
@@ -277,6 +277,28 @@ def test_holds_in_flight_are_valued_at_the_longest_output_seen_since(sim, wd):
     parallel.flush(force=True)
     budget.refresh(force=True)
     assert budget.reserve(quote) is not None
+
+
+def test_a_request_quoted_before_longer_answers_elsewhere_counts_at_their_length(sim, wd):
+    """This step's first quote assumes the default output; when it reserves, it reads the
+    ledgers, where a parallel step's answers were longer, and values its hold at that length:
+    a request that fits only at the default is not sent (two workers passed max_cost so)."""
+    llm = numbered(sim, max_cost=1.0)
+    run = steps.prepare(llm, [{"n": i} for i in range(ROWS)], wd)
+    store, manifest = open_run(run["run_uri"])
+    prices = resolve_prices("gpt-4o-mini", 1.0, 1.0)
+    default, longest, prompt = 256, 600, 10
+    max_cost = 0.02
+    budget = Budget.for_run(store, manifest, max_cost, prices)  # nothing answered yet
+    quote = budget.cost_of(prompt, OutputRule(None, False), Observed(default))
+    assert quote.output == default
+
+    parallel = StepLedger(store, "run_online", run["shards"])
+    parallel.tag_lines()  # it spent all but room for one request at the default length
+    room = prices.cost(prompt, default + 50)
+    parallel.set(cost=max_cost - room, longest_output=longest)
+    parallel.close()
+    assert budget.reserve(quote) is None and not budget.outstanding()  # the run stops here
 
 
 def _batch_billed(sim, answer_tokens: int) -> float:
