@@ -56,7 +56,7 @@ from .backends.factory import DEFAULT_OUTPUT_ESTIMATE, OutputRule, output_estima
 from .cost import Prices, max_output_tokens, resolve_prices
 from .credentials import Credentials
 from .errors import BudgetExceededError, ConfigError
-from .ledger import LedgerReader, ledger_id, live_reserved, live_shortfall
+from .ledger import LedgerReader, ledger_id, live_open_holds, live_reserved, shortfall_tokens
 from .pending import Charge, done_ids, pending_items, read_shard, responses_pattern, retries_stem
 from .results import EstimateResult, make
 from .runs import RunRef, llm_for, open_run
@@ -124,21 +124,17 @@ def longest_known(lines: RunLines, entries: list[dict[str, Any]]) -> int:
 def held_by_steps(entries: list[dict[str, Any]], prices: Prices, longest: float) -> float:
     """Dollars running steps hold: their reservations, topped up to ``longest`` output tokens
     per choice for holds that assumed less (see the module's invariants)."""
-    return live_reserved(entries) + prices.cost(0, math.ceil(live_shortfall(entries, longest)))
+    shortfall = shortfall_tokens(live_open_holds(entries), longest)
+    return live_reserved(entries) + prices.cost(0, math.ceil(shortfall))
 
 
-def run_committed(
-    store: RunStore, manifest: dict[str, Any], prices: Prices | None = None
-) -> tuple[float, float]:
-    """``(spent, reserved)`` of the run now, from its files alone (with ``prices``, holds are
-    topped up to the longest output seen)."""
+def run_committed(store: RunStore, manifest: dict[str, Any], prices: Prices) -> tuple[float, float]:
+    """``(spent, reserved)`` of the run now, from its files alone (holds topped up to the
+    longest output seen)."""
     lines = RunLines(store, manifest)
     entries = LedgerReader(store).read()
     spent = lines.untagged + paid_by_steps(entries, lines.by_step)
-    if prices is None:
-        held = live_reserved(entries)
-    else:
-        held = held_by_steps(entries, prices, longest_known(lines, entries))
+    held = held_by_steps(entries, prices, longest_known(lines, entries))
     return spent, held + open_batch_reservations(store)
 
 
@@ -279,8 +275,8 @@ class Budget:
         #: the output (tokens per choice) the last unbounded quote expected; holds are valued
         #: at it or at the longest output the run's lines and ledgers show, if longer
         self.expected_output = 0.0
-        #: other live steps' holds, as their ledgers announced them
-        self.others_entries: list[dict[str, Any]] = []
+        #: other live steps' unbounded holds, as their ledgers announced them
+        self.others_open: list[tuple[int, int]] = []
         #: the longest answer the run's lines and other steps have seen
         self.longest_seen = 0
         #: requests a new allotment is made for (the runner's concurrency)
@@ -322,10 +318,9 @@ class Budget:
     def shortfall(self) -> float:
         """Dollars by which holds in flight (this step's and other live steps') fall short
         of the output the run expects now."""
-        expected = max(self.expected_output, self.longest_seen)
-        own = max(0.0, self.open_choices * expected - self.open_output)
-        others = live_shortfall(self.others_entries, expected)
-        return self.prices.cost(0, math.ceil(own + others))
+        holds = [(self.open_choices, self.open_output), *self.others_open]
+        tokens = shortfall_tokens(holds, max(self.expected_output, self.longest_seen))
+        return self.prices.cost(0, math.ceil(tokens))
 
     # ----------------------------------------------------------------- estimates
     def cost_of(self, est_input: int, rule: OutputRule, outputs: Observed) -> Quote:
@@ -357,9 +352,8 @@ class Budget:
         amount = quote.estimate
         if base + self.window * quote.worst > self.max_cost:
             amount = max(quote.estimate, quote.worst)
-        hold = Hold(amount)
-        if amount == quote.estimate and quote.open_choices:
-            hold = Hold(amount, math.ceil(quote.output) * quote.open_choices, quote.open_choices)
+        open_choices = quote.open_choices if amount == quote.estimate else 0
+        hold = Hold(amount, math.ceil(quote.output) * open_choices, open_choices)
         if amount <= self.free:
             self.free -= amount
             self._take(hold, +1)
@@ -442,7 +436,7 @@ class Budget:
         by_step = self.lines.by_step
         self.others_spent = self.lines.untagged + paid_by_steps(entries, by_step, self.own_id)
         self.others_reserved = live_reserved(entries)
-        self.others_entries = entries
+        self.others_open = live_open_holds(entries)
         self.longest_seen = longest_known(self.lines, entries)
 
     def exceeded(self, estimate: float | None = None) -> BudgetExceededError:

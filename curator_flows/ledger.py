@@ -177,13 +177,23 @@ def live_reserved(entries: list[dict[str, Any]], now: float | None = None) -> fl
     return sum(float(entry.get("reserved") or 0.0) for entry in _live(entries, now))
 
 
-def live_shortfall(entries: list[dict[str, Any]], output: float, now: float | None = None) -> float:
-    """Output tokens by which running steps' unbounded holds fall short of ``output`` tokens
-    per choice (each ledger's ``open_choices`` and the ``open_output`` they assumed)."""
-    return sum(
-        max(0.0, int(entry.get("open_choices") or 0) * output - int(entry.get("open_output") or 0))
-        for entry in _live(entries, now)
-    )
+def live_open_holds(
+    entries: list[dict[str, Any]], now: float | None = None
+) -> list[tuple[int, int]]:
+    """``(open_choices, open_output)`` of each running step whose holds no ``max_tokens``
+    bounds: how many choices they are for and the output tokens they assumed."""
+    holds = []
+    for entry in _live(entries, now):
+        choices = int(entry.get("open_choices") or 0)
+        if choices:
+            holds.append((choices, int(entry.get("open_output") or 0)))
+    return holds
+
+
+def shortfall_tokens(holds: list[tuple[int, int]], output: float) -> float:
+    """Output tokens by which ``(choices, assumed output)`` holds fall short of ``output``
+    tokens per choice (per holder: one holder's excess never covers another's shortfall)."""
+    return sum(max(0.0, choices * output - assumed) for choices, assumed in holds)
 
 
 def unlined(entries: list[dict[str, Any]], lines_by_step: dict[str, Charge]) -> Charge:

@@ -250,7 +250,7 @@ class OnlineRunner:
             if read is not None and self.budget is not None:
                 self.budget.absorb(read)
 
-    def _bookkeeping(self, snapshot: dict[str, Any]) -> LedgerRead | None:
+    def _bookkeeping(self, snapshot: tuple[int, dict[str, Any]]) -> LedgerRead | None:
         self.record_ledger(snapshot)
         return self.budget.read_others() if self.budget is not None else None
 
@@ -258,13 +258,13 @@ class OnlineRunner:
         """Announce this step's spending and what it holds now (the budget's allotments)."""
         self.record_ledger(self.ledger_snapshot(), force=True)
 
-    def ledger_snapshot(self) -> dict[str, Any]:
-        """The step's counters and holds at one instant of the loop (taken in the loop, never
-        between a request's settlement and its charge)."""
+    def ledger_snapshot(self) -> tuple[int, dict[str, Any]]:
+        """``(sequence number, counters)``: the step's counters and holds at one instant of the
+        loop (taken in the loop, never between a request's settlement and its charge)."""
         s = self.summary
         budget = self.budget
         self.snapshots += 1
-        return {
+        return self.snapshots, {
             "sent": s.sent,
             "succeeded": s.succeeded,
             "failed": s.failed,
@@ -279,19 +279,17 @@ class OnlineRunner:
             "open_output": budget.open_output if budget is not None else 0,
             "open_choices": budget.open_choices if budget is not None else 0,
             "longest_output": int(self.outputs.largest or 0),
-            "_seq": self.snapshots,
         }
 
     def record_ledger(
-        self, snapshot: dict[str, Any], final: bool = False, force: bool = False
+        self, snapshot: tuple[int, dict[str, Any]], final: bool = False, force: bool = False
     ) -> None:
         """Write a snapshot of the step's counters (from the housekeeping thread, or from the
         loop; a snapshot older than one already written is dropped, and once the final write
         happened, a late periodic one never overwrites it)."""
         if self.ledger is None:
             return
-        counters = dict(snapshot)
-        seq = counters.pop("_seq")
+        seq, counters = snapshot
         with self.ledger_lock:
             if self.ledger_closed or seq <= self.snapshot_written:
                 return
